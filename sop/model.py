@@ -1,0 +1,253 @@
+"""The SOP as data: the pydantic models behind the YAML/JSON format.
+
+Field names are the SOP's own words, the same in the file, the model, the
+events and the dashboard. Every model forbids unknown fields, so a misspelt
+``dependson`` is an error with a suggestion rather than a silently ignored key.
+Step-level ``retry``/``resources`` override the SOP's ``defaults`` field by
+field (see :meth:`Sop.effective_retry`).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.\-]*$"
+STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=128)]
+StepId = Annotated[str, StringConstraints(pattern=STEP_ID_PATTERN, max_length=128)]
+
+
+class Mode(StrEnum):
+    """How an SOP runs."""
+
+    SYSTEM_DESIGN = "system_design"
+    AGENT_CENTRIC = "agent_centric"
+    AUTO = "auto"
+
+
+class TriggerRule(StrEnum):
+    """When a step with dependencies may run, given how they ended."""
+
+    ALL_SUCCESS = "all_success"
+    """Every dependency succeeded (the default)."""
+    ALL_DONE = "all_done"
+    """Every dependency finished, whatever its outcome."""
+    ONE_SUCCESS = "one_success"
+    """At least one dependency succeeded; runs once all have finished."""
+    NONE_FAILED = "none_failed"
+    """No dependency failed; skipped dependencies are fine."""
+
+
+class OnFailure(StrEnum):
+    """What a step's (final) failure does to the rest of the execution."""
+
+    HALT = "halt"
+    """Halt every transitive dependent; independent branches run on."""
+    CONTINUE = "continue"
+    """Treat the failure as done: dependents decide by their trigger_rule."""
+    ROLLBACK = "rollback"
+    """Stop starting new steps and run the SOP's rollback steps."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              use_attribute_docstrings=True)
+
+
+class RetryPolicy(_Model):
+    """How often and how patiently a failing step is retried."""
+
+    max_attempts: int = Field(3, ge=1, le=100)
+    """Total attempts including the first; 1 means never retry."""
+    initial_delay_s: float = Field(1.0, ge=0)
+    """Delay before the second attempt, in seconds."""
+    backoff: float = Field(2.0, ge=1)
+    """Each further delay is the previous one times this (>= 1)."""
+    max_delay_s: float = Field(60.0, ge=0)
+    """Upper bound on any single delay, in seconds."""
+    memory_growth: float = Field(1.0, ge=1, le=16)
+    """On an out-of-memory failure, the next attempt asks for memory_mb times this; 1 keeps it."""
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (2 for the first retry)."""
+        if attempt <= 1:
+            return 0.0
+        return min(self.initial_delay_s * self.backoff ** (attempt - 2), self.max_delay_s)
+
+
+class Resources(_Model):
+    """What one attempt of a step needs from the node it runs on."""
+
+    cpu: float = Field(1.0, ge=0)
+    """CPU cores (fractions allowed)."""
+    memory_mb: int | None = Field(None, ge=0)
+    """Memory to reserve, in MiB; unset reserves none."""
+    gpu: float = Field(0.0, ge=0)
+    """GPUs (fractions allowed)."""
+    capabilities: tuple[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]+$")], ...] = ()
+    """Node capabilities the step needs; nodes advertise them as Ray resources ``capability:<name>``."""
+
+
+class StepDefaults(_Model):
+    """Settings applied to every step that does not set its own."""
+
+    retry: RetryPolicy = RetryPolicy()
+    timeout_s: float | None = Field(None, gt=0)
+    """Seconds before an attempt is cancelled; unset means no limit."""
+    resources: Resources = Resources()
+
+
+class InputSpec(_Model):
+    """One input the SOP takes when it is submitted."""
+
+    type: Literal["string", "integer", "number", "boolean", "object", "array"] = "string"
+    required: bool = False
+    default: Any = None
+    description: str = ""
+    secret: bool = False
+    """A secret input is never written to logs, events or traces."""
+
+
+class DataSource(_Model):
+    """An MCP server the SOP may use: a command run over stdio, or a URL (streamable HTTP)."""
+
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    tools: tuple[str, ...] | None = None
+    """The tools this server offers, if declared; lets validation check tool names offline."""
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> DataSource:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("a data source needs exactly one of 'command' (stdio) or 'url' (HTTP)")
+        if self.url is not None and not re.match(r"^https?://", self.url):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        return self
+
+
+class AgentSpec(_Model):
+    """The ADK agent of an agent-centric run."""
+
+    model: str = "offline"
+    """``offline`` (deterministic, no network), or a Gemini/LiteLLM model name."""
+    instruction: str = ""
+    tools: tuple[str, ...] = ()
+    """``<data source>.<tool>`` names the agent may call."""
+    max_turns: int = Field(50, ge=1, le=1000)
+
+
+class Step(_Model):
+    """One step of an SOP."""
+
+    id: StepId
+    """Unique within the SOP; other steps refer to it in depends_on and ${{ steps.<id> }}."""
+    name: str = ""
+    description: str = ""
+    uses: str | None = None
+    """mcp:<source>/<tool> | python:<module>:<function> | <registered handler> | shell | sop:<file>."""
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    """Arguments for the handler; strings may hold ${{ }} references."""
+    run: str | None = None
+    """The command line of a shell step."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables for a shell step."""
+    depends_on: tuple[StepId, ...] = ()
+    when: str | None = None
+    """A condition; the step is skipped when it is false."""
+    retry: RetryPolicy | None = None
+    timeout_s: float | None = Field(None, gt=0)
+    resources: Resources | None = None
+    expected_duration_s: float | None = Field(None, ge=0)
+    """Used for the critical path and progress estimates."""
+    trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
+    on_failure: OnFailure = OnFailure.HALT
+    idempotent: bool = True
+    """Safe to run again after a crash; false asks an operator before re-running."""
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _one_dependency(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _shell_has_run(self) -> Step:
+        if self.uses is None and self.run is None:
+            raise ValueError("a step needs 'uses' (its handler) or 'run' (a shell command)")
+        if self.uses == "shell" and not self.run:
+            raise ValueError("a shell step needs 'run', the command line to execute")
+        if self.run is not None and self.uses not in (None, "shell"):
+            raise ValueError(f"'run' is only for shell steps, but this step uses {self.uses!r}")
+        return self
+
+    @property
+    def handler(self) -> str:
+        """The handler, with ``run:`` alone meaning ``shell``."""
+        return self.uses or "shell"
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id
+
+
+class Sop(_Model):
+    """A whole SOP, as loaded from one file."""
+
+    sop: Name
+    """The SOP's name: lower-case letters, digits, '-', '_' and '.'."""
+    version: str = "1"
+    description: str = ""
+    mode: Mode = Mode.AUTO
+    inputs: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], InputSpec] = Field(
+        default_factory=dict)
+    defaults: StepDefaults = StepDefaults()
+    data_sources: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")], DataSource] = (
+        Field(default_factory=dict))
+    agent: AgentSpec = AgentSpec()
+    steps: tuple[Step, ...] = Field(min_length=1)
+    rollback: tuple[Step, ...] = ()
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    """Result values, usually ${{ steps.<id>.output... }} references."""
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_text(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        if isinstance(v, float):
+            raise ValueError(f"version must be text; write it quoted (version: \"{v}\") so "
+                             "YAML does not read it as a number")
+        return v
+
+    def step(self, step_id: str) -> Step:
+        """The step (or rollback step) with this id."""
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        for s in self.rollback:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    def effective_retry(self, step: Step) -> RetryPolicy:
+        """The step's retry policy: its own fields over the SOP's defaults."""
+        if step.retry is None:
+            return self.defaults.retry
+        return self.defaults.retry.model_copy(update=step.retry.model_dump(exclude_unset=True))
+
+    def effective_resources(self, step: Step) -> Resources:
+        """The step's resources: its own fields over the SOP's defaults."""
+        if step.resources is None:
+            return self.defaults.resources
+        return self.defaults.resources.model_copy(update=step.resources.model_dump(exclude_unset=True))
+
+    def effective_timeout(self, step: Step) -> float | None:
+        return step.timeout_s if step.timeout_s is not None else self.defaults.timeout_s

@@ -1,0 +1,496 @@
+"""Load and validate an SOP in one pass, reporting every problem with its location.
+
+Validation has two layers over the same parsed document: pydantic checks the
+shape and types (unknown fields, wrong types, bad values), and the semantic
+checks below look at the document as a whole (ids, dependencies, cycles,
+expressions and what they reference, handlers, data sources, the run mode).
+The semantic checks read the raw data defensively, so both layers report in the
+same pass even when the document has type errors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from sop._pydantic_errors import translate
+from sop._suggest import did_you_mean
+from sop._yaml import Loaded, format_path, load_text
+from sop.errors import Problem, SopValidationError
+from sop.expressions import ROOT_NAMES, STEP_FIELDS, ExpressionError, compile_expression, \
+    find_references, strip_braces
+from sop.graph import Graph, GraphError, format_cycle
+from sop.model import Mode, Sop, Step
+
+EXECUTION_FIELDS = ("id", "sop", "version", "mode")
+BUILTIN_HANDLERS = ("shell",)
+_PYTHON_USES = re.compile(r"^python:([A-Za-z_][\w.]*):([A-Za-z_]\w*)$")
+_MCP_USES = re.compile(r"^mcp:([^/]+)/(.+)$")
+
+
+class HandlerCatalog(Protocol):
+    """What validation needs to know about registered step handlers."""
+
+    def has_handler(self, name: str) -> bool: ...
+
+    def handler_names(self) -> Iterable[str]: ...
+
+
+@dataclass(slots=True)
+class ValidationReport:
+    """The outcome of validating one SOP: the model and graph when valid, and every problem."""
+
+    file: str
+    problems: list[Problem] = field(default_factory=list)
+    sop: Sop | None = None
+    graph: Graph | None = None
+    mode: Mode | None = None
+    mode_reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity == "error" for p in self.problems)
+
+    def raise_for_problems(self) -> Sop:
+        """The SOP, or :class:`SopValidationError` listing every problem."""
+        if not self.ok or self.sop is None:
+            raise SopValidationError(self.problems)
+        return self.sop
+
+
+def load(path: str | Path, *, handlers: HandlerCatalog | None = None) -> Sop:
+    """Load and validate an SOP file.
+
+    Raises:
+        SopValidationError: with every problem found, each naming file, line and path.
+    """
+    return check_file(path, handlers=handlers).raise_for_problems()
+
+
+def loads(text: str, *, file: str = "<string>", base_dir: str | Path | None = None,
+          handlers: HandlerCatalog | None = None) -> Sop:
+    """Load and validate SOP text (YAML or JSON). See :func:`load`."""
+    return check_text(text, file=file, base_dir=base_dir, handlers=handlers).raise_for_problems()
+
+
+def check_file(path: str | Path, *, handlers: HandlerCatalog | None = None,
+               _stack: tuple[str, ...] = ()) -> ValidationReport:
+    """Validate an SOP file without raising; the report holds the problems."""
+    p = Path(path)
+    try:
+        if p.stat().st_size > 64 * 1024 * 1024:
+            raise OSError("file is far larger than any SOP")
+        raw = p.read_bytes()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        return ValidationReport(str(path), [Problem(f"cannot read SOP file: {reason}", file=str(path),
+                                                    code="unreadable")])
+    return check_text(raw, file=str(path), base_dir=p.parent, handlers=handlers,
+                      _stack=_stack + (str(p.resolve()),))
+
+
+def check_text(text: str | bytes, *, file: str = "<string>", base_dir: str | Path | None = None,
+               handlers: HandlerCatalog | None = None, _stack: tuple[str, ...] = ()) -> ValidationReport:
+    """Validate SOP text without raising; the report holds the problems."""
+    loaded = load_text(text, file)
+    report = ValidationReport(file, list(loaded.problems))
+    if loaded.data is None:
+        if not report.problems:
+            report.problems.append(Problem("the file is empty; an SOP needs at least 'sop' and 'steps'",
+                                           file=file, code="empty"))
+        return report
+    if not isinstance(loaded.data, dict):
+        report.problems.append(Problem("an SOP is a mapping with 'sop', 'steps' and other fields, "
+                                       f"not a {type(loaded.data).__name__}", file=file, line=1,
+                                       column=1, code="wrong-type"))
+        return report
+    try:
+        sop = Sop.model_validate(loaded.data)
+    except ValidationError as e:
+        sop = None
+        report.problems.extend(translate(e, loaded, Sop))
+    checker = _Checker(loaded, Path(base_dir) if base_dir else Path.cwd(), handlers, _stack)
+    checker.run()
+    report.problems.extend(checker.problems)
+    if sop is not None and report.ok:
+        report.sop, report.graph = sop, checker.graph
+        report.mode, report.mode_reason = checker.mode, checker.mode_reason
+    report.problems.sort(key=lambda p: (p.line or 0, p.column or 0))
+    return report
+
+
+def choose_mode(declared: str, depends: Mapping[str, Sequence[str]],
+                trigger_rules: Mapping[str, str]) -> tuple[Mode | None, str]:
+    """The mode an SOP runs in, and why; ``(None, reason)`` when the declared mode cannot work."""
+    has_deps = any(depends.values())
+    if declared in (Mode.AUTO, "auto"):
+        if has_deps:
+            return Mode.SYSTEM_DESIGN, "auto: steps declare dependencies, so they run as a DAG"
+        return Mode.AGENT_CENTRIC, "auto: no step declares dependencies, so an agent follows the SOP"
+    if declared == Mode.AGENT_CENTRIC:
+        dependents: dict[str, int] = {}
+        for deps in depends.values():
+            for d in deps:
+                dependents[d] = dependents.get(d, 0) + 1
+        joins = [s for s, deps in depends.items() if len(deps) > 1]
+        forks = [s for s, n in dependents.items() if n > 1]
+        rules = [s for s, r in trigger_rules.items() if r != "all_success"]
+        if joins or forks or rules:
+            what = (f"step '{joins[0]}' joins {len(depends[joins[0]])} branches" if joins else
+                    f"step '{forks[0]}' fans out to {dependents[forks[0]]} steps" if forks else
+                    f"step '{rules[0]}' has trigger_rule {trigger_rules[rules[0]]}")
+            return None, (f"agent_centric needs a checklist an agent can follow in order, but {what}; "
+                          "use mode: system_design (or auto) for branching dependencies")
+        return Mode.AGENT_CENTRIC, "declared agent_centric; the steps form a simple sequence"
+    return Mode(declared) if declared in Mode._value2member_map_ else None, f"declared {declared}"
+
+
+@lru_cache(maxsize=1024)
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class _Checker:
+    """The semantic checks, over the raw document."""
+
+    def __init__(self, loaded: Loaded, base_dir: Path, handlers: HandlerCatalog | None,
+                 stack: tuple[str, ...]) -> None:
+        self.loaded = loaded
+        self.data: dict[str, Any] = loaded.data
+        self.base_dir = base_dir
+        self.handlers = handlers
+        self.stack = stack
+        self.problems: list[Problem] = []
+        self.graph: Graph | None = None
+        self.mode: Mode | None = None
+        self.mode_reason = ""
+
+    def problem(self, path: tuple, message: str, *, code: str, suggestion: str | None = None,
+                severity: str = "error") -> None:
+        line, col = self.loaded.position(path)
+        self.problems.append(Problem(message, path=format_path(path), file=self.loaded.file,
+                                     line=line, column=col, code=code, suggestion=suggestion,
+                                     severity=severity))  # type: ignore[arg-type]
+
+    def run(self) -> None:
+        steps = _dicts(self.data.get("steps"))
+        rollback = _dicts(self.data.get("rollback"))
+        main_ids = self._ids("steps", steps, {})
+        rollback_ids = self._ids("rollback", rollback, main_ids)
+        all_ids = main_ids | rollback_ids
+        depends = self._dependencies("steps", steps, main_ids)
+        rb_depends = self._dependencies("rollback", rollback, rollback_ids)
+        self.graph = self._acyclic(depends, steps, "steps")
+        rb_graph = self._acyclic(rb_depends, rollback, "rollback")
+        inputs = self.data.get("inputs") if isinstance(self.data.get("inputs"), dict) else {}
+        sources = self.data.get("data_sources") if isinstance(self.data.get("data_sources"), dict) else {}
+        for section, items, graph, visible in (("steps", steps, self.graph, set()),
+                                               ("rollback", rollback, rb_graph, set(main_ids))):
+            for i, step in items:
+                sid = step.get("id")
+                upstream = None  # unknown when the graph is broken: skip the upstream check
+                if graph is not None and isinstance(sid, str) and sid in graph:
+                    upstream = graph.ancestors(sid) | visible
+                self._expressions((section, i), step, upstream, set(all_ids), inputs)
+                self._handler((section, i), step, sources)
+        outputs = self.data.get("outputs")
+        if isinstance(outputs, dict):
+            for key, value in outputs.items():
+                self._templates(("outputs", key), value, None, None, set(all_ids), inputs)
+        self._agent(sources)
+        self._mode(depends, steps)
+
+    # -- ids and dependencies -------------------------------------------------------------
+
+    def _ids(self, section: str, steps: list[tuple[int, dict]], seen: dict[str, int]) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        for i, step in steps:
+            sid = step.get("id")
+            if not isinstance(sid, str):
+                continue
+            if sid in seen or sid in ids:
+                first = f"{section}[{ids[sid]}]" if sid in ids else f"steps[{seen[sid]}]"
+                self.problem((section, i, "id"), f"step id {sid!r} is already used by {first}",
+                             code="duplicate-step", suggestion="give every step a unique id")
+                continue
+            ids[sid] = i
+        return ids
+
+    def _dependencies(self, section: str, steps: list[tuple[int, dict]],
+                      ids: dict[str, int]) -> dict[str, list[str]]:
+        depends: dict[str, list[str]] = {}
+        for i, step in steps:
+            sid = step.get("id")
+            if not isinstance(sid, str) or ids.get(sid) != i:
+                continue
+            raw = step.get("depends_on", [])
+            raw = [raw] if isinstance(raw, str) else raw
+            deps: list[str] = []
+            for k, dep in enumerate(raw if isinstance(raw, list) else []):
+                if not isinstance(dep, str):
+                    continue
+                if dep not in ids:
+                    where = Path(self.loaded.file).name
+                    self.problem((section, i, "depends_on", k),
+                                 f"step {sid!r} depends on {dep!r}, which is not defined in {where}",
+                                 code="unknown-dependency", suggestion=did_you_mean(dep, ids))
+                elif dep not in deps:
+                    deps.append(dep)
+            depends[sid] = deps
+        return depends
+
+    def _acyclic(self, depends: dict[str, list[str]], steps: list[tuple[int, dict]],
+                 section: str) -> Graph | None:
+        graph = Graph.from_dependencies(depends)
+        cycles = graph.find_cycles()
+        if not cycles:
+            return graph
+        index = {s.get("id"): i for i, s in steps}
+        for cycle in cycles:
+            first = cycle[0]
+            deps = steps_dep_list(steps, index[first])
+            k = deps.index(cycle[1 % len(cycle)]) if cycle[1 % len(cycle)] in deps else 0
+            self.problem((section, index[first], "depends_on", k),
+                         f"dependency cycle: {format_cycle(cycle)}", code="cycle",
+                         suggestion="remove one of these dependencies so the steps can be ordered")
+        return None
+
+    # -- expressions ----------------------------------------------------------------------
+
+    def _expressions(self, where: tuple, step: dict, upstream: set[str] | None,
+                     all_ids: set[str], inputs: dict) -> None:
+        """Check a step's expressions; ``upstream`` (when known) is what it may read."""
+        sid = step.get("id")
+        when = step.get("when")
+        if isinstance(when, str):
+            self._expression(where + ("when",), strip_braces(when), sid, upstream, all_ids, inputs)
+        elif when is not None and not isinstance(when, bool):
+            self.problem(where + ("when",), "expected a condition (text), got " + type(when).__name__,
+                         code="wrong-type")
+        for key in ("with", "run", "env"):
+            if key in step:
+                self._templates(where + (key,), step[key], sid, upstream, all_ids, inputs)
+
+    def _templates(self, path: tuple, value: Any, sid: Any, upstream: set[str] | None,
+                   all_ids: set[str], inputs: dict) -> None:
+        if isinstance(value, str):
+            if "${{" in value:
+                for text in find_references(value):
+                    self._expression(path, text, sid, upstream, all_ids, inputs)
+                if value.count("${{") != len(find_references(value)):
+                    self.problem(path, "'${{' is not closed by '}}'", code="bad-expression")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                self._templates(path + (k,), v, sid, upstream, all_ids, inputs)
+        elif isinstance(value, list):
+            for k, v in enumerate(value):
+                self._templates(path + (k,), v, sid, upstream, all_ids, inputs)
+
+    def _expression(self, path: tuple, text: str, sid: Any, upstream: set[str] | None,
+                    all_ids: set[str], inputs: dict) -> None:
+        try:
+            expr = compile_expression(text)
+        except ExpressionError as e:
+            self.problem(path, str(e), code="bad-expression", suggestion=e.suggestion)
+            return
+        for ref in expr.references:
+            if ref.root == "inputs" and ref.name is not None and ref.name not in inputs:
+                self.problem(path, f"expression {expr.source!r} reads input {ref.name!r}, which the SOP "
+                             "does not declare under 'inputs'", code="unknown-input",
+                             suggestion=did_you_mean(ref.name, inputs) or f"declare it: inputs: {{{ref.name}: "
+                             "{type: string}}")
+            elif ref.root == "execution" and ref.name is not None and ref.name not in EXECUTION_FIELDS:
+                self.problem(path, f"execution has no field {ref.name!r}", code="unknown-name",
+                             suggestion=did_you_mean(ref.name, EXECUTION_FIELDS))
+            elif ref.root == "steps" and ref.name is not None:
+                self._step_reference(path, expr.source, ref.name, ref.field, sid, upstream, all_ids)
+
+    def _step_reference(self, path: tuple, source: str, name: str, fld: str | None, sid: Any,
+                        upstream: set[str] | None, all_ids: set[str]) -> None:
+        if name not in all_ids:
+            self.problem(path, f"expression {source!r} reads step {name!r}, which is not defined",
+                         code="unknown-step", suggestion=did_you_mean(name, all_ids))
+        elif name == sid:
+            self.problem(path, f"step {sid!r} reads its own result in {source!r}", code="self-reference")
+        elif upstream is not None and name not in upstream:
+            self.problem(path, f"step {sid!r} reads steps.{name}, which does not run before it",
+                         code="not-upstream",
+                         suggestion=f"add {name!r} to depends_on of {sid!r}")
+        if fld is not None and fld not in STEP_FIELDS:
+            self.problem(path, f"steps.{name} has no field {fld!r}; it has {', '.join(STEP_FIELDS)}",
+                         code="unknown-name", suggestion=did_you_mean(fld, STEP_FIELDS))
+
+    # -- handlers, data sources, agent, mode ----------------------------------------------
+
+    def _handler(self, where: tuple, step: dict, sources: dict) -> None:
+        uses = step.get("uses")
+        if not isinstance(uses, str):
+            return
+        path = where + ("uses",)
+        if uses in BUILTIN_HANDLERS:
+            return
+        if uses.startswith("python:"):
+            m = _PYTHON_USES.match(uses)
+            if not m:
+                self.problem(path, f"expected python:<module>:<function>, got {uses!r}", code="bad-handler")
+            elif not _module_exists(m.group(1)):
+                self.problem(path, f"python module {m.group(1)!r} cannot be found", code="unknown-handler",
+                             suggestion="check the spelling, and that the module is on PYTHONPATH "
+                             "(run from the project directory or install it)")
+        elif uses.startswith("mcp:"):
+            m = _MCP_USES.match(uses)
+            if not m:
+                self.problem(path, f"expected mcp:<data source>/<tool>, got {uses!r}", code="bad-handler")
+            else:
+                self._tool(path, m.group(1), m.group(2), sources)
+        elif uses.startswith("sop:"):
+            self._sub_sop(path, uses[4:])
+        elif ":" in uses:
+            self.problem(path, f"unknown handler kind {uses.split(':')[0]!r} in {uses!r}",
+                         code="bad-handler", suggestion="use mcp:, python:, sop:, shell or a registered name")
+        elif self.handlers is not None and not self.handlers.has_handler(uses):
+            known = [*BUILTIN_HANDLERS, *self.handlers.handler_names()]
+            self.problem(path, f"no step handler is registered as {uses!r}", code="unknown-handler",
+                         suggestion=did_you_mean(uses, known) or "register it with @registry.handler, or "
+                         "use python:<module>:<function>")
+
+    def _tool(self, path: tuple, source: str, tool: str, sources: dict) -> None:
+        if source not in sources:
+            self.problem(path, f"data source {source!r} is not defined under 'data_sources'",
+                         code="unknown-source", suggestion=did_you_mean(source, sources))
+            return
+        declared = sources[source].get("tools") if isinstance(sources[source], dict) else None
+        if isinstance(declared, list) and tool not in declared:
+            self.problem(path, f"data source {source!r} declares no tool {tool!r}", code="unknown-tool",
+                         suggestion=did_you_mean(tool, declared) or f"it offers {', '.join(declared)}")
+
+    def _sub_sop(self, path: tuple, ref: str) -> None:
+        target = (self.base_dir / ref).resolve()
+        if not target.is_file():
+            self.problem(path, f"sub-SOP file {ref!r} does not exist (looked at {target})",
+                         code="unknown-handler")
+            return
+        if str(target) in self.stack:
+            self.problem(path, f"sub-SOP {ref!r} includes itself (directly or through others)",
+                         code="cycle")
+            return
+        sub = check_file(target, handlers=self.handlers, _stack=self.stack)
+        if not sub.ok:
+            self.problem(path, f"sub-SOP {ref!r} is invalid ({len(sub.problems)} problem(s) below)",
+                         code="invalid-sub-sop")
+            self.problems.extend(sub.problems)
+
+    def _agent(self, sources: dict) -> None:
+        agent = self.data.get("agent")
+        tools = agent.get("tools") if isinstance(agent, dict) else None
+        for k, name in enumerate(tools if isinstance(tools, list) else []):
+            if not isinstance(name, str):
+                continue
+            source, dot, tool = name.partition(".")
+            if not dot:
+                self.problem(("agent", "tools", k), f"expected <data source>.<tool>, got {name!r}",
+                             code="bad-handler")
+            else:
+                self._tool(("agent", "tools", k), source, tool, sources)
+
+    def _mode(self, depends: dict[str, list[str]], steps: list[tuple[int, dict]]) -> None:
+        declared = self.data.get("mode", "auto")
+        if not isinstance(declared, str) or declared not in Mode._value2member_map_:
+            return  # the schema layer reports it
+        rules = {s["id"]: s.get("trigger_rule", "all_success") for _, s in steps
+                 if isinstance(s.get("id"), str)}
+        self.mode, self.mode_reason = choose_mode(declared, depends, rules)
+        if self.mode is None:
+            self.problem(("mode",), f"mode {declared} does not fit this SOP: {self.mode_reason}",
+                         code="bad-mode")
+
+
+def steps_dep_list(steps: list[tuple[int, dict]], index: int) -> list[str]:
+    for i, step in steps:
+        if i == index:
+            deps = step.get("depends_on", [])
+            return [deps] if isinstance(deps, str) else [d for d in deps if isinstance(d, str)]
+    return []
+
+
+def _dicts(value: Any) -> list[tuple[int, dict]]:
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def check_new_steps(sop: Sop, graph: Graph, new_steps: Sequence[Mapping[str, Any]], *,
+                    handlers: HandlerCatalog | None = None,
+                    file: str = "<added steps>") -> list[Step]:
+    """Validate steps being added to a running SOP, checking only what changed.
+
+    New steps may depend on existing steps and on each other; existing steps are
+    not changed. Only the new steps are checked, and the cycle check walks only
+    from the new edges (:meth:`Graph.add`). On success ``graph`` now holds the new
+    steps; on any problem it is untouched.
+
+    Raises:
+        SopValidationError: every problem, with paths like ``steps[0].depends_on[1]``.
+    """
+    raw_steps = list(new_steps)
+    inputs = {k: v.model_dump() for k, v in sop.inputs.items()}
+    sources = {k: v.model_dump(exclude_none=True) for k, v in sop.data_sources.items()}
+    loaded = Loaded({"steps": raw_steps}, file)
+    problems: list[Problem] = []
+    parsed: list[Step] = []
+    for i, raw in enumerate(raw_steps):
+        try:
+            parsed.append(Step.model_validate(raw))
+        except ValidationError as e:
+            problems.extend(translate(e, loaded, Step, prefix=("steps", i)))
+    checker = _Checker(loaded, Path.cwd(), handlers, ())
+    items = _dicts(raw_steps)
+    existing = {n: -1 for n in graph.nodes}
+    ids = checker._ids("steps", items, existing)
+    depends = checker._dependencies("steps", items, {**existing, **ids})
+    upstream = _upstream_of_new(graph, depends)
+    all_ids = set(graph.nodes) | set(ids)
+    for i, raw in items:
+        sid = raw.get("id")
+        checker._expressions(("steps", i), raw, upstream.get(sid) if ids.get(sid) == i else None,
+                             all_ids, inputs)
+        checker._handler(("steps", i), raw, sources)
+    problems.extend(checker.problems)
+    if not problems:
+        edges = [(d, sid) for sid, deps in depends.items() for d in deps]
+        try:
+            graph.add(list(ids), edges)
+        except GraphError as e:
+            problems.append(Problem(str(e), path="steps", file=file,
+                                    code="cycle" if e.cycles else "invalid"))
+    if problems:
+        raise SopValidationError(problems)
+    return parsed
+
+
+def _upstream_of_new(graph: Graph, depends: Mapping[str, Sequence[str]]) -> dict[str, set[str]]:
+    """Ancestors of each new step: existing ones from the graph, new ones by closure."""
+    memo: dict[str, set[str]] = {}
+
+    def up(step: str, visiting: frozenset[str]) -> set[str]:
+        if step in memo:
+            return memo[step]
+        if step not in depends:
+            return graph.ancestors(step) if step in graph else set()
+        out: set[str] = set()
+        for d in depends[step]:
+            out.add(d)
+            if d not in visiting:  # a cycle among new steps is reported by Graph.add
+                out |= up(d, visiting | {step})
+        memo[step] = out
+        return out
+
+    return {s: up(s, frozenset()) for s in depends}
