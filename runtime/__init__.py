@@ -1,0 +1,56 @@
+"""The sopflow engine core and public API.
+
+``runtime`` stays importable without Ray: the Ray-backed names (``Engine`` and
+friends) are imported on first use, so ``sopflow validate`` answers in a blink.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.registry import Registration, Registry, RegistryError
+
+_LAZY = {
+    "Engine": "runtime.engine",
+    "ExecutionId": "runtime.ids",
+    "ExecutionStatus": "runtime.status",
+    "StepStatus": "runtime.status",
+    "ExecutionView": "runtime.status",
+    "ExecutionError": "runtime.errors",
+    "ExecutionNotFound": "runtime.errors",
+    "ExecutionTimeout": "runtime.errors",
+    "RetryableError": "runtime.errors",
+    "PermanentError": "runtime.errors",
+    "StepContext": "runtime.handlers",
+}
+
+__all__ = [
+    # engine and executions
+    "Engine",
+    "ExecutionId",
+    "ExecutionStatus",
+    "StepStatus",
+    "ExecutionView",
+    # handlers
+    "Registry",
+    "Registration",
+    "StepContext",
+    # errors
+    "RegistryError",
+    "ExecutionError",
+    "ExecutionNotFound",
+    "ExecutionTimeout",
+    "RetryableError",
+    "PermanentError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

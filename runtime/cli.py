@@ -1,0 +1,41 @@
+"""The ``sopflow`` command line.
+
+SOP-only commands (``validate``, ``graph``, ``schema``) never import Ray; the
+execution commands live in :mod:`runtime._cli_exec` and import it on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from runtime._cli_sop import graph, schema, validate
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sopflow")
+def main() -> None:
+    """Run standard operating procedures (SOPs) on Ray."""
+
+
+main.add_command(validate)
+main.add_command(graph)
+main.add_command(schema)
+
+try:
+    from runtime._cli_exec import register_commands
+except ImportError:  # pragma: no cover - only while the engine is being built
+    pass
+else:
+    register_commands(main)
+
+
+def _json_dump(value: object) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
