@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import zlib
+import os
 
 
 def greet(name: str) -> str:
@@ -14,9 +14,9 @@ def shout(text: str) -> str:
 
 
 def probe(region: str) -> dict:
-    """Pretend to probe a region; the outcome is a fixed function of its name."""
-    healthy = zlib.crc32(region.encode()) % 3 != 0
-    return {"region": region, "up": healthy}
+    """Pretend to probe a region: the regions in $DEMO_DOWN_REGIONS (default "ap") are down."""
+    down = os.environ.get("DEMO_DOWN_REGIONS", "ap").split(",")
+    return {"region": region, "up": region not in down}
 
 
 def merge_findings(findings: list) -> dict:

@@ -2,15 +2,64 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+NAMESPACE = "sopflow-tests"
+
+# Every process of the test cluster (driver, actors, workers) inherits these before
+# ray.init starts it, so spans from all of them land in one JSON-lines file.
+TRACE_FILE = Path(tempfile.mkdtemp(prefix="sopflow-traces-")) / "spans.jsonl"
+os.environ.setdefault("OTEL_TRACES_EXPORTER", "console")
+os.environ.setdefault("SOPFLOW_TRACE_FILE", str(TRACE_FILE))
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
 @pytest.fixture(scope="session")
 def examples_dir() -> Path:
     return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A real local Ray cluster for the whole run (fresh: address="local")."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, namespace=NAMESPACE, include_dashboard=False,
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def engine(ray_cluster: None):
+    """The sopflow engine on the shared cluster (its actors are created once)."""
+    from runtime import Engine, Registry
+
+    return Engine(namespace=NAMESPACE, registry=Registry())
+
+
+@pytest.fixture
+def sop_file(tmp_path: Path):
+    """Write an SOP (YAML text) to a file and return its path."""
+
+    def write(text: str, name: str = "sop.yaml") -> str:
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+def read_spans() -> list[dict]:
+    """Every span exported so far by any process of the test cluster."""
+    if not TRACE_FILE.exists():
+        return []
+    return [json.loads(line) for line in TRACE_FILE.read_text().splitlines() if line.strip()]

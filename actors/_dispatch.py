@@ -1,0 +1,223 @@
+"""Dispatching step attempts as Ray tasks and turning their outcomes into events."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+import ray
+from opentelemetry import trace
+
+from actors._execution import Execution, InFlight
+from actors.step_task import remote_execute_step
+from runtime.events import EventKind
+from runtime.failure import Action, Decision, ErrorInfo, as_dict, decide
+from runtime.handlers import StepOutcome, StepTask
+from runtime.telemetry import carrier_for, tracer
+from sop import Step, render
+from sop.expressions import ExpressionError
+
+if TYPE_CHECKING:
+    from actors._coordinator import _Coordinator
+
+log = logging.getLogger("sopflow.dispatch")
+
+
+class Dispatcher:
+    """Starts attempts, awaits them, asks the failure handler what a failure means."""
+
+    def __init__(self, coordinator: _Coordinator) -> None:
+        self.coordinator = coordinator
+        self._remote_fns: dict[tuple, Any] = {}
+
+    # -- starting -------------------------------------------------------------------------
+
+    def start(self, exe: Execution, step: Step, attempt: int) -> None:
+        c = self.coordinator
+        c.emit(exe, EventKind.STEP_STARTED, step.id, attempt)
+        span = tracer().start_span(f"step {step.id}", context=trace.set_span_in_context(exe.span),
+                                   attributes={"sopflow.execution_id": exe.id, "sopflow.sop": exe.sop.sop,
+                                               "sopflow.version": exe.sop.version, "sopflow.step": step.id,
+                                               "sopflow.attempt": attempt, "sopflow.uses": step.handler})
+        flight = InFlight(attempt, span=span)
+        exe.inflight[step.id] = flight
+        try:
+            ctx = exe.expression_context()
+            args = render(step.with_, ctx)
+            run = render(step.run, ctx) if step.run else None
+            env = render(step.env, ctx) if step.env else {}
+        except ExpressionError as e:
+            error = ErrorInfo("ExpressionError", str(e), retryable=False)
+            flight.task = asyncio.get_running_loop().create_task(self._finish(exe, step, attempt, None, error))
+            return
+        timeout = exe.sop.effective_timeout(step)
+        if step.handler.startswith("sop:"):
+            flight.task = asyncio.get_running_loop().create_task(
+                self._run_child(exe, step, attempt, args, timeout))
+            return
+        task = StepTask(exe.id, exe.sop.sop, step.id, attempt, step.handler,
+                        exe.request.handlers.get(step.handler), args, run, env, timeout,
+                        carrier_for(span) if span.is_recording() else {})
+        flight.ref = self._remote(exe, step).remote(task)
+        flight.task = asyncio.get_running_loop().create_task(self._await(exe, step, attempt, flight.ref, timeout))
+
+    def _remote(self, exe: Execution, step: Step) -> Any:
+        res = exe.sop.effective_resources(step)
+        memory = exe.memory_mb.get(step.id, res.memory_mb)
+        key = (exe.sop.sop, step.id, res.cpu, res.gpu, memory, res.capabilities)
+        fn = self._remote_fns.get(key)
+        if fn is None:
+            opts: dict[str, Any] = {"name": f"{exe.sop.sop}/{step.id}", "num_cpus": res.cpu}
+            if res.gpu:
+                opts["num_gpus"] = res.gpu
+            if memory:
+                opts["memory"] = memory * 1024 * 1024
+            if res.capabilities:
+                opts["resources"] = {f"capability:{c}": 0.001 for c in res.capabilities}
+            fn = self._remote_fns[key] = remote_execute_step.options(**opts)
+        return fn
+
+    # -- waiting --------------------------------------------------------------------------
+
+    async def _await(self, exe: Execution, step: Step, attempt: int, ref: Any, timeout: float | None) -> None:
+        outcome: StepOutcome | None = None
+        error: ErrorInfo | None = None
+        try:
+            outcome = await asyncio.wait_for(ref, timeout) if timeout else await ref
+        except asyncio.TimeoutError:
+            ray.cancel(ref, force=True)
+            error = ErrorInfo("Timeout", f"attempt ran longer than timeout_s={timeout:g}", origin="timeout")
+        except ray.exceptions.TaskCancelledError:
+            error = ErrorInfo("Cancelled", "the attempt was cancelled", retryable=False, origin="cancel")
+        except ray.exceptions.OutOfMemoryError as e:
+            error = ErrorInfo("OutOfMemoryError", _first_line(e), origin="oom")
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                ray.exceptions.LocalRayletDiedError) as e:
+            error = ErrorInfo(type(e).__name__, _first_line(e), origin="crash")
+        except ray.exceptions.RayError as e:
+            error = ErrorInfo(type(e).__name__, _first_line(e), origin="crash")
+        await self._finish(exe, step, attempt, outcome, error)
+
+    async def _run_child(self, exe: Execution, step: Step, attempt: int, args: dict[str, Any],
+                         timeout: float | None) -> None:
+        c = self.coordinator
+        template = exe.request.subsops[step.handler[len("sop:"):]]
+        child_req = dataclasses.replace(template, inputs={**_defaults(template), **args}, parent=exe.id,
+                                        idempotency_key=None)
+        child_id = await c.submit(child_req)
+        exe.inflight[step.id].child = child_id
+        child = c.executions[child_id]
+        try:
+            await asyncio.wait_for(child.done.wait(), timeout)
+        except asyncio.TimeoutError:
+            await c.cancel(child_id, force=True)
+            await self._finish(exe, step, attempt, None, ErrorInfo(
+                "Timeout", f"sub-SOP ran longer than timeout_s={timeout:g}", origin="timeout"))
+            return
+        view = child.state
+        if view.status.value == "completed":
+            out = StepOutcome(f"{exe.id}/{step.id}/{attempt}", True, (view.outputs or {}).get("outputs"))
+            await self._finish(exe, step, attempt, out, None)
+        else:
+            await self._finish(exe, step, attempt, None, ErrorInfo(
+                "SubSopFailed", f"sub-SOP execution {child_id} ended {view.status.value}", retryable=False))
+
+    async def _finish(self, exe: Execution, step: Step, attempt: int, outcome: StepOutcome | None,
+                      error: ErrorInfo | None) -> None:
+        c = self.coordinator
+        flight = exe.inflight.get(step.id)
+        if flight is None or flight.attempt != attempt:
+            return  # a late or duplicate result for an attempt already settled: ignore it
+        if outcome is not None and not outcome.ok:
+            error = outcome.error
+        span = flight.span
+        if exe.state.cancel_requested and (error is not None and error.origin in ("cancel", "crash")):
+            del exe.inflight[step.id]
+            _end(span, "cancelled")
+            c.emit(exe, EventKind.STEP_CANCELLED, step.id, attempt, reason="execution cancelled (forced)")
+            c.step_finished(exe, step.id)
+            return
+        if error is None and outcome is not None:
+            del exe.inflight[step.id]
+            _end(span, "succeeded")
+            c.emit(exe, EventKind.STEP_SUCCEEDED, step.id, attempt, output=outcome.output,
+                   duration_s=round(outcome.duration_s, 6))
+            c.step_finished(exe, step.id)
+            return
+        assert error is not None
+        decision = await self._decide(exe, step, attempt, error)
+        del exe.inflight[step.id]
+        _end(span, "failed", error, decision)
+        failed_output = outcome.output if outcome is not None else None
+        c.emit(exe, EventKind.STEP_FAILED, step.id, attempt, error=str(error),
+               error_type=error.type, classification=decision.classification.value,
+               final=decision.action != Action.RETRY, action=decision.action.value,
+               reason=decision.reason, output=failed_output)
+        if decision.action == Action.RETRY and not exe.state.cancel_requested:
+            if decision.memory_mb:
+                exe.memory_mb[step.id] = decision.memory_mb
+            c.emit(exe, EventKind.RETRY_SCHEDULED, step.id, attempt + 1, delay_s=decision.delay_s,
+                   memory_mb=decision.memory_mb)
+            loop = asyncio.get_running_loop()
+            exe.waiting_retry[step.id] = loop.call_later(decision.delay_s, self._retry, exe, step, attempt + 1)
+            return
+        if decision.action == Action.RETRY:  # cancelled meanwhile: no further attempts
+            c.emit(exe, EventKind.STEP_CANCELLED, step.id, attempt, reason="execution cancelled")
+        elif decision.action == Action.ESCALATE:
+            c.emit(exe, EventKind.ESCALATED, step.id, attempt, reason=decision.reason,
+                   classification=decision.classification.value)
+        c.step_finished(exe, step.id)
+
+    async def _decide(self, exe: Execution, step: Step, attempt: int, error: ErrorInfo) -> Decision:
+        policy = exe.sop.effective_retry(step)
+        memory = exe.memory_mb.get(step.id, exe.sop.effective_resources(step).memory_mb)
+        handler = self.coordinator.failure_handler
+        if handler is None:
+            return decide(error, attempt, policy, memory)
+        report = {"execution_id": exe.id, "sop": exe.sop.sop, "step": step.id, "attempt": attempt,
+                  "error": exe.redact(as_dict(error)), "policy": policy, "memory_mb": memory}
+        try:
+            return await handler.handle.remote(error, report)
+        except ray.exceptions.RayError:
+            log.exception("failure handler unreachable; deciding locally")
+            return decide(error, attempt, policy, memory)
+
+    def _retry(self, exe: Execution, step: Step, attempt: int) -> None:
+        exe.waiting_retry.pop(step.id, None)
+        if exe.state.cancel_requested or exe.state.status.terminal:
+            return
+        if exe.state.paused:
+            exe.paused_retries[step.id] = attempt
+            return
+        self.start(exe, step, attempt)
+
+    def kill_inflight(self, exe: Execution) -> None:
+        """Force-cancel every running attempt (and child execution) of ``exe``."""
+        for flight in exe.inflight.values():
+            if flight.ref is not None:
+                ray.cancel(flight.ref, force=True)
+            elif flight.child is not None:
+                asyncio.get_running_loop().create_task(self.coordinator.cancel(flight.child, force=True))
+
+
+def _defaults(request: Any) -> dict[str, Any]:
+    return {k: v.default for k, v in request.sop.inputs.items() if v.default is not None}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _end(span: Any, status: str, error: ErrorInfo | None = None, decision: Decision | None = None) -> None:
+    if span is None:
+        return
+    span.set_attribute("sopflow.status", status)
+    if error is not None:
+        span.set_attribute("sopflow.error_class", decision.classification.value if decision else error.type)
+        span.set_attribute("sopflow.error_type", error.type)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)[:200]))
+    span.end()
+

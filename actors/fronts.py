@@ -1,0 +1,56 @@
+"""Thin Ray fronts over the plain actor classes: creation by name, calls, error conversion.
+
+Actors are detached, named, and live in one namespace, so executions outlive the
+client that submitted them and any client finds the same actors again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from actors._coordinator import _Coordinator
+from actors._failure_handler import _FailureHandler
+from actors._monitor import _ExecutionMonitor
+from runtime.errors import EngineUnavailable
+from sop.errors import SopflowError
+
+NAMESPACE = "sopflow"
+
+
+def call(ref: Any, timeout: float | None = None) -> Any:
+    """``ray.get`` that re-raises our own errors as themselves and Ray's as EngineUnavailable."""
+    try:
+        return ray.get(ref, timeout=timeout)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, SopflowError):
+            raise cause from None
+        raise
+    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+        raise EngineUnavailable(f"sopflow's actors cannot be reached: {type(e).__name__}; "
+                                "is the Ray cluster up? (`ray status`)") from e
+
+
+def _actor(cls: type, name: str, namespace: str, *args: Any, **options: Any) -> Any:
+    return ray.remote(cls).options(
+        name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
+        num_cpus=0, max_restarts=-1, max_task_retries=0, **options).remote(*args)
+
+
+class Actors:
+    """Handles to the coordinator, monitor and failure handler of one namespace."""
+
+    def __init__(self, namespace: str = NAMESPACE) -> None:
+        self.namespace = namespace
+        self.monitor = _actor(_ExecutionMonitor, "sopflow-monitor", namespace, max_concurrency=1000)
+        self.failure_handler = _actor(_FailureHandler, "sopflow-failure-handler", namespace,
+                                      max_concurrency=1000)
+        self.coordinator = _actor(_Coordinator, "sopflow-coordinator", namespace, self.monitor,
+                                  self.failure_handler, max_concurrency=100_000)
+
+    def kill(self) -> None:
+        """Remove the actors (their executions are lost until the event log makes them durable)."""
+        for handle in (self.coordinator, self.monitor, self.failure_handler):
+            ray.kill(handle, no_restart=True)

@@ -1,0 +1,277 @@
+"""The public API: start or join a cluster, submit SOPs, follow and control executions.
+
+``Engine`` is a client: every method talks to the named sopflow actors, so any
+number of engines (a notebook, the CLI, a service) see the same executions.
+The actors live in :mod:`actors`; this module imports it lazily, on connect,
+because ``runtime`` must stay importable without Ray.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ExecutionFailed, ExecutionTimeout, SubmissionError
+from runtime.events import Event
+from runtime.ids import ExecutionId
+from runtime.inputs import resolve_inputs
+from runtime.registry import Registry, RegistryError
+from runtime.status import ExecutionView
+from sop import Mode, Sop, check_file, check_text
+from sop.validate import BUILTIN_HANDLERS, ValidationReport, choose_mode
+
+DEFAULT_NAMESPACE = "sopflow"
+
+
+class Engine:
+    """A connection to sopflow on a Ray cluster.
+
+    Use :meth:`local` to start (or join) a cluster on this machine and
+    :meth:`connect` to attach to a running one; both create sopflow's actors on
+    first use and find them by name afterwards.
+    """
+
+    def __init__(self, *, namespace: str = DEFAULT_NAMESPACE, registry: Registry | None = None) -> None:
+        import ray
+
+        from actors import Actors
+
+        if not ray.is_initialized():
+            raise SubmissionError("Ray is not initialised; use Engine.local() or Engine.connect(address)")
+        self.namespace = namespace
+        self.registry = registry or Registry()
+        self._actors = Actors(namespace)
+
+    # -- connecting -----------------------------------------------------------------------
+
+    @classmethod
+    def local(cls, *, address: str | None = None, num_cpus: int | None = None,
+              dashboard: bool = True, namespace: str = DEFAULT_NAMESPACE,
+              registry: Registry | None = None, **ray_options: Any) -> Engine:
+        """Start a local Ray cluster (``address="local"``), or join ``address``, and connect.
+
+        The dashboard binds to 127.0.0.1 unless ``dashboard_host`` says otherwise.
+        """
+        import ray
+
+        if not ray.is_initialized():
+            options: dict[str, Any] = {"namespace": namespace, "log_to_driver": False}
+            if address in (None, "local"):
+                options.update(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+                               dashboard_host=ray_options.pop("dashboard_host", "127.0.0.1"))
+            else:
+                options["address"] = address
+            ray.init(**{**options, **ray_options})
+        return cls(namespace=namespace, registry=registry)
+
+    @classmethod
+    def connect(cls, address: str = "auto", *, namespace: str = DEFAULT_NAMESPACE,
+                registry: Registry | None = None, **ray_options: Any) -> Engine:
+        """Attach to a running cluster: ``auto`` (this machine), ``host:6379`` or ``ray://head:10001``."""
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, namespace=namespace, log_to_driver=False, **ray_options)
+        return cls(namespace=namespace, registry=registry)
+
+    def _call(self, ref: Any, timeout: float | None = None) -> Any:
+        from actors import call
+
+        return call(ref, timeout)
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def load(self, sop: str | os.PathLike[str] | Sop) -> tuple[Sop, ValidationReport | None, str]:
+        """Load and validate a path, YAML/JSON text or a loaded :class:`Sop`."""
+        if isinstance(sop, Sop):
+            return sop, None, "<object>"
+        text = os.fspath(sop)
+        looks_like_text = "\n" in text or text.lstrip().startswith(("{", "sop:"))
+        if looks_like_text:
+            report = check_text(text, handlers=self.registry)
+            source = "<string>"
+        else:
+            if not Path(text).is_file():
+                raise SubmissionError(f"SOP file {text!r} does not exist (looked in {Path.cwd()})")
+            report = check_file(text, handlers=self.registry)
+            source = text
+        return report.raise_for_problems(), report, source
+
+    def submit(self, sop: str | os.PathLike[str] | Sop, inputs: Mapping[str, Any] | None = None, *,
+               mode: str | None = None, priority: int = 0, idempotency_key: str | None = None,
+               inputs_from_text: bool = False) -> ExecutionId:
+        """Validate and submit an SOP; returns at once with the execution's id.
+
+        Raises:
+            SopValidationError: the SOP is invalid (every problem listed).
+            SubmissionError: inputs, mode or handlers do not fit.
+        """
+        request = self._request(sop, dict(inputs or {}), mode=mode, priority=priority,
+                                idempotency_key=idempotency_key, inputs_from_text=inputs_from_text)
+        return ExecutionId(self._call(self._actors.coordinator.submit.remote(request)))
+
+    def _request(self, sop: Any, inputs: dict[str, Any], *, mode: str | None, priority: int,
+                 idempotency_key: str | None, inputs_from_text: bool = False) -> Any:
+        from actors import SubmitRequest
+
+        model, _, source = self.load(sop)
+        chosen = self._mode(model, mode, source)
+        resolved = resolve_inputs(model, inputs, source=source, from_text=inputs_from_text)
+        base = Path(source).parent if source not in ("<string>", "<object>") else Path.cwd()
+        return SubmitRequest(model, resolved, chosen, priority, idempotency_key, self._handlers(model),
+                             self._subsops(model, base, ()), _secrets(model), source)
+
+    def _subsops(self, model: Sop, base: Path, stack: tuple[str, ...]) -> dict[str, Any]:
+        from actors import SubmitRequest
+
+        out = {}
+        for step in (*model.steps, *model.rollback):
+            if step.handler.startswith("sop:"):
+                path = (base / step.handler[4:]).resolve()
+                if str(path) in stack:
+                    raise SubmissionError(f"sub-SOP {step.handler[4:]} includes itself")
+                child, _, source = self.load(str(path))
+                out[step.handler[4:]] = SubmitRequest(
+                    child, {}, "system_design", 0, None, self._handlers(child),
+                    self._subsops(child, path.parent, (*stack, str(path))),
+                    _secrets(child), source)
+        return out
+
+    def _mode(self, model: Sop, requested: str | None, source: str) -> str:
+        declared = requested or model.mode.value
+        depends = {s.id: list(s.depends_on) for s in model.steps}
+        rules = {s.id: s.trigger_rule.value for s in model.steps}
+        chosen, reason = choose_mode(declared, depends, rules)
+        if chosen is None:
+            raise SubmissionError(f"cannot run {source} in mode {declared}: {reason}")
+        if chosen == Mode.AGENT_CENTRIC:
+            if declared == Mode.AGENT_CENTRIC:
+                raise SubmissionError(
+                    f"cannot run {source} in mode agent_centric: Agent Centric Runs are not available in "
+                    "this version of sopflow; submit with mode='system_design'")
+            chosen = Mode.SYSTEM_DESIGN  # auto falls back to the mode this version runs
+        for step in (*model.steps, *model.rollback):
+            if step.handler.startswith("mcp:"):
+                raise SubmissionError(
+                    f"step {step.id!r} of {source} uses {step.handler}: MCP steps run with the Agent "
+                    "Centric Run, which is not available in this version of sopflow")
+        return chosen.value
+
+    def _handlers(self, model: Sop) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for step in (*model.steps, *model.rollback):
+            name = step.handler
+            if name in BUILTIN_HANDLERS or ":" in name:
+                continue
+            try:
+                reg = self.registry.lookup("handler", name)
+            except RegistryError as e:
+                raise SubmissionError(f"step {step.id!r}: {e}") from e
+            out[name] = reg.reference or reg.implementation
+        return out
+
+    # -- following ------------------------------------------------------------------------
+
+    def status(self, execution_id: str) -> ExecutionView:
+        """A snapshot from the monitor (it lags the coordinator by a few milliseconds)."""
+        return self._call(self._actors.monitor.status.remote(str(execution_id)))
+
+    def wait(self, execution_id: str, timeout: float | None = None) -> ExecutionView:
+        """Block until the execution ends; returns its final view (with outputs).
+
+        Raises:
+            ExecutionTimeout: it was still running after ``timeout`` seconds.
+        """
+        view = self._call(self._actors.coordinator.wait.remote(str(execution_id), timeout))
+        if not view.status.terminal:
+            raise ExecutionTimeout(str(execution_id), timeout or 0.0, view.status.value)
+        return view
+
+    def result(self, execution_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The outputs of a completed execution (``outputs`` mapping and per-step ``steps``).
+
+        Raises:
+            ExecutionFailed: it ended partially_completed, failed or cancelled.
+        """
+        view = self.wait(execution_id, timeout)
+        if view.status.value != "completed":
+            raise ExecutionFailed(str(execution_id), view.status.value, view.errors)
+        return dict(view.outputs or {})
+
+    def list(self, status: str | None = None, sop: str | None = None,
+             since: float | None = None, limit: int = 1000) -> list[ExecutionView]:
+        return self._call(self._actors.monitor.list.remote(status, sop, since, limit))
+
+    def events(self, execution_id: str, *, follow: bool = True, poll_s: float = 1.0) -> Iterator[Event]:
+        """Yield the execution's events in order; with ``follow``, until it finishes."""
+        seq = 0
+        while True:
+            batch = self._call(self._actors.monitor.events.remote(str(execution_id), seq,
+                                                                  poll_s if follow else 0.0))
+            for event in batch:
+                seq = event.seq
+                yield event
+                if event.kind.value == "execution_finished":
+                    return
+            if not follow:
+                return
+
+    # -- controlling ----------------------------------------------------------------------
+
+    def cancel(self, execution_id: str, force: bool = False) -> ExecutionView:
+        """Start nothing new; with ``force``, also kill running steps."""
+        return self._call(self._actors.coordinator.cancel.remote(str(execution_id), force))
+
+    def pause(self, execution_id: str) -> ExecutionView:
+        return self._call(self._actors.coordinator.pause.remote(str(execution_id)))
+
+    def resume(self, execution_id: str) -> ExecutionView:
+        return self._call(self._actors.coordinator.resume.remote(str(execution_id)))
+
+    def add_steps(self, execution_id: str, steps: list[dict[str, Any]]) -> ExecutionView:
+        """Add steps to a running execution, validated incrementally.
+
+        Raises:
+            SopValidationError: a cycle, a bad reference or a bad field; nothing changed.
+        """
+        model = Sop.model_validate({"sop": "added", "steps": steps}) if steps else None
+        handlers = self._handlers(model) if model else {}
+        return self._call(self._actors.coordinator.add_steps.remote(str(execution_id), steps, handlers))
+
+    # -- escalation hooks -----------------------------------------------------------------
+
+    def add_escalation_hook(self, name: str, *, fn: Any = None, url: str | None = None,
+                            headers: dict[str, str] | None = None) -> list[str]:
+        """Run ``fn(payload)`` or POST to ``url`` whenever a step's retries are exhausted."""
+        from runtime.hooks import PythonHook, WebhookHook
+
+        if (fn is None) == (url is None):
+            raise SubmissionError("an escalation hook needs exactly one of fn= or url=")
+        hook = PythonHook(fn) if fn is not None else WebhookHook(url, dict(headers or {}))  # type: ignore[arg-type]
+        return self._call(self._actors.failure_handler.add_hook.remote(name, hook))
+
+    def remove_escalation_hook(self, name: str) -> list[str]:
+        return self._call(self._actors.failure_handler.remove_hook.remote(name))
+
+    def failure_stats(self) -> dict[str, Any]:
+        return self._call(self._actors.failure_handler.stats.remote())
+
+    def drain_hooks(self) -> int:
+        """Wait until escalation hooks already triggered have finished."""
+        return self._call(self._actors.failure_handler.drain.remote())
+
+    def flush(self) -> None:
+        """Push the coordinator's pending events to the monitor now."""
+        self._call(self._actors.coordinator.flush.remote())
+
+    def shutdown(self) -> None:
+        """Disconnect this client (executions keep running on the cluster)."""
+        import ray
+
+        ray.shutdown()
+
+
+def _secrets(model: Sop) -> tuple[str, ...]:
+    return tuple(k for k, v in model.inputs.items() if v.secret)

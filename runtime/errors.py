@@ -1,0 +1,53 @@
+"""Errors of running SOPs; handlers raise RetryableError / PermanentError to steer retries."""
+
+from __future__ import annotations
+
+from sop.errors import SopflowError
+
+
+class ExecutionError(SopflowError):
+    """Raised when an execution cannot be submitted, found, controlled or did not complete."""
+
+
+class SubmissionError(ExecutionError):
+    """Raised when a submission is refused (bad inputs, unsupported mode, unknown handler)."""
+
+
+class ExecutionNotFound(ExecutionError):
+    """Raised when no execution has the given id."""
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"no execution {execution_id!r}; `sopflow list` shows the known ones")
+        self.execution_id = execution_id
+
+
+class ExecutionTimeout(ExecutionError):
+    """Raised when ``wait`` gives up before the execution finished."""
+
+    def __init__(self, execution_id: str, timeout: float, status: str) -> None:
+        super().__init__(f"execution {execution_id} is still {status} after {timeout:g} s")
+        self.execution_id = execution_id
+        self.status = status
+
+
+class ExecutionFailed(ExecutionError):
+    """Raised by ``result`` when the execution ended without completing."""
+
+    def __init__(self, execution_id: str, status: str, errors: dict[str, str]) -> None:
+        detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "no step error recorded"
+        super().__init__(f"execution {execution_id} ended {status}: {detail}")
+        self.execution_id = execution_id
+        self.status = status
+        self.errors = errors
+
+
+class EngineUnavailable(ExecutionError):
+    """Raised when the Ray cluster or sopflow's actors cannot be reached."""
+
+
+class RetryableError(Exception):
+    """Raise from a step handler for a failure worth retrying (a flaky dependency, a 503)."""
+
+
+class PermanentError(Exception):
+    """Raise from a step handler for a failure no retry can fix (bad input, 404)."""

@@ -1,0 +1,87 @@
+"""Statuses of executions and steps, and the snapshot clients read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ExecutionStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    PARTIALLY_COMPLETED = "partially_completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL_EXECUTION
+
+
+_TERMINAL_EXECUTION = {ExecutionStatus.COMPLETED, ExecutionStatus.PARTIALLY_COMPLETED,
+                       ExecutionStatus.FAILED, ExecutionStatus.CANCELLED}
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    """Failed an attempt; waiting out the backoff before the next one."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    """Its condition was false, or its trigger rule could not be met without a failure."""
+    UPSTREAM_FAILED = "upstream_failed"
+    """Halted because a step it depends on failed."""
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL_STEP
+
+
+_TERMINAL_STEP = {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED,
+                  StepStatus.UPSTREAM_FAILED, StepStatus.CANCELLED}
+
+
+@dataclass(frozen=True, slots=True)
+class StepView:
+    id: str
+    status: StepStatus
+    attempts: int = 0
+    error: str | None = None
+    classification: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionView:
+    """A snapshot of one execution, as ``status``/``wait``/``list`` return it."""
+
+    id: str
+    sop: str
+    version: str
+    mode: str
+    status: ExecutionStatus
+    progress: float
+    """Share of steps that reached a terminal status, 0.0-1.0."""
+    steps: dict[str, StepView] = field(default_factory=dict)
+    submitted_at: float = 0.0
+    ended_at: float | None = None
+    outputs: dict[str, Any] | None = None
+    priority: int = 0
+
+    @property
+    def elapsed_s(self) -> float:
+        import time
+
+        return (self.ended_at or time.time()) - self.submitted_at
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return {s.id: s.error for s in self.steps.values() if s.error and s.status == StepStatus.FAILED}
