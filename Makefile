@@ -20,6 +20,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/sopflow validate examples/hello-linear.yaml examples/fanout-condition.yaml examples/invoice-reconciliation.yaml
 	$(VENV)/bin/sopflow graph examples/fanout-condition.yaml
+	$(VENV)/bin/sopflow run examples/fanout-condition.yaml --input threshold=1
 
 ## The whole test suite (starts one local Ray cluster for the run).
 test: $(STAMP)

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ExecutionFailed, ExecutionTimeout, SubmissionError
+from runtime.errors import ExecutionFailed, ExecutionNotFound, ExecutionTimeout, SubmissionError
 from runtime.events import Event
 from runtime.ids import ExecutionId
 from runtime.inputs import resolve_inputs
@@ -175,8 +175,16 @@ class Engine:
     # -- following ------------------------------------------------------------------------
 
     def status(self, execution_id: str) -> ExecutionView:
-        """A snapshot from the monitor (it lags the coordinator by a few milliseconds)."""
-        return self._call(self._actors.monitor.status.remote(str(execution_id)))
+        """A snapshot from the monitor (it lags the coordinator by a few milliseconds).
+
+        Raises:
+            ExecutionNotFound: neither the monitor nor the coordinator knows the id.
+        """
+        try:
+            return self._call(self._actors.monitor.status.remote(str(execution_id)))
+        except ExecutionNotFound:
+            # Submitted a moment ago: its first events may still be on their way to the monitor.
+            return self._call(self._actors.coordinator.status.remote(str(execution_id)))
 
     def wait(self, execution_id: str, timeout: float | None = None) -> ExecutionView:
         """Block until the execution ends; returns its final view (with outputs).

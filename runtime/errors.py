@@ -20,6 +20,9 @@ class ExecutionNotFound(ExecutionError):
         super().__init__(f"no execution {execution_id!r}; `sopflow list` shows the known ones")
         self.execution_id = execution_id
 
+    def __reduce__(self) -> tuple:  # survive pickling across Ray with the original arguments
+        return (type(self), (self.execution_id,))
+
 
 class ExecutionTimeout(ExecutionError):
     """Raised when ``wait`` gives up before the execution finished."""
@@ -27,7 +30,11 @@ class ExecutionTimeout(ExecutionError):
     def __init__(self, execution_id: str, timeout: float, status: str) -> None:
         super().__init__(f"execution {execution_id} is still {status} after {timeout:g} s")
         self.execution_id = execution_id
+        self.timeout = timeout
         self.status = status
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.execution_id, self.timeout, self.status))
 
 
 class ExecutionFailed(ExecutionError):
@@ -39,6 +46,9 @@ class ExecutionFailed(ExecutionError):
         self.execution_id = execution_id
         self.status = status
         self.errors = errors
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.execution_id, self.status, self.errors))
 
 
 class EngineUnavailable(ExecutionError):

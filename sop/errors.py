@@ -81,6 +81,9 @@ class SopValidationError(SopflowError):
     def __post_init__(self) -> None:
         Exception.__init__(self, self._summary())
 
+    def __reduce__(self) -> tuple:  # survive pickling across Ray with the original arguments
+        return (type(self), (self.problems,))
+
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]

@@ -49,6 +49,9 @@ class ExpressionError(SopflowError):
         self.expression = expression
         self.suggestion = suggestion
 
+    def __reduce__(self) -> tuple:  # survive pickling across Ray with the original arguments
+        return (type(self), (str(self), self.expression, self.suggestion))
+
 
 class _Environment(ImmutableSandboxedEnvironment):
     """The sandbox, with repetition capped so ``'x' * 10**9`` cannot eat memory."""

@@ -24,6 +24,13 @@ class GraphError(SopflowError):
         self.unknown = list(unknown)
         self.duplicates = list(duplicates)
 
+    def __reduce__(self) -> tuple:  # survive pickling across Ray with the original arguments
+        return (_rebuild_graph_error, (str(self), self.cycles, self.unknown, self.duplicates))
+
+
+def _rebuild_graph_error(message: str, cycles: list, unknown: list, duplicates: list) -> GraphError:
+    return GraphError(message, cycles=cycles, unknown=unknown, duplicates=duplicates)
+
 
 def format_cycle(cycle: Sequence[str]) -> str:
     """``['a', 'b', 'c']`` -> ``a -> b -> c -> a`` (each depends on the next)."""

@@ -1,0 +1,243 @@
+"""``sopflow run`` and the commands that follow and control executions on a cluster."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import click
+from rich.live import Live
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from runtime._cli_sop import console, print_problems
+from runtime.errors import ExecutionError
+from runtime.registry import Registry
+from runtime.status import ExecutionView, StepStatus
+from sop import SopflowError, SopValidationError, check_file
+
+_STEP_STYLE = {StepStatus.SUCCEEDED: "green", StepStatus.FAILED: "red", StepStatus.RUNNING: "cyan",
+               StepStatus.RETRYING: "yellow", StepStatus.SKIPPED: "dim", StepStatus.UPSTREAM_FAILED: "red",
+               StepStatus.CANCELLED: "magenta", StepStatus.PENDING: "white"}
+_ADDRESS_HELP = "Ray cluster to use (host:port or ray://host:10001); default $RAY_ADDRESS, else this machine's."
+
+
+def _connect(address: str | None, *, start_if_missing: bool) -> Any:
+    """An Engine on the given/running cluster; optionally start a local one for this command."""
+    from runtime.engine import Engine
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"logging_level": logging.ERROR}
+    try:
+        return Engine.connect(address or "auto", **quiet), False
+    except ConnectionError as e:
+        if address or not start_if_missing:
+            raise click.ClickException(
+                f"no Ray cluster at {address or 'this machine'} ({e}); start one with "
+                "`ray start --head --dashboard-host 127.0.0.1` or run `sopflow run FILE` to use a "
+                "temporary local cluster") from None
+    return Engine.local(**quiet), True
+
+
+def _fail(e: Exception) -> None:
+    raise click.ClickException(str(e))
+
+
+def _steps_table(view: ExecutionView) -> Table:
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    table.add_column("step")
+    table.add_column("status")
+    table.add_column("attempts", justify="right")
+    table.add_column("error", overflow="fold")
+    for sid, step in view.steps.items():
+        style = _STEP_STYLE.get(step.status, "white")
+        table.add_row(escape(sid), f"[{style}]{step.status.value}[/{style}]", str(step.attempts),
+                      escape(step.error or ""))
+    return table
+
+
+def _print_view(view: ExecutionView, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(_view_dict(view), indent=2, default=str))
+        return
+    out = console()
+    out.print(f"[bold]{view.id}[/bold]  {view.sop} {view.version}  [bold]{view.status.value}[/bold]  "
+              f"{view.progress:.0%}  {view.elapsed_s:.2f} s")
+    out.print(_steps_table(view))
+
+
+def _view_dict(view: ExecutionView) -> dict[str, Any]:
+    return {"id": view.id, "sop": view.sop, "version": view.version, "mode": view.mode,
+            "status": view.status.value, "progress": view.progress,
+            "submitted_at": view.submitted_at, "ended_at": view.ended_at,
+            "steps": {k: {"status": s.status.value, "attempts": s.attempts, "error": s.error,
+                          "classification": s.classification} for k, s in view.steps.items()},
+            "outputs": view.outputs}
+
+
+def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise click.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--input")
+        out[key.strip()] = value
+    return out
+
+
+def _follow(engine: Any, execution_id: str) -> ExecutionView:
+    """Live progress bar and step table until the execution ends."""
+    out = console()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                        TimeElapsedColumn(), console=out, transient=False)
+    view = engine.status(execution_id)
+    bar = progress.add_task(f"{view.sop} {execution_id}", total=1.0)
+    if not out.is_terminal:
+        for event in engine.events(execution_id):
+            out.print(escape(event.describe()))
+        return engine.wait(execution_id)
+    with Live(console=out, refresh_per_second=8) as live:
+        for _event in engine.events(execution_id):
+            view = engine.status(execution_id)
+            progress.update(bar, completed=view.progress)
+            grid = Table.grid()
+            grid.add_row(progress)
+            grid.add_row(_steps_table(view))
+            live.update(grid)
+    return engine.wait(execution_id)
+
+
+def register_commands(main: click.Group) -> None:
+    @main.command()
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=VALUE", help="An SOP input (repeatable).")
+    @click.option("--address", help=_ADDRESS_HELP)
+    @click.option("--mode", type=click.Choice(["auto", "system_design", "agent_centric"]), default=None)
+    @click.option("--priority", type=int, default=0, help="Higher runs first when the cluster is busy.")
+    @click.option("--idempotency-key", default=None, help="Submitting the same key again returns the first run.")
+    @click.option("--detach", is_flag=True, help="Print the execution id and return; it keeps running.")
+    @click.option("--timeout", type=float, default=None, help="Give up waiting after this many seconds.")
+    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+    def run(file: str, inputs: tuple[str, ...], address: str | None, mode: str | None, priority: int,
+            idempotency_key: str | None, detach: bool, timeout: float | None, fmt: str) -> None:
+        """Validate an SOP, run it on Ray with live progress, print the result.
+
+        Exits 0 only when the execution completed.
+        """
+        report = check_file(file, handlers=Registry())
+        if not report.ok:
+            print_problems(report, console(stderr=True))
+            sys.exit(1)
+        engine, temporary = _connect(address, start_if_missing=True)
+        if detach and temporary:
+            raise click.ClickException(
+                "--detach needs a cluster that outlives this command; start one with "
+                "`ray start --head --dashboard-host 127.0.0.1` (or pass --address)")
+        try:
+            execution_id = engine.submit(file, _parse_inputs(inputs), mode=mode, priority=priority,
+                                         idempotency_key=idempotency_key, inputs_from_text=True)
+        except SopValidationError as e:
+            _fail(e)
+        except SopflowError as e:
+            _fail(e)
+        if detach:
+            click.echo(execution_id)
+            return
+        err = console(stderr=True)
+        err.print(f"submitted [bold]{execution_id}[/bold]" + (" on a temporary local Ray cluster" if temporary else ""))
+        try:
+            view = engine.wait(execution_id, timeout) if fmt == "json" else _follow(engine, execution_id)
+        except ExecutionError as e:
+            _fail(e)
+        _print_view(view, fmt)
+        if fmt == "text" and view.outputs is not None:
+            console().print_json(json.dumps((view.outputs or {}).get("outputs", {}), default=str))
+        sys.exit(0 if view.status.value == "completed" else 1)
+
+    @main.command()
+    @click.argument("execution_id")
+    @click.option("--address", help=_ADDRESS_HELP)
+    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+    def status(execution_id: str, address: str | None, fmt: str) -> None:
+        """Show an execution's status, progress and steps."""
+        engine, _ = _connect(address, start_if_missing=False)
+        try:
+            _print_view(engine.status(execution_id), fmt)
+        except SopflowError as e:
+            _fail(e)
+
+    @main.command()
+    @click.argument("execution_id")
+    @click.option("--address", help=_ADDRESS_HELP)
+    @click.option("--timeout", type=float, default=None)
+    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+    def wait(execution_id: str, address: str | None, timeout: float | None, fmt: str) -> None:
+        """Wait for an execution to end; exit 0 only if it completed."""
+        engine, _ = _connect(address, start_if_missing=False)
+        try:
+            view = engine.wait(execution_id, timeout)
+        except SopflowError as e:
+            _fail(e)
+        _print_view(view, fmt)
+        sys.exit(0 if view.status.value == "completed" else 1)
+
+    @main.command()
+    @click.argument("execution_id")
+    @click.option("--address", help=_ADDRESS_HELP)
+    def result(execution_id: str, address: str | None) -> None:
+        """Print a completed execution's outputs as JSON."""
+        engine, _ = _connect(address, start_if_missing=False)
+        try:
+            click.echo(json.dumps(engine.result(execution_id), indent=2, default=str))
+        except SopflowError as e:
+            _fail(e)
+
+    @main.command()
+    @click.argument("execution_id")
+    @click.option("--force", is_flag=True, help="Also kill steps that are running.")
+    @click.option("--address", help=_ADDRESS_HELP)
+    def cancel(execution_id: str, force: bool, address: str | None) -> None:
+        """Cancel an execution: start nothing new (and with --force, kill running steps)."""
+        engine, _ = _connect(address, start_if_missing=False)
+        try:
+            view = engine.cancel(execution_id, force=force)
+        except SopflowError as e:
+            _fail(e)
+        click.echo(f"{execution_id}: {view.status.value}")
+
+    for verb in ("pause", "resume"):
+        def control(execution_id: str, address: str | None, _verb: str = verb) -> None:
+            engine, _ = _connect(address, start_if_missing=False)
+            try:
+                view = getattr(engine, _verb)(execution_id)
+            except SopflowError as e:
+                _fail(e)
+            click.echo(f"{execution_id}: {view.status.value}")
+
+        control.__doc__ = {"pause": "Pause an execution: running steps finish, nothing new starts.",
+                           "resume": "Resume a paused execution."}[verb]
+        main.command(name=verb)(click.option("--address", help=_ADDRESS_HELP)(
+            click.argument("execution_id")(control)))
+
+    @main.command(name="list")
+    @click.option("--status", "status_", default=None, help="Only executions with this status.")
+    @click.option("--sop", default=None, help="Only executions of this SOP.")
+    @click.option("--since", type=float, default=None, help="Only those submitted in the last N seconds.")
+    @click.option("--address", help=_ADDRESS_HELP)
+    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+    def list_(status_: str | None, sop: str | None, since: float | None, address: str | None, fmt: str) -> None:
+        """List executions, newest first."""
+        engine, _ = _connect(address, start_if_missing=False)
+        views = engine.list(status=status_, sop=sop, since=time.time() - since if since else None)
+        if fmt == "json":
+            click.echo(json.dumps([_view_dict(v) for v in views], indent=2, default=str))
+            return
+        table = Table("id", "sop", "status", "progress", "elapsed", box=None)
+        for v in views:
+            table.add_row(v.id, v.sop, v.status.value, f"{v.progress:.0%}", f"{v.elapsed_s:.1f} s")
+        console().print(table)

@@ -1,0 +1,114 @@
+"""Step handlers for the test SOPs (``uses: python:tests.handlers_for_tests:<fn>``).
+
+They run in Ray workers, so state shared with the test (attempt counts, "go"
+signals) lives in files under the test's tmp_path, passed in through ``with:``.
+Waiting is always a bounded polling loop for a condition.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import PermanentError, RetryableError
+
+POLL_S = 0.02
+
+
+def _wait_until(predicate: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(POLL_S)  # polling interval of a bounded wait, not synchronisation by itself
+    return predicate()
+
+
+def echo(value: Any = None) -> Any:
+    """Return the argument unchanged."""
+    return value
+
+
+def fail(message: str = "boom", kind: str = "transient") -> None:
+    """Always fail: ``transient`` (RuntimeError), ``retryable``, ``permanent`` or ``value``."""
+    if kind == "permanent":
+        raise PermanentError(message)
+    if kind == "value":
+        raise ValueError(message)
+    if kind == "retryable":
+        raise RetryableError(message)
+    raise RuntimeError(message)
+
+
+def outcome(ok: bool, name: str = "") -> str:
+    """Succeed or fail (permanently, so nothing is retried) as told."""
+    if not ok:
+        raise PermanentError(f"step {name} was told to fail")
+    return f"{name} ok"
+
+
+def flaky(fail_times: int, counter_dir: str, context: Any) -> dict:
+    """Fail (transiently) on the first ``fail_times`` attempts, then succeed.
+
+    Each attempt also leaves a file in ``counter_dir``, so the test can count them
+    independently of the engine's own bookkeeping.
+    """
+    Path(counter_dir).mkdir(parents=True, exist_ok=True)
+    (Path(counter_dir) / f"attempt-{context.attempt}").write_text(str(os.getpid()))
+    if context.attempt <= fail_times:
+        raise ConnectionError(f"flaky dependency unavailable (attempt {context.attempt})")
+    return {"attempt": context.attempt}
+
+
+def crash_once(marker: str) -> dict:
+    """Kill the worker process on the first attempt; succeed on the next."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        os._exit(1)
+    return {"pid": os.getpid(), "crashed_pid": int(path.read_text())}
+
+
+def slow_first_attempt(seconds: float, context: Any) -> dict:
+    """Sleep ``seconds`` on attempt 1 (to hit the step's timeout); return at once afterwards."""
+    if context.attempt == 1:
+        time.sleep(seconds)
+    return {"attempt": context.attempt}
+
+
+def wait_for_file(path: str, timeout_s: float = 30.0, value: Any = None) -> Any:
+    """Block (bounded) until ``path`` exists; fail if it never appears."""
+    if not _wait_until(lambda: Path(path).exists(), timeout_s):
+        raise TimeoutError(f"{path} did not appear within {timeout_s} s")
+    return value if value is not None else Path(path).read_text()
+
+
+def barrier(directory: str, name: str, parties: int, timeout_s: float = 30.0) -> str:
+    """Arrive at a barrier of ``parties`` steps and wait (bounded) until all have arrived.
+
+    Only steps that really run at the same time can all pass it.
+    """
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text(str(os.getpid()))
+    if not _wait_until(lambda: len(list(root.iterdir())) >= parties, timeout_s):
+        raise TimeoutError(f"only {len(list(root.iterdir()))} of {parties} parties arrived")
+    return name
+
+
+def touch(path: str, text: str = "") -> str:
+    """Write a file (rollback steps use it to show they ran)."""
+    Path(path).write_text(text)
+    return text
+
+
+def leak_secret(token: str) -> None:
+    """Fail with an error message that contains the (secret) argument."""
+    raise PermanentError(f"authentication rejected for token {token}")
+
+
+def return_secret(token: str) -> dict:
+    """Succeed with an output that contains the (secret) argument."""
+    return {"header": f"Bearer {token}"}
