@@ -7,6 +7,7 @@ execution commands live in :mod:`runtime._cli_exec` and import it on demand.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -18,6 +19,9 @@ from runtime._cli_sop import graph, schema, validate
 @click.version_option(package_name="sopflow")
 def main() -> None:
     """Run standard operating procedures (SOPs) on Ray."""
+    # Like `python -m`, resolve `python:<module>:<function>` handlers from the current directory.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 main.add_command(validate)

@@ -59,8 +59,11 @@ class Engine:
         if not ray.is_initialized():
             options: dict[str, Any] = {"namespace": namespace, "log_to_driver": False}
             if address in (None, "local"):
+                # Workers import `python:` handlers from the directory the engine started in.
+                path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
                 options.update(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
-                               dashboard_host=ray_options.pop("dashboard_host", "127.0.0.1"))
+                               dashboard_host=ray_options.pop("dashboard_host", "127.0.0.1"),
+                               runtime_env={"env_vars": {"PYTHONPATH": path}})
             else:
                 options["address"] = address
             ray.init(**{**options, **ray_options})

@@ -36,7 +36,11 @@ def describe(value: Any) -> str:
 def translate(error: ValidationError, loaded: Loaded, root: type[BaseModel],
               prefix: tuple[str | int, ...] = ()) -> list[Problem]:
     problems = []
-    for err in error.errors(include_url=False):
+    errors = error.errors(include_url=False)
+    # A list whose only item is invalid is also reported "too short"; the item's error says it all.
+    inner = {tuple(e["loc"][:1]) for e in errors if len(e["loc"]) > 1}
+    errors = [e for e in errors if not (e["type"] == "too_short" and tuple(e["loc"]) in inner)]
+    for err in errors:
         loc = prefix + tuple(err["loc"])
         kind = err["type"]
         value = err.get("input")

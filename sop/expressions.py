@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, nodes
+from jinja2 import StrictUndefined, Undefined, nodes
 from jinja2.exceptions import TemplateSyntaxError, UndefinedError, SecurityError
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -38,6 +38,9 @@ TESTS = ("defined", "undefined", "none", "number", "string", "mapping", "sequenc
          "boolean", "true", "false", "eq", "ne", "gt", "ge", "lt", "le", "in")
 
 _MAX_SEQUENCE = 100_000
+_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+_JINJA_KEYWORDS = frozenset({"and", "or", "not", "in", "is", "if", "else", "true", "false", "none",
+                             "True", "False", "None"})
 _REFERENCE = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
 
 
@@ -68,9 +71,28 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
+def _guard(size: int) -> None:
+    if size > _MAX_SEQUENCE:
+        raise SecurityError(f"result would hold more than {_MAX_SEQUENCE:,} characters")
+
+
+def _replace(value: Any, old: str, new: str, count: int | None = None) -> str:
+    text = str(value)
+    n = text.count(str(old)) if old else len(text) + 1
+    _guard(len(text) + max(n if count is None else min(n, count), 0) * len(str(new)))
+    return text.replace(str(old), str(new), -1 if count is None else count)
+
+
+def _join(value: Any, d: str = "", attribute: Any = None) -> str:
+    items = [str(v) for v in value]
+    _guard(sum(map(len, items)) + len(str(d)) * max(len(items) - 1, 0))
+    return str(d).join(items)
+
+
 _ENV = _Environment(undefined=StrictUndefined, autoescape=False)
 _ENV.globals.clear()
 _ENV.filters = {k: v for k, v in _ENV.filters.items() if k in FILTERS}
+_ENV.filters.update(replace=_replace, join=_join)
 _ENV.tests = {k: v for k, v in _ENV.tests.items() if k in TESTS}
 
 _ALLOWED_NODES = (
@@ -117,7 +139,10 @@ class Expression:
         if self._compiled is None:
             self._compiled = _compile(self._ast)
         try:
-            return self._compiled(context)
+            result = self._compiled(context)
+            if isinstance(result, Undefined):
+                result._fail_with_undefined_error()
+            return result
         except UndefinedError as e:
             raise ExpressionError(f"expression {self.source!r}: {e.message}", self.source) from e
         except SecurityError as e:
@@ -140,6 +165,14 @@ def compile_expression(source: str) -> Expression:
     text = source.strip()
     if not text:
         raise ExpressionError("expression is empty", source)
+    if _DOTTED.fullmatch(text) and not _JINJA_KEYWORDS.intersection(text.split(".")):  # most references: skip the lexer, build the tree directly
+        root, *attrs = text.split(".")
+        node: nodes.Expr = nodes.Name(root, "load", lineno=1)
+        for attr in attrs:
+            node = nodes.Getattr(node, attr, "load", lineno=1)
+        refs: list[Reference] = []
+        _check(node, text, refs)
+        return Expression(text, tuple(refs), node)
     try:
         parser = Parser(_ENV, text, state="variable")
         ast = parser.parse_expression()
@@ -179,6 +212,9 @@ def _check(node: nodes.Node, text: str, refs: list[Reference]) -> None:
                               text)
     if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
         raise ExpressionError(f"expression {text!r} reads private attribute {node.attr!r}", text)
+    if (isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const)
+            and isinstance(node.arg.value, str) and node.arg.value.startswith("_")):
+        raise ExpressionError(f"expression {text!r} reads private key {node.arg.value!r}", text)
     if isinstance(node, nodes.Filter) and node.name not in FILTERS:
         raise ExpressionError(f"expression {text!r} uses unknown filter {node.name!r}", text,
                               f"available filters: {', '.join(FILTERS)}")
@@ -256,9 +292,9 @@ def render(value: Any, context: dict[str, Any]) -> Any:
     if isinstance(value, str):
         if "${{" not in value:
             return value
-        whole = _REFERENCE.fullmatch(value.strip())
-        if whole:
-            return compile_expression(whole.group(1)).evaluate(context)
+        whole = _whole_reference(value)
+        if whole is not None:
+            return compile_expression(whole).evaluate(context)
         return _REFERENCE.sub(lambda m: _as_text(compile_expression(m.group(1)).evaluate(context)), value)
     if isinstance(value, dict):
         return {k: render(v, context) for k, v in value.items()}
@@ -275,7 +311,16 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
+def _whole_reference(text: str) -> str | None:
+    """The expression when ``text`` is exactly one ``${{ ... }}``, else None."""
+    stripped = text.strip()
+    m = _REFERENCE.match(stripped)
+    if m is None or m.end() != len(stripped):
+        return None
+    return m.group(1)
+
+
 def strip_braces(condition: str) -> str:
     """``"${{ a > 1 }}"`` -> ``"a > 1"``; a bare condition is returned as is."""
-    whole = _REFERENCE.fullmatch(condition.strip())
-    return whole.group(1) if whole else condition
+    whole = _whole_reference(condition)
+    return whole if whole is not None else condition

@@ -41,25 +41,40 @@ def render_text(sop: Sop, graph: Graph) -> str:
     return "\n".join(lines)
 
 
+_MERMAID_RESERVED = {"end", "graph", "subgraph", "flowchart", "style", "class", "classdef",
+                     "click", "default", "linkstyle", "direction"}
+
+
+def _mermaid_id(step_id: str, index: int) -> str:
+    # Step ids ([A-Za-z_][A-Za-z0-9_-]*) are valid Mermaid ids, except the keywords.
+    return f"step{index}_{step_id}" if step_id.lower() in _MERMAID_RESERVED else step_id
+
+
 def _mermaid_text(text: str) -> str:
     return text.replace('"', "#quot;")
 
 
 def render_mermaid(sop: Sop, graph: Graph) -> str:
-    """A Mermaid flowchart, one subgraph per stage; conditional steps drawn as diamonds."""
+    """A Mermaid flowchart, one subgraph per stage; conditional steps drawn as diamonds.
+
+    Step ids are node ids, except Mermaid keywords such as ``end``, which get a
+    safe id and keep the step id as their label.
+    """
     by_id = {s.id: s for s in sop.steps}
+    node = {sid: _mermaid_id(sid, i) for i, sid in enumerate(graph.nodes)}
     out = ["flowchart TD"]
     for k, stage in enumerate(graph.stages(), 1):
         out.append(f"  subgraph stage{k}[\"stage {k}\"]")
         for sid in stage:
             step = by_id[sid]
             label = _mermaid_text(f"{sid}<br/><small>{step.handler}</small>")
-            out.append(f'    {sid}{{"{label}"}}' if step.when else f'    {sid}["{label}"]')
+            out.append(f'    {node[sid]}{{"{label}"}}' if step.when else f'    {node[sid]}["{label}"]')
         out.append("  end")
     for sid in graph.nodes:
         label = _edge_label(by_id[sid])
         for dep in graph.dependencies(sid):
-            out.append(f'  {dep} -->|"{_mermaid_text(label)}"| {sid}' if label else f"  {dep} --> {sid}")
+            arrow = f'-->|"{_mermaid_text(label)}"|' if label else "-->"
+            out.append(f"  {node[dep]} {arrow} {node[sid]}")
     return "\n".join(out)
 
 

@@ -153,11 +153,16 @@ def choose_mode(declared: str, depends: Mapping[str, Sequence[str]],
 
 
 @lru_cache(maxsize=1024)
-def _module_exists(module: str) -> bool:
+def _module_problem(module: str) -> str | None:
+    """Why ``module`` cannot be found, or None. Finding a submodule imports its parent packages."""
     try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+        if importlib.util.find_spec(module) is None:
+            return f"python module {module!r} cannot be found"
+    except ImportError:
+        return f"python module {module!r} cannot be found"
+    except Exception as e:  # noqa: BLE001 - a broken parent package is the user's problem to see
+        return f"python module {module!r} cannot be imported: {type(e).__name__}: {e}"
+    return None
 
 
 class _Checker:
@@ -194,19 +199,20 @@ class _Checker:
         rb_graph = self._acyclic(rb_depends, rollback, "rollback")
         inputs = self.data.get("inputs") if isinstance(self.data.get("inputs"), dict) else {}
         sources = self.data.get("data_sources") if isinstance(self.data.get("data_sources"), dict) else {}
+        known = set(all_ids)
         for section, items, graph, visible in (("steps", steps, self.graph, set()),
                                                ("rollback", rollback, rb_graph, set(main_ids))):
             for i, step in items:
                 sid = step.get("id")
                 upstream = None  # unknown when the graph is broken: skip the upstream check
-                if graph is not None and isinstance(sid, str) and sid in graph:
+                if graph is not None and isinstance(sid, str) and sid in graph and _reads_steps(step):
                     upstream = graph.ancestors(sid) | visible
-                self._expressions((section, i), step, upstream, set(all_ids), inputs)
+                self._expressions((section, i), step, upstream, known, inputs)
                 self._handler((section, i), step, sources)
         outputs = self.data.get("outputs")
         if isinstance(outputs, dict):
             for key, value in outputs.items():
-                self._templates(("outputs", key), value, None, None, set(all_ids), inputs)
+                self._templates(("outputs", key), value, None, None, known, inputs)
         self._agent(sources)
         self._mode(depends, steps)
 
@@ -219,7 +225,8 @@ class _Checker:
             if not isinstance(sid, str):
                 continue
             if sid in seen or sid in ids:
-                first = f"{section}[{ids[sid]}]" if sid in ids else f"steps[{seen[sid]}]"
+                first = (f"{section}[{ids[sid]}]" if sid in ids else
+                         "a step of the running SOP" if seen[sid] < 0 else f"steps[{seen[sid]}]")
                 self.problem((section, i, "id"), f"step id {sid!r} is already used by {first}",
                              code="duplicate-step", suggestion="give every step a unique id")
                 continue
@@ -343,8 +350,8 @@ class _Checker:
             m = _PYTHON_USES.match(uses)
             if not m:
                 self.problem(path, f"expected python:<module>:<function>, got {uses!r}", code="bad-handler")
-            elif not _module_exists(m.group(1)):
-                self.problem(path, f"python module {m.group(1)!r} cannot be found", code="unknown-handler",
+            elif (why := _module_problem(m.group(1))) is not None:
+                self.problem(path, why, code="unknown-handler",
                              suggestion="check the spelling, and that the module is on PYTHONPATH "
                              "(run from the project directory or install it)")
         elif uses.startswith("mcp:"):
@@ -421,6 +428,11 @@ def steps_dep_list(steps: list[tuple[int, dict]], index: int) -> list[str]:
             deps = step.get("depends_on", [])
             return [deps] if isinstance(deps, str) else [d for d in deps if isinstance(d, str)]
     return []
+
+
+def _reads_steps(step: dict) -> bool:
+    """Whether any expression of the step may mention ``steps`` (a cheap text test)."""
+    return any("steps" in str(step.get(k, "")) for k in ("when", "with", "run", "env"))
 
 
 def _dicts(value: Any) -> list[tuple[int, dict]]:
