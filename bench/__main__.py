@@ -23,6 +23,7 @@ from bench._util import to_markdown
 # so a module's heavy imports (Ray, ...) cost nothing when it is not run.
 BENCHMARKS: dict[str, str] = {
     "validation": "bench.validation",
+    "engine": "bench.engine",
 }
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -223,6 +223,8 @@ class _Builder:
         )
         if tag == "tag:yaml.org,2002:str" or tag == "tag:yaml.org,2002:merge":
             return event.value
+        if tag == "tag:yaml.org,2002:bool" and event.value.lower() not in ("true", "false"):
+            return event.value  # YAML 1.2: yes/no/on/off are text (a step called `on` stays "on")
         node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
         try:
             return self._constructor.construct_object(node, deep=True)
