@@ -190,7 +190,8 @@ class _Coordinator:
         if state.status.terminal:
             return
         graph = exe.active_graph
-        if not (state.cancel_requested or state.paused):
+        stopping = state.cancel_requested or (exe.rollback_requested and not state.rolling_back)
+        if not (stopping or state.paused):
             statuses = exe.statuses()
             todo = list(dict.fromkeys(candidates))
             while todo:

@@ -132,6 +132,9 @@ class Dispatcher:
             return  # a late or duplicate result for an attempt already settled: ignore it
         if outcome is not None and not outcome.ok:
             error = outcome.error
+        if error is not None and exe.secret_values:  # spans, events and hooks all quote the error
+            error = dataclasses.replace(error, message=exe.redact(error.message),
+                                        traceback=exe.redact(error.traceback))
         span = flight.span
         if exe.state.cancel_requested and (error is not None and error.origin in ("cancel", "crash")):
             del exe.inflight[step.id]

@@ -1,0 +1,516 @@
+"""Engine benchmarks: sopflow's System Design Run against bare Ray doing the same work in the same run.
+
+One local Ray cluster (2 CPUs asked for) runs everything. Every step is the no-op
+Python handler ``python:bench.engine:noop`` with ``resources: {cpu: 0.01}``; the
+bare-Ray baseline is a no-op ``ray.remote(num_cpus=0.01)`` task, each task taking
+the refs of the tasks it depends on as arguments. Latency rows alternate sopflow and
+bare Ray call by call (so drift in load hits both alike); an end-to-end sopflow call
+is ``engine.submit(sop_object)`` + ``engine.wait(id)`` (the SOP validated once,
+before timing; a row with YAML text shows what validating on every submit adds).
+Throughput submits N executions of the 5-step SOP from a pool of threads (each
+submit is one blocking actor call), then waits for all of them, while another
+thread calls ``engine.status`` in a loop; bare Ray submits the same N chains of 5
+tasks from the driver and ``ray.get``s them.
+
+Goals (from the issue, 2-core machine): per-step overhead over bare Ray <= 2 ms at
+p50; >= 500 steps/s sustained; status query p99 <= 10 ms under load; a 5-step SOP
+< 100 ms end to end once warm.
+
+Set ``SOPFLOW_BENCH_PROFILE=<dir>`` to also record the coordinator (and monitor)
+with py-spy during the sopflow throughput run (``<dir>/*.txt``, collapsed stacks).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench._util import Result, measure, measure_pair, summarise
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NAMESPACE = "sopflow-bench"
+NUM_CPUS = 2
+STEP_CPU = 0.01
+HANDLER = "python:bench.engine:noop"
+LINEAR_STEPS = 5
+FANOUT_WIDTH = 5
+SUBMIT_THREADS = 16
+
+GOAL_STEP_OVERHEAD_MS = 2.0
+GOAL_STEPS_PER_S = 500.0
+GOAL_STATUS_P99_MS = 10.0
+GOAL_E2E_MS = 100.0
+
+
+def noop(**kwargs: Any) -> None:
+    """The step handler: does nothing (runs in a Ray worker)."""
+    return None
+
+
+# -- SOPs ---------------------------------------------------------------------------------
+
+
+def _head(name: str) -> list[str]:
+    return [f"sop: {name}", 'version: "1.0"', "defaults:", f"  resources: {{cpu: {STEP_CPU}}}",
+            "  timeout_s: 60", "steps:"]
+
+
+def linear_sop(n: int = LINEAR_STEPS) -> str:
+    """``n`` no-op steps in a row."""
+    out = _head(f"bench-linear-{n}")
+    for i in range(n):
+        out += [f"  - id: s{i}", f"    uses: {HANDLER}"]
+        if i:
+            out.append(f"    depends_on: [s{i - 1}]")
+    return "\n".join(out) + "\n"
+
+
+def fanout_sop(width: int = FANOUT_WIDTH) -> str:
+    """A root, ``width`` parallel steps after it, and a join: ``width + 2`` no-op steps."""
+    out = _head(f"bench-fanout-{width}")
+    out += ["  - id: root", f"    uses: {HANDLER}"]
+    for i in range(width):
+        out += [f"  - id: b{i}", f"    uses: {HANDLER}", "    depends_on: [root]"]
+    out += ["  - id: join", f"    uses: {HANDLER}",
+            f"    depends_on: [{', '.join(f'b{i}' for i in range(width))}]"]
+    return "\n".join(out) + "\n"
+
+
+# -- bare Ray -----------------------------------------------------------------------------
+
+_bare_task: Any = None
+
+
+def _bare() -> Any:
+    global _bare_task
+    if _bare_task is None:
+        import ray
+
+        def bare_noop(*deps: Any) -> None:
+            return None
+
+        _bare_task = ray.remote(num_cpus=STEP_CPU, max_retries=0)(bare_noop)
+    return _bare_task
+
+
+def bare_chain(n: int = LINEAR_STEPS) -> Any:
+    """Submit ``n`` chained no-op tasks; returns the last ref (not waited on)."""
+    t = _bare()
+    ref = t.remote()
+    for _ in range(n - 1):
+        ref = t.remote(ref)
+    return ref
+
+
+def bare_fanout(width: int = FANOUT_WIDTH) -> Any:
+    t = _bare()
+    root = t.remote()
+    return t.remote(*[t.remote(root) for _ in range(width)])
+
+
+# -- the cluster --------------------------------------------------------------------------
+
+
+def _start() -> Any:
+    import ray
+
+    from runtime import Engine
+
+    ray.init(address="local", num_cpus=NUM_CPUS, include_dashboard=False, log_to_driver=False,
+             namespace=NAMESPACE)
+
+    @ray.remote(num_cpus=STEP_CPU)
+    def can_import() -> bool:
+        import importlib.util
+        return importlib.util.find_spec("bench.engine") is not None
+
+    if not ray.get(can_import.remote()):  # workers do not see the repository: say where it is
+        ray.shutdown()
+        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+        ray.init(address="local", num_cpus=NUM_CPUS, include_dashboard=False, log_to_driver=False,
+                 namespace=NAMESPACE, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    return Engine(namespace=NAMESPACE)
+
+
+def _check(view: Any, steps: int) -> None:
+    if view.status.value != "completed" or len(view.steps) != steps:
+        raise AssertionError(f"execution {view.id} ended {view.status.value}: {view}")
+
+
+def _descendants() -> list[tuple[int, str]]:
+    """(pid, command line) of every descendant of this process, read from /proc (Linux)."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+                parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    mine, out = {os.getpid()}, []
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parent.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                changed = True
+    for pid in sorted(mine - {os.getpid()}):
+        try:
+            out.append((pid, Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except OSError:
+            pass
+    return out
+
+
+def _actor_pid(cls_name: str) -> int | None:
+    """Pid of this cluster's actor process of class ``cls_name`` (its title is ``ray::<class>...``).
+
+    The state API needs the dashboard, which is off; the actors of the cluster this
+    driver started are among its descendants (driver -> raylet -> workers).
+    """
+    for pid, cmd in _descendants():
+        if cmd.startswith(f"ray::{cls_name}"):
+            return pid
+    return None
+
+
+class _Profiler:
+    """py-spy record of the coordinator and monitor while a block runs (SOPFLOW_BENCH_PROFILE)."""
+
+    def __init__(self, out_dir: str | None, label: str) -> None:
+        self.out_dir, self.label, self.procs = out_dir, label, []
+
+    def __enter__(self) -> _Profiler:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not self.out_dir or not Path(spy).exists():
+            return self
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        for actor in ("_Coordinator", "_ExecutionMonitor"):
+            pid = _actor_pid(actor)
+            if pid:
+                out = Path(self.out_dir) / f"{self.label}-{actor}.txt"
+                self.procs.append(subprocess.Popen(
+                    [spy, "record", "--pid", str(pid), "--rate", "500", "--format", "raw", "--threads",
+                     "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(0.5)  # let py-spy attach
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for p in self.procs:
+            p.send_signal(2)  # SIGINT: py-spy writes the profile and exits
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+# -- process figures (Linux /proc) ----------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (0 when unknown)."""
+    if not pid:
+        return 0.0
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / _TICK
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class _ActorCpu:
+    """CPU seconds the coordinator and monitor processes use while a block runs."""
+
+    def __init__(self) -> None:
+        self.pids = {"coordinator": _actor_pid("_Coordinator"), "monitor": _actor_pid("_ExecutionMonitor")}
+        self.used: dict[str, float] = {}
+
+    def __enter__(self) -> _ActorCpu:
+        self._start = {k: _cpu_s(p) for k, p in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.used = {k: _cpu_s(p) - self._start[k] for k, p in self.pids.items() if p}
+
+
+def _is_worker(cmd: str) -> bool:
+    """A Ray worker process that runs tasks (not one of the actors, not an agent)."""
+    if "default_worker.py" in cmd:
+        return True
+    return cmd.startswith("ray::") and not cmd.startswith(("ray::_", "ray::Dashboard", "ray::RuntimeEnv"))
+
+
+class _WorkerCount:
+    """Peak number of task worker processes of this cluster while a block runs (sampled every 0.5 s)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="worker-count", daemon=True)
+
+    def _loop(self) -> None:
+        while True:
+            self.peak = max(self.peak, sum(1 for _, cmd in _descendants() if _is_worker(cmd)))
+            if self._stop.wait(0.5):
+                return
+
+    def __enter__(self) -> _WorkerCount:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- measurements -------------------------------------------------------------------------
+
+
+def _latency_rows(label: str, engine: Any, model: Any, steps: int, bare: Any, repeat: int,
+                  notes: str) -> tuple[list[Result], float]:
+    import ray
+
+    def sop_run() -> None:
+        _check(engine.wait(engine.submit(model), 60), steps)
+
+    def bare_run() -> None:
+        ray.get(bare(), timeout=60)
+
+    warmup = max(5, repeat // 10)
+    with _ActorCpu() as cpu:
+        ts, tb = measure_pair(sop_run, bare_run, repeat, warmup=warmup)
+    per_step = (ts.p50 - tb.p50) / steps
+    runs = repeat + warmup
+    cpu_note = (f"; CPU per execution: coordinator {cpu.used['coordinator'] / runs * 1e3:.1f} ms, "
+                f"monitor {cpu.used['monitor'] / runs * 1e3:.1f} ms" if "coordinator" in cpu.used else "")
+    rows = [
+        Result.timing(f"{label}: sopflow submit + wait", ts, notes + cpu_note,
+                      **{"vs bare Ray (p50)": ts.p50 / tb.p50, "overhead/step p50 ms": per_step}),
+        Result.timing(f"{label}: bare Ray", tb, "same tasks as ray.remote(num_cpus=0.01), refs as "
+                      "arguments, one ray.get"),
+    ]
+    return rows, per_step
+
+
+def _breakdown(engine: Any, model: Any, repeat: int) -> list[Result]:
+    """Where a 5-step execution's time goes, from the client's clocks and the coordinator's
+    step timestamps (same machine, so the clocks agree), next to one bare Ray task."""
+    import ray
+
+    submit_ms: list[float] = []
+    wait_ms: list[float] = []
+    to_first: list[float] = []
+    step_ms: list[float] = []
+    gap_ms: list[float] = []
+    tail_ms: list[float] = []
+    clock = time.perf_counter
+    for i in range(repeat + 5):
+        t0 = clock()
+        eid = engine.submit(model)
+        t1 = clock()
+        view = engine.wait(eid, 60)
+        t2, wall_end = clock(), time.time()
+        _check(view, LINEAR_STEPS)
+        if i < 5:
+            continue  # warm-up
+        st = [view.steps[f"s{k}"] for k in range(LINEAR_STEPS)]
+        submit_ms.append((t1 - t0) * 1e3)
+        wait_ms.append((t2 - t1) * 1e3)
+        to_first.append((st[0].started_at - view.submitted_at) * 1e3)
+        step_ms += [(s.ended_at - s.started_at) * 1e3 for s in st]
+        gap_ms += [(b.started_at - a.ended_at) * 1e3 for a, b in zip(st, st[1:])]
+        tail_ms.append((wall_end - st[-1].ended_at) * 1e3)
+    task = _bare()
+    one = measure(lambda: ray.get(task.remote(), timeout=60), repeat * LINEAR_STEPS // 2, warmup=5)
+    return [
+        Result.timing("breakdown: engine.submit() call", summarise(submit_ms),
+                      "5-step Sop object; includes the coordinator starting the first step"),
+        Result.timing("breakdown: engine.wait() call", summarise(wait_ms), "from submit's return to wait's"),
+        Result.timing("breakdown: submitted -> first step started", summarise(to_first),
+                      "coordinator timestamps"),
+        Result.timing("breakdown: step started -> ended", summarise(step_ms),
+                      "coordinator timestamps: Ray task submitted from the coordinator's loop, run, "
+                      "result awaited, event emitted"),
+        Result.timing("breakdown: step ended -> next step started", summarise(gap_ms),
+                      "coordinator: advance() deciding the next step"),
+        Result.timing("breakdown: last step ended -> wait() returned", summarise(tail_ms),
+                      "finish, flush to the monitor, reply to the client"),
+        Result.timing("breakdown: bare Ray, one no-op task submit + get", one,
+                      "from the driver: the floor for one step"),
+    ]
+
+
+def _throughput(engine: Any, model: Any, n: int, threads: int, profile: str | None) -> dict[str, Any]:
+    """Submit ``n`` executions from ``threads`` threads, wait for all; probe status meanwhile."""
+    ids: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    probe_ms: list[float] = []
+    probe_missing = 0
+
+    def submit_one(_: int) -> str:
+        eid = engine.submit(model)
+        with lock:
+            ids.append(eid)
+        return eid
+
+    def prober() -> None:
+        nonlocal probe_missing
+        from runtime.errors import ExecutionNotFound
+
+        clock = time.perf_counter
+        while not stop.is_set():
+            with lock:
+                # an execution submitted a little while ago (the monitor lags by ~10 ms), mostly running
+                target = ids[max(0, len(ids) - 20)] if ids else None
+            if target is None:
+                time.sleep(0.001)
+                continue
+            t0 = clock()
+            try:
+                engine.status(target)
+            except ExecutionNotFound:
+                probe_missing += 1
+            probe_ms.append((clock() - t0) * 1000.0)
+
+    probe = threading.Thread(target=prober, name="status-probe", daemon=True)
+    with _Profiler(profile, "throughput"), _ActorCpu() as cpu, _WorkerCount() as workers, \
+            ThreadPoolExecutor(threads) as pool:
+        probe.start()
+        t0 = time.perf_counter()
+        submitted = list(pool.map(submit_one, range(n)))
+        t_sub = time.perf_counter() - t0
+        views = list(pool.map(lambda eid: engine.wait(eid, 300), submitted))
+        wall = time.perf_counter() - t0
+        stop.set()
+        probe.join()
+    failed = [v for v in views if v.status.value != "completed"]
+    if len(failed) > len(views) // 10:
+        _check(failed[0], LINEAR_STEPS)  # raises with the first failure
+    return {"wall": wall, "submit": t_sub, "probe": probe_ms, "missing": probe_missing,
+            "failed": len(failed), "cpu": cpu.used, "workers": workers.peak}
+
+
+def _bare_throughput(n: int) -> dict[str, Any]:
+    import ray
+
+    with _WorkerCount() as workers:
+        t0 = time.perf_counter()
+        refs = [bare_chain() for _ in range(n)]
+        t_sub = time.perf_counter() - t0
+        ray.get(refs, timeout=300)
+        wall = time.perf_counter() - t0
+    return {"wall": wall, "submit": t_sub, "workers": workers.peak}
+
+
+def run(quick: bool = False) -> list[Result]:
+    import ray
+
+    repeat = 20 if quick else 200
+    executions = 100 if quick else 1000
+    profile = os.environ.get("SOPFLOW_BENCH_PROFILE") or None
+    results: list[Result] = []
+    t_start = time.perf_counter()
+    engine = _start()
+    try:
+        first = time.perf_counter()
+        lin_text, fan_text = linear_sop(), fanout_sop()
+        lin_model, _, _ = engine.load(lin_text)
+        fan_model, _, _ = engine.load(fan_text)
+        _check(engine.wait(engine.submit(lin_model), 120), LINEAR_STEPS)
+        first_ms = (time.perf_counter() - first) * 1000.0
+        results.append(Result("cluster start + Engine", {"n": 1, "p50 ms": (first - t_start) * 1000.0},
+                              f"ray.init(num_cpus={NUM_CPUS}) + Engine(namespace={NAMESPACE!r})"))
+        results.append(Result("first 5-step execution (cold actors and workers)", {"n": 1, "p50 ms": first_ms},
+                              "creates the coordinator/monitor/failure-handler actors, starts workers"))
+
+        fan_steps = FANOUT_WIDTH + 2
+        rows, lin_overhead = _latency_rows(
+            f"{LINEAR_STEPS}-step linear", engine, lin_model, LINEAR_STEPS, bare_chain, repeat,
+            "Sop object validated once; submit + wait are two blocking actor calls")
+        results += rows
+        rows, fan_overhead = _latency_rows(
+            f"{FANOUT_WIDTH}-wide fan-out + join ({fan_steps} steps)", engine, fan_model, fan_steps,
+            bare_fanout, repeat, f"root -> {FANOUT_WIDTH} parallel -> join; critical path 3 steps")
+        results += rows
+
+        def text_run() -> None:
+            _check(engine.wait(engine.submit(lin_text), 60), LINEAR_STEPS)
+
+        results.append(Result.timing(f"{LINEAR_STEPS}-step linear: sopflow submit(YAML text) + wait",
+                                     measure(text_run, max(10, repeat // 4), warmup=3),
+                                     "check_text on every submit, in the client"))
+        results += _breakdown(engine, lin_model, max(10, repeat // 4))
+
+        done_id = engine.submit(lin_model)
+        engine.wait(done_id, 60)
+        idle = measure(lambda: engine.status(done_id), repeat, warmup=5)
+
+        bare_tp = _bare_throughput(executions)
+        time.sleep(2.0)  # let the worker pool settle between the two bursts
+        sop_tp = _throughput(engine, lin_model, executions, SUBMIT_THREADS, profile)
+        steps_total = executions * LINEAR_STEPS
+        sop_rate, bare_rate = steps_total / sop_tp["wall"], steps_total / bare_tp["wall"]
+        cpu = sop_tp["cpu"]
+        cpu_note = (f"; CPU per step: coordinator {cpu['coordinator'] / steps_total * 1e3:.2f} ms, monitor "
+                    f"{cpu['monitor'] / steps_total * 1e3:.2f} ms" if "coordinator" in cpu else "")
+        results.append(Result(f"throughput, {executions:,} x {LINEAR_STEPS}-step: sopflow",
+                              {"n": executions, "wall s": sop_tp["wall"], "steps/s": sop_rate,
+                               "vs bare Ray (steps/s)": sop_rate / bare_rate,
+                               "peak workers": sop_tp["workers"]},
+                              f"submitted from {SUBMIT_THREADS} threads in {sop_tp['submit']:.2f} s "
+                              f"({executions / sop_tp['submit']:,.0f} submits/s), then waited for all"
+                              + cpu_note
+                              + (f"; {sop_tp['failed']} did not complete" if sop_tp["failed"] else "")))
+        results.append(Result(f"throughput, {executions:,} x {LINEAR_STEPS}-step: bare Ray",
+                              {"n": executions, "wall s": bare_tp["wall"], "steps/s": bare_rate,
+                               "peak workers": bare_tp["workers"]},
+                              f"{executions:,} chains of {LINEAR_STEPS} tasks submitted from the driver "
+                              f"in {bare_tp['submit']:.2f} s, then one ray.get"))
+        probe = summarise(sop_tp["probe"])
+        results.append(Result.timing("engine.status under load (during the sopflow throughput run)", probe,
+                                     f"one thread in a loop; {sop_tp['missing']} answered not-found "
+                                     "(monitor lag)"))
+        results.append(Result.timing("engine.status idle", idle, "a finished execution, nothing running"))
+
+        e2e = next(r for r in results if r.name == f"{LINEAR_STEPS}-step linear: sopflow submit + wait")
+        results += _goals(lin_overhead, fan_overhead, fan_steps, sop_rate, probe.p99,
+                          e2e.figures["p50 ms"], e2e.figures["p99 ms"])
+    finally:
+        engine.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
+    return results
+
+
+def _goals(lin_overhead: float, fan_overhead: float, fan_steps: int, rate: float, status_p99: float,
+           e2e_p50: float, e2e_p99: float) -> list[Result]:
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    return [
+        Result(f"GOAL per-step overhead over bare Ray <= {GOAL_STEP_OVERHEAD_MS:g} ms (p50)",
+               {"overhead/step p50 ms": lin_overhead,
+                "goal": verdict(lin_overhead <= GOAL_STEP_OVERHEAD_MS)},
+               f"5-step linear; the fan-out gives {fan_overhead:.2f} ms/step over {fan_steps} steps"),
+        Result(f"GOAL >= {GOAL_STEPS_PER_S:g} no-op steps/s sustained",
+               {"steps/s": rate, "goal": verdict(rate >= GOAL_STEPS_PER_S)}),
+        Result(f"GOAL status query p99 <= {GOAL_STATUS_P99_MS:g} ms under load",
+               {"p99 ms": status_p99, "goal": verdict(status_p99 <= GOAL_STATUS_P99_MS)}),
+        Result(f"GOAL 5-step SOP < {GOAL_E2E_MS:g} ms end to end (warm)",
+               {"p50 ms": e2e_p50, "p99 ms": e2e_p99,
+                "goal": ("met" if e2e_p99 < GOAL_E2E_MS else
+                         "met at p50, not p99" if e2e_p50 < GOAL_E2E_MS else "MISSED")},
+               "met = p99 under the goal"),
+    ]
