@@ -7,17 +7,22 @@ the refs of the tasks it depends on as arguments. Latency rows alternate sopflow
 bare Ray call by call (so drift in load hits both alike); an end-to-end sopflow call
 is ``engine.submit(sop_object)`` + ``engine.wait(id)`` (the SOP validated once,
 before timing; a row with YAML text shows what validating on every submit adds).
-Throughput submits N executions of the 5-step SOP from a pool of threads (each
-submit is one blocking actor call), then waits for all of them, while another
-thread calls ``engine.status`` in a loop; bare Ray submits the same N chains of 5
-tasks from the driver and ``ray.get``s them.
+The breakdown rows split one execution using the coordinator's step timestamps.
+Throughput submits N executions of the 5-step SOP from 16 threads (each submit is
+one blocking actor call), then waits for all of them, while another thread calls
+``engine.status`` in a loop; bare Ray submits the same N chains of 5 tasks from the
+driver and ``ray.get``s them. "peak workers" is the most Ray worker processes seen
+at once (sampled every 0.5 s): with 0.01-CPU tasks Ray starts a process per
+concurrently runnable task, so the diagnostic rows repeat the throughput run with
+steps of 0.5 CPU (at most 4 at once, workers reused). Actor CPU figures are the
+coordinator's and monitor's process CPU time (/proc) over the steps they ran.
 
 Goals (from the issue, 2-core machine): per-step overhead over bare Ray <= 2 ms at
 p50; >= 500 steps/s sustained; status query p99 <= 10 ms under load; a 5-step SOP
 < 100 ms end to end once warm.
 
-Set ``SOPFLOW_BENCH_PROFILE=<dir>`` to also record the coordinator (and monitor)
-with py-spy during the sopflow throughput run (``<dir>/*.txt``, collapsed stacks).
+Set ``SOPFLOW_BENCH_PROFILE=<dir>`` to also record the coordinator and monitor with
+py-spy during the cpu-0.01 sopflow throughput run (``<dir>/*.txt``, collapsed stacks).
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ HANDLER = "python:bench.engine:noop"
 LINEAR_STEPS = 5
 FANOUT_WIDTH = 5
 SUBMIT_THREADS = 16
+DIAG_CPU = 0.5
+"""Step CPU of the diagnostic throughput run: at most 4 steps at once on 2 CPUs, workers reused."""
+PAUSE_S = 3.0
 
 GOAL_STEP_OVERHEAD_MS = 2.0
 GOAL_STEPS_PER_S = 500.0
@@ -57,14 +65,14 @@ def noop(**kwargs: Any) -> None:
 # -- SOPs ---------------------------------------------------------------------------------
 
 
-def _head(name: str) -> list[str]:
-    return [f"sop: {name}", 'version: "1.0"', "defaults:", f"  resources: {{cpu: {STEP_CPU}}}",
+def _head(name: str, cpu: float) -> list[str]:
+    return [f"sop: {name}", 'version: "1.0"', "defaults:", f"  resources: {{cpu: {cpu:g}}}",
             "  timeout_s: 60", "steps:"]
 
 
-def linear_sop(n: int = LINEAR_STEPS) -> str:
-    """``n`` no-op steps in a row."""
-    out = _head(f"bench-linear-{n}")
+def linear_sop(n: int = LINEAR_STEPS, cpu: float = STEP_CPU) -> str:
+    """``n`` no-op steps in a row, each asking for ``cpu`` cores."""
+    out = _head(f"bench-linear-{n}", cpu)
     for i in range(n):
         out += [f"  - id: s{i}", f"    uses: {HANDLER}"]
         if i:
@@ -72,9 +80,9 @@ def linear_sop(n: int = LINEAR_STEPS) -> str:
     return "\n".join(out) + "\n"
 
 
-def fanout_sop(width: int = FANOUT_WIDTH) -> str:
+def fanout_sop(width: int = FANOUT_WIDTH, cpu: float = STEP_CPU) -> str:
     """A root, ``width`` parallel steps after it, and a join: ``width + 2`` no-op steps."""
-    out = _head(f"bench-fanout-{width}")
+    out = _head(f"bench-fanout-{width}", cpu)
     out += ["  - id: root", f"    uses: {HANDLER}"]
     for i in range(width):
         out += [f"  - id: b{i}", f"    uses: {HANDLER}", "    depends_on: [root]"]
@@ -85,24 +93,25 @@ def fanout_sop(width: int = FANOUT_WIDTH) -> str:
 
 # -- bare Ray -----------------------------------------------------------------------------
 
-_bare_task: Any = None
+_bare_tasks: dict[float, Any] = {}
 
 
-def _bare() -> Any:
-    global _bare_task
-    if _bare_task is None:
+def _bare(cpu: float = STEP_CPU) -> Any:
+    """The bare-Ray no-op task, asking for ``cpu`` cores."""
+    task = _bare_tasks.get(cpu)
+    if task is None:
         import ray
 
         def bare_noop(*deps: Any) -> None:
             return None
 
-        _bare_task = ray.remote(num_cpus=STEP_CPU, max_retries=0)(bare_noop)
-    return _bare_task
+        task = _bare_tasks[cpu] = ray.remote(num_cpus=cpu, max_retries=0)(bare_noop)
+    return task
 
 
-def bare_chain(n: int = LINEAR_STEPS) -> Any:
+def bare_chain(n: int = LINEAR_STEPS, cpu: float = STEP_CPU) -> Any:
     """Submit ``n`` chained no-op tasks; returns the last ref (not waited on)."""
-    t = _bare()
+    t = _bare(cpu)
     ref = t.remote()
     for _ in range(n - 1):
         ref = t.remote(ref)
@@ -402,16 +411,50 @@ def _throughput(engine: Any, model: Any, n: int, threads: int, profile: str | No
             "failed": len(failed), "cpu": cpu.used, "workers": workers.peak}
 
 
-def _bare_throughput(n: int) -> dict[str, Any]:
+def _bare_throughput(n: int, cpu: float = STEP_CPU) -> dict[str, Any]:
     import ray
 
     with _WorkerCount() as workers:
         t0 = time.perf_counter()
-        refs = [bare_chain() for _ in range(n)]
+        refs = [bare_chain(cpu=cpu) for _ in range(n)]
         t_sub = time.perf_counter() - t0
         ray.get(refs, timeout=300)
         wall = time.perf_counter() - t0
     return {"wall": wall, "submit": t_sub, "workers": workers.peak}
+
+
+def _throughput_rows(engine: Any, executions: int, cpu: float, profile: str | None,
+                     pause: float = PAUSE_S) -> tuple[list[Result], float, Any]:
+    """bare Ray, then sopflow, each running ``executions`` 5-step chains at once with steps of ``cpu``."""
+    model, _, _ = engine.load(linear_sop(cpu=cpu))
+    _check(engine.wait(engine.submit(model), 60), LINEAR_STEPS)
+    time.sleep(pause)  # both bursts start from a settled worker pool (Ray reaps idle workers after ~1 s)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    bare = _bare_throughput(executions, cpu)
+    time.sleep(pause)
+    sop = _throughput(engine, model, executions, SUBMIT_THREADS, profile)
+    steps = executions * LINEAR_STEPS
+    sop_rate, bare_rate = steps / sop["wall"], steps / bare["wall"]
+    label = f"throughput, {executions:,} x {LINEAR_STEPS}-step, cpu {cpu:g}"
+    diag = "" if cpu == STEP_CPU else " (diagnostic)"
+    cpu_used = sop["cpu"]
+    cpu_note = (f"; actor CPU per step: coordinator {cpu_used['coordinator'] / steps * 1e3:.2f} ms, monitor "
+                f"{cpu_used['monitor'] / steps * 1e3:.2f} ms" if "coordinator" in cpu_used else "")
+    rows = [
+        Result(f"{label}: sopflow{diag}",
+               {"n": executions, "wall s": sop["wall"], "steps/s": sop_rate,
+                "vs bare Ray (steps/s)": sop_rate / bare_rate, "peak workers": sop["workers"]},
+               f"submitted from {SUBMIT_THREADS} threads in {sop['submit']:.2f} s "
+               f"({executions / sop['submit']:,.0f} submits/s), then waited for all{cpu_note}"
+               + (f"; {sop['failed']} did not complete" if sop["failed"] else "")
+               + f"; 1-min load average before: {load:.1f}"),
+        Result(f"{label}: bare Ray{diag}",
+               {"n": executions, "wall s": bare["wall"], "steps/s": bare_rate,
+                "peak workers": bare["workers"]},
+               f"{executions:,} chains of {LINEAR_STEPS} tasks submitted from the driver in "
+               f"{bare['submit']:.2f} s, then one ray.get"),
+    ]
+    return rows, sop_rate, summarise(sop["probe"])
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -419,6 +462,7 @@ def run(quick: bool = False) -> list[Result]:
 
     repeat = 20 if quick else 200
     executions = 100 if quick else 1000
+    pause = PAUSE_S / 2 if quick else PAUSE_S
     profile = os.environ.get("SOPFLOW_BENCH_PROFILE") or None
     results: list[Result] = []
     t_start = time.perf_counter()
@@ -432,7 +476,8 @@ def run(quick: bool = False) -> list[Result]:
         first_ms = (time.perf_counter() - first) * 1000.0
         results.append(Result("cluster start + Engine", {"n": 1, "p50 ms": (first - t_start) * 1000.0},
                               f"ray.init(num_cpus={NUM_CPUS}) + Engine(namespace={NAMESPACE!r})"))
-        results.append(Result("first 5-step execution (cold actors and workers)", {"n": 1, "p50 ms": first_ms},
+        results.append(Result("first 5-step execution (cold actors and workers)",
+                              {"n": 1, "p50 ms": first_ms},
                               "creates the coordinator/monitor/failure-handler actors, starts workers"))
 
         fan_steps = FANOUT_WIDTH + 2
@@ -457,32 +502,19 @@ def run(quick: bool = False) -> list[Result]:
         engine.wait(done_id, 60)
         idle = measure(lambda: engine.status(done_id), repeat, warmup=5)
 
-        bare_tp = _bare_throughput(executions)
-        time.sleep(2.0)  # let the worker pool settle between the two bursts
-        sop_tp = _throughput(engine, lin_model, executions, SUBMIT_THREADS, profile)
-        steps_total = executions * LINEAR_STEPS
-        sop_rate, bare_rate = steps_total / sop_tp["wall"], steps_total / bare_tp["wall"]
-        cpu = sop_tp["cpu"]
-        cpu_note = (f"; CPU per step: coordinator {cpu['coordinator'] / steps_total * 1e3:.2f} ms, monitor "
-                    f"{cpu['monitor'] / steps_total * 1e3:.2f} ms" if "coordinator" in cpu else "")
-        results.append(Result(f"throughput, {executions:,} x {LINEAR_STEPS}-step: sopflow",
-                              {"n": executions, "wall s": sop_tp["wall"], "steps/s": sop_rate,
-                               "vs bare Ray (steps/s)": sop_rate / bare_rate,
-                               "peak workers": sop_tp["workers"]},
-                              f"submitted from {SUBMIT_THREADS} threads in {sop_tp['submit']:.2f} s "
-                              f"({executions / sop_tp['submit']:,.0f} submits/s), then waited for all"
-                              + cpu_note
-                              + (f"; {sop_tp['failed']} did not complete" if sop_tp["failed"] else "")))
-        results.append(Result(f"throughput, {executions:,} x {LINEAR_STEPS}-step: bare Ray",
-                              {"n": executions, "wall s": bare_tp["wall"], "steps/s": bare_rate,
-                               "peak workers": bare_tp["workers"]},
-                              f"{executions:,} chains of {LINEAR_STEPS} tasks submitted from the driver "
-                              f"in {bare_tp['submit']:.2f} s, then one ray.get"))
-        probe = summarise(sop_tp["probe"])
-        results.append(Result.timing("engine.status under load (during the sopflow throughput run)", probe,
-                                     f"one thread in a loop; {sop_tp['missing']} answered not-found "
-                                     "(monitor lag)"))
+        rows, sop_rate, probe = _throughput_rows(engine, executions, STEP_CPU, profile, pause)
+        results += rows
+        results.append(Result.timing(
+            "engine.status under load (during the sopflow throughput run)", probe,
+            "one thread calling engine.status in a loop on an execution submitted shortly before"))
         results.append(Result.timing("engine.status idle", idle, "a finished execution, nothing running"))
+
+        # Diagnostic: the same throughput run with steps asking for 0.5 CPU, so Ray runs at most
+        # 4 at a time on reused workers instead of starting a worker process per concurrent task.
+        rows, _, probe_half = _throughput_rows(engine, executions, DIAG_CPU, None, pause)
+        results += rows
+        results.append(Result.timing(f"engine.status under load (cpu {DIAG_CPU:g} run, diagnostic)",
+                                     probe_half, "as above, during the diagnostic throughput run"))
 
         e2e = next(r for r in results if r.name == f"{LINEAR_STEPS}-step linear: sopflow submit + wait")
         results += _goals(lin_overhead, fan_overhead, fan_steps, sop_rate, probe.p99,
