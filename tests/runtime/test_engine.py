@@ -13,25 +13,9 @@ from runtime.errors import ExecutionFailed, ExecutionNotFound, SubmissionError
 from runtime.events import EventKind
 from runtime.status import ExecutionStatus, StepStatus
 from sop import SopValidationError
+from tests.sop_builders import DEFAULTS, H, events_of, sop_text
 
 pytestmark = pytest.mark.ray
-
-H = "python:tests.handlers_for_tests"
-DEFAULTS = """\
-defaults:
-  retry: {max_attempts: 3, initial_delay_s: 0.05}
-  timeout_s: 60
-  resources: {cpu: 0.25}
-"""
-
-
-def sop_text(body: str, name: str = "t", inputs: str = "") -> str:
-    """An SOP with the test defaults (steps run in parallel on the 4 logical CPUs)."""
-    return f"sop: {name}\nversion: \"1\"\n{textwrap.dedent(inputs)}{DEFAULTS}{textwrap.dedent(body)}"
-
-
-def events_of(engine, execution_id: str) -> list:
-    return list(engine.events(execution_id, follow=False))
 
 
 def statuses(view) -> dict[str, str]:

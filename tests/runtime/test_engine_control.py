@@ -12,24 +12,9 @@ from runtime.errors import ExecutionError, ExecutionNotFound, ExecutionTimeout
 from runtime.events import EventKind
 from runtime.status import ExecutionStatus, StepStatus
 from sop import SopValidationError
+from tests.sop_builders import DEFAULTS, H, events_of, sop_text
 
 pytestmark = pytest.mark.ray
-
-H = "python:tests.handlers_for_tests"
-DEFAULTS = """\
-defaults:
-  retry: {max_attempts: 3, initial_delay_s: 0.05}
-  timeout_s: 60
-  resources: {cpu: 0.25}
-"""
-
-
-def sop_text(body: str, name: str = "t") -> str:
-    return f"sop: {name}\nversion: \"1\"\n{DEFAULTS}{textwrap.dedent(body)}"
-
-
-def events_of(engine, execution_id: str) -> list:
-    return list(engine.events(execution_id, follow=False))
 
 
 def kinds_for(events: list, step: str) -> list[str]:

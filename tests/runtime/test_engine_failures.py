@@ -14,24 +14,9 @@ import pytest
 from runtime.errors import ExecutionNotFound
 from runtime.events import EventKind
 from runtime.status import ExecutionStatus, StepStatus
+from tests.sop_builders import DEFAULTS, H, events_of, sop_text
 
 pytestmark = pytest.mark.ray
-
-H = "python:tests.handlers_for_tests"
-DEFAULTS = """\
-defaults:
-  retry: {max_attempts: 3, initial_delay_s: 0.05, backoff: 2.0}
-  timeout_s: 60
-  resources: {cpu: 0.25}
-"""
-
-
-def sop_text(body: str, name: str = "t", inputs: str = "") -> str:
-    return f"sop: {name}\nversion: \"1\"\n{textwrap.dedent(inputs)}{DEFAULTS}{textwrap.dedent(body)}"
-
-
-def events_of(engine, execution_id: str) -> list:
-    return list(engine.events(execution_id, follow=False))
 
 
 def of_kind(events: list, kind: EventKind, step: str | None = None) -> list:

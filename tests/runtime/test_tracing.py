@@ -17,20 +17,14 @@ import pytest
 
 from runtime.status import ExecutionStatus
 from tests.conftest import read_spans
-
-pytestmark = pytest.mark.ray
-
-H = "python:tests.handlers_for_tests"
-DEFAULTS = """\
-defaults:
-  retry: {max_attempts: 3, initial_delay_s: 0.05}
-  timeout_s: 60
-  resources: {cpu: 0.25}
-"""
+from tests.sop_builders import DEFAULTS, H
+from tests.sop_builders import sop_text as _sop_text
 
 
 def sop_text(body: str, name: str, inputs: str = "") -> str:
-    return f"sop: {name}\nversion: \"2.1\"\n{textwrap.dedent(inputs)}{DEFAULTS}{textwrap.dedent(body)}"
+    return _sop_text(body, name, inputs, version="2.1")
+
+pytestmark = pytest.mark.ray
 
 
 def spans_of(execution_id: str, expected: int, timeout_s: float = 20.0) -> list[dict]:
