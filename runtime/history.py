@@ -1,0 +1,170 @@
+"""Export one execution's history from an event log as a portable JSON document, and import it back.
+
+A history is ``{"format": "sopflow.history/1", "execution": {...}, "events": [...]}``.
+Blobs are never exported: the ``secrets`` blob must not leave the state store and
+the ``request`` blob is a pickle, not portable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from runtime.eventlog import EventLog, ExecutionRecord, StateStoreError
+from runtime.events import Event, EventKind
+
+FORMAT = "sopflow.history/1"
+"""The ``format`` value of the documents this module writes and reads."""
+
+_EVENT_FIELDS = ("execution_id", "seq", "kind", "ts", "step", "attempt", "data")
+_KINDS = {k.value for k in EventKind}
+
+
+def _event_dict(ev: Event) -> dict[str, Any]:
+    return {"execution_id": ev.execution_id, "seq": ev.seq, "kind": ev.kind.value, "ts": ev.ts,
+            "step": ev.step, "attempt": ev.attempt, "data": ev.data}
+
+
+def export_history(log: EventLog, execution_id: str) -> dict[str, Any]:
+    """One execution's record and events, as a document :func:`import_history` reads.
+
+    Raises:
+        StateStoreError: if the log has no execution ``execution_id``.
+    """
+    record = log.get(execution_id)
+    if record is None:
+        raise StateStoreError(f"no execution {execution_id!r} in the state store "
+                              f"{log.path or '(memory)'}; `sopflow list` shows the known ones")
+    return {"format": FORMAT, "execution": dataclasses.asdict(record),
+            "events": [_event_dict(ev) for ev in log.read(execution_id)]}
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list | tuple):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def dumps_history(doc: dict[str, Any]) -> str:
+    """JSON text of a history: fields in a stable order, ``data`` keys sorted, so exports diff well.
+
+    Raises:
+        StateStoreError: naming the event whose data JSON cannot encode.
+    """
+    events = [{**{f: e.get(f) for f in _EVENT_FIELDS}, "data": _sorted(e.get("data") or {})}
+              for e in doc.get("events", [])]
+    out = {**doc, "events": events}
+    try:
+        return json.dumps(out, indent=1, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        for i, ev in enumerate(events):
+            try:
+                json.dumps(ev, allow_nan=False)
+            except (TypeError, ValueError):
+                raise StateStoreError(f"events[{i}] (seq {ev['seq']}, {ev['kind']}) of execution "
+                                      f"{ev['execution_id']} holds data JSON cannot encode ({e}); "
+                                      "such a history cannot be exported") from e
+        raise StateStoreError(f"the history cannot be encoded as JSON: {e}") from e
+
+
+def _check(ok: bool, where: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise StateStoreError(f"invalid history: {where}: expected {expected}, got {got!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+_RECORD_FIELDS: dict[str, tuple[str, Any]] = {
+    "id": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
+    "sop": ("a string", lambda v: isinstance(v, str)),
+    "status": ("a string", lambda v: isinstance(v, str)),
+    "submitted_at": ("a number", _is_number),
+    "version": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "ended_at": ("a number or null", lambda v: v is None or _is_number(v)),
+    "terminal": ("true or false", lambda v: isinstance(v, bool)),
+    "idempotency_key": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "parent": ("a string or null", lambda v: v is None or isinstance(v, str)),
+}
+_REQUIRED = ("id", "sop", "status", "submitted_at", "version")
+
+
+def _parse_record(doc: dict[str, Any]) -> ExecutionRecord:
+    rec = doc.get("execution")
+    _check(isinstance(rec, dict), "execution", "an object with id, sop, status, submitted_at, version", rec)
+    for name in rec:
+        _check(name in _RECORD_FIELDS, f"execution.{name}",
+               f"no such field (known: {', '.join(_RECORD_FIELDS)})", name)
+    for name in _REQUIRED:
+        _check(name in rec, f"execution.{name}", "a value (the field is required)", None)
+    for name, value in rec.items():
+        expected, ok = _RECORD_FIELDS[name]
+        _check(ok(value), f"execution.{name}", expected, value)
+    return ExecutionRecord(**rec)
+
+
+def _parse_events(doc: dict[str, Any], execution_id: str) -> list[Event]:
+    raw = doc.get("events")
+    _check(isinstance(raw, list), "events", "a list of events", raw)
+    events = []
+    for i, ev in enumerate(raw):
+        at = f"events[{i}]"
+        _check(isinstance(ev, dict), at, "an object", ev)
+        unknown = set(ev) - set(_EVENT_FIELDS)
+        _check(not unknown, f"{at}.{next(iter(unknown), '')}",
+               f"no such field (known: {', '.join(_EVENT_FIELDS)})", sorted(unknown))
+        for name in ("execution_id", "seq", "kind", "ts"):
+            _check(name in ev, f"{at}.{name}", "a value (the field is required)", None)
+        _check(ev["execution_id"] == execution_id, f"{at}.execution_id",
+               f"{execution_id!r} (execution.id)", ev["execution_id"])
+        _check(_is_int(ev["seq"]) and ev["seq"] == i + 1, f"{at}.seq",
+               f"{i + 1} (seqs run from 1 without gaps, in order)", ev["seq"])
+        _check(ev["kind"] in _KINDS, f"{at}.kind", f"an event kind ({', '.join(sorted(_KINDS))})", ev["kind"])
+        _check(_is_number(ev["ts"]), f"{at}.ts", "a number (seconds since the epoch)", ev["ts"])
+        _check(ev.get("step") is None or isinstance(ev["step"], str), f"{at}.step", "a string or null",
+               ev.get("step"))
+        _check(ev.get("attempt") is None or _is_int(ev["attempt"]), f"{at}.attempt", "an integer or null",
+               ev.get("attempt"))
+        _check(isinstance(ev.get("data", {}), dict), f"{at}.data", "an object", ev.get("data"))
+        events.append(Event.from_dict(ev))
+    return events
+
+
+def import_history(log: EventLog, doc: dict[str, Any], *, replace: bool = False) -> str:
+    """Store an exported history in ``log``; returns the execution id.
+
+    Everything is checked before anything is written, so a bad document changes
+    nothing. With ``replace`` an existing execution of that id is deleted first
+    (two transactions: a crash in between leaves it deleted, not half-imported).
+
+    Raises:
+        StateStoreError: naming the field and what was expected, or when the
+            execution (or its idempotency key) already exists and ``replace`` is false.
+    """
+    _check(isinstance(doc, dict), "the document", "a JSON object", type(doc).__name__)
+    _check(doc.get("format") == FORMAT, "format", repr(FORMAT), doc.get("format"))
+    record = _parse_record(doc)
+    events = _parse_events(doc, record.id)
+    _check(record.version <= len(events), "execution.version",
+           f"at most {len(events)} (the last event's seq)", record.version)
+    where = log.path or "(memory)"
+    if not replace and (log.get(record.id) is not None or log.read(record.id, until_seq=1)):
+        raise StateStoreError(f"execution {record.id} already exists in the state store {where}; "
+                              "pass replace=True (--replace) to overwrite it")
+    if record.idempotency_key is not None:
+        owner = log.find_key(record.idempotency_key)
+        if owner is not None and owner != record.id:
+            raise StateStoreError(f"idempotency key {record.idempotency_key!r} of execution {record.id} is "
+                                  f"already used by execution {owner} in {where}")
+    if replace:
+        log.delete(record.id)
+    log.append(events, [record])
+    return record.id
