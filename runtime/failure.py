@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sop.model import RetryPolicy
+if TYPE_CHECKING:  # the model pulls in pydantic, which a step's worker never needs
+    from sop.model import RetryPolicy
 
 
 class Classification(StrEnum):

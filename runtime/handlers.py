@@ -4,18 +4,23 @@ A handler is resolved from the step's ``uses``: ``python:<module>:<function>``,
 a registered name (shipped as an importable reference or the callable itself),
 or ``shell``. It receives the step's rendered ``with`` arguments as keyword
 arguments, plus a :class:`StepContext` if it declares a ``context`` parameter.
+Time, randomness and ids taken from the context are recorded in the
+:class:`StepOutcome`, so a replay of the step can be given the same values.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import inspect
 import logging
 import os
+import random
 import subprocess
 import time
 import traceback
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +46,10 @@ class StepTask:
     env: dict[str, str] = field(default_factory=dict)
     timeout_s: float | None = None
     trace_carrier: dict[str, str] = field(default_factory=dict)
+    recorded: tuple[tuple[str, Any], ...] = ()
+    """Values an earlier run of this step took from its context (``StepOutcome.recorded``),
+    given when the step is replayed; empty for a fresh run. A replay of a run that
+    recorded nothing looks like a fresh run, so its extra calls are not reported."""
 
     @property
     def key(self) -> str:
@@ -57,11 +66,33 @@ class StepOutcome:
     error: ErrorInfo | None = None
     duration_s: float = 0.0
     progress: float | None = None
+    recorded: tuple[tuple[str, Any], ...] = ()
+    """Every time, random value and id the handler took from its context, in order, as
+    ``(kind, value)`` pairs with JSON-friendly values; kept on failure too."""
+    replay_diverged: str | None = None
+    """Set when a replayed run's calls on its context did not match the recording (another
+    kind at some call, more calls, or fewer): one line naming the first difference."""
+
+
+# os.urandom-backed: no state to share after a fork, and a handler that seeds the
+# global ``random`` module cannot make two steps draw the same values.
+_entropy = random.SystemRandom()
 
 
 @dataclass(slots=True)
 class StepContext:
     """Given to handlers that declare a ``context`` parameter.
+
+    Handlers that need the time, randomness or ids must take them from the
+    context (:meth:`now`, :meth:`utcnow`, :meth:`random`, :meth:`randint`,
+    :meth:`uuid4`, :meth:`choice`) so a replay of the step is exact: each call
+    is recorded, and a replayed run gets the recorded values back in order.
+    Anything a handler takes elsewhere (``time.time()``, ``uuid.uuid4()``, the
+    network) is not recorded and comes out different on replay. A replayed run
+    whose calls do not match the recording (another kind at some call, more
+    calls, or fewer) is reported as non-deterministic in
+    ``StepOutcome.replay_diverged``; from the first differing call on, the
+    handler gets fresh values.
 
     Attributes:
         execution_id: The execution this attempt belongs to.
@@ -75,6 +106,12 @@ class StepContext:
     attempt: int
     logger: logging.LoggerAdapter
     _progress: float | None = None
+    _replay: tuple[tuple[str, Any], ...] = ()
+    _recorded: list[tuple[str, Any]] = field(default_factory=list)
+    _diverged_at: str | None = None
+    """The first call that did not match the recording, already worded."""
+    _extra: list[tuple[int, str]] = field(default_factory=list)
+    """Calls past the end of a non-empty recording: (call number, kind)."""
 
     def report_progress(self, fraction: float) -> None:
         """Tell the monitor how far this step is (0.0-1.0); the last value is kept."""
@@ -83,6 +120,102 @@ class StepContext:
     @property
     def idempotency_key(self) -> str:
         return f"{self.execution_id}/{self.step}/{self.attempt}"
+
+    def now(self) -> float:
+        """Seconds since the epoch, like ``time.time()``; recorded as ``now``."""
+        return self._take("now", time.time, _number)
+
+    def utcnow(self) -> datetime.datetime:
+        """The current time as a timezone-aware UTC datetime; recorded as its timestamp."""
+        return self._take("utcnow", lambda: datetime.datetime.now(datetime.UTC).timestamp(),
+                          lambda ts: datetime.datetime.fromtimestamp(_number(ts), datetime.UTC))
+
+    def random(self) -> float:
+        """A float in [0.0, 1.0), like ``random.random()``; recorded as ``random``."""
+        return self._take("random", _entropy.random, _in_unit_interval)
+
+    def randint(self, a: int, b: int) -> int:
+        """An int N with a <= N <= b, like ``random.randint``; recorded as ``randint``."""
+        return self._take("randint", lambda: _entropy.randint(a, b), lambda n: _within(n, a, b))
+
+    def uuid4(self) -> str:
+        """A fresh random UUID as text (``str(uuid.uuid4())``); recorded as ``uuid4``."""
+        return self._take("uuid4", lambda: str(uuid.uuid4()), lambda u: str(uuid.UUID(u)))
+
+    def choice(self, seq: Sequence[Any]) -> Any:
+        """One element of ``seq``, like ``random.choice``; the chosen index is recorded.
+
+        Raises:
+            IndexError: ``seq`` is empty.
+        """
+        if not len(seq):
+            raise IndexError("context.choice() cannot choose from an empty sequence")
+        index = self._take("choice", lambda: _entropy.randrange(len(seq)),
+                           lambda i: _within(i, 0, len(seq) - 1))
+        return seq[index]
+
+    def _take(self, kind: str, fresh: Callable[[], Any], revive: Callable[[Any], Any]) -> Any:
+        """The next value of ``kind``: the recorded one while the replay matches, else fresh.
+
+        ``fresh`` makes the JSON-friendly value that is recorded; ``revive`` turns a
+        recorded value into what the handler gets (and rejects one that cannot be it),
+        so a first run and its replay hand the handler the same thing.
+        """
+        call = len(self._recorded) + 1
+        if self._diverged_at is None and call <= len(self._replay):
+            want, value = self._replay[call - 1]
+            if want != kind:
+                self._diverged_at = f"call {call} asked for {kind} but the recording has {want}"
+            else:
+                try:
+                    revived = revive(value)
+                except (TypeError, ValueError, OverflowError) as e:
+                    self._diverged_at = (f"call {call} asked for {kind} but the recorded value "
+                                         f"{value!r} does not fit: {e}")
+                else:
+                    self._recorded.append((kind, value))
+                    return revived
+        elif self._diverged_at is None and self._replay:
+            self._extra.append((call, kind))
+        value = fresh()
+        self._recorded.append((kind, value))
+        return revive(value)
+
+    def _divergence(self) -> str | None:
+        """One line describing how the replayed run differed from its recording, if it did."""
+        if self._diverged_at is not None:
+            return self._diverged_at
+        if self._extra:
+            first, kind = self._extra[0]
+            n = len(self._extra)
+            return (f"asked for {n} more value{'s' if n != 1 else ''} than the {len(self._replay)} "
+                    f"recorded (call {first} asked for {kind})")
+        asked = len(self._recorded)
+        if asked < len(self._replay):
+            return (f"asked for only {asked} of the {len(self._replay)} recorded values "
+                    f"(call {asked + 1}, {self._replay[asked][0]}, was never asked for)")
+        return None
+
+
+def _number(x: Any) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise TypeError(f"{x!r} is not a number")
+    return float(x)
+
+
+def _in_unit_interval(x: Any) -> float:
+    value = _number(x)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{value!r} is not in [0.0, 1.0)")
+    return value
+
+
+def _within(n: Any, lo: int, hi: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int | float) or n != int(n):
+        raise TypeError(f"{n!r} is not an integer")
+    if not lo <= int(n) <= hi:
+        raise ValueError(f"{int(n)} is outside [{lo}, {hi}]")
+    return int(n)
 
 
 _resolved: dict[str, Callable[..., Any]] = {}
@@ -111,7 +244,8 @@ def run_task(task: StepTask) -> StepOutcome:
     """Run one attempt and describe how it went; never raises for handler failures."""
     start = time.perf_counter()
     ctx = StepContext(task.execution_id, task.step, task.attempt,
-                      logging.LoggerAdapter(log, {"execution_id": task.execution_id, "step": task.step}))
+                      logging.LoggerAdapter(log, {"execution_id": task.execution_id, "step": task.step}),
+                      _replay=_as_recording(task.recorded))
     try:
         if task.uses == "shell":
             output, error = _run_shell(task)
@@ -120,7 +254,12 @@ def run_task(task: StepTask) -> StepOutcome:
     except Exception as exc:  # noqa: BLE001 - every handler failure becomes data
         output, error = None, error_from_exception(exc, traceback=traceback.format_exc())
     return StepOutcome(task.key, error is None, output, error, time.perf_counter() - start,
-                       ctx._progress)
+                       ctx._progress, tuple(ctx._recorded), ctx._divergence())
+
+
+def _as_recording(recorded: Any) -> tuple[tuple[str, Any], ...]:
+    """``recorded`` as (kind, value) tuples: after a trip through JSON the pairs are lists."""
+    return tuple((str(kind), value) for kind, value in recorded or ())
 
 
 def _call(fn: Callable[..., Any], args: dict[str, Any], ctx: StepContext) -> Any:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from sop._suggest import did_you_mean
 from sop.errors import SopflowError
 
 KINDS = ("handler", "model", "hook")
@@ -130,6 +129,9 @@ class Registry:
             self._load_entry_points(kind)
             found = entries.get(name)
         if found is None:
+            # Imported here: every Ray worker imports this module, and only a miss needs it.
+            from sop._suggest import did_you_mean
+
             hint = did_you_mean(name, entries) or (
                 f"registered {kind}s: {', '.join(sorted(entries))}" if entries else f"no {kind}s are registered")
             raise RegistryError(f"no {kind} is registered as {name!r}; {hint}")

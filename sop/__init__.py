@@ -1,34 +1,73 @@
 """The SOP model: schema, loading, validation, graph, safe expressions and reports.
 
-Pure Python: importing ``sop`` never imports Ray.
+Pure Python: importing ``sop`` never imports Ray. The names below are imported
+on first use, so ``from sop.errors import SopflowError`` (which every Ray worker
+running a step does) does not pay for pydantic, jinja2 and PyYAML.
 """
 
-from sop.errors import Problem, SopflowError, SopValidationError
-from sop.expressions import Expression, ExpressionError, compile_expression, render
-from sop.graph import CriticalPath, Graph, GraphError
-from sop.model import (
-    AgentSpec,
-    DataSource,
-    InputSpec,
-    Mode,
-    OnFailure,
-    Resources,
-    RetryPolicy,
-    Sop,
-    Step,
-    StepDefaults,
-    TriggerRule,
-)
-from sop.validate import (
-    HandlerCatalog,
-    ValidationReport,
-    check_file,
-    check_new_steps,
-    check_text,
-    choose_mode,
-    load,
-    loads,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sop.errors import Problem, SopflowError, SopValidationError
+    from sop.expressions import Expression, ExpressionError, compile_expression, render
+    from sop.graph import CriticalPath, Graph, GraphError
+    from sop.model import (
+        AgentSpec,
+        DataSource,
+        InputSpec,
+        Mode,
+        OnFailure,
+        Resources,
+        RetryPolicy,
+        Sop,
+        Step,
+        StepDefaults,
+        TriggerRule,
+    )
+    from sop.validate import (
+        HandlerCatalog,
+        ValidationReport,
+        check_file,
+        check_new_steps,
+        check_text,
+        choose_mode,
+        load,
+        loads,
+    )
+
+_LAZY = {
+    "Problem": "sop.errors",
+    "SopflowError": "sop.errors",
+    "SopValidationError": "sop.errors",
+    "Expression": "sop.expressions",
+    "ExpressionError": "sop.expressions",
+    "compile_expression": "sop.expressions",
+    "render": "sop.expressions",
+    "CriticalPath": "sop.graph",
+    "Graph": "sop.graph",
+    "GraphError": "sop.graph",
+    "AgentSpec": "sop.model",
+    "DataSource": "sop.model",
+    "InputSpec": "sop.model",
+    "Mode": "sop.model",
+    "OnFailure": "sop.model",
+    "Resources": "sop.model",
+    "RetryPolicy": "sop.model",
+    "Sop": "sop.model",
+    "Step": "sop.model",
+    "StepDefaults": "sop.model",
+    "TriggerRule": "sop.model",
+    "HandlerCatalog": "sop.validate",
+    "ValidationReport": "sop.validate",
+    "check_file": "sop.validate",
+    "check_new_steps": "sop.validate",
+    "check_text": "sop.validate",
+    "choose_mode": "sop.validate",
+    "load": "sop.validate",
+    "loads": "sop.validate",
+}
 
 __all__ = [
     # errors
@@ -65,3 +104,18 @@ __all__ = [
     "compile_expression",
     "render",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sop' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
