@@ -1,50 +1,64 @@
 """The coordinator: owns executions and drives each one as a state machine on its asyncio loop.
 
-Every transition is appended to the execution's event list and folded into its
-state (:func:`runtime.state.apply`) *before* the coordinator acts on it; the
-same events stream in batches to the ExecutionMonitor, which answers status
-queries so this loop stays free for dispatch.
+Every transition is appended to the event log and folded into the execution's
+state (:func:`runtime.state.apply`) *before* the coordinator acts on it: effects
+outside this loop wait until the event's commit is durable (:mod:`actors._journal`).
+The same events stream in batches to the ExecutionMonitor, which answers status
+queries so this loop stays free for dispatch. A restarted coordinator rebuilds
+every unfinished execution from the log (:mod:`actors._recovery`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from actors._dispatch import Dispatcher
 from actors._execution import Execution, SubmitRequest
+from actors._journal import Journal, load_state
+from runtime.config import EngineConfig
 from runtime.errors import ExecutionError, ExecutionNotFound
 from runtime.events import Event, EventKind
+from runtime.history import export_history, import_history
 from runtime.ids import ExecutionId
 from runtime.scheduling import Verdict, verdict
-from runtime.state import apply, final_status
+from runtime.state import ExecutionState, final_status
 from runtime.status import ExecutionStatus, ExecutionView, StepStatus
-from runtime.telemetry import setup_tracing, tracer
+from runtime.telemetry import carrier_for, setup_tracing, tracer
 from sop import check_new_steps, render
 from sop.expressions import ExpressionError, compile_expression, strip_braces
 from sop.model import OnFailure
 
 log = logging.getLogger("sopflow.coordinator")
 
-FLUSH_INTERVAL_S = 0.01
-"""How long events may wait before the batch goes to the monitor."""
+DECISIONS = ("rerun", "succeed", "fail", "skip")
+PURGE_EVERY_S = 3600.0
 
 
 class _Coordinator:
-    """Plain class behind the Coordinator actor; see :class:`actors.Coordinator`."""
+    """Plain class behind the Coordinator actor; see :class:`actors.Actors`."""
 
-    def __init__(self, monitor: Any = None, failure_handler: Any = None) -> None:
+    def __init__(self, monitor: Any = None, failure_handler: Any = None,
+                 config: EngineConfig | None = None, event_log: Any = None) -> None:
         setup_tracing("sopflow-coordinator")
-        self.monitor = monitor
+        self.config = config or EngineConfig(state="memory://")
         self.failure_handler = failure_handler
+        self.journal = Journal(self.config, monitor, event_log)
         self.executions: dict[str, Execution] = {}
         self.by_key: dict[str, str] = {}
-        self._outbox: list[Event] = []
-        self._outbox_ready: asyncio.Event | None = None
-        self._flusher: asyncio.Task | None = None
+        self.finished: deque[str] = deque()
+        """Finished executions still held in memory, oldest first (see ``keep_finished``)."""
         self.dispatcher = Dispatcher(self)
+        self.recovery: dict[str, Any] | None = None
+        self._recovering: asyncio.Task | None = None
+
+    @property
+    def log(self) -> Any:
+        return self.journal.log
 
     # -- events ---------------------------------------------------------------------------
 
@@ -53,81 +67,84 @@ class _Coordinator:
         """Append an event and fold it into the execution's state: the only way state changes."""
         event = Event(exe.id, exe.state.last_seq + 1, kind, time.time(), step, attempt,
                       exe.redact(data) if exe.secret_values else data)
-        exe.events.append(event)
-        apply(exe.state, event)
-        if self.monitor is not None:
-            self._outbox.append(event)
-            self._wake_flusher()
+        before = exe.state.status
+        exe.fold(event)
+        self.journal.write(exe, event, exe.state.status is not before or kind == EventKind.SUBMITTED)
         return event
 
-    def _wake_flusher(self) -> None:
-        if self._outbox_ready is None:
-            self._outbox_ready = asyncio.Event()
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
-        self._outbox_ready.set()
-
-    async def _flush_forever(self) -> None:
-        assert self._outbox_ready is not None
-        while True:
-            await self._outbox_ready.wait()
-            await asyncio.sleep(FLUSH_INTERVAL_S)  # batching window, not synchronisation
-            self._outbox_ready.clear()
-            batch, self._outbox = self._outbox, []
-            if batch:
-                try:
-                    await self.monitor.apply.remote(batch)
-                except Exception:  # noqa: BLE001 - the monitor is a view; never stop dispatch for it
-                    log.exception("could not forward %d events to the monitor", len(batch))
-
     async def flush(self) -> None:
-        """Send pending events to the monitor now."""
-        batch, self._outbox = self._outbox, []
-        if batch and self.monitor is not None:
-            await self.monitor.apply.remote(batch)
+        """Make everything durable and send pending events to the monitor now."""
+        await self.journal.durable()
+        await self.journal.flush_monitor()
 
     # -- API ------------------------------------------------------------------------------
 
     async def submit(self, request: SubmitRequest) -> str:
-        if request.idempotency_key and request.idempotency_key in self.by_key:
-            return self.by_key[request.idempotency_key]
+        await self.ready()
+        key = request.idempotency_key
+        if key:
+            known = self.by_key.get(key) or self.log.find_key(key)
+            if known:
+                return known
         exe = Execution(ExecutionId.new(), request)
         self.executions[exe.id] = exe
-        if request.idempotency_key:
-            self.by_key[request.idempotency_key] = exe.id
+        if key:
+            self.by_key[key] = exe.id
         sop = request.sop
         exe.span = tracer().start_span(f"execution {sop.sop}", attributes={
             "sopflow.execution_id": exe.id, "sopflow.sop": sop.sop, "sopflow.version": sop.version,
             "sopflow.mode": request.mode, "sopflow.priority": request.priority})
+        if request.secrets:  # kept apart from the events, dropped when the execution ends
+            secret = {k: request.inputs[k] for k in request.secrets if k in request.inputs}
+            self.log.put_blob(exe.id, "secrets", json.dumps(secret).encode())
+        if request.has_callables:
+            from ray import cloudpickle
+
+            self.log.put_blob(exe.id, "handlers", cloudpickle.dumps(request.handlers))
         public_inputs = {k: ("***" if k in request.secrets else v) for k, v in request.inputs.items()}
         self.emit(exe, EventKind.SUBMITTED, sop=sop.sop, version=sop.version, mode=request.mode,
                   priority=request.priority, steps=[s.id for s in sop.steps],
                   rollback=[s.id for s in sop.rollback], inputs=public_inputs,
-                  idempotency_key=request.idempotency_key, parent=request.parent, source=request.source)
+                  idempotency_key=key, parent=request.parent, source=request.source,
+                  request=request.describe(),
+                  trace=carrier_for(exe.span) if exe.span.is_recording() else {})
         self.emit(exe, EventKind.STARTED)
         self.advance(exe, exe.graph.roots())
+        await self.journal.durable()
         return exe.id
 
     def _get(self, execution_id: str) -> Execution:
         exe = self.executions.get(execution_id)
         if exe is None:
-            raise ExecutionNotFound(execution_id)
+            if self.log.get(execution_id) is None:
+                raise ExecutionNotFound(execution_id)
+            raise ExecutionError(f"execution {execution_id} has finished; it can no longer be changed")
         return exe
 
+    def state_of(self, execution_id: str) -> ExecutionState:
+        """The execution's state: from memory, else folded from the log."""
+        exe = self.executions.get(execution_id)
+        if exe is not None:
+            return exe.state
+        return load_state(self.log, execution_id)
+
     async def wait(self, execution_id: str, timeout: float | None = None) -> ExecutionView:
-        exe = self._get(execution_id)
-        try:
-            await asyncio.wait_for(exe.done.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-        else:
-            await self.flush()  # whoever waited may ask the monitor next: let it know the end
-        return exe.state.view(with_outputs=True)
+        await self.ready()
+        exe = self.executions.get(execution_id)
+        if exe is not None:
+            try:
+                await asyncio.wait_for(exe.done.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return self.state_of(execution_id).view(with_outputs=True)
 
     async def status(self, execution_id: str) -> ExecutionView:
-        return self._get(execution_id).state.view(with_outputs=True)
+        return self.state_of(execution_id).view(with_outputs=True)
 
     async def cancel(self, execution_id: str, force: bool = False) -> ExecutionView:
-        exe = self._get(execution_id)
+        exe = self.executions.get(execution_id)
+        if exe is None:
+            return self.state_of(execution_id).view()  # already finished: nothing to cancel
         if not exe.state.status.terminal and not (exe.state.cancel_requested and not force):
             self.emit(exe, EventKind.CANCEL_REQUESTED, force=force)
             for handle in exe.waiting_retry.values():
@@ -139,6 +156,7 @@ class _Coordinator:
             if force:
                 self.dispatcher.kill_inflight(exe)
             self.advance(exe, [])
+            await self.journal.durable()
         return exe.state.view()
 
     async def pause(self, execution_id: str) -> ExecutionView:
@@ -146,6 +164,7 @@ class _Coordinator:
         self._require_running(exe, "pause")
         if not exe.state.paused:
             self.emit(exe, EventKind.PAUSED)
+            await self.journal.durable()
         return exe.state.view()
 
     async def resume(self, execution_id: str) -> ExecutionView:
@@ -156,6 +175,7 @@ class _Coordinator:
             for sid, attempt in retries.items():
                 self.dispatcher.start(exe, exe.steps_by_id[sid], attempt)
             self.advance(exe, list(exe.active_graph.nodes))
+            await self.journal.durable()
         return exe.state.view()
 
     async def add_steps(self, execution_id: str, steps: list[dict[str, Any]],
@@ -167,8 +187,30 @@ class _Coordinator:
         parsed = check_new_steps(exe.sop, exe.graph, steps)  # raises SopValidationError; graph untouched
         exe.request.handlers.update(handlers)
         exe.add_steps(parsed)
-        self.emit(exe, EventKind.STEPS_ADDED, steps=[s.id for s in parsed], specs=steps)
+        self.emit(exe, EventKind.STEPS_ADDED, steps=[s.id for s in parsed], specs=steps,
+                  handlers={k: v for k, v in handlers.items() if isinstance(v, str)})
         self.advance(exe, [s.id for s in parsed])
+        await self.journal.durable()
+        return exe.state.view()
+
+    async def decide(self, execution_id: str, step_id: str, decision: str, reason: str = "",
+                     output: Any = None) -> ExecutionView:
+        """Settle a step that waits for an operator after an interrupted attempt."""
+        exe = self._get(execution_id)
+        if decision not in DECISIONS:
+            raise ExecutionError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+        st = exe.state.steps.get(step_id)
+        if st is None or st.status != StepStatus.NEEDS_DECISION:
+            waiting = [k for k, s in exe.state.steps.items() if s.status == StepStatus.NEEDS_DECISION]
+            raise ExecutionError(f"step {step_id!r} of {execution_id} is not waiting for a decision "
+                                 f"(steps waiting: {', '.join(waiting) or 'none'})")
+        self.emit(exe, EventKind.DECIDED, step_id, st.attempts, decision=decision, reason=reason,
+                  output=output if decision == "succeed" else None)
+        if decision == "rerun" and not exe.state.cancel_requested:
+            self.dispatcher.start(exe, exe.steps_by_id[step_id], st.attempts + 1)
+        else:
+            self.step_finished(exe, step_id)
+        await self.journal.durable()
         return exe.state.view()
 
     def _require_running(self, exe: Execution, verb: str) -> None:
@@ -177,6 +219,63 @@ class _Coordinator:
 
     async def list_ids(self) -> list[str]:
         return list(self.executions)
+
+    # -- the log --------------------------------------------------------------------------
+
+    async def history(self, execution_id: str, after_seq: int = 0) -> list[Event]:
+        await self.journal.durable()
+        events = self.log.read(execution_id, after_seq)
+        if not events and after_seq == 0 and self.log.get(execution_id) is None:
+            raise ExecutionNotFound(execution_id)
+        return events
+
+    async def export(self, execution_id: str) -> dict[str, Any]:
+        await self.journal.durable()
+        return export_history(self.log, execution_id)
+
+    async def import_(self, doc: dict[str, Any], replace: bool = False) -> str:
+        execution_id = str(doc.get("execution", {}).get("id", "")) if isinstance(doc, dict) else ""
+        if execution_id in self.executions and not self.executions[execution_id].state.status.terminal:
+            raise ExecutionError(f"execution {execution_id} is running here; it cannot be replaced")
+        imported = import_history(self.log, doc, replace=replace)
+        if self.executions.pop(imported, None) is not None:  # replaced: forget the old copy in memory
+            self.finished.remove(imported)
+        return imported
+
+    async def recover(self) -> dict[str, Any]:
+        """Rebuild every unfinished execution from the log and resume it (at most once per start)."""
+        await self.ready()
+        return dict(self.recovery or {})
+
+    async def ready(self) -> None:
+        """Recover from the log before the first request is served."""
+        if self.recovery is not None:
+            return
+        if self._recovering is None:
+            from actors._recovery import recover
+
+            self._recovering = asyncio.get_running_loop().create_task(recover(self))
+        self.recovery = await asyncio.shield(self._recovering)
+        self._schedule_purge(PURGE_EVERY_S)
+
+    def _schedule_purge(self, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(self.purge()))
+
+    async def purge(self) -> int:
+        """Remove finished executions older than the retention period from the store."""
+        cutoff = time.time() - self.config.retention_s
+        try:
+            removed = await asyncio.to_thread(self.log.purge, ended_before=cutoff)
+        finally:
+            self._schedule_purge(PURGE_EVERY_S)
+        if removed:
+            log.info("purged %d executions that ended before %s", removed, time.ctime(cutoff))
+        return removed
+
+    async def info(self) -> dict[str, Any]:
+        return {"state": self.config.state, "durable": self.config.durable,
+                "in_memory": len(self.executions), "recovery": self.recovery,
+                "commits": dict(self.journal.committer.stats), **self.log.stats()}
 
     # -- the state machine ----------------------------------------------------------------
 
@@ -267,7 +366,18 @@ class _Coordinator:
         if exe.span is not None:
             exe.span.set_attribute("sopflow.status", status.value)
             exe.span.end()
-        exe.done.set()
+        self.journal.on_durable(lambda: self._finished(exe))
+
+    def _finished(self, exe: Execution) -> None:
+        """The end is durable: tell waiters (once the monitor knows too), drop secrets, trim memory."""
+        self.journal.after_monitor(exe.done.set)
+        if exe.secret_values:
+            self.log.drop_blob(exe.id, "secrets")
+        self.finished.append(exe.id)
+        while len(self.finished) > self.config.keep_finished:
+            old = self.executions.pop(self.finished.popleft(), None)
+            if old is not None and old.state.idempotency_key:
+                self.by_key.pop(old.state.idempotency_key, None)
 
     def _outputs(self, exe: Execution) -> tuple[dict[str, Any], dict[str, str]]:
         ctx = exe.expression_context()
@@ -291,4 +401,5 @@ class _Coordinator:
         if st.status == StepStatus.FAILED and step.on_failure == OnFailure.ROLLBACK:
             exe.rollback_requested = True
         self.advance(exe, exe.active_graph.dependents(sid) if sid in exe.active_graph else [])
+
 

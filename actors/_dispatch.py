@@ -31,6 +31,8 @@ class Dispatcher:
     def __init__(self, coordinator: _Coordinator) -> None:
         self.coordinator = coordinator
         self._remote_fns: dict[tuple, Any] = {}
+        self.time_scale = 1.0
+        """Multiplies retry backoffs (a replay does not wait them out)."""
 
     # -- starting -------------------------------------------------------------------------
 
@@ -60,8 +62,21 @@ class Dispatcher:
         task = StepTask(exe.id, exe.sop.sop, step.id, attempt, step.handler,
                         exe.request.handlers.get(step.handler), args, run, env, timeout,
                         carrier_for(span) if span.is_recording() else {})
+        # The task is an effect outside the coordinator: start it once STEP_STARTED is durable.
+        c.journal.on_durable(lambda: self._launch(exe, step, flight, task))
+
+    def _launch(self, exe: Execution, step: Step, flight: InFlight, task: StepTask) -> None:
+        if exe.inflight.get(step.id) is not flight:
+            return  # settled meanwhile (a forced cancel)
+        if exe.state.force_cancel:
+            error = ErrorInfo("Cancelled", "the attempt was cancelled before it started", retryable=False,
+                              origin="cancel")
+            flight.task = asyncio.get_running_loop().create_task(
+                self._finish(exe, step, flight.attempt, None, error))
+            return
         flight.ref = self._remote(exe, step).remote(task)
-        flight.task = asyncio.get_running_loop().create_task(self._await(exe, step, attempt, flight.ref, timeout))
+        flight.task = asyncio.get_running_loop().create_task(
+            self._await(exe, step, flight.attempt, flight.ref, task.timeout_s))
 
     def _remote(self, exe: Execution, step: Step) -> Any:
         res = exe.sop.effective_resources(step)
@@ -108,15 +123,23 @@ class Dispatcher:
                                         idempotency_key=None)
         child_id = await c.submit(child_req)
         exe.inflight[step.id].child = child_id
-        child = c.executions[child_id]
+        c.emit(exe, EventKind.CHILD_SUBMITTED, step.id, attempt, child=child_id)
+        await self.watch_child(exe, step, attempt, child_id, timeout)
+
+    async def watch_child(self, exe: Execution, step: Step, attempt: int, child_id: str,
+                          timeout: float | None) -> None:
+        """Wait for a sub-SOP's child execution and settle the step by how it ended."""
+        c = self.coordinator
+        child = c.executions.get(child_id)
         try:
-            await asyncio.wait_for(child.done.wait(), timeout)
+            if child is not None:
+                await asyncio.wait_for(child.done.wait(), timeout)
         except asyncio.TimeoutError:
             await c.cancel(child_id, force=True)
             await self._finish(exe, step, attempt, None, ErrorInfo(
                 "Timeout", f"sub-SOP ran longer than timeout_s={timeout:g}", origin="timeout"))
             return
-        view = child.state
+        view = c.state_of(child_id)
         if view.status.value == "completed":
             out = StepOutcome(f"{exe.id}/{step.id}/{attempt}", True, (view.outputs or {}).get("outputs"))
             await self._finish(exe, step, attempt, out, None)
@@ -146,7 +169,7 @@ class Dispatcher:
             del exe.inflight[step.id]
             _end(span, "succeeded")
             c.emit(exe, EventKind.STEP_SUCCEEDED, step.id, attempt, output=outcome.output,
-                   duration_s=round(outcome.duration_s, 6))
+                   duration_s=round(outcome.duration_s, 6), **_replay_data(outcome))
             c.step_finished(exe, step.id)
             return
         assert error is not None
@@ -157,14 +180,13 @@ class Dispatcher:
         c.emit(exe, EventKind.STEP_FAILED, step.id, attempt, error=str(error),
                error_type=error.type, classification=decision.classification.value,
                final=decision.action != Action.RETRY, action=decision.action.value,
-               reason=decision.reason, output=failed_output)
+               reason=decision.reason, output=failed_output,
+               **(_replay_data(outcome) if outcome is not None else {}))
         if decision.action == Action.RETRY and not exe.state.cancel_requested:
-            if decision.memory_mb:
-                exe.memory_mb[step.id] = decision.memory_mb
             c.emit(exe, EventKind.RETRY_SCHEDULED, step.id, attempt + 1, delay_s=decision.delay_s,
                    memory_mb=decision.memory_mb)
             loop = asyncio.get_running_loop()
-            exe.waiting_retry[step.id] = loop.call_later(decision.delay_s, self._retry, exe, step, attempt + 1)
+            exe.waiting_retry[step.id] = loop.call_later(decision.delay_s * self.time_scale, self.retry, exe, step, attempt + 1)
             return
         if decision.action == Action.RETRY:  # cancelled meanwhile: no further attempts
             c.emit(exe, EventKind.STEP_CANCELLED, step.id, attempt, reason="execution cancelled")
@@ -187,7 +209,7 @@ class Dispatcher:
             log.exception("failure handler unreachable; deciding locally")
             return decide(error, attempt, policy, memory)
 
-    def _retry(self, exe: Execution, step: Step, attempt: int) -> None:
+    def retry(self, exe: Execution, step: Step, attempt: int) -> None:
         exe.waiting_retry.pop(step.id, None)
         if exe.state.cancel_requested or exe.state.status.terminal:
             return
@@ -207,6 +229,16 @@ class Dispatcher:
 
 def _defaults(request: Any) -> dict[str, Any]:
     return {k: v.default for k, v in request.sop.inputs.items() if v.default is not None}
+
+
+def _replay_data(outcome: StepOutcome) -> dict[str, Any]:
+    """What a replay needs from an attempt beyond its output: values taken from the context."""
+    data: dict[str, Any] = {}
+    if outcome.recorded:
+        data["recorded"] = [list(pair) for pair in outcome.recorded]
+    if outcome.replay_diverged:
+        data["replay_diverged"] = outcome.replay_diverged
+    return data
 
 
 def _first_line(e: BaseException) -> str:

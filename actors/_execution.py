@@ -6,8 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.events import Event
-from runtime.state import ExecutionState
+from runtime.events import Event, EventKind
+from runtime.state import ExecutionState, apply
 from runtime.status import StepStatus
 from sop import Graph, Sop, Step
 from sop.model import OnFailure
@@ -30,6 +30,78 @@ class SubmitRequest:
     """Names of secret inputs: their values never reach events, logs or traces."""
     source: str = "<string>"
     parent: str | None = None
+    definition: dict[str, Any] | None = None
+    """The SOP as JSON data (built by the client), logged so the run can be rebuilt and replayed."""
+
+    def describe(self) -> dict[str, Any]:
+        """Everything needed to rebuild this request from the log, minus secret values."""
+        return {"definition": self.definition or sop_definition(self.sop),
+                "handlers": {k: v if isinstance(v, str) else None for k, v in self.handlers.items()},
+                "subsops": {k: r.describe() for k, r in self.subsops.items()},
+                "secrets": list(self.secrets), "source": self.source}
+
+    @property
+    def has_callables(self) -> bool:
+        """True when a handler was shipped as a callable (the log can only name importable ones)."""
+        return any(not isinstance(v, str) for v in self.handlers.values()) or any(
+            r.has_callables for r in self.subsops.values())
+
+
+def sop_definition(sop: Sop) -> dict[str, Any]:
+    """The SOP as compact JSON data that :meth:`Sop.model_validate` reads back to an equal SOP."""
+    return sop.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+
+def request_from_log(submitted: dict[str, Any], inputs: dict[str, Any]) -> SubmitRequest:
+    """Rebuild a request from its ``execution_submitted`` event data and the (secret-filled) inputs."""
+    described = submitted["request"]
+    return SubmitRequest(
+        Sop.model_validate(described["definition"]), inputs, submitted["mode"], submitted.get("priority", 0),
+        submitted.get("idempotency_key"), _handlers(described), _subsops(described),
+        tuple(described.get("secrets", ())), described.get("source", "<log>"), submitted.get("parent"),
+        described["definition"])
+
+
+def _handlers(described: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in described.get("handlers", {}).items() if v is not None}
+
+
+def _subsops(described: dict[str, Any]) -> dict[str, SubmitRequest]:
+    return {name: SubmitRequest(Sop.model_validate(d["definition"]), {}, "system_design", 0, None,
+                                _handlers(d), _subsops(d), tuple(d.get("secrets", ())),
+                                d.get("source", "<log>"), None, d["definition"])
+            for name, d in described.get("subsops", {}).items()}
+
+
+@dataclass(slots=True)
+class Recoverable:
+    """What recovery needs beyond the folded state; snapshotted with it."""
+
+    added: list[dict[str, Any]] = field(default_factory=list)
+    """Specs of steps added while running (``add_steps``), in order."""
+    memory_mb: dict[str, int] = field(default_factory=dict)
+    """Memory raised for a retry after an out-of-memory failure, per step."""
+    retry_due: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Step -> (next attempt, wall-clock time it is due) while waiting out a backoff."""
+    children: dict[str, str] = field(default_factory=dict)
+    """``sop:`` step -> its child execution."""
+
+    def note(self, event: Event) -> None:
+        kind = event.kind
+        if kind == EventKind.STEPS_ADDED:
+            self.added.extend(event.data.get("specs", ()))
+        elif kind == EventKind.RETRY_SCHEDULED and event.step:
+            self.retry_due[event.step] = (event.attempt or 1, event.ts + event.data.get("delay_s", 0.0))
+            if event.data.get("memory_mb"):
+                self.memory_mb[event.step] = event.data["memory_mb"]
+        elif kind == EventKind.STEP_STARTED and event.step:
+            self.retry_due.pop(event.step, None)
+        elif kind == EventKind.CHILD_SUBMITTED and event.step:
+            self.children[event.step] = event.data["child"]
+
+
+_AUX_KINDS = frozenset({EventKind.STEPS_ADDED, EventKind.RETRY_SCHEDULED, EventKind.STEP_STARTED,
+                        EventKind.CHILD_SUBMITTED})
 
 
 @dataclass(slots=True)
@@ -53,19 +125,28 @@ class Execution:
         self.rollback_graph = Graph.from_dependencies(
             {s.id: list(s.depends_on) for s in self.sop.rollback})
         self.state = ExecutionState(execution_id)
-        self.events: list[Event] = []
+        self.aux = Recoverable()
+        self.since_snapshot = 0
         self.inflight: dict[str, InFlight] = {}
         self.waiting_retry: dict[str, asyncio.TimerHandle] = {}
         self.paused_retries: dict[str, int] = {}
         """Retries whose backoff ended while paused: step -> attempt, started on resume."""
-        self.memory_mb: dict[str, int] = {}
         self.done = asyncio.Event()
         self.span: Any = None
         self.rollback_requested = False
-        self.remote_fns: dict[tuple[str, int | None], Any] = {}
         self.secret_values = tuple(str(request.inputs[k]) for k in request.secrets
                                    if request.inputs.get(k) not in (None, ""))
         self.steps_by_id: dict[str, Step] = {s.id: s for s in (*self.sop.steps, *self.sop.rollback)}
+
+    @property
+    def memory_mb(self) -> dict[str, int]:
+        return self.aux.memory_mb
+
+    def fold(self, event: Event) -> None:
+        """Fold an event into the state and what recovery needs (the only way either changes)."""
+        apply(self.state, event)
+        if event.kind in _AUX_KINDS:
+            self.aux.note(event)
 
     @property
     def active_graph(self) -> Graph:

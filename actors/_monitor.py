@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections import deque
 from typing import Any
 
+from runtime.config import EngineConfig
 from runtime.errors import ExecutionNotFound
 from runtime.events import Event, EventKind
 from runtime.state import ExecutionState, apply
@@ -44,21 +47,89 @@ class _Metrics:
 
 
 class _ExecutionMonitor:
-    """Plain class behind the ExecutionMonitor actor."""
+    """Plain class behind the ExecutionMonitor actor.
 
-    def __init__(self) -> None:
+    Holds unfinished and recently finished executions in memory, folded from the
+    coordinator's events; anything older is read from the event log (when the log
+    is a file this process can open), and so is everything after a restart.
+    """
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig(state="memory://")
         self.states: dict[str, ExecutionState] = {}
         self.history: dict[str, list[Event]] = {}
+        self.finished: deque[str] = deque()
         self.running = 0
         self._changed: asyncio.Condition | None = None
         self._metrics = _Metrics()
+        self._log: Any = None
+        if self.config.durable and os.path.exists(self.config.state):
+            self._reload()
+
+    @property
+    def log(self) -> Any:
+        """The event log, read-only; ``None`` when it lives in the coordinator's memory."""
+        if self._log is None and self.config.durable and os.path.exists(self.config.state):
+            from actors._journal import open_event_log
+
+            self._log = open_event_log(self.config, readonly=True)
+        return self._log
+
+    def _reload(self) -> None:
+        """Rebuild the in-memory view from the log (after a restart of the monitor)."""
+        event_log = self.log
+        records = [*reversed(event_log.query(terminal=True, limit=self.config.keep_finished)),
+                   *event_log.unfinished()]
+        for record in records:
+            self._load(record.id)
+        self.running = sum(1 for s in self.states.values() if not s.status.terminal)
+
+    async def resync(self) -> int:
+        """Re-read from the log every execution this monitor thinks unfinished (after a coordinator
+        restart: events sent to the monitor may have been lost with the old coordinator)."""
+        if self.log is None:
+            return 0
+        stale = [eid for eid, s in self.states.items() if not s.status.terminal]
+        stale += [r.id for r in self.log.unfinished() if r.id not in self.states]
+        for eid in stale:
+            self._load(eid)
+        self.running = sum(1 for s in self.states.values() if not s.status.terminal)
+        return len(stale)
+
+    def _load(self, execution_id: str) -> bool:
+        """Fold one execution's whole history from the log into memory; False if unknown."""
+        if self.log is None:
+            return False
+        events = self.log.read(execution_id)
+        if not events:
+            return False
+        state = ExecutionState(execution_id)
+        for event in events:
+            apply(state, event)
+        self.states[execution_id] = state
+        self.history[execution_id] = events
+        if state.status.terminal:
+            self._retire(execution_id)
+        return True
+
+    def _retire(self, execution_id: str) -> None:
+        self.finished.append(execution_id)
+        while len(self.finished) > self.config.keep_finished:
+            old = self.finished.popleft()
+            self.states.pop(old, None)
+            self.history.pop(old, None)
 
     async def apply(self, batch: list[Event]) -> int:
         for event in batch:
             state = self.states.get(event.execution_id)
-            if state is None:
-                state = self.states[event.execution_id] = ExecutionState(event.execution_id)
-                self.history[event.execution_id] = []
+            if state is None or event.seq > state.last_seq + 1:
+                # New to this monitor mid-way, or a gap (events sent to a monitor that died, or
+                # retired from memory): the log holds every event up to this one.
+                if event.seq > 1 and self._load(event.execution_id):
+                    continue
+                if state is None:
+                    state = self.states[event.execution_id] = ExecutionState(event.execution_id)
+                    self.history[event.execution_id] = []
             if event.seq <= state.last_seq:
                 continue  # duplicate delivery
             apply(state, event)
@@ -67,6 +138,7 @@ class _ExecutionMonitor:
                 self.running += 1
             elif event.kind == EventKind.FINISHED:
                 self.running -= 1
+                self._retire(event.execution_id)
             self._metrics.record(state, event, self.running)
         if self._changed is None:
             self._changed = asyncio.Condition()
@@ -77,8 +149,21 @@ class _ExecutionMonitor:
     def _state(self, execution_id: str) -> ExecutionState:
         state = self.states.get(execution_id)
         if state is None:
+            state = self._from_log(execution_id)
+        if state is None:
             raise ExecutionNotFound(execution_id)
         return state
+
+    def _from_log(self, execution_id: str) -> ExecutionState | None:
+        """An execution no longer (or not yet) in memory, folded from the log without caching it."""
+        if self.log is None:
+            return None
+        from actors._journal import load_state
+
+        try:
+            return load_state(self.log, execution_id)
+        except ExecutionNotFound:
+            return None
 
     async def status(self, execution_id: str, with_outputs: bool = False) -> ExecutionView:
         return self._state(execution_id).view(with_outputs=with_outputs)
@@ -96,13 +181,21 @@ class _ExecutionMonitor:
                 continue
             out.append(state.view())
             if len(out) >= limit:
-                break
+                return out
+        if self.log is not None:  # older executions, no longer in memory
+            for record in self.log.query(status=status, sop=sop, since=since, limit=limit + len(out)):
+                if record.id not in self.states:
+                    out.append(_view_of(record))
+                    if len(out) >= limit:
+                        break
         return out
 
     async def events(self, execution_id: str, after_seq: int = 0, timeout: float = 0.0) -> list[Event]:
         """Events after ``after_seq``; waits up to ``timeout`` s for new ones if there are none."""
-        if execution_id not in self.history and timeout <= 0:
-            raise ExecutionNotFound(execution_id)
+        if execution_id not in self.history and self.log is not None:
+            events = self.log.read(execution_id, after_seq)
+            if events:
+                return events
         if timeout > 0 and self._newer(execution_id, after_seq) == []:
             if self._changed is None:
                 self._changed = asyncio.Condition()
@@ -125,3 +218,11 @@ class _ExecutionMonitor:
         for s in self.states.values():
             by_status[s.status.value] = by_status.get(s.status.value, 0) + 1
         return {"executions": len(self.states), "by_status": by_status}
+
+
+def _view_of(record: Any) -> ExecutionView:
+    """A step-less view of an execution known only by its state-store record."""
+    return ExecutionView(id=record.id, sop=record.sop, version="", mode="",
+                         status=ExecutionStatus(record.status),
+                         progress=1.0 if record.terminal else 0.0, steps={},
+                         submitted_at=record.submitted_at, ended_at=record.ended_at)

@@ -13,6 +13,7 @@ import ray
 from actors._coordinator import _Coordinator
 from actors._failure_handler import _FailureHandler
 from actors._monitor import _ExecutionMonitor
+from runtime.config import EngineConfig
 from runtime.errors import EngineUnavailable
 from sop.errors import SopflowError
 
@@ -39,18 +40,34 @@ def _actor(cls: type, name: str, namespace: str, *args: Any, **options: Any) -> 
         num_cpus=0, max_restarts=-1, max_task_retries=0, **options).remote(*args)
 
 
+class _RecoveringCoordinator(_Coordinator):
+    """The coordinator as a Ray actor: recovers from the log as soon as it (re)starts."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        # Queued behind __init__, so it also runs after Ray restarts a crashed coordinator.
+        ray.get_runtime_context().current_actor.recover.remote()
+
+
+HEAD_NODE = {"node:__internal_head__": 0.001}
+"""The state file lives on the head node; so do the actors that open it."""
+
+
 class Actors:
     """Handles to the coordinator, monitor and failure handler of one namespace."""
 
-    def __init__(self, namespace: str = NAMESPACE) -> None:
+    def __init__(self, namespace: str = NAMESPACE, config: EngineConfig | None = None) -> None:
         self.namespace = namespace
-        self.monitor = _actor(_ExecutionMonitor, "sopflow-monitor", namespace, max_concurrency=1000)
+        config = config or EngineConfig()
+        placement = {"resources": HEAD_NODE} if config.durable else {}
+        self.monitor = _actor(_ExecutionMonitor, "sopflow-monitor", namespace, config,
+                              max_concurrency=1000, **placement)
         self.failure_handler = _actor(_FailureHandler, "sopflow-failure-handler", namespace,
                                       max_concurrency=1000)
-        self.coordinator = _actor(_Coordinator, "sopflow-coordinator", namespace, self.monitor,
-                                  self.failure_handler, max_concurrency=100_000)
+        self.coordinator = _actor(_RecoveringCoordinator, "sopflow-coordinator", namespace, self.monitor,
+                                  self.failure_handler, config, max_concurrency=100_000, **placement)
 
     def kill(self) -> None:
-        """Remove the actors (their executions are lost until the event log makes them durable)."""
+        """Remove the actors; executions resume from the event log when they are created again."""
         for handle in (self.coordinator, self.monitor, self.failure_handler):
             ray.kill(handle, no_restart=True)

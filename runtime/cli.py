@@ -28,12 +28,11 @@ main.add_command(validate)
 main.add_command(graph)
 main.add_command(schema)
 
-try:
-    from runtime._cli_exec import register_commands
-except ImportError:  # pragma: no cover - only while the engine is being built
-    pass
-else:
-    register_commands(main)
+from runtime._cli_exec import register_commands as _register_exec  # noqa: E402
+from runtime._cli_log import register_commands as _register_log  # noqa: E402
+
+_register_exec(main)
+_register_log(main)
 
 
 def _json_dump(value: object) -> None:

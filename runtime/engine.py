@@ -8,11 +8,16 @@ because ``runtime`` must stay importable without Ray.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from runtime.config import EngineConfig
 from runtime.errors import ExecutionFailed, ExecutionNotFound, ExecutionTimeout, SubmissionError
 from runtime.events import Event
 from runtime.ids import ExecutionId
@@ -23,6 +28,8 @@ from sop import Mode, Sop, check_file, check_text
 from sop.validate import BUILTIN_HANDLERS, ValidationReport, choose_mode
 
 DEFAULT_NAMESPACE = "sopflow"
+RESTART_GRACE_S = 60.0
+"""How long a client keeps resending a request while Ray restarts a crashed coordinator."""
 
 
 class Engine:
@@ -33,7 +40,8 @@ class Engine:
     first use and find them by name afterwards.
     """
 
-    def __init__(self, *, namespace: str = DEFAULT_NAMESPACE, registry: Registry | None = None) -> None:
+    def __init__(self, *, namespace: str = DEFAULT_NAMESPACE, registry: Registry | None = None,
+                 config: EngineConfig | None = None) -> None:
         import ray
 
         from actors import Actors
@@ -42,18 +50,28 @@ class Engine:
             raise SubmissionError("Ray is not initialised; use Engine.local() or Engine.connect(address)")
         self.namespace = namespace
         self.registry = registry or Registry()
-        self._actors = Actors(namespace)
+        self._actors = Actors(namespace, config)
+        info = self.info()  # also waits for recovery of unfinished executions from the log
+        if config is not None and config.state != info["state"]:
+            raise SubmissionError(
+                f"sopflow in namespace {namespace!r} already runs with the state file {info['state']}, "
+                f"not {config.state}; connect without a state, or use another namespace")
 
     # -- connecting -----------------------------------------------------------------------
 
     @classmethod
     def local(cls, *, address: str | None = None, num_cpus: int | None = None,
               dashboard: bool = True, namespace: str = DEFAULT_NAMESPACE,
-              registry: Registry | None = None, **ray_options: Any) -> Engine:
+              registry: Registry | None = None, state: str | None = None,
+              config: EngineConfig | None = None, **ray_options: Any) -> Engine:
         """Start a local Ray cluster (``address="local"``), or join ``address``, and connect.
 
         The dashboard binds to 127.0.0.1 unless ``dashboard_host`` says otherwise.
+        Unfinished executions in the state file (``state``, default
+        ``~/.sopflow/state.db``) resume before this returns.
         """
+        if state is not None:
+            config = dataclasses.replace(config or EngineConfig(), state=state)
         import ray
 
         if not ray.is_initialized():
@@ -67,7 +85,7 @@ class Engine:
             else:
                 options["address"] = address
             ray.init(**{**options, **ray_options})
-        return cls(namespace=namespace, registry=registry)
+        return cls(namespace=namespace, registry=registry, config=config)
 
     @classmethod
     def connect(cls, address: str = "auto", *, namespace: str = DEFAULT_NAMESPACE,
@@ -79,10 +97,24 @@ class Engine:
             ray.init(address=address, namespace=namespace, log_to_driver=False, **ray_options)
         return cls(namespace=namespace, registry=registry)
 
-    def _call(self, ref: Any, timeout: float | None = None) -> Any:
-        from actors import call
+    def _call(self, send: Any, timeout: float | None = None) -> Any:
+        """Send a request (``send()`` returns the ObjectRef) and get its answer.
 
-        return call(ref, timeout)
+        A coordinator that crashed is restarted by Ray and rebuilt from the log; a
+        request caught in the crash is sent again (every request is safe to repeat:
+        submissions carry an idempotency key) until ``RESTART_GRACE_S`` have passed.
+        """
+        from actors import call
+        from runtime.errors import EngineUnavailable
+
+        deadline = time.monotonic() + RESTART_GRACE_S
+        while True:
+            try:
+                return call(send(), timeout)
+            except EngineUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # back-off between attempts while Ray restarts the actor
 
     # -- submitting -----------------------------------------------------------------------
 
@@ -111,23 +143,26 @@ class Engine:
             SopValidationError: the SOP is invalid (every problem listed).
             SubmissionError: inputs, mode or handlers do not fit.
         """
+        # A key makes the submission safe to send again if the coordinator restarts meanwhile.
         request = self._request(sop, dict(inputs or {}), mode=mode, priority=priority,
-                                idempotency_key=idempotency_key, inputs_from_text=inputs_from_text)
-        return ExecutionId(self._call(self._actors.coordinator.submit.remote(request)))
+                                idempotency_key=idempotency_key or f"auto:{uuid.uuid4().hex}",
+                                inputs_from_text=inputs_from_text)
+        return ExecutionId(self._call(lambda: self._actors.coordinator.submit.remote(request)))
 
     def _request(self, sop: Any, inputs: dict[str, Any], *, mode: str | None, priority: int,
                  idempotency_key: str | None, inputs_from_text: bool = False) -> Any:
-        from actors import SubmitRequest
+        from actors._execution import SubmitRequest, sop_definition
 
         model, _, source = self.load(sop)
         chosen = self._mode(model, mode, source)
         resolved = resolve_inputs(model, inputs, source=source, from_text=inputs_from_text)
         base = Path(source).parent if source not in ("<string>", "<object>") else Path.cwd()
         return SubmitRequest(model, resolved, chosen, priority, idempotency_key, self._handlers(model),
-                             self._subsops(model, base, ()), _secrets(model), source)
+                             self._subsops(model, base, ()), _secrets(model), source,
+                             definition=sop_definition(model))
 
     def _subsops(self, model: Sop, base: Path, stack: tuple[str, ...]) -> dict[str, Any]:
-        from actors import SubmitRequest
+        from actors._execution import SubmitRequest, sop_definition
 
         out = {}
         for step in (*model.steps, *model.rollback):
@@ -139,7 +174,7 @@ class Engine:
                 out[step.handler[4:]] = SubmitRequest(
                     child, {}, "system_design", 0, None, self._handlers(child),
                     self._subsops(child, path.parent, (*stack, str(path))),
-                    _secrets(child), source)
+                    _secrets(child), source, definition=sop_definition(child))
         return out
 
     def _mode(self, model: Sop, requested: str | None, source: str) -> str:
@@ -184,10 +219,10 @@ class Engine:
             ExecutionNotFound: neither the monitor nor the coordinator knows the id.
         """
         try:
-            return self._call(self._actors.monitor.status.remote(str(execution_id)))
+            return self._call(lambda: self._actors.monitor.status.remote(str(execution_id)))
         except ExecutionNotFound:
             # Submitted a moment ago: its first events may still be on their way to the monitor.
-            return self._call(self._actors.coordinator.status.remote(str(execution_id)))
+            return self._call(lambda: self._actors.coordinator.status.remote(str(execution_id)))
 
     def wait(self, execution_id: str, timeout: float | None = None) -> ExecutionView:
         """Block until the execution ends; returns its final view (with outputs).
@@ -195,7 +230,7 @@ class Engine:
         Raises:
             ExecutionTimeout: it was still running after ``timeout`` seconds.
         """
-        view = self._call(self._actors.coordinator.wait.remote(str(execution_id), timeout))
+        view = self._call(lambda: self._actors.coordinator.wait.remote(str(execution_id), timeout))
         if not view.status.terminal:
             raise ExecutionTimeout(str(execution_id), timeout or 0.0, view.status.value)
         return view
@@ -213,13 +248,13 @@ class Engine:
 
     def list(self, status: str | None = None, sop: str | None = None,
              since: float | None = None, limit: int = 1000) -> list[ExecutionView]:
-        return self._call(self._actors.monitor.list.remote(status, sop, since, limit))
+        return self._call(lambda: self._actors.monitor.list.remote(status, sop, since, limit))
 
     def events(self, execution_id: str, *, follow: bool = True, poll_s: float = 1.0) -> Iterator[Event]:
         """Yield the execution's events in order; with ``follow``, until it finishes."""
         seq = 0
         while True:
-            batch = self._call(self._actors.monitor.events.remote(str(execution_id), seq,
+            batch = self._call(lambda: self._actors.monitor.events.remote(str(execution_id), seq,
                                                                   poll_s if follow else 0.0))
             for event in batch:
                 seq = event.seq
@@ -233,13 +268,13 @@ class Engine:
 
     def cancel(self, execution_id: str, force: bool = False) -> ExecutionView:
         """Start nothing new; with ``force``, also kill running steps."""
-        return self._call(self._actors.coordinator.cancel.remote(str(execution_id), force))
+        return self._call(lambda: self._actors.coordinator.cancel.remote(str(execution_id), force))
 
     def pause(self, execution_id: str) -> ExecutionView:
-        return self._call(self._actors.coordinator.pause.remote(str(execution_id)))
+        return self._call(lambda: self._actors.coordinator.pause.remote(str(execution_id)))
 
     def resume(self, execution_id: str) -> ExecutionView:
-        return self._call(self._actors.coordinator.resume.remote(str(execution_id)))
+        return self._call(lambda: self._actors.coordinator.resume.remote(str(execution_id)))
 
     def add_steps(self, execution_id: str, steps: list[dict[str, Any]]) -> ExecutionView:
         """Add steps to a running execution, validated incrementally.
@@ -249,7 +284,7 @@ class Engine:
         """
         model = Sop.model_validate({"sop": "added", "steps": steps}) if steps else None
         handlers = self._handlers(model) if model else {}
-        return self._call(self._actors.coordinator.add_steps.remote(str(execution_id), steps, handlers))
+        return self._call(lambda: self._actors.coordinator.add_steps.remote(str(execution_id), steps, handlers))
 
     # -- escalation hooks -----------------------------------------------------------------
 
@@ -261,27 +296,87 @@ class Engine:
         if (fn is None) == (url is None):
             raise SubmissionError("an escalation hook needs exactly one of fn= or url=")
         hook = PythonHook(fn) if fn is not None else WebhookHook(url, dict(headers or {}))  # type: ignore[arg-type]
-        return self._call(self._actors.failure_handler.add_hook.remote(name, hook))
+        return self._call(lambda: self._actors.failure_handler.add_hook.remote(name, hook))
 
     def remove_escalation_hook(self, name: str) -> list[str]:
-        return self._call(self._actors.failure_handler.remove_hook.remote(name))
+        return self._call(lambda: self._actors.failure_handler.remove_hook.remote(name))
 
     def failure_stats(self) -> dict[str, Any]:
-        return self._call(self._actors.failure_handler.stats.remote())
+        return self._call(lambda: self._actors.failure_handler.stats.remote())
 
     def drain_hooks(self) -> int:
         """Wait until escalation hooks already triggered have finished."""
-        return self._call(self._actors.failure_handler.drain.remote())
+        return self._call(lambda: self._actors.failure_handler.drain.remote())
 
     def flush(self) -> None:
         """Push the coordinator's pending events to the monitor now."""
-        self._call(self._actors.coordinator.flush.remote())
+        self._call(lambda: self._actors.coordinator.flush.remote())
+
+    # -- the log: history, export/import, recovery, decisions, replay ---------------------
+
+    def info(self) -> dict[str, Any]:
+        """Where state lives, how many executions it holds, what the last recovery did."""
+        return self._call(lambda: self._actors.coordinator.info.remote())
+
+    def history(self, execution_id: str, after_seq: int = 0) -> list[Event]:
+        """Every event of an execution, in order, from the durable log."""
+        return self._call(lambda: self._actors.coordinator.history.remote(str(execution_id), after_seq))
+
+    def export(self, execution_id: str) -> dict[str, Any]:
+        """The execution's full history as JSON data (``sopflow export``); secrets stay behind."""
+        return self._call(lambda: self._actors.coordinator.export.remote(str(execution_id)))
+
+    def import_history(self, doc: dict[str, Any] | str | os.PathLike[str], *, replace: bool = False) -> str:
+        """Store an exported history (data, or a path to a ``.json`` file); returns its execution id."""
+        if not isinstance(doc, dict):
+            doc = _read_json(Path(doc))
+        return self._call(lambda: self._actors.coordinator.import_.remote(doc, replace))
+
+    def recover(self) -> dict[str, Any]:
+        """Resume every unfinished execution in the log (done on start; returns what it did)."""
+        return self._call(lambda: self._actors.coordinator.recover.remote())
+
+    def decide(self, execution_id: str, step: str, decision: str, *, reason: str = "",
+               output: Any = None) -> ExecutionView:
+        """Settle a step waiting for an operator: ``rerun``, ``succeed`` (with ``output``), ``fail``, ``skip``."""
+        return self._call(lambda: self._actors.coordinator.decide.remote(str(execution_id), step, decision,
+                                                                 reason, output))
+
+    def replay(self, execution_id: str, from_step: str | None = None) -> Any:
+        """Replay a finished execution in this process and compare it with its recording.
+
+        Steps before ``from_step`` take their recorded outcomes; ``from_step`` and
+        the steps downstream of it run their handlers again. Returns a
+        :class:`runtime.replay.ReplayReport` naming every divergence.
+        """
+        from actors._replay import replay
+
+        return replay(self.history(execution_id), from_step, handlers=self._registered_handlers())
+
+    def _registered_handlers(self) -> dict[str, Any]:
+        out = {}
+        for name in self.registry.names("handler"):
+            reg = self.registry.lookup("handler", name)
+            out[name] = reg.reference or reg.implementation
+        return out
 
     def shutdown(self) -> None:
         """Disconnect this client (executions keep running on the cluster)."""
         import ray
 
         ray.shutdown()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SubmissionError(f"history file {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise SubmissionError(f"{path} is not JSON: line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(doc, dict):
+        raise SubmissionError(f"{path} holds a JSON {type(doc).__name__}, expected an exported history object")
+    return doc
 
 
 def _secrets(model: Sop) -> tuple[str, ...]:

@@ -24,6 +24,16 @@ class EventKind(StrEnum):
     RESUMED = "execution_resumed"
     CANCEL_REQUESTED = "cancel_requested"
     ROLLBACK_STARTED = "rollback_started"
+    CHILD_SUBMITTED = "child_submitted"
+    """A ``sop:`` step started its sub-SOP as the child execution ``data["child"]``."""
+    RECOVERED = "execution_recovered"
+    """A restarted coordinator rebuilt the execution from the log and resumed it."""
+    ATTEMPT_INTERRUPTED = "attempt_interrupted"
+    """An attempt was running when the coordinator stopped; its outcome is unknown."""
+    DECISION_REQUIRED = "decision_required"
+    """An interrupted attempt of a non-idempotent step waits for an operator's decision."""
+    DECIDED = "operator_decided"
+    """An operator settled a step awaiting decision: rerun, succeed, fail or skip."""
     FINISHED = "execution_finished"
 
 
@@ -73,8 +83,13 @@ class Event:
             extra = f": [{self.data.get('classification')}] {self.data.get('error')}"
         elif self.kind == EventKind.RETRY_SCHEDULED:
             extra = f": in {self.data.get('delay_s', 0):.2f} s"
-        elif self.kind in (EventKind.STEP_SKIPPED, EventKind.STEP_HALTED, EventKind.ESCALATED):
+        elif self.kind in (EventKind.STEP_SKIPPED, EventKind.STEP_HALTED, EventKind.ESCALATED,
+                           EventKind.ATTEMPT_INTERRUPTED, EventKind.DECISION_REQUIRED):
             extra = f": {self.data.get('reason', '')}"
         elif self.kind == EventKind.FINISHED:
             extra = f": {self.data.get('status')}"
+        elif self.kind == EventKind.DECIDED:
+            extra = f": {self.data.get('decision')} ({self.data.get('reason') or 'no reason given'})"
+        elif self.kind == EventKind.CHILD_SUBMITTED:
+            extra = f": {self.data.get('child')}"
         return f"#{self.seq} {self.kind.value}{who}{att}{extra}"

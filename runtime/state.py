@@ -101,7 +101,10 @@ def apply(state: ExecutionState, event: Event) -> None:
             state.status = ExecutionStatus.PAUSED
     elif kind == EventKind.RESUMED:
         state.paused = False
-        if state.status == ExecutionStatus.PAUSED:
+        if state.status == ExecutionStatus.PAUSED and any(
+                s.status == StepStatus.NEEDS_DECISION for s in state.steps.values()):
+            state.status = ExecutionStatus.NEEDS_DECISION
+        elif state.status == ExecutionStatus.PAUSED:
             state.status = ExecutionStatus.RUNNING
     elif kind == EventKind.CANCEL_REQUESTED:
         state.cancel_requested, state.force_cancel = True, bool(d.get("force"))
@@ -109,6 +112,25 @@ def apply(state: ExecutionState, event: Event) -> None:
             state.status = ExecutionStatus.CANCELLING
     elif kind == EventKind.ROLLBACK_STARTED:
         state.rolling_back = True
+    elif kind == EventKind.DECISION_REQUIRED and step is not None:
+        step.status = StepStatus.NEEDS_DECISION
+        if state.status in (ExecutionStatus.RUNNING, ExecutionStatus.PAUSED):
+            state.status = ExecutionStatus.NEEDS_DECISION
+    elif kind == EventKind.DECIDED and step is not None:
+        decision = d["decision"]
+        if decision == "rerun":
+            step.status = StepStatus.PENDING
+        elif decision == "succeed":
+            step.status, step.output, step.error = StepStatus.SUCCEEDED, d.get("output"), None
+            step.ended_at = event.ts
+        elif decision == "fail":
+            step.status, step.error, step.classification = StepStatus.FAILED, d.get("reason"), "operator"
+            step.ended_at = event.ts
+        else:  # skip
+            step.status, step.ended_at = StepStatus.SKIPPED, event.ts
+        if state.status == ExecutionStatus.NEEDS_DECISION and not any(
+                s.status == StepStatus.NEEDS_DECISION for s in state.steps.values()):
+            state.status = ExecutionStatus.PAUSED if state.paused else ExecutionStatus.RUNNING
     elif kind == EventKind.FINISHED:
         state.status = ExecutionStatus(d["status"])
         state.outputs = d.get("outputs")

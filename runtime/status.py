@@ -12,6 +12,8 @@ class ExecutionStatus(StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
     CANCELLING = "cancelling"
+    NEEDS_DECISION = "needs_decision"
+    """A step's attempt was interrupted and the step is not safe to re-run: an operator decides."""
     COMPLETED = "completed"
     PARTIALLY_COMPLETED = "partially_completed"
     FAILED = "failed"
@@ -38,6 +40,8 @@ class StepStatus(StrEnum):
     UPSTREAM_FAILED = "upstream_failed"
     """Halted because a step it depends on failed."""
     CANCELLED = "cancelled"
+    NEEDS_DECISION = "needs_decision"
+    """Interrupted by a coordinator restart, not idempotent: waits for ``sopflow decide``."""
 
     @property
     def terminal(self) -> bool:

@@ -38,12 +38,16 @@ def ray_cluster() -> Iterator[None]:
     ray.shutdown()
 
 
+STATE_FILE = Path(tempfile.mkdtemp(prefix="sopflow-state-")) / "state.db"
+
+
 @pytest.fixture(scope="session")
 def engine(ray_cluster: None):
-    """The sopflow engine on the shared cluster (its actors are created once)."""
+    """The sopflow engine on the shared cluster (its actors are created once), state in a temp file."""
     from runtime import Engine, Registry
+    from runtime.config import EngineConfig
 
-    return Engine(namespace=NAMESPACE, registry=Registry())
+    return Engine(namespace=NAMESPACE, registry=Registry(), config=EngineConfig(state=str(STATE_FILE)))
 
 
 @pytest.fixture

@@ -112,3 +112,24 @@ def leak_secret(token: str) -> None:
 def return_secret(token: str) -> dict:
     """Succeed with an output that contains the (secret) argument."""
     return {"header": f"Bearer {token}"}
+
+
+def record_run(runs_dir: str, name: str, ok: bool = True, upstream: Any = None, work_s: float = 0.0,
+               gate: str | None = None, context: Any = None) -> str:
+    """Note this run (step, attempt, pid, start time) in ``runs_dir``, then succeed or fail as told.
+
+    With ``gate``, the run waits for that file first (the test opens the gate); ``work_s``
+    is the step's own work. The output depends only on the inputs, so an undisturbed
+    run and a recovered one must produce the same.
+    """
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    line = f"{name} {context.attempt if context else 0} {os.getpid()} {time.time():.6f}\n"
+    with open(Path(runs_dir) / f"{name}.runs", "a") as f:  # one write per run; O_APPEND keeps lines whole
+        f.write(line)
+    if gate is not None:
+        _wait_until(lambda: os.path.exists(gate), 60.0)
+    if work_s:
+        time.sleep(work_s)  # the step's own work, not synchronisation
+    if not ok:
+        raise PermanentError(f"step {name} was told to fail")
+    return f"{name}<{upstream}>" if upstream is not None else name

@@ -1,0 +1,138 @@
+"""The coordinator's side of the event log: group commits, state records, snapshots, the monitor feed.
+
+Every event goes to the log before the coordinator acts on it: actions with an
+effect outside the coordinator (starting a Ray task, answering a client,
+finishing an execution) wait for :meth:`Journal.on_durable`, which fires once
+the commit holding their events is done. Commits are grouped: whatever piled up
+while one commit ran goes into the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from runtime.config import EngineConfig
+from runtime.eventlog import EventLog, ExecutionRecord, GroupCommitter, MemoryEventLog, SqliteEventLog
+from runtime.errors import ExecutionNotFound
+from runtime.events import Event
+from runtime.state import ExecutionState, apply
+
+if TYPE_CHECKING:
+    from actors._execution import Execution
+
+log = logging.getLogger("sopflow.journal")
+
+FLUSH_INTERVAL_S = 0.01
+"""How long events may wait before a batch goes to the monitor."""
+
+
+def open_event_log(config: EngineConfig, *, readonly: bool = False) -> EventLog:
+    """The log named by ``config.state``: a SQLite file, or memory."""
+    if not config.durable:
+        return MemoryEventLog()
+    return SqliteEventLog(config.state, synchronous=config.synchronous, readonly=readonly)
+
+
+def record_of(exe: Execution) -> ExecutionRecord:
+    """The state store's summary row of an execution, versioned by its last event."""
+    state = exe.state
+    return ExecutionRecord(state.id, state.sop, state.status.value, state.submitted_at, state.last_seq,
+                           state.ended_at, state.status.terminal, state.idempotency_key, exe.request.parent)
+
+
+def snapshot_of(exe: Execution) -> bytes:
+    return pickle.dumps((exe.state, exe.aux), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class Journal:
+    """Writes events and records through a :class:`GroupCommitter`; feeds the monitor."""
+
+    def __init__(self, config: EngineConfig, monitor: Any = None, event_log: EventLog | None = None) -> None:
+        self.config = config
+        self.log = event_log if event_log is not None else open_event_log(config)
+        self.committer = GroupCommitter(self.log)
+        self.monitor = monitor
+        self._outbox: list[Event] = []
+        self._after_monitor: list[Callable[[], None]] = []
+        self._outbox_ready: asyncio.Event | None = None
+        self._flusher: asyncio.Task | None = None
+
+    def write(self, exe: Execution, event: Event, status_changed: bool) -> None:
+        self.committer.add((event,), (record_of(exe),) if status_changed else ())
+        exe.since_snapshot += 1
+        if exe.since_snapshot >= self.config.snapshot_every:
+            exe.since_snapshot = 0
+            blob, seq = snapshot_of(exe), exe.state.last_seq
+            self.on_durable(lambda: self.log.put_snapshot(exe.id, seq, blob))
+        if self.monitor is not None:
+            self._outbox.append(event)
+            self._wake_flusher()
+
+    def on_durable(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the loop once everything written so far is committed."""
+        self.committer.on_durable(callback)
+
+    async def durable(self) -> None:
+        """Wait until everything written so far is committed."""
+        await self.committer.barrier()
+
+    def close(self) -> None:
+        self.committer.close()
+        self.log.close()
+
+    # -- the monitor feed -------------------------------------------------------------------
+
+    def _wake_flusher(self) -> None:
+        if self._outbox_ready is None:
+            self._outbox_ready = asyncio.Event()
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+        self._outbox_ready.set()
+
+    async def _flush_forever(self) -> None:
+        assert self._outbox_ready is not None
+        while True:
+            await self._outbox_ready.wait()
+            await asyncio.sleep(FLUSH_INTERVAL_S)  # batching window, not synchronisation
+            self._outbox_ready.clear()
+            await self.flush_monitor()
+
+    def after_monitor(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the monitor has the events written so far (so it answers with them)."""
+        if self.monitor is None:
+            callback()
+            return
+        self._after_monitor.append(callback)
+        self._wake_flusher()
+
+    async def flush_monitor(self) -> None:
+        """Send pending events to the monitor now."""
+        batch, self._outbox = self._outbox, []
+        callbacks, self._after_monitor = self._after_monitor, []
+        if batch and self.monitor is not None:
+            try:
+                await self.committer.barrier()  # the monitor shows only what the log holds
+                await self.monitor.apply.remote(batch)
+            except Exception:  # noqa: BLE001 - the monitor is a view; never stop dispatch for it
+                log.exception("could not forward %d events to the monitor", len(batch))
+        for callback in callbacks:
+            callback()
+
+
+def load_state(event_log: Any, execution_id: str) -> ExecutionState:
+    """Fold an execution's state from the log: its latest snapshot, then the events after it."""
+    state = ExecutionState(execution_id)
+    snap = event_log.latest_snapshot(execution_id)
+    after = 0
+    if snap is not None:
+        after, blob = snap
+        state = pickle.loads(blob)[0]
+    events = event_log.read(execution_id, after)
+    if not events and snap is None:
+        raise ExecutionNotFound(execution_id)
+    for event in events:
+        apply(state, event)
+    return state

@@ -1,0 +1,170 @@
+"""Rebuilding executions from the event log after the coordinator (or the whole cluster) restarted.
+
+Every unfinished execution is folded back from its latest snapshot and the events
+after it, then resumed:
+
+- an attempt that was running has an unknown outcome (its Ray task died with the
+  old coordinator, which owned it). An idempotent step runs the same attempt again
+  (at-least-once); a step declared ``idempotent: false`` is not re-run behind
+  anyone's back: it waits for an operator's decision (``sopflow decide``);
+- a ``sop:`` step whose child execution was submitted re-attaches to the child;
+- a retry waiting out its backoff is scheduled for the time it was due;
+- every other step is re-evaluated as if its dependencies had just finished.
+
+A step whose success is in the log is never run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import pickle
+import time
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+
+from actors._execution import Execution, InFlight, SubmitRequest, request_from_log
+from runtime.events import Event, EventKind
+from runtime.status import StepStatus
+from runtime.telemetry import attached, tracer
+from sop import check_new_steps
+from sop.model import OnFailure
+
+if TYPE_CHECKING:
+    from actors._coordinator import _Coordinator
+
+log = logging.getLogger("sopflow.recovery")
+
+
+async def recover(c: _Coordinator) -> dict[str, Any]:
+    """Rebuild and resume every unfinished execution in ``c``'s log; returns what was done."""
+    started = time.perf_counter()
+    rebuilt: list[Execution] = []
+    failed: dict[str, str] = {}
+    for record in c.log.unfinished():
+        if record.id in c.executions:
+            continue
+        try:
+            exe = rebuild(c.log, record.id)
+        except Exception as e:  # noqa: BLE001 - one unreadable history must not block the others
+            log.exception("cannot rebuild execution %s from the log", record.id)
+            failed[record.id] = f"{type(e).__name__}: {e}"
+            continue
+        c.executions[exe.id] = exe
+        if exe.state.idempotency_key:
+            c.by_key[exe.state.idempotency_key] = exe.id
+        rebuilt.append(exe)
+    counts = {"redispatched": 0, "reattached": 0, "awaiting_decision": 0, "retries": 0}
+    for exe in rebuilt:
+        for what, n in resume(c, exe).items():
+            counts[what] += n
+    await c.journal.durable()
+    if c.journal.monitor is not None:  # events on their way to it died with the old coordinator
+        await c.journal.monitor.resync.remote()
+    return {"executions": len(rebuilt), **counts, "failed": failed,
+            "seconds": round(time.perf_counter() - started, 4)}
+
+
+def rebuild(event_log: Any, execution_id: str) -> Execution:
+    """An :class:`Execution` with the state folded from the log (snapshot + tail)."""
+    first = event_log.read(execution_id, 0, 1)
+    if not first or first[0].kind != EventKind.SUBMITTED:
+        raise ValueError(f"the history of {execution_id} does not start with execution_submitted")
+    submitted = first[0].data
+    inputs = dict(submitted.get("inputs") or {})
+    secrets = event_log.get_blob(execution_id, "secrets")
+    if secrets:
+        inputs.update(json.loads(secrets))
+    request = request_from_log(submitted, inputs)
+    shipped = event_log.get_blob(execution_id, "handlers")
+    if shipped:  # handlers shipped as callables by the client
+        request.handlers.update(pickle.loads(shipped))
+    exe = Execution(execution_id, request)
+    snap = event_log.latest_snapshot(execution_id)
+    after = 0
+    if snap is not None:
+        after, blob = snap
+        exe.state, exe.aux = pickle.loads(blob)
+    for event in event_log.read(execution_id, after):
+        exe.fold(event)
+    _restore_added_steps(exe, event_log)
+    exe.rollback_requested = any(
+        st.status == StepStatus.FAILED and exe.steps_by_id[sid].on_failure == OnFailure.ROLLBACK
+        for sid, st in exe.state.steps.items() if sid in exe.steps_by_id)
+    exe.span = _recovered_span(exe, first[0])
+    return exe
+
+
+def _restore_added_steps(exe: Execution, event_log: Any) -> None:
+    if not exe.aux.added:
+        return
+    handlers: dict[str, Any] = {}
+    for event in event_log.read(exe.id):
+        if event.kind == EventKind.STEPS_ADDED:
+            handlers.update(event.data.get("handlers") or {})
+    exe.request.handlers.update(handlers)
+    exe.add_steps(check_new_steps(exe.sop, exe.graph, exe.aux.added))
+
+
+def _recovered_span(exe: Execution, submitted: Event) -> Any:
+    """A new execution span in the original trace (the first one died with the old coordinator)."""
+    with attached(submitted.data.get("trace") or {}):
+        parent = trace.get_current_span()
+        return tracer().start_span(
+            f"execution {exe.sop.sop} (recovered)", context=trace.set_span_in_context(parent),
+            attributes={"sopflow.execution_id": exe.id, "sopflow.sop": exe.sop.sop,
+                        "sopflow.version": exe.sop.version, "sopflow.recovered": True})
+
+
+def resume(c: _Coordinator, exe: Execution) -> dict[str, int]:
+    """Pick up an execution where the log left it; returns counts of what was done."""
+    state = exe.state
+    counts = {"redispatched": 0, "reattached": 0, "awaiting_decision": 0, "retries": 0}
+    running = [sid for sid, st in state.steps.items() if st.status == StepStatus.RUNNING]
+    waiting = [sid for sid, st in state.steps.items() if st.status == StepStatus.NEEDS_DECISION]
+    c.emit(exe, EventKind.RECOVERED, in_flight=running, awaiting_decision=waiting,
+           retrying=[sid for sid in exe.aux.retry_due if state.steps[sid].status == StepStatus.RETRYING])
+    loop = asyncio.get_running_loop()
+    for sid in running:
+        step = exe.steps_by_id[sid]
+        attempt = state.steps[sid].attempts or 1
+        child = exe.aux.children.get(sid)
+        if child is not None:
+            exe.inflight[sid] = InFlight(attempt, child=child)
+            exe.inflight[sid].task = loop.create_task(c.dispatcher.watch_child(
+                exe, step, attempt, child, exe.sop.effective_timeout(step)))
+            counts["reattached"] += 1
+            continue
+        c.emit(exe, EventKind.ATTEMPT_INTERRUPTED, sid, attempt,
+               reason="the coordinator restarted while this attempt ran; its outcome is unknown")
+        if state.cancel_requested:
+            c.emit(exe, EventKind.STEP_CANCELLED, sid, attempt, reason="execution cancelled")
+        elif step.idempotent:
+            c.dispatcher.start(exe, step, attempt)
+            counts["redispatched"] += 1
+        else:
+            c.emit(exe, EventKind.DECISION_REQUIRED, sid, attempt, reason=(
+                f"step '{sid}' is not idempotent and attempt {attempt} may have run; decide with "
+                f"`sopflow decide {exe.id} {sid} --rerun|--succeed|--fail|--skip`"))
+            counts["awaiting_decision"] += 1
+    for sid, (attempt, due) in list(exe.aux.retry_due.items()):
+        if state.steps[sid].status != StepStatus.RETRYING or state.cancel_requested:
+            continue
+        if state.paused:
+            exe.paused_retries[sid] = attempt
+        else:
+            exe.waiting_retry[sid] = loop.call_later(max(0.0, due - time.time()), c.dispatcher.retry,
+                                                     exe, exe.steps_by_id[sid], attempt)
+        counts["retries"] += 1
+    c.advance(exe, list(exe.active_graph.nodes))
+    return counts
+
+
+def rebuild_request(event_log: Any, execution_id: str) -> SubmitRequest:
+    """The request an execution was submitted with, as the log recorded it (secrets masked)."""
+    first = event_log.read(execution_id, 0, 1)
+    if not first:
+        raise ValueError(f"no history for {execution_id}")
+    return request_from_log(first[0].data, dict(first[0].data.get("inputs") or {}))

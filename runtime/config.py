@@ -1,0 +1,57 @@
+"""Settings of the sopflow actors on a cluster: where state lives and how long it is kept."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DAY_S = 86_400.0
+
+
+def default_state_path() -> str:
+    """``$SOPFLOW_STATE`` if set, else ``~/.sopflow/state.db`` (on the head node)."""
+    return os.environ.get("SOPFLOW_STATE") or str(Path("~/.sopflow/state.db").expanduser())
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """How the coordinator keeps its event log and state store.
+
+    Attributes:
+        state: The event log: a SQLite file path (created on first use, on the
+            head node) or ``"memory://"`` for a log that dies with the coordinator.
+        synchronous: SQLite's ``synchronous`` setting. ``NORMAL`` survives a crashed
+            process or cluster; ``FULL`` also survives a power cut, at a cost per commit.
+        retention_days: Finished executions older than this are removed from the store.
+        snapshot_every: Write a state snapshot after this many events of one execution,
+            so recovering or reading a long history folds only the tail.
+        keep_finished: Finished executions the actors keep in memory for fast queries;
+            older ones are answered from the store.
+    """
+
+    state: str = ""
+    synchronous: str = "NORMAL"
+    retention_days: float = 90.0
+    snapshot_every: int = 1000
+    keep_finished: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not self.state:
+            object.__setattr__(self, "state", default_state_path())
+        if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {self.synchronous!r}")
+        if self.retention_days <= 0:
+            raise ValueError(f"retention_days must be > 0, got {self.retention_days}")
+        if self.snapshot_every < 10:
+            raise ValueError(f"snapshot_every must be >= 10, got {self.snapshot_every}")
+        if self.keep_finished < 0:
+            raise ValueError(f"keep_finished must be >= 0, got {self.keep_finished}")
+
+    @property
+    def retention_s(self) -> float:
+        return self.retention_days * DAY_S
+
+    @property
+    def durable(self) -> bool:
+        return not self.state.startswith(("memory:", ":memory:"))
