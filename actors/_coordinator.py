@@ -273,6 +273,7 @@ class _Coordinator:
         return removed
 
     async def info(self) -> dict[str, Any]:
+        await self.ready()
         return {"state": self.config.state, "durable": self.config.durable,
                 "in_memory": len(self.executions), "recovery": self.recovery,
                 "commits": dict(self.journal.committer.stats), **self.log.stats()}
