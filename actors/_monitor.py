@@ -169,7 +169,7 @@ class _ExecutionMonitor:
         return self._state(execution_id).view(with_outputs=with_outputs)
 
     async def list(self, status: str | None = None, sop: str | None = None, since: float | None = None,
-                   limit: int = 1000) -> list[ExecutionView]:
+                   limit: int = 1000, until: float | None = None) -> list[ExecutionView]:
         wanted = ExecutionStatus(status) if status else None
         out = []
         for state in reversed(self.states.values()):  # newest first
@@ -179,11 +179,14 @@ class _ExecutionMonitor:
                 continue
             if since is not None and state.submitted_at < since:
                 continue
+            if until is not None and state.submitted_at >= until:
+                continue
             out.append(state.view())
             if len(out) >= limit:
                 return out
         if self.log is not None:  # older executions, no longer in memory
-            for record in self.log.query(status=status, sop=sop, since=since, limit=limit + len(out)):
+            for record in self.log.query(status=status, sop=sop, since=since, until=until,
+                                         limit=limit + len(out)):
                 if record.id not in self.states:
                     out.append(_view_of(record))
                     if len(out) >= limit:

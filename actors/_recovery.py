@@ -6,7 +6,8 @@ after it, then resumed:
 - an attempt that was running has an unknown outcome (its Ray task died with the
   old coordinator, which owned it). An idempotent step runs the same attempt again
   (at-least-once); a step declared ``idempotent: false`` is not re-run behind
-  anyone's back: it waits for an operator's decision (``sopflow decide``);
+  anyone's back: it waits for an operator's decision (``sopflow decide``), unless
+  its ``recovery`` says ``rerun`` or ``fail``;
 - a ``sop:`` step whose child execution was submitted re-attaches to the child;
 - a retry waiting out its backoff is scheduled for the time it was due;
 - every other step is re-evaluated as if its dependencies had just finished.
@@ -141,9 +142,14 @@ def resume(c: _Coordinator, exe: Execution) -> dict[str, int]:
                reason="the coordinator restarted while this attempt ran; its outcome is unknown")
         if state.cancel_requested:
             c.emit(exe, EventKind.STEP_CANCELLED, sid, attempt, reason="execution cancelled")
-        elif step.idempotent:
+        elif step.idempotent or step.recovery == "rerun":
             c.dispatcher.start(exe, step, attempt)
             counts["redispatched"] += 1
+        elif step.recovery == "fail":
+            c.emit(exe, EventKind.STEP_FAILED, sid, attempt, error="interrupted by a coordinator restart; "
+                   "the step is not idempotent and its SOP says recovery: fail", error_type="Interrupted",
+                   classification="crash", final=True, action="fail", reason="recovery: fail")
+            c.step_finished(exe, sid)
         else:
             c.emit(exe, EventKind.DECISION_REQUIRED, sid, attempt, reason=(
                 f"step '{sid}' is not idempotent and attempt {attempt} may have run; decide with "

@@ -246,9 +246,13 @@ class Engine:
             raise ExecutionFailed(str(execution_id), view.status.value, view.errors)
         return dict(view.outputs or {})
 
-    def list(self, status: str | None = None, sop: str | None = None,
-             since: float | None = None, limit: int = 1000) -> list[ExecutionView]:
-        return self._call(lambda: self._actors.monitor.list.remote(status, sop, since, limit))
+    def list(self, status: str | None = None, sop: str | None = None, since: float | None = None,
+             limit: int = 1000, *, until: float | None = None) -> list[ExecutionView]:
+        """Executions newest first, by status, SOP and submission time in ``[since, until)``.
+
+        Recent ones come from the monitor's memory, older ones from the state store.
+        """
+        return self._call(lambda: self._actors.monitor.list.remote(status, sop, since, limit, until))
 
     def events(self, execution_id: str, *, follow: bool = True, poll_s: float = 1.0) -> Iterator[Event]:
         """Yield the execution's events in order; with ``follow``, until it finishes."""

@@ -171,7 +171,10 @@ class Step(_Model):
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     on_failure: OnFailure = OnFailure.HALT
     idempotent: bool = True
-    """Safe to run again after a crash; false asks an operator before re-running."""
+    """Safe to run again after a crash; false asks an operator before re-running (see ``recovery``)."""
+    recovery: Literal["ask", "rerun", "fail"] = "ask"
+    """For a step that is not idempotent, when a crash interrupted its attempt: ``ask`` an operator
+    (``sopflow decide``), ``rerun`` it anyway, or ``fail`` it."""
 
     @field_validator("depends_on", mode="before")
     @classmethod

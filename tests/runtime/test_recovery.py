@@ -222,3 +222,22 @@ def test_a_finished_execution_is_answered_from_the_log_after_a_restart(durable) 
     assert view.status == ExecutionStatus.COMPLETED
     assert view.outputs["steps"] == {"x": 7}
     assert durable.history(eid)[-1].kind == EventKind.FINISHED
+
+
+@pytest.mark.parametrize("recovery, status, runs", [("rerun", ExecutionStatus.COMPLETED, 2),
+                                                    ("fail", ExecutionStatus.FAILED, 1)])
+def test_a_non_idempotent_step_follows_its_recovery_setting(durable, tmp_path, recovery, status, runs) -> None:
+    gate = tmp_path / "gate"
+    text = json.dumps({"sop": f"recovery-{recovery}", "defaults": {"resources": {"cpu": 0.25}}, "steps": [
+        {"id": "s", "uses": f"{H}:record_run", "idempotent": False, "recovery": recovery,
+         "with": {"runs_dir": str(tmp_path), "name": "s", "gate": str(gate)}}]})
+    eid = durable.submit(text)
+    wait_for(lambda: (tmp_path / "s.runs").exists())
+    kill_coordinator(durable)
+    wait_for(lambda: any(e.kind == EventKind.RECOVERED for e in durable.history(eid)))
+    gate.write_text("open")
+
+    view = durable.wait(eid, timeout=60)
+    assert view.status == status
+    assert len((tmp_path / "s.runs").read_text().splitlines()) == runs
+    assert not [e for e in durable.history(eid) if e.kind == EventKind.DECISION_REQUIRED]
