@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -38,13 +41,9 @@ class Dispatcher:
 
     def start(self, exe: Execution, step: Step, attempt: int) -> None:
         c = self.coordinator
-        c.emit(exe, EventKind.STEP_STARTED, step.id, attempt)
-        span = tracer().start_span(f"step {step.id}", context=trace.set_span_in_context(exe.span),
-                                   attributes={"sopflow.execution_id": exe.id, "sopflow.sop": exe.sop.sop,
-                                               "sopflow.version": exe.sop.version, "sopflow.step": step.id,
-                                               "sopflow.attempt": attempt, "sopflow.uses": step.handler})
-        flight = InFlight(attempt, span=span)
-        exe.inflight[step.id] = flight
+        error: ErrorInfo | None = None
+        args: dict[str, Any] = {}
+        run, env = None, {}
         try:
             ctx = exe.expression_context()
             args = render(step.with_, ctx)
@@ -52,6 +51,17 @@ class Dispatcher:
             env = render(step.env, ctx) if step.env else {}
         except ExpressionError as e:
             error = ErrorInfo("ExpressionError", str(e), retryable=False)
+        # The digest of what the handler gets lets a replay tell changed inputs from a changed
+        # handler. Secrets are masked first: a hash of a short secret could be brute-forced.
+        c.emit(exe, EventKind.STEP_STARTED, step.id, attempt,
+               **({} if error else {"inputs": inputs_digest(*exe.redact([args, run, env]))}))
+        span = tracer().start_span(f"step {step.id}", context=trace.set_span_in_context(exe.span),
+                                   attributes={"sopflow.execution_id": exe.id, "sopflow.sop": exe.sop.sop,
+                                               "sopflow.version": exe.sop.version, "sopflow.step": step.id,
+                                               "sopflow.attempt": attempt, "sopflow.uses": step.handler})
+        flight = InFlight(attempt, span=span)
+        exe.inflight[step.id] = flight
+        if error is not None:
             flight.task = asyncio.get_running_loop().create_task(self._finish(exe, step, attempt, None, error))
             return
         timeout = exe.sop.effective_timeout(step)
@@ -74,9 +84,13 @@ class Dispatcher:
             flight.task = asyncio.get_running_loop().create_task(
                 self._finish(exe, step, flight.attempt, None, error))
             return
-        flight.ref = self._remote(exe, step).remote(task)
-        flight.task = asyncio.get_running_loop().create_task(
-            self._await(exe, step, flight.attempt, flight.ref, task.timeout_s))
+        flight.ref = ref = self._remote(exe, step).remote(task)
+        # A callback, not a task per attempt: the outcome arrives on the loop when the ref resolves.
+        loop = asyncio.get_running_loop()
+        if task.timeout_s:
+            flight.timer = loop.call_later(task.timeout_s, self._time_out, exe, step, flight, task.timeout_s)
+        asyncio.wrap_future(ref.future(), loop=loop).add_done_callback(
+            functools.partial(self._settled, exe, step, flight))
 
     def _remote(self, exe: Execution, step: Step) -> Any:
         res = exe.sop.effective_resources(step)
@@ -96,24 +110,33 @@ class Dispatcher:
 
     # -- waiting --------------------------------------------------------------------------
 
-    async def _await(self, exe: Execution, step: Step, attempt: int, ref: Any, timeout: float | None) -> None:
+    def _settled(self, exe: Execution, step: Step, flight: InFlight, fut: asyncio.Future) -> None:
+        """The attempt's Ray task ended (or was cancelled): turn its result into an outcome."""
+        if flight.settled:
+            return  # the timeout came first
+        flight.settled = True
+        if flight.timer is not None:
+            flight.timer.cancel()
         outcome: StepOutcome | None = None
         error: ErrorInfo | None = None
-        try:
-            outcome = await asyncio.wait_for(ref, timeout) if timeout else await ref
-        except asyncio.TimeoutError:
-            ray.cancel(ref, force=True)
-            error = ErrorInfo("Timeout", f"attempt ran longer than timeout_s={timeout:g}", origin="timeout")
-        except ray.exceptions.TaskCancelledError:
-            error = ErrorInfo("Cancelled", "the attempt was cancelled", retryable=False, origin="cancel")
-        except ray.exceptions.OutOfMemoryError as e:
-            error = ErrorInfo("OutOfMemoryError", _first_line(e), origin="oom")
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                ray.exceptions.LocalRayletDiedError) as e:
-            error = ErrorInfo(type(e).__name__, _first_line(e), origin="crash")
-        except ray.exceptions.RayError as e:
-            error = ErrorInfo(type(e).__name__, _first_line(e), origin="crash")
-        await self._finish(exe, step, attempt, outcome, error)
+        exc = fut.exception() if not fut.cancelled() else ray.exceptions.TaskCancelledError()
+        if exc is None:
+            outcome = fut.result()
+        else:
+            error = _ray_error(exc)
+        if error is None and outcome is not None and outcome.ok:
+            self._succeeded(exe, step, flight.attempt, outcome)  # the common case needs no await
+        else:
+            flight.task = asyncio.get_running_loop().create_task(
+                self._finish(exe, step, flight.attempt, outcome, error))
+
+    def _time_out(self, exe: Execution, step: Step, flight: InFlight, timeout: float) -> None:
+        if flight.settled:
+            return
+        flight.settled = True
+        ray.cancel(flight.ref, force=True)
+        error = ErrorInfo("Timeout", f"attempt ran longer than timeout_s={timeout:g}", origin="timeout")
+        flight.task = asyncio.get_running_loop().create_task(self._finish(exe, step, flight.attempt, None, error))
 
     async def _run_child(self, exe: Execution, step: Step, attempt: int, args: dict[str, Any],
                          timeout: float | None) -> None:
@@ -166,11 +189,7 @@ class Dispatcher:
             c.step_finished(exe, step.id)
             return
         if error is None and outcome is not None:
-            del exe.inflight[step.id]
-            _end(span, "succeeded")
-            c.emit(exe, EventKind.STEP_SUCCEEDED, step.id, attempt, output=outcome.output,
-                   duration_s=round(outcome.duration_s, 6), **_replay_data(outcome))
-            c.step_finished(exe, step.id)
+            self._succeeded(exe, step, attempt, outcome)
             return
         assert error is not None
         decision = await self._decide(exe, step, attempt, error)
@@ -186,7 +205,8 @@ class Dispatcher:
             c.emit(exe, EventKind.RETRY_SCHEDULED, step.id, attempt + 1, delay_s=decision.delay_s,
                    memory_mb=decision.memory_mb)
             loop = asyncio.get_running_loop()
-            exe.waiting_retry[step.id] = loop.call_later(decision.delay_s * self.time_scale, self.retry, exe, step, attempt + 1)
+            exe.waiting_retry[step.id] = loop.call_later(decision.delay_s * self.time_scale, self.retry,
+                                                         exe, step, attempt + 1)
             return
         if decision.action == Action.RETRY:  # cancelled meanwhile: no further attempts
             c.emit(exe, EventKind.STEP_CANCELLED, step.id, attempt, reason="execution cancelled")
@@ -194,6 +214,16 @@ class Dispatcher:
             c.emit(exe, EventKind.ESCALATED, step.id, attempt, reason=decision.reason,
                    classification=decision.classification.value)
         c.step_finished(exe, step.id)
+
+    def _succeeded(self, exe: Execution, step: Step, attempt: int, outcome: StepOutcome) -> None:
+        flight = exe.inflight.get(step.id)
+        if flight is None or flight.attempt != attempt:
+            return  # a late or duplicate result for an attempt already settled: ignore it
+        del exe.inflight[step.id]
+        _end(flight.span, "succeeded")
+        self.coordinator.emit(exe, EventKind.STEP_SUCCEEDED, step.id, attempt, output=outcome.output,
+                              duration_s=round(outcome.duration_s, 6), **_replay_data(outcome))
+        self.coordinator.step_finished(exe, step.id)
 
     async def _decide(self, exe: Execution, step: Step, attempt: int, error: ErrorInfo) -> Decision:
         policy = exe.sop.effective_retry(step)
@@ -229,6 +259,21 @@ class Dispatcher:
 
 def _defaults(request: Any) -> dict[str, Any]:
     return {k: v.default for k, v in request.sop.inputs.items() if v.default is not None}
+
+
+def inputs_digest(args: Any, run: str | None, env: dict[str, str]) -> str:
+    """A short, stable fingerprint of an attempt's rendered inputs."""
+    text = json.dumps([args, run, env], sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _ray_error(exc: BaseException) -> ErrorInfo:
+    """What a failed Ray task means for the failure handler."""
+    if isinstance(exc, ray.exceptions.TaskCancelledError):
+        return ErrorInfo("Cancelled", "the attempt was cancelled", retryable=False, origin="cancel")
+    if isinstance(exc, ray.exceptions.OutOfMemoryError):
+        return ErrorInfo("OutOfMemoryError", _first_line(exc), origin="oom")
+    return ErrorInfo(type(exc).__name__, _first_line(exc), origin="crash")
 
 
 def _replay_data(outcome: StepOutcome) -> dict[str, Any]:

@@ -110,6 +110,9 @@ class InFlight:
     ref: Any = None
     span: Any = None
     task: asyncio.Task | None = None
+    timer: asyncio.TimerHandle | None = None
+    settled: bool = False
+    """An outcome (result, error or timeout) was taken; later ones are ignored."""
     child: str | None = None
     """The child execution of a sub-SOP step."""
 

@@ -136,13 +136,22 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
     started = time.perf_counter()
     if not events or events[0].kind != EventKind.SUBMITTED:
         raise ExecutionError("a replay needs a history that starts with execution_submitted")
-    recorded = fold(events)
     execution_id = events[0].execution_id
+    submitted = events[0].data
+    missing = [k for k in ("sop", "version", "mode", "steps", "request") if k not in submitted]
+    if missing or not isinstance(submitted.get("request"), dict) or \
+            not isinstance(submitted["request"].get("definition"), dict):
+        raise ExecutionError(
+            f"the execution_submitted event of {execution_id} lacks what a replay needs "
+            f"({', '.join(missing) or 'request.definition'}); was the history recorded by sopflow >= 0.2?")
+    try:
+        recorded = fold(events)
+        request = request_from_log(submitted, dict(submitted.get("inputs") or {}))
+    except (KeyError, TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        raise ExecutionError(f"the history of {execution_id} cannot be replayed: {type(e).__name__}: {e}") from e
     if not recorded.status.terminal:
         raise ExecutionError(f"execution {execution_id} is still {recorded.status.value}; "
                              "replay it once it has finished")
-    submitted = events[0].data
-    request = request_from_log(submitted, dict(submitted.get("inputs") or {}))
     request.idempotency_key, request.parent = None, None
     added = [e for e in events if e.kind == EventKind.STEPS_ADDED]
     for e in added:
@@ -169,19 +178,31 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
             await coordinator.add_steps(rid, list(e.data.get("specs", ())), {})
         view = await coordinator.wait(rid, timeout)
         replayed = coordinator.executions[rid].state
+        await coordinator.journal.durable()
+        replayed_inputs = _inputs(coordinator.log.read(rid))
     finally:
         coordinator.journal.close()
     notes = _notes(recorded, events)
     if not view.status.terminal:
         notes.append(f"the replay did not finish within {timeout:g} s")
     upstream = {sid: probe.graph.ancestors(sid) for sid in probe.graph.nodes}
-    diffs = compare(recorded, replayed, rerun=rerun, upstream=upstream, context_notes=dispatcher.context_notes)
+    recorded_inputs = _inputs(events)
+    inputs = {sid: (recorded_inputs[sid], replayed_inputs[sid])
+              for sid in recorded_inputs.keys() & replayed_inputs.keys()}
+    diffs = compare(recorded, replayed, rerun=rerun, upstream=upstream, context_notes=dispatcher.context_notes,
+                    inputs=inputs)
     outputs_match = normalise((recorded.outputs or {}).get("outputs")) == normalise(
         (replayed.outputs or {}).get("outputs"))
     order = [sid for sid in probe.graph.topological_order() if sid in rerun]
     return ReplayReport(execution_id, from_step, order, recorded.status.value, replayed.status.value,
                         outputs_match, diffs, notes, dispatcher.handlers_run, replayed.last_seq,
                         time.perf_counter() - started)
+
+
+def _inputs(events: list[Event]) -> dict[str, str]:
+    """Step -> digest of the inputs its last attempt started with (histories from before digests: none)."""
+    return {e.step: e.data["inputs"] for e in events
+            if e.kind == EventKind.STEP_STARTED and e.step and "inputs" in e.data}
 
 
 def _deps(spec: dict[str, Any]) -> list[str]:

@@ -6,6 +6,7 @@ client that submitted them and any client finds the same actors again.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import ray
@@ -45,8 +46,23 @@ class _RecoveringCoordinator(_Coordinator):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
+        _calm_gc()
         # Queued behind __init__, so it also runs after Ray restarts a crashed coordinator.
         ray.get_runtime_context().current_actor.recover.remote()
+
+
+class _Monitor(_ExecutionMonitor):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        _calm_gc()
+
+
+def _calm_gc() -> None:
+    """Long-lived actors hold many small objects: move what exists now out of the collector's
+    way and collect the young generation less often (full collections stalled the loop)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 HEAD_NODE = {"node:__internal_head__": 0.001}
@@ -60,7 +76,7 @@ class Actors:
         self.namespace = namespace
         config = config or EngineConfig()
         placement = {"resources": HEAD_NODE} if config.durable else {}
-        self.monitor = _actor(_ExecutionMonitor, "sopflow-monitor", namespace, config,
+        self.monitor = _actor(_Monitor, "sopflow-monitor", namespace, config,
                               max_concurrency=1000, **placement)
         self.failure_handler = _actor(_FailureHandler, "sopflow-failure-handler", namespace,
                                       max_concurrency=1000)

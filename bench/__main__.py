@@ -24,6 +24,7 @@ from bench._util import to_markdown
 BENCHMARKS: dict[str, str] = {
     "validation": "bench.validation",
     "engine": "bench.engine",
+    "durability": "bench.durability",
 }
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

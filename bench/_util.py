@@ -146,3 +146,19 @@ def to_markdown(results: Sequence[Result], *, last: Sequence[str] = ("goal",)) -
             cells.append(_fmt(r.notes))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def git_revision(repo: str | None = None) -> str:
+    """The commit measured, e.g. ``bdd8056``, plus the tracked files changed since (``git status``)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.rstrip("\n")
+
+    try:
+        head = git("rev-parse", "--short", "HEAD").strip()
+        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")

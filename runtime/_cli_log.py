@@ -120,20 +120,22 @@ def register_commands(main: click.Group) -> None:
                fmt: str) -> None:
         """Replay a finished execution (an id, or an exported .json file) and report any divergence.
 
-        Exits 0 when the replay matches the recording, 1 when it diverged.
+        Exits 0 when the replay matches the recording, 1 when it diverged, 2 when it could not run.
         """
         from actors._replay import replay as run_replay
         from runtime.engine import _read_json
+        from runtime.history import events_from_doc
 
         try:
-            if Path(execution).suffix == ".json" and Path(execution).is_file():
-                doc = _read_json(Path(execution))
-                events = [Event.from_dict(e) for e in doc.get("events", [])]
+            if Path(execution).suffix == ".json":
+                events = events_from_doc(_read_json(Path(execution)))
+                if state:
+                    raise click.UsageError("give an exported .json file or --state, not both")
             else:
                 events = _events(execution, state, address)
             report = run_replay(events, from_step)
         except SopflowError as e:
-            _fail(e)
+            raise _ReplayError(str(e)) from None
         if fmt == "json":
             click.echo(json.dumps(report.to_dict(), indent=1, default=repr))
         else:
@@ -191,6 +193,12 @@ def register_commands(main: click.Group) -> None:
         except SopflowError as e:
             _fail(e)
         _print_view(view, "text")
+
+
+class _ReplayError(click.ClickException):
+    """A replay that could not run: exit 2, so scripts tell it from a divergence (exit 1)."""
+
+    exit_code = 2
 
 
 def _clock(ts: float) -> str:

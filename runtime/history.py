@@ -138,6 +138,21 @@ def _parse_events(doc: dict[str, Any], execution_id: str) -> list[Event]:
     return events
 
 
+def events_from_doc(doc: Any) -> list[Event]:
+    """The checked events of an exported history (for replaying a file without importing it).
+
+    Raises:
+        StateStoreError: naming the field and what was expected.
+    """
+    _check(isinstance(doc, dict), "the document", "a JSON object", type(doc).__name__)
+    _check(doc.get("format") == FORMAT, "format", repr(FORMAT), doc.get("format"))
+    raw = doc.get("events")
+    _check(isinstance(raw, list) and len(raw) > 0, "events", "a non-empty list of events", raw)
+    first = raw[0] if isinstance(raw[0], dict) else {}
+    execution_id = (doc.get("execution") or {}).get("id") if isinstance(doc.get("execution"), dict) else None
+    return _parse_events(doc, execution_id or first.get("execution_id"))
+
+
 def import_history(log: EventLog, doc: dict[str, Any], *, replace: bool = False) -> str:
     """Store an exported history in ``log``; returns the execution id.
 

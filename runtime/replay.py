@@ -15,7 +15,7 @@ from typing import Any
 
 from runtime.state import ExecutionState
 
-FIELDS = ("status", "attempts", "output", "classification")
+FIELDS = ("inputs", "status", "attempts", "output", "classification")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,8 @@ class StepDiff:
 
     Attributes:
         step: The step id.
-        field: ``status``, ``attempts``, ``output`` or ``classification``.
+        field: ``inputs`` (a digest of what the handler got), ``status``, ``attempts``,
+            ``output`` or ``classification``.
         recorded: The value in the recorded execution.
         replayed: The value in the replay.
         cause: Why, as far as the replay can tell.
@@ -99,7 +100,8 @@ def normalise(value: Any) -> Any:
 
 
 def compare(recorded: ExecutionState, replayed: ExecutionState, *, rerun: set[str],
-            upstream: dict[str, set[str]], context_notes: dict[str, str]) -> list[StepDiff]:
+            upstream: dict[str, set[str]], context_notes: dict[str, str],
+            inputs: dict[str, tuple[str, str]] | None = None) -> list[StepDiff]:
     """Every step-level difference between two runs, with its most likely cause.
 
     Args:
@@ -108,6 +110,7 @@ def compare(recorded: ExecutionState, replayed: ExecutionState, *, rerun: set[st
         rerun: Steps whose handlers ran again.
         upstream: Step -> all steps it transitively depends on.
         context_notes: Step -> how its context values diverged (from the step context).
+        inputs: Step -> (recorded, replayed) digest of the inputs its last attempt started with.
     """
     diffs: list[StepDiff] = []
     diverged: set[str] = set()
@@ -118,7 +121,8 @@ def compare(recorded: ExecutionState, replayed: ExecutionState, *, rerun: set[st
                                   "the step exists in only one of the runs"))
             diverged.add(sid)
             continue
-        pairs = {"status": (a.status.value, b.status.value), "attempts": (a.attempts, b.attempts),
+        pairs = {"inputs": (inputs or {}).get(sid, (None, None)),
+                 "status": (a.status.value, b.status.value), "attempts": (a.attempts, b.attempts),
                  "output": (normalise(a.output), normalise(b.output)),
                  "classification": (a.classification, b.classification)}
         for name in FIELDS:
@@ -126,17 +130,21 @@ def compare(recorded: ExecutionState, replayed: ExecutionState, *, rerun: set[st
             if x != y:
                 diffs.append(StepDiff(sid, name, x, y, ""))
                 diverged.add(sid)
-    return [_with_cause(d, rerun, upstream, diverged, context_notes) for d in
+    changed_inputs = {d.step for d in diffs if d.field == "inputs"}
+    return [_with_cause(d, rerun, upstream, diverged, context_notes, changed_inputs) for d in
             sorted(diffs, key=lambda d: (d.step, FIELDS.index(d.field) if d.field in FIELDS else 9))]
 
 
 def _with_cause(d: StepDiff, rerun: set[str], upstream: dict[str, set[str]], diverged: set[str],
-                context_notes: dict[str, str]) -> StepDiff:
+                context_notes: dict[str, str], changed_inputs: set[str]) -> StepDiff:
     if d.cause:
         return d
     before = sorted(upstream.get(d.step, set()) & diverged)
     if before:
         cause = f"its inputs changed: upstream step(s) {', '.join(before)} diverged first"
+    elif d.step in changed_inputs:
+        cause = ("its inputs differ from the recording although every upstream outcome matches: the "
+                 "history was edited, or this version of sopflow renders the step's expressions differently")
     elif d.step in context_notes:
         cause = f"non-deterministic handler: {context_notes[d.step]}"
     elif d.step in rerun:

@@ -133,3 +133,26 @@ def record_run(runs_dir: str, name: str, ok: bool = True, upstream: Any = None, 
     if not ok:
         raise PermanentError(f"step {name} was told to fail")
     return f"{name}<{upstream}>" if upstream is not None else name
+
+
+# -- replay histories (tests/histories/make_histories.py) -------------------------------------------
+
+
+def stamp(label: str, upstream: Any = None, context: Any = None) -> dict:
+    """Take a time, an id and a die roll from the step context (recorded, so a replay is exact)."""
+    return {"at": context.now(), "id": context.uuid4(), "roll": context.randint(1, 6), "label": label,
+            "upstream": upstream}
+
+
+def sneaky_random(label: str) -> dict:
+    """Read randomness directly instead of from the context: a replay cannot reproduce it."""
+    import random
+
+    return {"label": label, "value": random.random()}
+
+
+def chain(name: str, ok: bool = True, upstream: Any = None) -> str:
+    """Succeed with a value built from the inputs only, or fail permanently as told (replay properties)."""
+    if not ok:
+        raise PermanentError(f"step {name} was told to fail")
+    return f"{name}<{upstream}>" if upstream is not None else name

@@ -46,7 +46,7 @@ def kill_coordinator(engine) -> None:
     ray.kill(engine._actors.coordinator, no_restart=False)
 
 
-def wait_for(predicate, timeout_s: float = 60.0):
+def wait_for(predicate, timeout_s: float = 120.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
