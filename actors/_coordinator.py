@@ -81,6 +81,18 @@ class _Coordinator:
 
     async def submit(self, request: SubmitRequest) -> str:
         await self.ready()
+        execution_id = self._admit(request)
+        await self.journal.durable()  # answered once the submission is in the log
+        return execution_id
+
+    async def submit_many(self, requests: list[SubmitRequest]) -> list[str]:
+        """Submit a batch in one call and one commit (the fast path for thousands of executions)."""
+        await self.ready()
+        ids = [self._admit(request) for request in requests]
+        await self.journal.durable()
+        return ids
+
+    def _admit(self, request: SubmitRequest) -> str:
         key = request.idempotency_key
         if key:
             known = self.by_key.get(key) or self.log.find_key(key)
@@ -110,7 +122,6 @@ class _Coordinator:
                   trace=carrier_for(exe.span) if exe.span.is_recording() else {})
         self.emit(exe, EventKind.STARTED)
         self.advance(exe, exe.graph.roots())
-        await self.journal.durable()
         return exe.id
 
     def _get(self, execution_id: str) -> Execution:
@@ -185,7 +196,7 @@ class _Coordinator:
         if exe.state.rolling_back:
             raise ExecutionError(f"execution {execution_id} is rolling back; steps cannot be added now")
         parsed = check_new_steps(exe.sop, exe.graph, steps)  # raises SopValidationError; graph untouched
-        exe.request.handlers.update(handlers)
+        exe.request.handlers = {**exe.request.handlers, **handlers}  # the dict may be shared by a batch
         exe.add_steps(parsed)
         self.emit(exe, EventKind.STEPS_ADDED, steps=[s.id for s in parsed], specs=steps,
                   handlers={k: v for k, v in handlers.items() if isinstance(v, str)})
@@ -305,8 +316,7 @@ class _Coordinator:
                 if what == Verdict.RUN and step.when is not None:
                     what, reason = self._condition(exe, step)
                 if what == Verdict.RUN:
-                    self.dispatcher.start(exe, step, 1)
-                    statuses[sid] = StepStatus.RUNNING
+                    self.dispatcher.start(exe, step, 1)  # folds step_started: statuses sees it
                     continue
                 if what == Verdict.SKIP:
                     self.emit(exe, EventKind.STEP_SKIPPED, sid, reason=reason)
@@ -315,7 +325,6 @@ class _Coordinator:
                 else:  # condition could not be evaluated
                     self.emit(exe, EventKind.STEP_FAILED, sid, 0, error=reason,
                               classification="permanent", final=True)
-                statuses[sid] = exe.state.steps[sid].status
                 todo.extend(graph.dependents(sid))
         self._maybe_finish(exe)
 

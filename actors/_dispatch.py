@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import json
 import functools
+import hashlib
+import heapq
+import itertools
+import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -36,6 +39,12 @@ class Dispatcher:
         self._remote_fns: dict[tuple, Any] = {}
         self.time_scale = 1.0
         """Multiplies retry backoffs (a replay does not wait them out)."""
+        self.running = 0
+        """Step tasks launched into Ray and not yet settled."""
+        self._queue: list[tuple] = []
+        self._order = itertools.count()
+        self._max_running: int | None = None
+        self._max_running_checked = 0.0
 
     # -- starting -------------------------------------------------------------------------
 
@@ -72,8 +81,50 @@ class Dispatcher:
         task = StepTask(exe.id, exe.sop.sop, step.id, attempt, step.handler,
                         exe.request.handlers.get(step.handler), args, run, env, timeout,
                         carrier_for(span) if span.is_recording() else {})
-        # The task is an effect outside the coordinator: start it once STEP_STARTED is durable.
-        c.journal.on_durable(lambda: self._launch(exe, step, flight, task))
+        admit = functools.partial(self._admit, exe, step, flight, task)
+        if step.idempotent:
+            # step_started is appended (the group commit is under way); should the coordinator die
+            # before it is durable, recovery runs the step again, as it would after the commit.
+            admit()
+        else:
+            # The log must say "may have started" before a non-idempotent step can start.
+            c.journal.on_durable(admit)
+
+    def _admit(self, exe: Execution, step: Step, flight: InFlight, task: StepTask) -> None:
+        """Start the attempt now, or queue it (by execution priority) while enough steps run."""
+        if self.running >= self.max_running:
+            heapq.heappush(self._queue, (-exe.state.priority, next(self._order), exe, step, flight, task))
+            return
+        self._launch(exe, step, flight, task)
+
+    def _release(self) -> None:
+        """A launched attempt ended: start queued ones while there is room."""
+        self.running -= 1
+        while self._queue and self.running < self.max_running:
+            *_, exe, step, flight, task = heapq.heappop(self._queue)
+            self._launch(exe, step, flight, task)
+
+    @property
+    def max_running(self) -> int:
+        """How many step tasks may be in Ray at once: ``max_running_steps``, or 8 per cluster CPU.
+
+        Ray would start a worker process for every runnable task with a small CPU share; past a
+        few per core they only compete for the CPU (and starve the coordinator), so the rest wait
+        here, highest priority first.
+        """
+        now = time.monotonic()
+        if self._max_running is None or now > self._max_running_checked + 60:
+            configured = self.coordinator.config.max_running_steps
+            if configured:
+                self._max_running = configured
+            else:
+                try:
+                    cpus = ray.cluster_resources().get("CPU", 2.0)
+                except Exception:  # noqa: BLE001 - no cluster (a replay in a client): keep the floor
+                    cpus = 2.0
+                self._max_running = max(16, int(cpus * 8))
+            self._max_running_checked = now
+        return self._max_running
 
     def _launch(self, exe: Execution, step: Step, flight: InFlight, task: StepTask) -> None:
         if exe.inflight.get(step.id) is not flight:
@@ -84,6 +135,7 @@ class Dispatcher:
             flight.task = asyncio.get_running_loop().create_task(
                 self._finish(exe, step, flight.attempt, None, error))
             return
+        self.running += 1
         flight.ref = ref = self._remote(exe, step).remote(task)
         # A callback, not a task per attempt: the outcome arrives on the loop when the ref resolves.
         loop = asyncio.get_running_loop()
@@ -115,6 +167,7 @@ class Dispatcher:
         if flight.settled:
             return  # the timeout came first
         flight.settled = True
+        self._release()
         if flight.timer is not None:
             flight.timer.cancel()
         outcome: StepOutcome | None = None
@@ -134,6 +187,7 @@ class Dispatcher:
         if flight.settled:
             return
         flight.settled = True
+        self._release()
         ray.cancel(flight.ref, force=True)
         error = ErrorInfo("Timeout", f"attempt ran longer than timeout_s={timeout:g}", origin="timeout")
         flight.task = asyncio.get_running_loop().create_task(self._finish(exe, step, flight.attempt, None, error))
@@ -250,11 +304,17 @@ class Dispatcher:
 
     def kill_inflight(self, exe: Execution) -> None:
         """Force-cancel every running attempt (and child execution) of ``exe``."""
-        for flight in exe.inflight.values():
+        loop = asyncio.get_running_loop()
+        for sid, flight in list(exe.inflight.items()):
             if flight.ref is not None:
                 ray.cancel(flight.ref, force=True)
             elif flight.child is not None:
-                asyncio.get_running_loop().create_task(self.coordinator.cancel(flight.child, force=True))
+                loop.create_task(self.coordinator.cancel(flight.child, force=True))
+            elif not flight.settled:  # still queued here: it never reached Ray
+                flight.settled = True
+                error = ErrorInfo("Cancelled", "cancelled before it started", retryable=False, origin="cancel")
+                flight.task = loop.create_task(
+                    self._finish(exe, exe.steps_by_id[sid], flight.attempt, None, error))
 
 
 def _defaults(request: Any) -> dict[str, Any]:

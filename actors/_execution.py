@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.events import Event, EventKind
-from runtime.state import ExecutionState, apply
+from runtime.state import ExecutionState, StepState, apply
 from runtime.status import StepStatus
 from sop import Graph, Sop, Step
 from sop.model import OnFailure
@@ -140,6 +141,10 @@ class Execution:
         self.secret_values = tuple(str(request.inputs[k]) for k in request.secrets
                                    if request.inputs.get(k) not in (None, ""))
         self.steps_by_id: dict[str, Step] = {s.id: s for s in (*self.sop.steps, *self.sop.rollback)}
+        self._ctx_steps: dict[str, dict[str, Any]] | None = None
+        self._tolerated: set[str] | None = None
+        self._ctx_execution = {"id": execution_id, "sop": self.sop.sop, "version": self.sop.version,
+                               "mode": request.mode}
 
     @property
     def memory_mb(self) -> dict[str, int]:
@@ -150,6 +155,7 @@ class Execution:
         apply(self.state, event)
         if event.kind in _AUX_KINDS:
             self.aux.note(event)
+        self._refresh(event)
 
     @property
     def active_graph(self) -> Graph:
@@ -157,18 +163,42 @@ class Execution:
 
     @property
     def tolerated(self) -> set[str]:
-        return {sid for sid, st in self.state.steps.items()
-                if st.status == StepStatus.FAILED and self.steps_by_id[sid].on_failure == OnFailure.CONTINUE}
+        """Failed steps marked ``on_failure: continue`` (kept up to date by :meth:`fold`)."""
+        if self._tolerated is None:
+            self._tolerated = {sid for sid, st in self.state.steps.items() if self._tolerates(sid, st)}
+        return self._tolerated
 
-    def statuses(self) -> dict[str, StepStatus]:
-        return {sid: st.status for sid, st in self.state.steps.items()}
+    def _tolerates(self, sid: str, st: StepState) -> bool:
+        step = self.steps_by_id.get(sid)
+        return st.status == StepStatus.FAILED and step is not None and step.on_failure == OnFailure.CONTINUE
+
+    def statuses(self) -> Mapping[str, StepStatus]:
+        """Every step's status, read live from the state (no copy)."""
+        return _Statuses(self.state.steps)
 
     def expression_context(self) -> dict[str, Any]:
-        steps = {sid: {"output": st.output, "status": st.status.value, "attempts": st.attempts,
-                       "error": st.error} for sid, st in self.state.steps.items()}
-        return {"inputs": self.request.inputs, "steps": steps,
-                "execution": {"id": self.id, "sop": self.sop.sop, "version": self.sop.version,
-                              "mode": self.request.mode}}
+        """What ``${{ }}`` expressions see; the per-step part is kept up to date by :meth:`fold`."""
+        if self._ctx_steps is None:
+            self._ctx_steps = {sid: _step_context(st) for sid, st in self.state.steps.items()}
+        return {"inputs": self.request.inputs, "steps": self._ctx_steps, "execution": self._ctx_execution}
+
+    def _refresh(self, event: Event) -> None:
+        """Keep the derived views in step with one folded event (O(1), not O(steps))."""
+        if event.kind in (EventKind.SUBMITTED, EventKind.STEPS_ADDED) or event.step is None:
+            if event.kind in (EventKind.SUBMITTED, EventKind.STEPS_ADDED):
+                self._ctx_steps = self._tolerated = None
+            return
+        st = self.state.steps.get(event.step)
+        if st is None:
+            return
+        if self._ctx_steps is not None:
+            self._ctx_steps[event.step] = _step_context(st)
+        if self._tolerated is not None and self._tolerates(event.step, st):
+            self._tolerated.add(event.step)
+
+    def forget_derived(self) -> None:
+        """The state was replaced wholesale (a snapshot): rebuild derived views on next use."""
+        self._ctx_steps = self._tolerated = None
 
     def redact(self, value: Any) -> Any:
         """Replace secret input values wherever they appear in event data."""
@@ -187,3 +217,25 @@ class Execution:
     def add_steps(self, steps: list[Step]) -> None:
         self.sop = self.sop.model_copy(update={"steps": (*self.sop.steps, *steps)})
         self.steps_by_id.update({s.id: s for s in steps})
+
+
+def _step_context(st: StepState) -> dict[str, Any]:
+    return {"output": st.output, "status": st.status.value, "attempts": st.attempts, "error": st.error}
+
+
+class _Statuses(Mapping[str, StepStatus]):
+    """A read-only, live mapping step -> status over an execution's state."""
+
+    __slots__ = ("_steps",)
+
+    def __init__(self, steps: dict[str, StepState]) -> None:
+        self._steps = steps
+
+    def __getitem__(self, sid: str) -> StepStatus:
+        return self._steps[sid].status
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._steps)
+
+    def __len__(self) -> int:
+        return len(self._steps)

@@ -96,7 +96,8 @@ class Journal:
         assert self._outbox_ready is not None
         while True:
             await self._outbox_ready.wait()
-            await asyncio.sleep(FLUSH_INTERVAL_S)  # batching window, not synchronisation
+            if not self._after_monitor:
+                await asyncio.sleep(FLUSH_INTERVAL_S)  # batching window, not synchronisation
             self._outbox_ready.clear()
             await self.flush_monitor()
 
@@ -106,7 +107,7 @@ class Journal:
             callback()
             return
         self._after_monitor.append(callback)
-        self._wake_flusher()
+        self._wake_flusher()  # someone waits on it: the flusher skips its batching window
 
     async def flush_monitor(self) -> None:
         """Send pending events to the monitor now."""

@@ -88,9 +88,11 @@ def rebuild(event_log: Any, execution_id: str) -> Execution:
     if snap is not None:
         after, blob = snap
         exe.state, exe.aux = pickle.loads(blob)
+        exe.forget_derived()
     for event in event_log.read(execution_id, after):
         exe.fold(event)
     _restore_added_steps(exe, event_log)
+    exe.forget_derived()
     exe.rollback_requested = any(
         st.status == StepStatus.FAILED and exe.steps_by_id[sid].on_failure == OnFailure.ROLLBACK
         for sid, st in exe.state.steps.items() if sid in exe.steps_by_id)
@@ -105,7 +107,7 @@ def _restore_added_steps(exe: Execution, event_log: Any) -> None:
     for event in event_log.read(exe.id):
         if event.kind == EventKind.STEPS_ADDED:
             handlers.update(event.data.get("handlers") or {})
-    exe.request.handlers.update(handlers)
+    exe.request.handlers = {**exe.request.handlers, **handlers}  # the dict may be shared by a batch
     exe.add_steps(check_new_steps(exe.sop, exe.graph, exe.aux.added))
 
 

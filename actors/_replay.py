@@ -185,7 +185,11 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
     notes = _notes(recorded, events)
     if not view.status.terminal:
         notes.append(f"the replay did not finish within {timeout:g} s")
-    upstream = {sid: probe.graph.ancestors(sid) for sid in probe.graph.nodes}
+    graph = probe.graph
+
+    def upstream(sid: str) -> set[str]:  # asked only for steps that diverged
+        return graph.ancestors(sid) if sid in graph else set()
+
     recorded_inputs = _inputs(events)
     inputs = {sid: (recorded_inputs[sid], replayed_inputs[sid])
               for sid in recorded_inputs.keys() & replayed_inputs.keys()}

@@ -8,8 +8,9 @@ bare Ray call by call (so drift in load hits both alike); an end-to-end sopflow 
 is ``engine.submit(sop_object)`` + ``engine.wait(id)`` (the SOP validated once,
 before timing; a row with YAML text shows what validating on every submit adds).
 The breakdown rows split one execution using the coordinator's step timestamps.
-Throughput submits N executions of the 5-step SOP from 16 threads (each submit is
-one blocking actor call), then waits for all of them, while another thread calls
+Throughput submits N executions of the 5-step SOP from 16 threads (``submit_many``,
+50 per call; a diagnostic row repeats it with one ``submit`` per call), with the
+coordinator's SQLite event log on as in production, then waits for all of them, while another thread calls
 ``engine.status`` in a loop; bare Ray submits the same N chains of 5 tasks from the
 driver and ``ray.get``s them. "peak workers" is the most Ray worker processes seen
 at once (sampled every 0.5 s): with 0.01-CPU tasks Ray starts a process per
@@ -47,6 +48,8 @@ HANDLER = "python:bench.engine:noop"
 LINEAR_STEPS = 5
 FANOUT_WIDTH = 5
 SUBMIT_THREADS = 16
+SUBMIT_BATCH = 50
+"""Executions per ``submit_many`` call in the main throughput run (``1`` = one ``submit`` per call)."""
 DIAG_CPU = 0.5
 """Step CPU of the diagnostic throughput run: at most 4 steps at once on 2 CPUs, workers reused."""
 PAUSE_S = 3.0
@@ -145,7 +148,13 @@ def _start() -> Any:
         path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
         ray.init(address="local", num_cpus=NUM_CPUS, include_dashboard=False, log_to_driver=False,
                  namespace=NAMESPACE, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    return Engine(namespace=NAMESPACE)
+    import tempfile
+
+    from runtime.config import EngineConfig
+
+    # The production default: a SQLite event log (in a temporary file, not ~/.sopflow).
+    state = Path(tempfile.mkdtemp(prefix="sopflow-bench-")) / "state.db"
+    return Engine(namespace=NAMESPACE, config=EngineConfig(state=str(state)))
 
 
 def _check(view: Any, steps: int) -> None:
@@ -202,7 +211,7 @@ class _Profiler:
         if not self.out_dir or not Path(spy).exists():
             return self
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
-        for actor in ("_Coordinator", "_ExecutionMonitor"):
+        for actor in ("_RecoveringCoordinator", "_Monitor"):
             pid = _actor_pid(actor)
             if pid:
                 out = Path(self.out_dir) / f"{self.label}-{actor}.txt"
@@ -242,7 +251,7 @@ class _ActorCpu:
     """CPU seconds the coordinator and monitor processes use while a block runs."""
 
     def __init__(self) -> None:
-        self.pids = {"coordinator": _actor_pid("_Coordinator"), "monitor": _actor_pid("_ExecutionMonitor")}
+        self.pids = {"coordinator": _actor_pid("_RecoveringCoordinator"), "monitor": _actor_pid("_Monitor")}
         self.used: dict[str, float] = {}
 
     def __enter__(self) -> _ActorCpu:
@@ -360,19 +369,20 @@ def _breakdown(engine: Any, model: Any, repeat: int) -> list[Result]:
     ]
 
 
-def _throughput(engine: Any, model: Any, n: int, threads: int, profile: str | None) -> dict[str, Any]:
-    """Submit ``n`` executions from ``threads`` threads, wait for all; probe status meanwhile."""
+def _throughput(engine: Any, model: Any, n: int, threads: int, profile: str | None,
+                batch: int = 1) -> dict[str, Any]:
+    """Submit ``n`` executions from ``threads`` threads (``batch`` per call), wait for all; probe status."""
     ids: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
     probe_ms: list[float] = []
     probe_missing = 0
 
-    def submit_one(_: int) -> str:
-        eid = engine.submit(model)
+    def submit_one(_: int) -> list[str]:
+        eids = [engine.submit(model)] if batch == 1 else engine.submit_many(model, [{}] * batch)
         with lock:
-            ids.append(eid)
-        return eid
+            ids.extend(eids)
+        return eids
 
     def prober() -> None:
         nonlocal probe_missing
@@ -398,7 +408,7 @@ def _throughput(engine: Any, model: Any, n: int, threads: int, profile: str | No
             ThreadPoolExecutor(threads) as pool:
         probe.start()
         t0 = time.perf_counter()
-        submitted = list(pool.map(submit_one, range(n)))
+        submitted = [eid for eids in pool.map(submit_one, range(n // batch)) for eid in eids]
         t_sub = time.perf_counter() - t0
         views = list(pool.map(lambda eid: engine.wait(eid, 300), submitted))
         wall = time.perf_counter() - t0
@@ -424,7 +434,7 @@ def _bare_throughput(n: int, cpu: float = STEP_CPU) -> dict[str, Any]:
 
 
 def _throughput_rows(engine: Any, executions: int, cpu: float, profile: str | None,
-                     pause: float = PAUSE_S) -> tuple[list[Result], float, Any]:
+                     pause: float = PAUSE_S, batch: int = SUBMIT_BATCH) -> tuple[list[Result], float, Any]:
     """bare Ray, then sopflow, each running ``executions`` 5-step chains at once with steps of ``cpu``."""
     model, _, _ = engine.load(linear_sop(cpu=cpu))
     _check(engine.wait(engine.submit(model), 60), LINEAR_STEPS)
@@ -432,16 +442,17 @@ def _throughput_rows(engine: Any, executions: int, cpu: float, profile: str | No
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     bare = _bare_throughput(executions, cpu)
     time.sleep(pause)
-    sop = _throughput(engine, model, executions, SUBMIT_THREADS, profile)
+    sop = _throughput(engine, model, executions, SUBMIT_THREADS, profile, batch)
     steps = executions * LINEAR_STEPS
     sop_rate, bare_rate = steps / sop["wall"], steps / bare["wall"]
     label = f"throughput, {executions:,} x {LINEAR_STEPS}-step, cpu {cpu:g}"
-    diag = "" if cpu == STEP_CPU else " (diagnostic)"
+    diag = "" if cpu == STEP_CPU and batch == SUBMIT_BATCH else " (diagnostic)"
+    how = (f"submit_many, {batch} per call" if batch > 1 else "one submit per call")
     cpu_used = sop["cpu"]
     cpu_note = (f"; actor CPU per step: coordinator {cpu_used['coordinator'] / steps * 1e3:.2f} ms, monitor "
                 f"{cpu_used['monitor'] / steps * 1e3:.2f} ms" if "coordinator" in cpu_used else "")
     rows = [
-        Result(f"{label}: sopflow{diag}",
+        Result(f"{label}: sopflow, {how}{diag}",
                {"n": executions, "wall s": sop["wall"], "steps/s": sop_rate,
                 "vs bare Ray (steps/s)": sop_rate / bare_rate, "peak workers": sop["workers"]},
                f"submitted from {SUBMIT_THREADS} threads in {sop['submit']:.2f} s "
@@ -508,6 +519,10 @@ def run(quick: bool = False) -> list[Result]:
             "engine.status under load (during the sopflow throughput run)", probe,
             "one thread calling engine.status in a loop on an execution submitted shortly before"))
         results.append(Result.timing("engine.status idle", idle, "a finished execution, nothing running"))
+
+        # Diagnostic: the same run submitting one execution per call (the submit path's own cost).
+        rows, _, _ = _throughput_rows(engine, executions, STEP_CPU, None, pause, batch=1)
+        results += rows
 
         # Diagnostic: the same throughput run with steps asking for 0.5 CPU, so Ray runs at most
         # 4 at a time on reused workers instead of starting a worker process per concurrent task.

@@ -28,6 +28,9 @@ class EngineConfig:
             so recovering or reading a long history folds only the tail.
         keep_finished: Finished executions the actors keep in memory for fast queries;
             older ones are answered from the store.
+        max_running_steps: Step tasks the coordinator keeps in Ray at once; more wait in
+            its queue, highest execution priority first. 0 means 8 per CPU of the cluster
+            (at least 16). Raise it for steps that mostly wait (I/O) with a small ``cpu``.
     """
 
     state: str = ""
@@ -35,6 +38,7 @@ class EngineConfig:
     retention_days: float = 90.0
     snapshot_every: int = 1000
     keep_finished: int = 10_000
+    max_running_steps: int = 0
 
     def __post_init__(self) -> None:
         if not self.state:
@@ -45,6 +49,8 @@ class EngineConfig:
             raise ValueError(f"retention_days must be > 0, got {self.retention_days}")
         if self.snapshot_every < 10:
             raise ValueError(f"snapshot_every must be >= 10, got {self.snapshot_every}")
+        if self.max_running_steps < 0:
+            raise ValueError(f"max_running_steps must be >= 0 (0: automatic), got {self.max_running_steps}")
         if self.keep_finished < 0:
             raise ValueError(f"keep_finished must be >= 0, got {self.keep_finished}")
 

@@ -10,6 +10,7 @@ non-determinism is reported, never hidden.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -100,7 +101,7 @@ def normalise(value: Any) -> Any:
 
 
 def compare(recorded: ExecutionState, replayed: ExecutionState, *, rerun: set[str],
-            upstream: dict[str, set[str]], context_notes: dict[str, str],
+            upstream: Callable[[str], set[str]], context_notes: dict[str, str],
             inputs: dict[str, tuple[str, str]] | None = None) -> list[StepDiff]:
     """Every step-level difference between two runs, with its most likely cause.
 
@@ -108,7 +109,7 @@ def compare(recorded: ExecutionState, replayed: ExecutionState, *, rerun: set[st
         recorded: The state folded from the recorded history.
         replayed: The state the replay reached.
         rerun: Steps whose handlers ran again.
-        upstream: Step -> all steps it transitively depends on.
+        upstream: Step -> all steps it transitively depends on (called only for diverged steps).
         context_notes: Step -> how its context values diverged (from the step context).
         inputs: Step -> (recorded, replayed) digest of the inputs its last attempt started with.
     """
@@ -135,11 +136,11 @@ def compare(recorded: ExecutionState, replayed: ExecutionState, *, rerun: set[st
             sorted(diffs, key=lambda d: (d.step, FIELDS.index(d.field) if d.field in FIELDS else 9))]
 
 
-def _with_cause(d: StepDiff, rerun: set[str], upstream: dict[str, set[str]], diverged: set[str],
+def _with_cause(d: StepDiff, rerun: set[str], upstream: Callable[[str], set[str]], diverged: set[str],
                 context_notes: dict[str, str], changed_inputs: set[str]) -> StepDiff:
     if d.cause:
         return d
-    before = sorted(upstream.get(d.step, set()) & diverged)
+    before = sorted(upstream(d.step) & diverged)
     if before:
         cause = f"its inputs changed: upstream step(s) {', '.join(before)} diverged first"
     elif d.step in changed_inputs:

@@ -229,6 +229,25 @@ def test_submitting_without_a_required_input_names_the_input(engine, sop_file) -
         engine.submit(path, {"account_id": "x", "accont_id": "typo"})
 
 
+def test_submit_many_starts_one_execution_per_inputs_in_one_call(engine, sop_file) -> None:
+    path = sop_file(sop_text(f"""\
+        steps:
+          - id: a
+            uses: {H}:echo
+            with: {{value: "${{{{ inputs.n * 2 }}}}"}}
+        """, name="many", inputs="inputs:\n  n: {type: integer, required: true}\n"))
+    ids = engine.submit_many(path, [{"n": n} for n in range(5)])
+    assert len(set(ids)) == 5
+    assert [engine.result(i, timeout=60)["steps"]["a"] for i in ids] == [0, 2, 4, 6, 8]
+    before = {v.id for v in engine.list(sop="many", limit=100_000)}
+    with pytest.raises(SubmissionError, match="'n'"):  # one bad inputs mapping: nothing is submitted
+        engine.submit_many(path, [{"n": 1}, {}])
+    assert {v.id for v in engine.list(sop="many", limit=100_000)} == before
+    keys = [f"batch-{uuid.uuid4().hex}-{n}" for n in range(2)]
+    assert engine.submit_many(path, [{"n": 1}, {"n": 2}], idempotency_keys=keys) == \
+        engine.submit_many(path, [{"n": 1}, {"n": 2}], idempotency_keys=keys)
+
+
 def test_submitting_an_invalid_sop_raises_sop_validation_error_listing_the_problem(engine, sop_file) -> None:
     path = sop_file(sop_text(f"""\
         steps:
