@@ -59,6 +59,7 @@ class Journal:
         self._outbox: list[Event] = []
         self._after_monitor: list[Callable[[], None]] = []
         self._outbox_ready: asyncio.Event | None = None
+        self._urgent: asyncio.Event | None = None
         self._flusher: asyncio.Task | None = None
 
     def write(self, exe: Execution, event: Event, status_changed: bool) -> None:
@@ -86,19 +87,25 @@ class Journal:
 
     # -- the monitor feed -------------------------------------------------------------------
 
-    def _wake_flusher(self) -> None:
-        if self._outbox_ready is None:
-            self._outbox_ready = asyncio.Event()
+    def _wake_flusher(self, urgent: bool = False) -> None:
+        if self._outbox_ready is None or self._urgent is None:
+            self._outbox_ready, self._urgent = asyncio.Event(), asyncio.Event()
             self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
         self._outbox_ready.set()
+        if urgent:
+            self._urgent.set()
 
     async def _flush_forever(self) -> None:
-        assert self._outbox_ready is not None
+        assert self._outbox_ready is not None and self._urgent is not None
         while True:
             await self._outbox_ready.wait()
-            if not self._after_monitor:
-                await asyncio.sleep(FLUSH_INTERVAL_S)  # batching window, not synchronisation
+            if not self._urgent.is_set():
+                try:  # a batching window, cut short when someone waits on the monitor
+                    await asyncio.wait_for(self._urgent.wait(), FLUSH_INTERVAL_S)
+                except asyncio.TimeoutError:
+                    pass
             self._outbox_ready.clear()
+            self._urgent.clear()
             await self.flush_monitor()
 
     def after_monitor(self, callback: Callable[[], None]) -> None:
@@ -107,7 +114,7 @@ class Journal:
             callback()
             return
         self._after_monitor.append(callback)
-        self._wake_flusher()  # someone waits on it: the flusher skips its batching window
+        self._wake_flusher(urgent=True)  # someone waits on it: no batching window
 
     async def flush_monitor(self) -> None:
         """Send pending events to the monitor now."""
