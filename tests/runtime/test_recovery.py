@@ -220,6 +220,9 @@ def test_a_finished_execution_is_answered_from_the_log_after_a_restart(durable) 
     kill_coordinator(durable)
     view = durable.wait(eid, timeout=60)  # the new coordinator has it only in the log
     assert view.status == ExecutionStatus.COMPLETED
+    recovered = durable.recover()  # what the restarted coordinator did on start
+    assert {"executions", "redispatched", "awaiting_decision", "retries", "seconds"} <= set(recovered)
+    assert recovered["failed"] == {}
     assert view.outputs["steps"] == {"x": 7}
     assert durable.history(eid)[-1].kind == EventKind.FINISHED
 
