@@ -8,10 +8,13 @@ from pathlib import Path
 
 DAY_S = 86_400.0
 
+DEFAULT_STATE_PATH = str(Path("~/.sopflow/state.db").expanduser())
+"""Where the state store lives (on the head node) unless ``$SOPFLOW_STATE`` says otherwise."""
+
 
 def default_state_path() -> str:
-    """``$SOPFLOW_STATE`` if set, else ``~/.sopflow/state.db`` (on the head node)."""
-    return os.environ.get("SOPFLOW_STATE") or str(Path("~/.sopflow/state.db").expanduser())
+    """``$SOPFLOW_STATE`` if set (a path or URL for ``open_log``), else :data:`DEFAULT_STATE_PATH`."""
+    return os.environ.get("SOPFLOW_STATE") or DEFAULT_STATE_PATH
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,10 @@ class EngineUnavailable(ExecutionError):
     """Raised when the Ray cluster or sopflow's actors cannot be reached."""
 
 
+class StateStoreError(SopflowError):
+    """Raised when the event log or state store cannot be opened, read or written."""
+
+
 class RetryableError(Exception):
     """Raise from a step handler for a failure worth retrying (a flaky dependency, a 503)."""
 

@@ -1,0 +1,342 @@
+"""The SQLite backend of the event log: :class:`SqliteEventLog`, one WAL file on the head node."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from runtime._log_types import ExecutionRecord, check_limit
+from runtime.errors import StateStoreError
+from runtime.events import Event, EventKind
+
+_logger = logging.getLogger("sopflow.eventlog")
+
+SCHEMA_VERSION = 1
+"""The SQLite schema this module writes; a file with a newer one is refused."""
+
+
+_SCHEMA = (
+    """CREATE TABLE events (execution_id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+        ts REAL NOT NULL, step TEXT, attempt INTEGER, encoding TEXT NOT NULL, data BLOB NOT NULL,
+        PRIMARY KEY (execution_id, seq)) WITHOUT ROWID""",
+    """CREATE TABLE executions (id TEXT PRIMARY KEY, sop TEXT NOT NULL, status TEXT NOT NULL,
+        submitted_at REAL NOT NULL, ended_at REAL, version INTEGER NOT NULL, terminal INTEGER NOT NULL,
+        idempotency_key TEXT, parent TEXT)""",
+    "CREATE INDEX executions_status ON executions (status)",
+    "CREATE INDEX executions_sop ON executions (sop, submitted_at)",
+    "CREATE INDEX executions_submitted ON executions (submitted_at)",
+    "CREATE INDEX executions_key ON executions (idempotency_key) WHERE idempotency_key IS NOT NULL",
+    "CREATE INDEX executions_ended ON executions (terminal, ended_at)",
+    """CREATE TABLE blobs (execution_id TEXT NOT NULL, kind TEXT NOT NULL, value BLOB NOT NULL,
+        PRIMARY KEY (execution_id, kind)) WITHOUT ROWID""",
+    "CREATE TABLE snapshots (execution_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL)",
+)
+_INSERT_EVENT = "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_RECORD = """INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET
+    sop = excluded.sop, status = excluded.status, submitted_at = excluded.submitted_at,
+    ended_at = excluded.ended_at, version = excluded.version, terminal = excluded.terminal,
+    idempotency_key = excluded.idempotency_key, parent = excluded.parent
+    WHERE excluded.version > executions.version"""
+_RECORD_COLUMNS = "id, sop, status, submitted_at, version, ended_at, terminal, idempotency_key, parent"
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_KINDS = {k.value: k for k in EventKind}
+
+
+def _encode(ev: Event) -> tuple[str, str | bytes]:
+    """JSON when it reads back equal; pickle otherwise (tuples, int keys, NaN, objects).
+
+    "Equal" is ``==``: an enum member or a float subclass comes back as its plain value.
+    """
+    if not ev.data:
+        return "json", "{}"
+    try:
+        text = json.dumps(ev.data, separators=(",", ":"))
+        if json.loads(text) == ev.data:
+            return "json", text
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        return "pickle", pickle.dumps(ev.data, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - classes defined in __main__ or a function: try by value
+        try:
+            from ray import cloudpickle  # present wherever events come from a Ray actor
+
+            return "pickle", cloudpickle.dumps(ev.data, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - never stop the log for one odd value: keep its repr
+            _logger.warning("event #%s (%s) of %s holds data that can be neither JSON-encoded nor pickled "
+                         "(%s); storing the repr of the odd values", ev.seq, ev.kind, ev.execution_id, e)
+            return "json", json.dumps(ev.data, separators=(",", ":"), default=_unencodable)
+
+
+def _unencodable(value: Any) -> str:
+    return f"<unencodable {type(value).__name__}: {repr(value)[:300]}>"
+
+
+class SqliteEventLog:
+    """An :class:`EventLog` in one SQLite file (WAL), shared by threads and, read-only, by processes.
+
+    ``synchronous="NORMAL"`` (the default) survives a crashed process or cluster:
+    a commit is on disk once the OS has it. ``"FULL"`` also survives power loss,
+    at the cost of an fsync per commit. ``"OFF"`` is not durable. Each thread
+    gets its own connection, so reads never wait for the writer's commit.
+
+    Args:
+        path: The file; created on first use (mode 0600: it holds secrets blobs)
+            with its parent directories.
+        synchronous: SQLite's ``synchronous`` setting: OFF, NORMAL, FULL or EXTRA.
+        readonly: Open an existing file for reading only; writes raise
+            :class:`StateStoreError`. Any number of read-only openers may run beside a writer.
+        busy_timeout_s: How long a statement waits for another writer's lock.
+
+    Raises:
+        StateStoreError: when the file cannot be created or opened, is not a
+            sopflow state store, or has a newer schema than this sopflow knows.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL",
+                 readonly: bool = False, busy_timeout_s: float = 10.0) -> None:
+        self.path: str | None = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in _SYNCHRONOUS:
+            raise StateStoreError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, "
+                                  f"got {synchronous!r}")
+        self.readonly = readonly
+        self._timeout = busy_timeout_s
+        self._local = threading.local()  # each thread's reading connection
+        self._writer: sqlite3.Connection | None = None
+        self._write_lock = threading.Lock()  # writers of this process queue here, not in SQLite's busy loop
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        try:
+            self._open_file()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open_readonly(cls, path: str | os.PathLike[str]) -> SqliteEventLog:
+        """Open an existing state store for reading only (e.g. from a monitor process)."""
+        return cls(path, readonly=True)
+
+    def _open_file(self) -> None:
+        if self.readonly:
+            if not os.path.exists(self.path):
+                raise StateStoreError(f"no state store at {self.path}; it is created by the first writer")
+            self._check_schema(self._conn())
+            return
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        except OSError as e:
+            raise StateStoreError(f"cannot create the state store {self.path}: {e.strerror}") from e
+        try:
+            self._writer = self._connect()
+            self._writer.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as e:
+            raise StateStoreError(f"cannot open the state store {self.path}: {e}") from e
+        self._write("create the schema", self._create_schema)
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone():
+            self._check_schema(conn)
+            return
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            if "no such table" not in str(e) and "not a database" not in str(e):
+                raise StateStoreError(f"cannot open the state store {self.path}: {e}") from e
+            row = None
+        if row is None:
+            raise StateStoreError(f"{self.path} is not a sopflow state store (it has no schema version); "
+                                  "point SOPFLOW_STATE at another file")
+        if int(row[0]) > SCHEMA_VERSION:
+            raise StateStoreError(f"{self.path} has state-store schema version {row[0]}, newer than the "
+                                  f"{SCHEMA_VERSION} this sopflow understands; upgrade sopflow to open it")
+
+    def _connect(self) -> sqlite3.Connection:
+        target, uri = (f"file:{quote(self.path)}?mode=ro", True) if self.readonly else (self.path, False)
+        conn = sqlite3.connect(target, uri=uri, timeout=self._timeout, isolation_level=None,
+                               check_same_thread=False)
+        with self._conns_lock:
+            self._conns.append(conn)
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StateStoreError(f"the state store {self.path} is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = self._local.conn = self._connect()
+            except sqlite3.Error as e:
+                raise StateStoreError(f"cannot open the state store {self.path}: {e}") from e
+        return conn
+
+    def _write(self, what: str, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self.readonly:
+            raise StateStoreError(f"cannot {what}: the state store {self.path} is open read-only")
+        with self._write_lock:
+            if self._closed or self._writer is None:
+                raise StateStoreError(f"the state store {self.path} is closed")
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                    return result
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                raise StateStoreError(f"cannot {what} in the state store {self.path}: {e}") from e
+
+    def _read(self, what: str, sql: str, args: Sequence[Any]) -> list[Any]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise StateStoreError(f"cannot {what} from the state store {self.path}: {e}") from e
+
+    def append(self, events: Sequence[Event], records: Sequence[ExecutionRecord] = ()) -> int:
+        rows = [(ev.execution_id, ev.seq, str(ev.kind), ev.ts, ev.step, ev.attempt, *_encode(ev))
+                for ev in events]
+        recs = [(r.id, r.sop, str(r.status), r.submitted_at, r.ended_at, r.version, int(r.terminal),
+                 r.idempotency_key, r.parent) for r in records]
+
+        def write(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.executemany(_INSERT_EVENT, rows)
+            stored = conn.total_changes - before
+            conn.executemany(_UPSERT_RECORD, recs)
+            return stored
+
+        return self._write("append events", write)
+
+    def read(self, execution_id: str, after_seq: int = 0, until_seq: int | None = None) -> list[Event]:
+        sql = ("SELECT seq, kind, ts, step, attempt, encoding, data FROM events WHERE execution_id = ? "
+               "AND seq > ? AND seq <= ? ORDER BY seq")
+        top = 2**63 - 1 if until_seq is None else until_seq
+        rows = self._read("read events", sql, (execution_id, after_seq, top))
+        out = []
+        for seq, kind, ts, step, attempt, encoding, data in rows:
+            if kind not in _KINDS:
+                raise StateStoreError(f"event #{seq} of {execution_id} has kind {kind!r}, unknown to this "
+                                      "sopflow; upgrade sopflow to read it")
+            value = json.loads(data) if encoding == "json" else pickle.loads(data)
+            out.append(Event(execution_id, seq, _KINDS[kind], ts, step, attempt, value))
+        return out
+
+    @staticmethod
+    def _record(row: Sequence[Any]) -> ExecutionRecord:
+        rid, sop, status, submitted_at, version, ended_at, terminal, key, parent = row
+        return ExecutionRecord(rid, sop, status, submitted_at, version, ended_at, bool(terminal), key, parent)
+
+    def get(self, execution_id: str) -> ExecutionRecord | None:
+        rows = self._read("get", f"SELECT {_RECORD_COLUMNS} FROM executions WHERE id = ?", (execution_id,))
+        return self._record(rows[0]) if rows else None
+
+    def find_key(self, idempotency_key: str) -> str | None:
+        rows = self._read("find a key", "SELECT id FROM executions WHERE idempotency_key = ? "
+                          "ORDER BY submitted_at, id LIMIT 1", (idempotency_key,))
+        return rows[0][0] if rows else None
+
+    def query(self, *, status: str | Sequence[str] | None = None, sop: str | None = None,
+              since: float | None = None, until: float | None = None, terminal: bool | None = None,
+              limit: int | None = 1000) -> list[ExecutionRecord]:
+        check_limit(limit)
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            statuses = [str(status)] if isinstance(status, str) else [str(s) for s in status]
+            where.append(f"status IN ({', '.join('?' * len(statuses))})" if statuses else "0")
+            args += statuses
+        for clause, value in (("sop = ?", sop), ("submitted_at >= ?", since), ("submitted_at < ?", until),
+                              ("terminal = ?", None if terminal is None else int(terminal))):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = f"SELECT {_RECORD_COLUMNS} FROM executions"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY submitted_at DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [self._record(r) for r in self._read("query executions", sql, args)]
+
+    def unfinished(self) -> list[ExecutionRecord]:
+        sql = f"SELECT {_RECORD_COLUMNS} FROM executions WHERE terminal = 0 ORDER BY submitted_at, id"
+        return [self._record(r) for r in self._read("list unfinished executions", sql, ())]
+
+    def put_blob(self, execution_id: str, kind: str, value: bytes) -> None:
+        self._write("store a blob", lambda c: c.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)",
+                                                         (execution_id, kind, bytes(value))))
+
+    def get_blob(self, execution_id: str, kind: str) -> bytes | None:
+        rows = self._read("get a blob", "SELECT value FROM blobs WHERE execution_id = ? AND kind = ?",
+                          (execution_id, kind))
+        return bytes(rows[0][0]) if rows else None
+
+    def drop_blob(self, execution_id: str, kind: str) -> None:
+        sql = "DELETE FROM blobs WHERE execution_id = ? AND kind = ?"
+        self._write("drop a blob", lambda c: c.execute(sql, (execution_id, kind)))
+
+    def put_snapshot(self, execution_id: str, seq: int, state: bytes) -> None:
+        sql = ("INSERT INTO snapshots VALUES (?, ?, ?) ON CONFLICT (execution_id) DO UPDATE SET "
+               "seq = excluded.seq, state = excluded.state WHERE excluded.seq >= snapshots.seq")
+        self._write("store a snapshot", lambda c: c.execute(sql, (execution_id, seq, bytes(state))))
+
+    def latest_snapshot(self, execution_id: str, at_or_before: int | None = None) -> tuple[int, bytes] | None:
+        rows = self._read("get a snapshot", "SELECT seq, state FROM snapshots WHERE execution_id = ?",
+                          (execution_id,))
+        if not rows or (at_or_before is not None and rows[0][0] > at_or_before):
+            return None
+        return rows[0][0], bytes(rows[0][1])
+
+    def purge(self, *, ended_before: float) -> int:
+        doomed = "SELECT id FROM executions WHERE terminal = 1 AND ended_at < ?"
+
+        def write(conn: sqlite3.Connection) -> int:
+            for table in ("events", "blobs", "snapshots"):
+                conn.execute(f"DELETE FROM {table} WHERE execution_id IN ({doomed})", (ended_before,))
+            return conn.execute("DELETE FROM executions WHERE terminal = 1 AND ended_at < ?",
+                                (ended_before,)).rowcount
+
+        return self._write("purge executions", write)
+
+    def delete(self, execution_id: str) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            for table, column in (("events", "execution_id"), ("blobs", "execution_id"),
+                                  ("snapshots", "execution_id"), ("executions", "id")):
+                conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (execution_id,))
+
+        self._write("delete an execution", write)
+
+    def stats(self) -> dict[str, int]:
+        (n, m, k), = self._read("count", "SELECT (SELECT COUNT(*) FROM executions), (SELECT COUNT(*) FROM "
+                                "events), (SELECT COUNT(*) FROM executions WHERE terminal = 0)", ())
+        return {"executions": n, "events": m, "unfinished": k}
+
+    def close(self) -> None:
+        """Close every connection (after the commit in progress); reads in flight may fail."""
+        with self._write_lock:
+            self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
