@@ -10,7 +10,9 @@ SOP model behind it) to do so.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from sop._lazy import lazy_exports
+
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from actors._execution import SubmitRequest
@@ -26,16 +28,4 @@ _LAZY = {
 __all__ = ["Actors", "NAMESPACE", "SubmitRequest", "call"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'actors' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

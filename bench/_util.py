@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gc
 import math
 import time
@@ -162,3 +164,25 @@ def git_revision(repo: str | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
+def start_local_ray(namespace: str, num_cpus: int, probe_cpu: float = 0.01) -> None:
+    """A fresh local Ray cluster whose workers can import this repository's ``bench`` package."""
+    import os
+
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             namespace=namespace)
+
+    @ray.remote(num_cpus=probe_cpu)
+    def can_import() -> bool:
+        import importlib.util
+        return importlib.util.find_spec("bench.engine") is not None
+
+    if not ray.get(can_import.remote()):  # workers do not see the repository: say where it is
+        ray.shutdown()
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 namespace=namespace, runtime_env={"env_vars": {"PYTHONPATH": path}})

@@ -55,7 +55,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench._util import Result, measure, measure_pair
+from bench._util import Result, measure, measure_pair, start_local_ray
 
 NAMESPACE = "sopflow-bench-durability"
 NS_SQLITE = "sopflow-bench-sqlite"
@@ -73,23 +73,9 @@ CHAIN_STEPS = 1000
 
 
 def _init_ray() -> None:
-    import ray
+    from bench.engine import NUM_CPUS, STEP_CPU
 
-    from bench.engine import NUM_CPUS, REPO_ROOT, STEP_CPU
-
-    ray.init(address="local", num_cpus=NUM_CPUS, include_dashboard=False, log_to_driver=False,
-             namespace=NAMESPACE)
-
-    @ray.remote(num_cpus=STEP_CPU)
-    def can_import() -> bool:
-        import importlib.util
-        return importlib.util.find_spec("bench.engine") is not None
-
-    if not ray.get(can_import.remote()):  # workers do not see the repository: say where it is
-        ray.shutdown()
-        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-        ray.init(address="local", num_cpus=NUM_CPUS, include_dashboard=False, log_to_driver=False,
-                 namespace=NAMESPACE, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    start_local_ray(NAMESPACE, NUM_CPUS, STEP_CPU)
 
 
 _TITLES = ("_RecoveringCoordinator", "_Coordinator", "_ExecutionMonitor", "_Monitor")

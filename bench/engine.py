@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench._util import Result, measure, measure_pair, summarise
+from bench._util import Result, measure, measure_pair, start_local_ray, summarise
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "sopflow-bench"
@@ -131,26 +131,12 @@ def bare_fanout(width: int = FANOUT_WIDTH) -> Any:
 
 
 def _start() -> Any:
-    import ray
-
-    from runtime import Engine
-
-    ray.init(address="local", num_cpus=NUM_CPUS, include_dashboard=False, log_to_driver=False,
-             namespace=NAMESPACE)
-
-    @ray.remote(num_cpus=STEP_CPU)
-    def can_import() -> bool:
-        import importlib.util
-        return importlib.util.find_spec("bench.engine") is not None
-
-    if not ray.get(can_import.remote()):  # workers do not see the repository: say where it is
-        ray.shutdown()
-        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-        ray.init(address="local", num_cpus=NUM_CPUS, include_dashboard=False, log_to_driver=False,
-                 namespace=NAMESPACE, runtime_env={"env_vars": {"PYTHONPATH": path}})
     import tempfile
 
+    from runtime import Engine
     from runtime.config import EngineConfig
+
+    start_local_ray(NAMESPACE, NUM_CPUS, STEP_CPU)
 
     # The production default: a SQLite event log (in a temporary file, not ~/.sopflow).
     state = Path(tempfile.mkdtemp(prefix="sopflow-bench-")) / "state.db"

@@ -6,7 +6,7 @@ friends) are imported on first use, so ``sopflow validate`` answers in a blink.
 
 from __future__ import annotations
 
-from typing import Any
+from sop._lazy import lazy_exports
 
 from runtime.registry import Registration, Registry, RegistryError
 
@@ -45,12 +45,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

@@ -7,7 +7,9 @@ running a step does) does not pay for pydantic, jinja2 and PyYAML.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from sop._lazy import lazy_exports
+
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sop.errors import Problem, SopflowError, SopValidationError
@@ -106,16 +108,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sop' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

@@ -24,7 +24,7 @@ from sop._pydantic_errors import translate
 from sop._suggest import did_you_mean
 from sop._yaml import Loaded, format_path, load_text
 from sop.errors import Problem, SopValidationError
-from sop.expressions import ROOT_NAMES, STEP_FIELDS, ExpressionError, compile_expression, \
+from sop.expressions import STEP_FIELDS, ExpressionError, compile_expression, \
     find_references, strip_braces
 from sop.graph import Graph, GraphError, format_cycle
 from sop.model import Mode, Sop, Step

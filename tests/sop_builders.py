@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 H = "python:tests.handlers_for_tests"
 DEFAULTS = """\
@@ -20,3 +25,28 @@ def sop_text(body: str, name: str = "t", inputs: str = "", version: str = "1") -
 
 def events_of(engine, execution_id: str) -> list:
     return list(engine.events(execution_id, follow=False))
+
+
+def wait_for(predicate: Any, timeout_s: float = 120.0) -> Any:
+    """Poll ``predicate`` until it returns something truthy (and return that), or fail."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)  # polling interval of a bounded wait for a condition
+    raise AssertionError("condition not reached in time")
+
+
+@contextmanager
+def own_engine(namespace: str, state_dir: Path, **config: Any) -> Iterator[Any]:
+    """An engine with actors and a state file of its own, so a test may kill or tune them."""
+    from runtime import Engine, Registry
+    from runtime.config import EngineConfig
+
+    engine = Engine(namespace=namespace, registry=Registry(),
+                    config=EngineConfig(state=str(state_dir / "state.db"), **config))
+    try:
+        yield engine
+    finally:
+        engine._actors.kill()

@@ -7,22 +7,15 @@ import json
 import pytest
 
 from runtime.status import ExecutionStatus
-from tests.runtime.test_recovery import wait_for
-from tests.sop_builders import H
+from tests.sop_builders import H, own_engine, wait_for
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
 def one_at_a_time(ray_cluster, tmp_path_factory):
-    from runtime import Engine, Registry
-    from runtime.config import EngineConfig
-
-    state = tmp_path_factory.mktemp("admission") / "state.db"
-    engine = Engine(namespace="sopflow-admission-tests", registry=Registry(),
-                    config=EngineConfig(state=str(state), max_running_steps=1))
-    yield engine
-    engine._actors.kill()
+    with own_engine("sopflow-admission-tests", tmp_path_factory.mktemp("admission"), max_running_steps=1) as e:
+        yield e
 
 
 def one_step(name: str, runs, gate=None) -> str:

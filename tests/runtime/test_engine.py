@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from runtime.errors import ExecutionFailed, ExecutionNotFound, SubmissionError
 from runtime.events import EventKind
 from runtime.status import ExecutionStatus, StepStatus
 from sop import SopValidationError
-from tests.sop_builders import DEFAULTS, H, events_of, sop_text
+from tests.sop_builders import H, events_of, sop_text
 
 pytestmark = pytest.mark.ray
 

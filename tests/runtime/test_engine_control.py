@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from runtime.errors import ExecutionError, ExecutionNotFound, ExecutionTimeout
 from runtime.events import EventKind
 from runtime.status import ExecutionStatus, StepStatus
 from sop import SopValidationError
-from tests.sop_builders import DEFAULTS, H, events_of, sop_text
+from tests.sop_builders import H, events_of, sop_text
 
 pytestmark = pytest.mark.ray
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import threading
 import uuid
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import pytest
 from runtime.errors import ExecutionNotFound
 from runtime.events import EventKind
 from runtime.status import ExecutionStatus, StepStatus
-from tests.sop_builders import DEFAULTS, H, events_of, sop_text
+from tests.sop_builders import H, events_of, sop_text
 
 pytestmark = pytest.mark.ray
 

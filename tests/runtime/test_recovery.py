@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -19,24 +18,17 @@ from hypothesis import strategies as st
 from runtime.events import EventKind
 from runtime.status import ExecutionStatus, StepStatus
 from tests.actors.test_scheduling_properties import dags, descendants, expected_final
-from tests.sop_builders import H
+from tests.sop_builders import H, own_engine, wait_for
 
 pytestmark = pytest.mark.ray
 
-POLL_S = 0.01
 
 
 @pytest.fixture(scope="module")
 def durable(ray_cluster, tmp_path_factory):
     """An engine with its own actors and state file (so its coordinator can be killed)."""
-    from runtime import Engine, Registry
-    from runtime.config import EngineConfig
-
-    state = tmp_path_factory.mktemp("recovery") / "state.db"
-    engine = Engine(namespace="sopflow-recovery-tests", registry=Registry(),
-                    config=EngineConfig(state=str(state), snapshot_every=10))
-    yield engine
-    engine._actors.kill()
+    with own_engine("sopflow-recovery-tests", tmp_path_factory.mktemp("recovery"), snapshot_every=10) as e:
+        yield e
 
 
 def kill_coordinator(engine) -> None:
@@ -44,16 +36,6 @@ def kill_coordinator(engine) -> None:
     import ray
 
     ray.kill(engine._actors.coordinator, no_restart=False)
-
-
-def wait_for(predicate, timeout_s: float = 120.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL_S)  # polling interval of a bounded wait for a condition
-    raise AssertionError("condition not reached in time")
 
 
 def dag_sop(name: str, deps: dict[int, list[int]], ok: list[bool], runs: Path, work: list[float],

@@ -9,7 +9,6 @@ exporter, see tests/conftest.py); a span looks like
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 import uuid
 
@@ -17,7 +16,7 @@ import pytest
 
 from runtime.status import ExecutionStatus
 from tests.conftest import read_spans
-from tests.sop_builders import DEFAULTS, H
+from tests.sop_builders import H
 from tests.sop_builders import sop_text as _sop_text
 
 
