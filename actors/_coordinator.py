@@ -248,9 +248,9 @@ class _Coordinator:
         execution_id = str(doc.get("execution", {}).get("id", "")) if isinstance(doc, dict) else ""
         if execution_id in self.executions and not self.executions[execution_id].state.status.terminal:
             raise ExecutionError(f"execution {execution_id} is running here; it cannot be replaced")
-        imported = import_history(self.log, doc, replace=replace)
-        if self.executions.pop(imported, None) is not None:  # replaced: forget the old copy in memory
-            self.finished.remove(imported)
+        imported = import_history(self.log, doc, replace=replace, require_finished=True)
+        if self.executions.pop(imported, None) is not None and imported in self.finished:
+            self.finished.remove(imported)  # replaced: forget the old copy in memory
         return imported
 
     async def recover(self) -> dict[str, Any]:

@@ -99,7 +99,7 @@ def register_commands(main: click.Group) -> None:
             if state:
                 log = _open_state(state, readonly=False)
                 try:
-                    execution_id = import_history(log, doc, replace=replace)
+                    execution_id = import_history(log, doc, replace=replace, require_finished=True)
                 finally:
                     log.close()
             else:

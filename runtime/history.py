@@ -153,11 +153,13 @@ def events_from_doc(doc: Any) -> list[Event]:
     return _parse_events(doc, execution_id or first.get("execution_id"))
 
 
-def import_history(log: EventLog, doc: dict[str, Any], *, replace: bool = False) -> str:
+def import_history(log: EventLog, doc: dict[str, Any], *, replace: bool = False,
+                   require_finished: bool = False) -> str:
     """Store an exported history in ``log``; returns the execution id.
 
     Everything is checked before anything is written, so a bad document changes
-    nothing. With ``replace`` an existing execution of that id is deleted first
+    nothing. With ``require_finished`` (what sopflow's own import does) a history
+    that had not finished is refused: the next recovery would resume it. With ``replace`` an existing execution of that id is deleted first
     (two transactions: a crash in between leaves it deleted, not half-imported).
 
     Raises:
@@ -170,6 +172,10 @@ def import_history(log: EventLog, doc: dict[str, Any], *, replace: bool = False)
     events = _parse_events(doc, record.id)
     _check(record.version <= len(events), "execution.version",
            f"at most {len(events)} (the last event's seq)", record.version)
+    if require_finished and (not record.terminal or events[-1].kind != EventKind.FINISHED):
+        # A running history would be resumed here by the next recovery: a surprise, not an import.
+        raise StateStoreError(f"execution {record.id} had not finished when it was exported (status "
+                              f"{record.status}); export it again once it has finished")
     where = log.path or "(memory)"
     if not replace and (log.get(record.id) is not None or log.read(record.id, until_seq=1)):
         raise StateStoreError(f"execution {record.id} already exists in the state store {where}; "

@@ -137,6 +137,18 @@ def test_import_prints_the_id_and_refuses_to_import_twice(runner: CliRunner, tmp
     assert exported.output == LINEAR.read_text()
 
 
+def test_import_refuses_a_history_that_had_not_finished(runner: CliRunner, tmp_path: Path) -> None:
+    doc = json.loads(LINEAR.read_text())
+    doc["events"].pop()  # execution_finished
+    doc["execution"].update(status="running", terminal=False, ended_at=None, version=len(doc["events"]))
+    unfinished = tmp_path / "unfinished.json"
+    unfinished.write_text(json.dumps(doc))
+    result = runner.invoke(main, ["import", str(unfinished), "--state", str(tmp_path / "s.db")])
+    assert result.exit_code != 0
+    assert "had not finished when it was exported" in result.output
+    no_traceback(result)
+
+
 def test_import_of_an_invalid_history_names_the_field(runner: CliRunner, tmp_path: Path) -> None:
     doc = json.loads(LINEAR.read_text())
     doc["events"][2]["seq"] = 7
