@@ -7,6 +7,7 @@ client that submitted them and any client finds the same actors again.
 from __future__ import annotations
 
 import gc
+import os
 from typing import Any
 
 import ray
@@ -46,7 +47,7 @@ class _RecoveringCoordinator(_Coordinator):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        _calm_gc()
+        _control_plane_process()
         # Queued behind __init__, so it also runs after Ray restarts a crashed coordinator.
         ray.get_runtime_context().current_actor.recover.remote()
 
@@ -54,7 +55,29 @@ class _RecoveringCoordinator(_Coordinator):
 class _Monitor(_ExecutionMonitor):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        _calm_gc()
+        _control_plane_process()
+
+
+ACTOR_PRIORITY = int(os.environ.get("SOPFLOW_ACTOR_PRIORITY", "5"))
+"""How far above normal CPU priority the coordinator and monitor ask to run (``0``: normal)."""
+
+
+def _control_plane_process() -> None:
+    """Every step and every status query goes through these actors: on a saturated node they
+    should get the CPU before step handlers do. Raising priority needs the right to (root or
+    CAP_SYS_NICE); without it the actor runs at normal priority."""
+    _calm_gc()
+    if ACTOR_PRIORITY <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:  # Linux keeps a priority per thread: raise every thread of the process (the loop's too)
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    for tid in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, -ACTOR_PRIORITY)
+        except OSError:  # not permitted here: stay at normal priority
+            return
 
 
 def _calm_gc() -> None:
