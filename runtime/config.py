@@ -46,6 +46,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if not self.state:
             object.__setattr__(self, "state", default_state_path())
+        if self.durable:  # the actors run elsewhere: a relative path would land in their directory
+            path = self.state.removeprefix("sqlite://")
+            object.__setattr__(self, "state", os.path.abspath(os.path.expanduser(path)))
         if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {self.synchronous!r}")
         if self.retention_days <= 0:
