@@ -59,6 +59,7 @@ class _ExecutionMonitor:
         self.states: dict[str, ExecutionState] = {}
         self.history: dict[str, list[Event]] = {}
         self.finished: deque[str] = deque()
+        self._retired: set[str] = set()
         self.running = 0
         self._changed: asyncio.Condition | None = None
         self._metrics = _Metrics()
@@ -113,9 +114,14 @@ class _ExecutionMonitor:
         return True
 
     def _retire(self, execution_id: str) -> None:
+        """Count a finished execution against ``keep_finished``; drop the oldest beyond it."""
+        if execution_id in self._retired:
+            return  # reloaded from the log: already counted
+        self._retired.add(execution_id)
         self.finished.append(execution_id)
         while len(self.finished) > self.config.keep_finished:
             old = self.finished.popleft()
+            self._retired.discard(old)
             self.states.pop(old, None)
             self.history.pop(old, None)
 
