@@ -283,6 +283,11 @@ class _Coordinator:
             log.info("purged %d executions that ended before %s", removed, time.ctime(cutoff))
         return removed
 
+    async def state_path(self) -> str:
+        """Where this coordinator keeps its log (after recovering from it)."""
+        await self.ready()
+        return self.config.state
+
     async def info(self) -> dict[str, Any]:
         await self.ready()
         return {"state": self.config.state, "durable": self.config.durable,

@@ -51,10 +51,11 @@ class Engine:
         self.namespace = namespace
         self.registry = registry or Registry()
         self._actors = Actors(namespace, config)
-        info = self.info()  # also waits for recovery of unfinished executions from the log
-        if config is not None and config.state != info["state"]:
+        # Also waits until the coordinator has resumed the unfinished executions in its log.
+        state = self._call(lambda: self._actors.coordinator.state_path.remote())
+        if config is not None and config.state != state:
             raise SubmissionError(
-                f"sopflow in namespace {namespace!r} already runs with the state file {info['state']}, "
+                f"sopflow in namespace {namespace!r} already runs with the state file {state}, "
                 f"not {config.state}; connect without a state, or use another namespace")
 
     # -- connecting -----------------------------------------------------------------------

@@ -351,3 +351,11 @@ def test_a_secret_input_never_appears_in_events_even_in_errors_and_outputs(engin
     assert "***" in dumped  # redacted, not dropped
     assert secret not in json.dumps(view.errors)
     assert secret not in repr(engine.status(eid))
+
+
+def test_joining_running_actors_with_another_state_file_is_refused(engine, tmp_path) -> None:
+    from runtime import Engine
+    from runtime.config import EngineConfig
+
+    with pytest.raises(SubmissionError, match="already runs with the state file"):
+        Engine(namespace=engine.namespace, config=EngineConfig(state=str(tmp_path / "other.db")))
