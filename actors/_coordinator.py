@@ -20,7 +20,7 @@ from typing import Any
 from actors._dispatch import Dispatcher
 from actors._execution import Execution, SubmitRequest
 from actors._journal import Journal, load_state
-from runtime.config import EngineConfig
+from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import ExecutionError, ExecutionNotFound
 from runtime.events import Event, EventKind
 from runtime.history import export_history, import_history
@@ -37,6 +37,8 @@ log = logging.getLogger("sopflow.coordinator")
 
 DECISIONS = ("rerun", "succeed", "fail", "skip")
 PURGE_EVERY_S = 3600.0
+AUTO_KEY_WINDOW_S = 2 * RESTART_GRACE_S
+"""How long after a (re)start a submission's automatic key is also looked up in the log."""
 
 
 class _Coordinator:
@@ -54,6 +56,7 @@ class _Coordinator:
         """Finished executions still held in memory, oldest first (see ``keep_finished``)."""
         self.dispatcher = Dispatcher(self)
         self.recovery: dict[str, Any] | None = None
+        self.started = time.monotonic()
         self._recovering: asyncio.Task | None = None
 
     @property
@@ -95,7 +98,7 @@ class _Coordinator:
     def _admit(self, request: SubmitRequest) -> str:
         key = request.idempotency_key
         if key:
-            known = self.by_key.get(key) or self.log.find_key(key)
+            known = self.by_key.get(key) or (self._key_in_log(key) and self.log.find_key(key))
             if known:
                 return known
         exe = Execution(ExecutionId.new(), request)
@@ -123,6 +126,15 @@ class _Coordinator:
         self.emit(exe, EventKind.STARTED)
         self.advance(exe, exe.graph.roots())
         return exe.id
+
+    def _key_in_log(self, key: str) -> bool:
+        """Whether a key missing from memory may still be in the log (a read off the hot path).
+
+        A user's key may be any age. An automatic key (``auto:``) is only ever sent again by a
+        client retrying across a coordinator restart, within ``RESTART_GRACE_S`` of it: later
+        than that, every automatic key this coordinator knows is in memory.
+        """
+        return not key.startswith("auto:") or time.monotonic() - self.started < AUTO_KEY_WINDOW_S
 
     def _get(self, execution_id: str) -> Execution:
         exe = self.executions.get(execution_id)

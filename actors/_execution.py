@@ -55,23 +55,18 @@ def sop_definition(sop: Sop) -> dict[str, Any]:
 
 def request_from_log(submitted: dict[str, Any], inputs: dict[str, Any]) -> SubmitRequest:
     """Rebuild a request from its ``execution_submitted`` event data and the (secret-filled) inputs."""
-    described = submitted["request"]
+    return _from_described(submitted["request"], inputs, submitted["mode"], submitted.get("priority", 0),
+                           submitted.get("idempotency_key"), submitted.get("parent"))
+
+
+def _from_described(described: dict[str, Any], inputs: dict[str, Any], mode: str = "system_design",
+                    priority: int = 0, key: str | None = None, parent: str | None = None) -> SubmitRequest:
+    """The inverse of :meth:`SubmitRequest.describe` (sub-SOP requests get their inputs at run time)."""
     return SubmitRequest(
-        Sop.model_validate(described["definition"]), inputs, submitted["mode"], submitted.get("priority", 0),
-        submitted.get("idempotency_key"), _handlers(described), _subsops(described),
-        tuple(described.get("secrets", ())), described.get("source", "<log>"), submitted.get("parent"),
-        described["definition"])
-
-
-def _handlers(described: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in described.get("handlers", {}).items() if v is not None}
-
-
-def _subsops(described: dict[str, Any]) -> dict[str, SubmitRequest]:
-    return {name: SubmitRequest(Sop.model_validate(d["definition"]), {}, "system_design", 0, None,
-                                _handlers(d), _subsops(d), tuple(d.get("secrets", ())),
-                                d.get("source", "<log>"), None, d["definition"])
-            for name, d in described.get("subsops", {}).items()}
+        Sop.model_validate(described["definition"]), inputs, mode, priority, key,
+        {k: v for k, v in described.get("handlers", {}).items() if v is not None},
+        {name: _from_described(d, {}) for name, d in described.get("subsops", {}).items()},
+        tuple(described.get("secrets", ())), described.get("source", "<log>"), parent, described["definition"])
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from runtime.config import EngineConfig
 from runtime.eventlog import EventLog, ExecutionRecord, GroupCommitter, MemoryEventLog, SqliteEventLog
 from runtime.errors import ExecutionNotFound
 from runtime.events import Event
-from runtime.state import ExecutionState, apply
+from runtime.state import ExecutionState, fold
 
 if TYPE_CHECKING:
     from actors._execution import Execution
@@ -141,6 +141,4 @@ def load_state(event_log: Any, execution_id: str) -> ExecutionState:
     events = event_log.read(execution_id, after)
     if not events and snap is None:
         raise ExecutionNotFound(execution_id)
-    for event in events:
-        apply(state, event)
-    return state
+    return fold(events, state)

@@ -10,7 +10,7 @@ from typing import Any
 from runtime.config import EngineConfig
 from runtime.errors import ExecutionNotFound
 from runtime.events import Event, EventKind
-from runtime.state import ExecutionState, apply
+from runtime.state import ExecutionState, apply, fold
 from runtime.status import ExecutionStatus, ExecutionView
 
 
@@ -104,10 +104,7 @@ class _ExecutionMonitor:
         events = self.log.read(execution_id)
         if not events:
             return False
-        state = ExecutionState(execution_id)
-        for event in events:
-            apply(state, event)
-        self.states[execution_id] = state
+        state = self.states[execution_id] = fold(events)
         self.history[execution_id] = events
         if state.status.terminal:
             self._retire(execution_id)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
-from actors._execution import Execution, InFlight, SubmitRequest, request_from_log
+from actors._execution import Execution, InFlight, request_from_log
 from runtime.events import Event, EventKind
 from runtime.status import StepStatus
 from runtime.telemetry import attached, tracer
@@ -169,10 +169,3 @@ def resume(c: _Coordinator, exe: Execution) -> dict[str, int]:
     c.advance(exe, list(exe.active_graph.nodes))
     return counts
 
-
-def rebuild_request(event_log: Any, execution_id: str) -> SubmitRequest:
-    """The request an execution was submitted with, as the log recorded it (secrets masked)."""
-    first = event_log.read(execution_id, 0, 1)
-    if not first:
-        raise ValueError(f"no history for {execution_id}")
-    return request_from_log(first[0].data, dict(first[0].data.get("inputs") or {}))

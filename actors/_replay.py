@@ -24,8 +24,8 @@ from runtime.events import Event, EventKind
 from runtime.failure import Action, Classification, Decision, ErrorInfo, decide
 from runtime.handlers import StepOutcome, StepTask, run_task
 from runtime.replay import ReplayReport, compare, normalise
-from runtime.state import ExecutionState, apply
-from sop import Step
+from runtime.state import ExecutionState, fold
+from sop import Step, check_new_steps
 
 _OUTCOMES = (EventKind.STEP_SUCCEEDED, EventKind.STEP_FAILED, EventKind.DECIDED)
 
@@ -107,13 +107,6 @@ class ReplayDispatcher(Dispatcher):
         return decide(error, attempt, policy, exe.memory_mb.get(step.id))
 
 
-def fold(events: list[Event]) -> ExecutionState:
-    state = ExecutionState(events[0].execution_id if events else "")
-    for event in events:
-        apply(state, event)
-    return state
-
-
 def replay(events: list[Event], from_step: str | None = None, *, handlers: dict[str, Any] | None = None,
            timeout: float = 600.0) -> ReplayReport:
     """Replay a recorded history (whole, or from ``from_step`` on) and compare it with the recording.
@@ -159,11 +152,9 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
     request.handlers.update(handlers)
     coordinator = _Coordinator(config=EngineConfig(state="memory://"))
     coordinator.recovery = {}  # a private, empty log: nothing to recover
-    probe = Execution("probe", request)
+    probe = Execution("probe", request)  # the graph with added steps, to pick what runs again
     for e in added:
-        probe.add_steps([Step.model_validate(s) for s in e.data.get("specs", ())])
-        for s in e.data.get("specs", ()):
-            probe.graph.add([s["id"]], [(d, s["id"]) for d in _deps(s)])
+        probe.add_steps(check_new_steps(probe.sop, probe.graph, list(e.data.get("specs", ()))))
     rerun: set[str] = set()
     if from_step is not None:
         if from_step not in probe.graph:
@@ -207,11 +198,6 @@ def _inputs(events: list[Event]) -> dict[str, str]:
     """Step -> digest of the inputs its last attempt started with (histories from before digests: none)."""
     return {e.step: e.data["inputs"] for e in events
             if e.kind == EventKind.STEP_STARTED and e.step and "inputs" in e.data}
-
-
-def _deps(spec: dict[str, Any]) -> list[str]:
-    deps = spec.get("depends_on") or []
-    return [deps] if isinstance(deps, str) else list(deps)
 
 
 def _notes(recorded: ExecutionState, events: list[Event]) -> list[str]:

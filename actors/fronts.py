@@ -16,7 +16,7 @@ from actors._coordinator import _Coordinator
 from actors._failure_handler import _FailureHandler
 from actors._monitor import _ExecutionMonitor
 from runtime.config import EngineConfig
-from runtime.errors import EngineUnavailable
+from runtime.errors import EngineStartError, EngineUnavailable
 from sop.errors import SopflowError
 
 NAMESPACE = "sopflow"
@@ -31,9 +31,22 @@ def call(ref: Any, timeout: float | None = None) -> Any:
         if isinstance(cause, SopflowError):
             raise cause from None
         raise
+    except ray.exceptions.ActorDiedError as e:
+        if e.actor_init_failed:  # starting again will fail the same way: say why, once
+            raise EngineStartError(f"sopflow's actors could not start: {_creation_error(e)}; check the state "
+                                   "file (Engine.local(state=...) or $SOPFLOW_STATE) and the Ray logs") from None
+        raise EngineUnavailable(f"sopflow's actors cannot be reached: {type(e).__name__}; "
+                                "is the Ray cluster up? (`ray status`)") from e
     except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
         raise EngineUnavailable(f"sopflow's actors cannot be reached: {type(e).__name__}; "
                                 "is the Ray cluster up? (`ray status`)") from e
+
+
+def _creation_error(e: BaseException) -> str:
+    """The last line of the error the actor's ``__init__`` raised (the cause, not Ray's wrapping)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    ours = [line for line in lines if "Error:" in line and not line.startswith(("ray.", "File "))]
+    return (ours or lines or [type(e).__name__])[-1]
 
 
 def _actor(cls: type, name: str, namespace: str, *args: Any, **options: Any) -> Any:

@@ -349,7 +349,7 @@ def _replay_rows(backend: _Backend, steps: int, repeat: int) -> list[Result]:
     from actors._replay import replay
     from bench.engine import _check, linear_sop
     from runtime.eventlog import SqliteEventLog
-    from runtime.state import ExecutionState, apply
+    from runtime.state import fold
 
     engine = backend.engine
     model, _, _ = engine.load(linear_sop(steps))
@@ -372,12 +372,7 @@ def _replay_rows(backend: _Backend, steps: int, repeat: int) -> list[Result]:
     finally:
         reader.close()
 
-    def fold() -> None:
-        state = ExecutionState(eid)
-        for e in events:
-            apply(state, e)
-
-    t_fold = measure(fold, max(20, repeat * 4), warmup=3)
+    t_fold = measure(lambda: fold(events), max(20, repeat * 4), warmup=3)
     reports: list[Any] = []
     t_replay = measure(lambda: reports.append(replay(events)), repeat, warmup=1)
     report = reports[-1]

@@ -91,11 +91,10 @@ def register_commands(main: click.Group) -> None:
     @click.option("--address", help=_ADDRESS_HELP)
     def import_(file: str, replace: bool, state: str | None, address: str | None) -> None:
         """Store an exported history (from `sopflow export`) here; prints its execution id."""
-        from runtime.engine import _read_json
-        from runtime.history import import_history
+        from runtime.history import import_history, read_history_file
 
         try:
-            doc = _read_json(Path(file))
+            doc = read_history_file(file)
             if state:
                 log = _open_state(state, readonly=False)
                 try:
@@ -123,12 +122,11 @@ def register_commands(main: click.Group) -> None:
         Exits 0 when the replay matches the recording, 1 when it diverged, 2 when it could not run.
         """
         from actors._replay import replay as run_replay
-        from runtime.engine import _read_json
-        from runtime.history import events_from_doc
+        from runtime.history import events_from_doc, read_history_file
 
         try:
             if Path(execution).suffix == ".json":
-                events = events_from_doc(_read_json(Path(execution)))
+                events = events_from_doc(read_history_file(execution))
                 if state:
                     raise click.UsageError("give an exported .json file or --state, not both")
             else:

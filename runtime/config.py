@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DAY_S = 86_400.0
+RESTART_GRACE_S = 60.0
+"""How long a client keeps resending a request while Ray restarts a crashed coordinator."""
 
 DEFAULT_STATE_PATH = str(Path("~/.sopflow/state.db").expanduser())
 """Where the state store lives (on the head node) unless ``$SOPFLOW_STATE`` says otherwise."""

@@ -9,7 +9,6 @@ because ``runtime`` must stay importable without Ray.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 import uuid
@@ -17,8 +16,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from runtime.config import EngineConfig
-from runtime.errors import ExecutionFailed, ExecutionNotFound, ExecutionTimeout, SubmissionError
+from runtime.config import RESTART_GRACE_S, EngineConfig
+from runtime.errors import (EngineStartError, ExecutionFailed, ExecutionNotFound, ExecutionTimeout,
+                            SubmissionError)
 from runtime.events import Event
 from runtime.ids import ExecutionId
 from runtime.inputs import resolve_inputs
@@ -28,8 +28,7 @@ from sop import Mode, Sop, check_file, check_text
 from sop.validate import BUILTIN_HANDLERS, ValidationReport, choose_mode
 
 DEFAULT_NAMESPACE = "sopflow"
-RESTART_GRACE_S = 60.0
-"""How long a client keeps resending a request while Ray restarts a crashed coordinator."""
+
 
 
 class Engine:
@@ -52,7 +51,11 @@ class Engine:
         self.registry = registry or Registry()
         self._actors = Actors(namespace, config)
         # Also waits until the coordinator has resumed the unfinished executions in its log.
-        state = self._call(lambda: self._actors.coordinator.state_path.remote())
+        try:
+            state = self._call(lambda: self._actors.coordinator.state_path.remote())
+        except EngineStartError:
+            self._actors.kill()  # else Ray would keep restarting actors that cannot start
+            raise
         if config is not None and config.state != state:
             raise SubmissionError(
                 f"sopflow in namespace {namespace!r} already runs with the state file {state}, "
@@ -106,12 +109,14 @@ class Engine:
         submissions carry an idempotency key) until ``RESTART_GRACE_S`` have passed.
         """
         from actors import call
-        from runtime.errors import EngineUnavailable
+        from runtime.errors import EngineStartError, EngineUnavailable
 
         deadline = time.monotonic() + RESTART_GRACE_S
         while True:
             try:
                 return call(send(), timeout)
+            except EngineStartError:
+                raise  # a restart would fail the same way
             except EngineUnavailable:
                 if time.monotonic() > deadline:
                     raise
@@ -363,7 +368,9 @@ class Engine:
     def import_history(self, doc: dict[str, Any] | str | os.PathLike[str], *, replace: bool = False) -> str:
         """Store an exported history (data, or a path to a ``.json`` file); returns its execution id."""
         if not isinstance(doc, dict):
-            doc = _read_json(Path(doc))
+            from runtime.history import read_history_file
+
+            doc = read_history_file(doc)
         return self._call(lambda: self._actors.coordinator.import_.remote(doc, replace))
 
     def recover(self) -> dict[str, Any]:
@@ -399,18 +406,6 @@ class Engine:
         import ray
 
         ray.shutdown()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SubmissionError(f"history file {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise SubmissionError(f"{path} is not JSON: line {e.lineno} column {e.colno}: {e.msg}") from None
-    if not isinstance(doc, dict):
-        raise SubmissionError(f"{path} holds a JSON {type(doc).__name__}, expected an exported history object")
-    return doc
 
 
 def _secrets(model: Sop) -> tuple[str, ...]:

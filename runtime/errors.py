@@ -55,6 +55,10 @@ class EngineUnavailable(ExecutionError):
     """Raised when the Ray cluster or sopflow's actors cannot be reached."""
 
 
+class EngineStartError(EngineUnavailable):
+    """Raised when sopflow's actors fail to start (e.g. the state file cannot be created)."""
+
+
 class StateStoreError(SopflowError):
     """Raised when the event log or state store cannot be opened, read or written."""
 

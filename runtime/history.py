@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from runtime.eventlog import EventLog, ExecutionRecord, StateStoreError
@@ -19,11 +21,6 @@ FORMAT = "sopflow.history/1"
 
 _EVENT_FIELDS = ("execution_id", "seq", "kind", "ts", "step", "attempt", "data")
 _KINDS = {k.value for k in EventKind}
-
-
-def _event_dict(ev: Event) -> dict[str, Any]:
-    return {"execution_id": ev.execution_id, "seq": ev.seq, "kind": ev.kind.value, "ts": ev.ts,
-            "step": ev.step, "attempt": ev.attempt, "data": ev.data}
 
 
 def export_history(log: EventLog, execution_id: str) -> dict[str, Any]:
@@ -37,7 +34,7 @@ def export_history(log: EventLog, execution_id: str) -> dict[str, Any]:
         raise StateStoreError(f"no execution {execution_id!r} in the state store "
                               f"{log.path or '(memory)'}; `sopflow list` shows the known ones")
     return {"format": FORMAT, "execution": dataclasses.asdict(record),
-            "events": [_event_dict(ev) for ev in log.read(execution_id)]}
+            "events": [ev.to_dict() for ev in log.read(execution_id)]}
 
 
 def _sorted(value: Any) -> Any:
@@ -136,6 +133,25 @@ def _parse_events(doc: dict[str, Any], execution_id: str) -> list[Event]:
         _check(isinstance(ev.get("data", {}), dict), f"{at}.data", "an object", ev.get("data"))
         events.append(Event.from_dict(ev))
     return events
+
+
+def read_history_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object in an exported history file (checked by :func:`import_history` or
+    :func:`events_from_doc`).
+
+    Raises:
+        StateStoreError: the file is missing, is not JSON, or holds something else than an object.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StateStoreError(f"history file {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise StateStoreError(f"{path} is not JSON: line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(doc, dict):
+        raise StateStoreError(f"{path} holds a JSON {type(doc).__name__}, expected an exported history object")
+    return doc
 
 
 def events_from_doc(doc: Any) -> list[Event]:

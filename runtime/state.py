@@ -8,6 +8,7 @@ log through the same function. Nothing else changes an :class:`ExecutionState`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from runtime.events import Event, EventKind
@@ -135,6 +136,15 @@ def apply(state: ExecutionState, event: Event) -> None:
         state.status = ExecutionStatus(d["status"])
         state.outputs = d.get("outputs")
         state.ended_at = event.ts
+
+
+def fold(events: Iterable[Event], state: ExecutionState | None = None) -> ExecutionState:
+    """Fold ``events`` into ``state`` (a new one named after the first event if not given)."""
+    for event in events:
+        if state is None:
+            state = ExecutionState(event.execution_id)
+        apply(state, event)
+    return state if state is not None else ExecutionState("")
 
 
 def final_status(statuses: dict[str, StepStatus], *, cancelled: bool, rolled_back: bool,

@@ -359,3 +359,12 @@ def test_joining_running_actors_with_another_state_file_is_refused(engine, tmp_p
 
     with pytest.raises(SubmissionError, match="already runs with the state file"):
         Engine(namespace=engine.namespace, config=EngineConfig(state=str(tmp_path / "other.db")))
+
+
+def test_a_state_file_that_cannot_be_created_is_a_clear_error_not_a_hang(ray_cluster) -> None:
+    from runtime import Engine
+    from runtime.config import EngineConfig
+    from runtime.errors import EngineStartError
+
+    with pytest.raises(EngineStartError, match="cannot create the state store /proc/nope/state.db.*SOPFLOW_STATE"):
+        Engine(namespace="sopflow-bad-state-tests", config=EngineConfig(state="/proc/nope/state.db"))
