@@ -26,6 +26,7 @@ from runtime.events import Event, EventKind
 from runtime.history import export_history, import_history
 from runtime.ids import ExecutionId
 from runtime.scheduling import Verdict, verdict
+from runtime.shipped import pack_callables
 from runtime.state import ExecutionState, final_status
 from runtime.status import ExecutionStatus, ExecutionView, StepStatus
 from runtime.telemetry import carrier_for, setup_tracing, tracer
@@ -113,9 +114,7 @@ class _Coordinator:
             secret = {k: request.inputs[k] for k in request.secrets if k in request.inputs}
             self.log.put_blob(exe.id, "secrets", json.dumps(secret).encode())
         if request.has_callables:
-            from ray import cloudpickle
-
-            self.log.put_blob(exe.id, "handlers", cloudpickle.dumps(request.handlers))
+            self.log.put_blob(exe.id, "handlers", pack_callables(request.handlers))
         public_inputs = {k: ("***" if k in request.secrets else v) for k, v in request.inputs.items()}
         self.emit(exe, EventKind.SUBMITTED, sop=sop.sop, version=sop.version, mode=request.mode,
                   priority=request.priority, steps=[s.id for s in sop.steps],

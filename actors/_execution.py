@@ -82,6 +82,19 @@ class Recoverable:
     children: dict[str, str] = field(default_factory=dict)
     """``sop:`` step -> its child execution."""
 
+    def to_data(self) -> dict[str, Any]:
+        """As JSON data, for a snapshot (:mod:`runtime.snapshots`)."""
+        return {"added": list(self.added), "memory_mb": dict(self.memory_mb),
+                "retry_due": {k: [attempt, due] for k, (attempt, due) in self.retry_due.items()},
+                "children": dict(self.children)}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Recoverable:
+        """The inverse of :meth:`to_data`; fields missing from an older snapshot stay empty."""
+        return cls(list(data.get("added") or ()), dict(data.get("memory_mb") or {}),
+                   {k: (int(v[0]), float(v[1])) for k, v in (data.get("retry_due") or {}).items()},
+                   dict(data.get("children") or {}))
+
     def note(self, event: Event) -> None:
         kind = event.kind
         if kind == EventKind.STEPS_ADDED:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from runtime.config import EngineConfig
 from runtime.eventlog import EventLog, ExecutionRecord, GroupCommitter, MemoryEventLog, SqliteEventLog
 from runtime.errors import ExecutionNotFound
 from runtime.events import Event
+from runtime.snapshots import encode_snapshot, read_snapshot
 from runtime.state import ExecutionState, fold
 
 if TYPE_CHECKING:
@@ -44,8 +44,9 @@ def record_of(exe: Execution) -> ExecutionRecord:
                            state.ended_at, state.status.terminal, state.idempotency_key, exe.request.parent)
 
 
-def snapshot_of(exe: Execution) -> bytes:
-    return pickle.dumps((exe.state, exe.aux), protocol=pickle.HIGHEST_PROTOCOL)
+def snapshot_of(exe: Execution) -> bytes | None:
+    """The execution's state as a versioned JSON snapshot, or None when it cannot be one."""
+    return encode_snapshot(exe.state, exe.aux.to_data())
 
 
 class Journal:
@@ -68,7 +69,8 @@ class Journal:
         if exe.since_snapshot >= self.config.snapshot_every:
             exe.since_snapshot = 0
             blob, seq = snapshot_of(exe), exe.state.last_seq
-            self.on_durable(lambda: self.log.put_snapshot(exe.id, seq, blob))
+            if blob is not None:
+                self.on_durable(lambda: self.log.put_snapshot(exe.id, seq, blob))
         if self.monitor is not None:
             self._outbox.append(event)
             self._wake_flusher()
@@ -135,9 +137,9 @@ def load_state(event_log: Any, execution_id: str) -> ExecutionState:
     state = ExecutionState(execution_id)
     snap = event_log.latest_snapshot(execution_id)
     after = 0
-    if snap is not None:
-        after, blob = snap
-        state = pickle.loads(blob)[0]
+    loaded = read_snapshot(snap[1], execution_id) if snap is not None else None
+    if snap is not None and loaded is not None:
+        after, state = snap[0], loaded[0]
     events = event_log.read(execution_id, after)
     if not events and snap is None:
         raise ExecutionNotFound(execution_id)

@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import pickle
 import time
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
-from actors._execution import Execution, InFlight, request_from_log
+from actors._execution import Execution, InFlight, Recoverable, request_from_log
 from runtime.events import Event, EventKind
+from runtime.shipped import unpack_callables
+from runtime.snapshots import read_snapshot
 from runtime.status import StepStatus
 from runtime.telemetry import attached, tracer
 from sop import check_new_steps
@@ -81,13 +82,14 @@ def rebuild(event_log: Any, execution_id: str) -> Execution:
     request = request_from_log(submitted, inputs)
     shipped = event_log.get_blob(execution_id, "handlers")
     if shipped:  # handlers shipped as callables by the client
-        request.handlers.update(pickle.loads(shipped))
+        request.handlers.update(unpack_callables(shipped, execution_id))
     exe = Execution(execution_id, request)
     snap = event_log.latest_snapshot(execution_id)
     after = 0
-    if snap is not None:
-        after, blob = snap
-        exe.state, exe.aux = pickle.loads(blob)
+    loaded = read_snapshot(snap[1], execution_id) if snap is not None else None
+    if snap is not None and loaded is not None:
+        after = snap[0]
+        exe.state, exe.aux = loaded[0], Recoverable.from_data(loaded[1])
         exe.forget_derived()
     for event in event_log.read(execution_id, after):
         exe.fold(event)

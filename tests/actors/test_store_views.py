@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import pickle
 import time
 
 from hypothesis import given, settings
@@ -16,6 +15,7 @@ from actors._monitor import _ExecutionMonitor
 from runtime.config import EngineConfig
 from runtime.eventlog import ExecutionRecord, MemoryEventLog, SqliteEventLog
 from runtime.events import Event, EventKind
+from runtime.snapshots import encode_snapshot
 from runtime.state import ExecutionState, apply
 
 
@@ -116,7 +116,7 @@ def test_for_any_snapshot_point_snapshot_plus_tail_folds_to_the_same_state(steps
     partial = ExecutionState("exe-snap")
     for e in events[:at]:
         apply(partial, e)
-    log.put_snapshot("exe-snap", at, pickle.dumps((partial, Recoverable())))
+    log.put_snapshot("exe-snap", at, encode_snapshot(partial, Recoverable().to_data()))
     full = ExecutionState("exe-snap")
     for e in events:
         apply(full, e)
