@@ -48,7 +48,7 @@ class _Coordinator:
     def __init__(self, monitor: Any = None, failure_handler: Any = None,
                  config: EngineConfig | None = None, event_log: Any = None) -> None:
         setup_tracing("sopflow-coordinator")
-        self.config = config or EngineConfig(state="memory://")
+        self.config = (config or EngineConfig(state="memory://")).on_this_node()
         self.failure_handler = failure_handler
         self.journal = Journal(self.config, monitor, event_log)
         self.executions: dict[str, Execution] = {}

@@ -55,7 +55,7 @@ class _ExecutionMonitor:
     """
 
     def __init__(self, config: EngineConfig | None = None) -> None:
-        self.config = config or EngineConfig(state="memory://")
+        self.config = (config or EngineConfig(state="memory://")).on_this_node()
         self.states: dict[str, ExecutionState] = {}
         self.history: dict[str, list[Event]] = {}
         self.finished: deque[str] = deque()

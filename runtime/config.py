@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,10 @@ class EngineConfig:
     Attributes:
         state: The event log: a SQLite file path (created on first use, on the
             head node) or ``"memory://"`` for a log that dies with the coordinator.
+            Empty (the default) means the head node's own default, resolved where the
+            actors run: ``$SOPFLOW_STATE`` in the head's environment, else
+            ``~/.sopflow/state.db`` in the home directory of the user running Ray
+            there, never the connecting client's.
         synchronous: SQLite's ``synchronous`` setting. ``NORMAL`` survives a crashed
             process or cluster; ``FULL`` also survives a power cut, at a cost per commit.
         retention_days: Finished executions older than this are removed from the store.
@@ -46,9 +51,7 @@ class EngineConfig:
     max_running_steps: int = 0
 
     def __post_init__(self) -> None:
-        if not self.state:
-            object.__setattr__(self, "state", default_state_path())
-        if self.durable:  # the actors run elsewhere: a relative path would land in their directory
+        if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
             path = self.state.removeprefix("sqlite://")
             object.__setattr__(self, "state", os.path.abspath(os.path.expanduser(path)))
         if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -61,6 +64,10 @@ class EngineConfig:
             raise ValueError(f"max_running_steps must be >= 0 (0: automatic), got {self.max_running_steps}")
         if self.keep_finished < 0:
             raise ValueError(f"keep_finished must be >= 0, got {self.keep_finished}")
+
+    def on_this_node(self) -> EngineConfig:
+        """This config with an empty ``state`` resolved in the calling process (an actor on the head)."""
+        return self if self.state else dataclasses.replace(self, state=default_state_path())
 
     @property
     def retention_s(self) -> float:

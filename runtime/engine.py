@@ -30,6 +30,31 @@ from sop.validate import BUILTIN_HANDLERS, ValidationReport, choose_mode
 DEFAULT_NAMESPACE = "sopflow"
 
 
+def use_token_auth_if_available(address: str | None) -> bool:
+    """Send Ray's auth token to a cluster given by address, when this machine has one.
+
+    Ray 2.60 turns token auth on by itself only for a cluster it finds on its own
+    (``address="auto"`` without ``$RAY_ADDRESS``); given an explicit address, a client
+    that holds the token still sends none and the cluster refuses it ("InvalidAuthToken").
+    When ``$RAY_AUTH_MODE`` is unset and a token is at hand (``$RAY_AUTH_TOKEN``,
+    ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), set ``RAY_AUTH_MODE=token`` for this
+    process, as Ray itself does for local clusters. Returns whether it did.
+    """
+    explicit = address not in (None, "auto", "local") or (address == "auto" and os.environ.get("RAY_ADDRESS"))
+    if not explicit or str(address).startswith("ray://") or os.environ.get("RAY_AUTH_MODE") is not None:
+        return False
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
+        return False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray caches its config at import: refresh it, as Ray does when it enables auth itself
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    except ImportError:  # another Ray version: the variable alone works if set before import
+        return True
+    _enable_token_auth()
+    return True
+
+
 
 class Engine:
     """A connection to sopflow on a Ray cluster.
@@ -56,7 +81,7 @@ class Engine:
         except EngineStartError:
             self._actors.kill()  # else Ray would keep restarting actors that cannot start
             raise
-        if config is not None and config.state != state:
+        if config is not None and config.state and config.state != state:
             raise SubmissionError(
                 f"sopflow in namespace {namespace!r} already runs with the state file {state}, "
                 f"not {config.state}; connect without a state, or use another namespace")
@@ -88,6 +113,7 @@ class Engine:
                                runtime_env={"env_vars": {"PYTHONPATH": path}})
             else:
                 options["address"] = address
+                use_token_auth_if_available(address)
             ray.init(**{**options, **ray_options})
         return cls(namespace=namespace, registry=registry, config=config)
 
@@ -98,6 +124,7 @@ class Engine:
         import ray
 
         if not ray.is_initialized():
+            use_token_auth_if_available(address)
             ray.init(address=address, namespace=namespace, log_to_driver=False, **ray_options)
         return cls(namespace=namespace, registry=registry)
 
