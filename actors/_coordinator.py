@@ -25,6 +25,7 @@ from runtime.errors import ExecutionError, ExecutionNotFound
 from runtime.events import Event, EventKind
 from runtime.history import export_history, import_history
 from runtime.ids import ExecutionId
+from runtime.outputs import Artifacts, resolve
 from runtime.scheduling import Verdict, verdict
 from runtime.state import ExecutionState, final_status
 from runtime.status import ExecutionStatus, ExecutionView, StepStatus
@@ -55,6 +56,7 @@ class _Coordinator:
         self.finished: deque[str] = deque()
         """Finished executions still held in memory, oldest first (see ``keep_finished``)."""
         self.dispatcher = Dispatcher(self)
+        self.artifacts = Artifacts(lambda: self.log)
         self.recovery: dict[str, Any] | None = None
         self.started = time.monotonic()
         self._recovering: asyncio.Task | None = None
@@ -102,6 +104,7 @@ class _Coordinator:
             if known:
                 return known
         exe = Execution(ExecutionId.new(), request)
+        exe.load_artifact = self.artifacts.loader(exe.id)
         self.executions[exe.id] = exe
         if key:
             self.by_key[key] = exe.id
@@ -160,6 +163,17 @@ class _Coordinator:
             except asyncio.TimeoutError:
                 pass
         return self.state_of(execution_id).view(with_outputs=True)
+
+    async def resolve(self, execution_id: str, value: Any) -> Any:
+        """``value`` (outputs of ``execution_id``) with its artifact descriptors replaced by their values.
+
+        Raises:
+            ExecutionError: an artifact is no longer in the state store.
+        """
+        try:
+            return await asyncio.to_thread(resolve, value, self.artifacts.loader(execution_id))
+        except LookupError as e:
+            raise ExecutionError(f"execution {execution_id}: {e}") from None
 
     async def status(self, execution_id: str) -> ExecutionView:
         return self.state_of(execution_id).view(with_outputs=True)
@@ -411,8 +425,9 @@ class _Coordinator:
         values: dict[str, Any] = {}
         problems: dict[str, str] = {}
         for key, template in exe.sop.outputs.items():
-            try:
-                values[key] = render(template, ctx)
+            try:  # a big value (a step's artifact, read back to render it) is stored once, not inlined
+                values[key] = self.artifacts.spill(exe.id, render(template, ctx),
+                                                   self.config.max_inline_output_bytes)
             except ExpressionError as e:
                 values[key] = None
                 problems[key] = str(e)

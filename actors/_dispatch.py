@@ -19,7 +19,7 @@ from opentelemetry import trace
 from actors._execution import Execution, InFlight
 from actors.step_task import remote_execute_step
 from runtime.events import EventKind
-from runtime.failure import Action, Decision, ErrorInfo, as_dict, decide
+from runtime.failure import Action, Decision, ErrorInfo, as_dict, decide, describe_exception, error_from_exception
 from runtime.handlers import StepOutcome, StepTask
 from runtime.telemetry import carrier_for, tracer
 from sop import Step, render
@@ -80,7 +80,8 @@ class Dispatcher:
             return
         task = StepTask(exe.id, exe.sop.sop, step.id, attempt, step.handler,
                         exe.request.handlers.get(step.handler), args, run, env, timeout,
-                        carrier_for(span) if span.is_recording() else {})
+                        carrier_for(span) if span.is_recording() else {},
+                        output_cap=c.config.max_inline_output_bytes)
         admit = functools.partial(self._admit, exe, step, flight, task)
         if step.idempotent:
             # step_started is appended (the group commit is under way); should the coordinator die
@@ -176,8 +177,8 @@ class Dispatcher:
         if exc is None:
             outcome = fut.result()
         else:
-            error = _ray_error(exc)
-        if error is None and outcome is not None and outcome.ok:
+            error = _ray_error(exc, step.id)
+        if error is None and outcome is not None and outcome.ok and outcome.spilled is None:
             self._succeeded(exe, step, flight.attempt, outcome)  # the common case needs no await
         else:
             flight.task = asyncio.get_running_loop().create_task(
@@ -242,6 +243,11 @@ class Dispatcher:
             c.emit(exe, EventKind.STEP_CANCELLED, step.id, attempt, reason="execution cancelled (forced)")
             c.step_finished(exe, step.id)
             return
+        if outcome is not None and outcome.spilled is not None:
+            # Stored (off the loop) before the event that refers to it is appended.
+            await asyncio.to_thread(self.coordinator.artifacts.put, exe.id, outcome.spilled)
+            if exe.inflight.get(step.id) is not flight:
+                return  # settled meanwhile (a forced cancel)
         if error is None and outcome is not None:
             self._succeeded(exe, step, attempt, outcome)
             return
@@ -327,13 +333,38 @@ def inputs_digest(args: Any, run: str | None, env: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _ray_error(exc: BaseException) -> ErrorInfo:
-    """What a failed Ray task means for the failure handler."""
+def _ray_error(exc: BaseException, step: str) -> ErrorInfo:
+    """What a failed Ray task means for the failure handler, in the user's terms, not Ray's.
+
+    The step's own exceptions never get here (the worker turns them into data); what does is
+    Ray failing around it: the task's argument or result could not be (de)serialised (permanent:
+    the same bytes fail again), the worker process died (a crash; Ray 2.60's WorkerCrashedError
+    carries no exit code, so the message says so), or the cancel and memory monitor verdicts.
+    """
     if isinstance(exc, ray.exceptions.TaskCancelledError):
         return ErrorInfo("Cancelled", "the attempt was cancelled", retryable=False, origin="cancel")
     if isinstance(exc, ray.exceptions.OutOfMemoryError):
-        return ErrorInfo("OutOfMemoryError", _first_line(exc), origin="oom")
-    return ErrorInfo(type(exc).__name__, _first_line(exc), origin="crash")
+        return ErrorInfo("OutOfMemoryError", f"step {step!r}: Ray's memory monitor killed the worker "
+                         f"({_first_line(exc)})", origin="oom")
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(getattr(exc, "cause", None), BaseException):
+        info = error_from_exception(exc.cause)  # the original exception, not Ray's wrapper of it
+        return dataclasses.replace(info, message=f"step {step!r}: the step's task failed outside the "
+                                   f"handler (sending its arguments or result between processes): "
+                                   f"{info.message or info.type}", retryable=False)
+    if isinstance(exc, ray.exceptions.RaySystemError) or _is_serialisation(exc):
+        return ErrorInfo(type(exc).__name__, f"step {step!r}: the step's arguments or result could not be "
+                         f"(de)serialised: {_first_line(exc)}", retryable=False)
+    if isinstance(exc, ray.exceptions.WorkerCrashedError | ray.exceptions.ActorDiedError
+                  | ray.exceptions.LocalRayletDiedError | ray.exceptions.NodeDiedError):
+        return ErrorInfo("WorkerCrashed", f"the worker process running step {step!r} died ({type(exc).__name__}: "
+                         "os._exit, a signal, or the OOM killer); Ray does not report its exit code, see the "
+                         "worker's log on its node (python-core-worker-*.log)", origin="crash")
+    return ErrorInfo(type(exc).__name__, f"step {step!r}: {_first_line(exc)}", origin="crash")
+
+
+def _is_serialisation(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return "Pickl" in name or "Serializ" in name or "Serialis" in name
 
 
 def _replay_data(outcome: StepOutcome) -> dict[str, Any]:
@@ -347,8 +378,7 @@ def _replay_data(outcome: StepOutcome) -> dict[str, Any]:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
+    return describe_exception(e)[:300] or type(e).__name__
 
 
 def _end(span: Any, status: str, error: ErrorInfo | None = None, decision: Decision | None = None) -> None:

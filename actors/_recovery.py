@@ -28,6 +28,7 @@ from opentelemetry import trace
 
 from actors._execution import Execution, InFlight, request_from_log
 from runtime.events import Event, EventKind
+from runtime.outputs import blob_kind
 from runtime.status import StepStatus
 from runtime.telemetry import attached, tracer
 from sop import check_new_steps
@@ -83,6 +84,7 @@ def rebuild(event_log: Any, execution_id: str) -> Execution:
     if shipped:  # handlers shipped as callables by the client
         request.handlers.update(pickle.loads(shipped))
     exe = Execution(execution_id, request)
+    exe.load_artifact = lambda sha: event_log.get_blob(execution_id, blob_kind(sha))
     snap = event_log.latest_snapshot(execution_id)
     after = 0
     if snap is not None:

@@ -122,16 +122,18 @@ def register_commands(main: click.Group) -> None:
         Exits 0 when the replay matches the recording, 1 when it diverged, 2 when it could not run.
         """
         from actors._replay import replay as run_replay
-        from runtime.history import events_from_doc, read_history_file
+        from runtime.history import artifacts_from_doc, events_from_doc, read_history_file
 
         try:
+            artifacts = {}
             if Path(execution).suffix == ".json":
-                events = events_from_doc(read_history_file(execution))
+                doc = read_history_file(execution)
+                events, artifacts = events_from_doc(doc), artifacts_from_doc(doc)
                 if state:
                     raise click.UsageError("give an exported .json file or --state, not both")
             else:
                 events = _events(execution, state, address)
-            report = run_replay(events, from_step)
+            report = run_replay(events, from_step, artifacts=artifacts)
         except SopflowError as e:
             raise _ReplayError(str(e)) from None
         if fmt == "json":
