@@ -219,7 +219,10 @@ class Dispatcher:
             return
         view = c.state_of(child_id)
         if view.status.value == "completed":
-            out = StepOutcome(f"{exe.id}/{step.id}/{attempt}", True, (view.outputs or {}).get("outputs"))
+            value = (view.outputs or {}).get("outputs")
+            # The child's big outputs are its artifacts: the parent's step output needs its own copy.
+            await asyncio.to_thread(c.artifacts.adopt, child_id, exe.id, value)
+            out = StepOutcome(f"{exe.id}/{step.id}/{attempt}", True, value)
             await self._finish(exe, step, attempt, out, None)
         else:
             await self._finish(exe, step, attempt, None, ErrorInfo(

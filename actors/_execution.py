@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.events import Event, EventKind
-from runtime.outputs import StepContextView, is_descriptor
+from runtime.outputs import StepContextView, descriptors
 from runtime.state import ExecutionState, StepState, apply
 from runtime.status import StepStatus
 from sop import Graph, Sop, Step
@@ -197,7 +197,7 @@ class Execution:
 
     def _step_context(self, sid: str, st: StepState) -> Any:
         fields = _step_context(st)
-        if self.load_artifact is None or not is_descriptor(st.output):
+        if self.load_artifact is None or next(descriptors(st.output), None) is None:
             return fields
         return StepContextView(sid, fields, self.load_artifact)  # fetched when an expression reads it
 

@@ -197,9 +197,9 @@ class StepContextView(Mapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         value = self._fields[key]
-        if key == "output" and is_descriptor(value):
+        if key == "output":
             try:
-                return resolve(value, self._load, f"the output of step {self._step!r}")
+                return resolve(value, self._load, f"steps.{self._step}.output")
             except LookupError as e:  # not a LookupError: the sandbox would read it as "undefined"
                 raise ValueError(str(e)) from None
         return value
@@ -254,6 +254,14 @@ class Artifacts:
     def get(self, execution_id: str, sha: str) -> bytes | None:
         data = self._log().get_blob(execution_id, blob_kind(sha))
         return data if data is not None else self.extra.get(sha)
+
+    def adopt(self, from_id: str, to_id: str, value: Any) -> None:
+        """Copy the artifacts ``value`` refers to from one execution to another (a sub-SOP's outputs
+        becoming its parent step's output), so each execution's blobs stand on their own."""
+        for sha in set(descriptors(value)):
+            data = self.get(from_id, sha)
+            if data is not None:
+                self.put(to_id, Spilled(sha, data))
 
     def loader(self, execution_id: str) -> Callable[[str], bytes | None]:
         """``sha -> bytes`` for one execution (what :func:`resolve` takes)."""

@@ -211,3 +211,31 @@ def test_a_shell_step_keeps_the_tail_of_a_long_stdout_and_the_path_of_the_full_l
     assert out["stderr"] == "done\n" and "stderr_log" not in out and out["exit_code"] == 0
     assert _event_bytes(eid) < 200 * 1024
     os.unlink(out["stdout_log"])
+
+
+def test_a_sub_sops_big_output_reaches_the_parent_and_its_result(engine, sop_file) -> None:
+    n = 600_000
+    sop_file(sop_text(f"""\
+        steps:
+          - id: big
+            uses: {H}:big_output
+            with: {{n: {n}}}
+        outputs:
+          everything: "${{{{ steps.big.output }}}}"
+        """, name="big-child"), name="child.yaml")
+    eid, view = run(engine, sop_file, f"""\
+        steps:
+          - id: sub
+            uses: sop:child.yaml
+          - id: use
+            uses: {H}:size_of
+            with: {{value: "${{{{ steps.sub.output.everything }}}}"}}
+            depends_on: [sub]
+        """, "big-parent")
+
+    assert view.status == ExecutionStatus.COMPLETED, view.errors
+    rows = [f"row-{i:08d}" for i in range(n // 15)]
+    result = engine.result(eid)
+    assert result["steps"]["use"] == {"count": len(rows), "first": rows[0], "last": rows[-1]}
+    assert result["steps"]["sub"]["everything"] == {"rows": rows, "n": n}
+    assert len(_artifact_blobs(eid)) == 1  # the parent holds its own copy
