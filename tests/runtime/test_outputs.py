@@ -232,3 +232,12 @@ def test_max_inline_output_bytes_is_validated_with_the_rule() -> None:
     assert EngineConfig(state="memory://").max_inline_output_bytes == 256 * 1024
     with pytest.raises(ValueError, match="max_inline_output_bytes must be >= 1024, got 10"):
         EngineConfig(state="memory://", max_inline_output_bytes=10)
+
+
+def test_purging_an_execution_removes_its_artifacts() -> None:
+    log, eid = _store({"rows": ["x" * 50] * 100}, 1024)
+    [event] = log.read(eid)
+    sha = event.data["output"][ARTIFACT_KEY]
+    assert log.get_blob(eid, blob_kind(sha)) is not None
+    assert log.purge(ended_before=3.0) == 1
+    assert log.get_blob(eid, blob_kind(sha)) is None
