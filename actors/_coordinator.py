@@ -426,7 +426,7 @@ class _Coordinator:
         problems: dict[str, str] = {}
         for key, template in exe.sop.outputs.items():
             try:  # a big value (a step's artifact, read back to render it) is stored once, not inlined
-                values[key] = self.artifacts.spill(exe.id, render(template, ctx),
+                values[key] = self.artifacts.spill(exe.id, exe.redact(render(template, ctx)),
                                                    self.config.max_inline_output_bytes)
             except ExpressionError as e:
                 values[key] = None

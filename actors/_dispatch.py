@@ -21,6 +21,7 @@ from actors.step_task import remote_execute_step
 from runtime.events import EventKind
 from runtime.failure import Action, Decision, ErrorInfo, as_dict, decide, describe_exception, error_from_exception
 from runtime.handlers import StepOutcome, StepTask
+from runtime.outputs import mentions, respill
 from runtime.telemetry import carrier_for, tracer
 from sop import Step, render
 from sop.expressions import ExpressionError
@@ -248,7 +249,7 @@ class Dispatcher:
             return
         if outcome is not None and outcome.spilled is not None:
             # Stored (off the loop) before the event that refers to it is appended.
-            await asyncio.to_thread(self.coordinator.artifacts.put, exe.id, outcome.spilled)
+            outcome = await asyncio.to_thread(self._store_output, exe, outcome)
             if exe.inflight.get(step.id) is not flight:
                 return  # settled meanwhile (a forced cancel)
         if error is None and outcome is not None:
@@ -277,6 +278,19 @@ class Dispatcher:
             c.emit(exe, EventKind.ESCALATED, step.id, attempt, reason=decision.reason,
                    classification=decision.classification.value)
         c.step_finished(exe, step.id)
+
+    def _store_output(self, exe: Execution, outcome: StepOutcome) -> StepOutcome:
+        """Store an output too big for its event as an artifact; the outcome then holds its descriptor.
+
+        Secret inputs are masked in it first, as ``emit`` masks them in events (the descriptor then
+        names the masked text).
+        """
+        output, spilled = outcome.output, outcome.spilled
+        assert spilled is not None
+        if exe.secret_values and mentions(spilled.data, exe.secret_values):
+            output, spilled = respill(spilled, exe.redact)
+        self.coordinator.artifacts.put(exe.id, spilled)
+        return dataclasses.replace(outcome, output=output, spilled=None)
 
     def _succeeded(self, exe: Execution, step: Step, attempt: int, outcome: StepOutcome) -> None:
         flight = exe.inflight.get(step.id)

@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +140,18 @@ def cap(value: Any, limit: int) -> tuple[Any, Spilled | None]:
     return descriptor(sha, data), Spilled(sha, data)
 
 
+def mentions(data: bytes, texts: Iterable[str]) -> bool:
+    """Whether JSON text ``data`` quotes any of ``texts`` (as JSON would escape them)."""
+    return any(json.dumps(t, ensure_ascii=False)[1:-1].encode() in data for t in texts)
+
+
+def respill(spilled: Spilled, transform: Callable[[Any], Any]) -> tuple[dict[str, Any], Spilled]:
+    """The artifact of ``transform`` applied to a spilled value (e.g. secrets masked), and its descriptor."""
+    data = encode(transform(json.loads(spilled.data)))
+    sha = hashlib.sha256(data).hexdigest()
+    return descriptor(sha, data), Spilled(sha, data)
+
+
 def descriptor(sha: str, data: bytes) -> dict[str, Any]:
     """The small stand-in an event holds for an artifact."""
     preview = data[:PREVIEW_CHARS * 4].decode(errors="ignore")[:PREVIEW_CHARS]
@@ -209,6 +221,9 @@ class StepContextView(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._fields)
+
+    def __repr__(self) -> str:  # stable: the inputs digest of a step given ``steps.<id>`` whole uses it
+        return f"StepContextView({self._step!r}, {self._fields!r})"
 
     def __reduce__(self) -> tuple:  # rendered whole into a step's arguments: ship plain data
         return (dict, (dict(self.items()),))

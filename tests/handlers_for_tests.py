@@ -210,3 +210,8 @@ def size_of(value: Any = None) -> dict:
     """How big the value it was given is, and its first row (to see it got the real value)."""
     rows = value["rows"] if isinstance(value, dict) else value
     return {"count": len(rows), "first": rows[0], "last": rows[-1]}
+
+
+def big_secret_output(token: str, n: int) -> dict:
+    """A big output (an artifact) that quotes the (secret) argument."""
+    return {"header": f"Bearer {token}", "padding": "x" * n}

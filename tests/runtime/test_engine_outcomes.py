@@ -239,3 +239,23 @@ def test_a_sub_sops_big_output_reaches_the_parent_and_its_result(engine, sop_fil
     assert result["steps"]["use"] == {"count": len(rows), "first": rows[0], "last": rows[-1]}
     assert result["steps"]["sub"]["everything"] == {"rows": rows, "n": n}
     assert len(_artifact_blobs(eid)) == 1  # the parent holds its own copy
+
+
+def test_a_secret_in_a_big_output_is_redacted_in_its_artifact_too(engine, sop_file) -> None:
+    import uuid
+
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    path = sop_file(sop_text(f"""\
+        steps:
+          - id: big
+            uses: {H}:big_secret_output
+            with: {{token: "${{{{ inputs.token }}}}", n: 400000}}
+        """, name="big-secret", inputs="inputs:\n  token: {type: string, secret: true, required: true}\n"))
+    eid = engine.submit(path, {"token": secret})
+    assert engine.wait(eid, timeout=60).status == ExecutionStatus.COMPLETED
+    [(kind, _)] = _artifact_blobs(eid)
+    with sqlite3.connect(f"file:{STATE_FILE}?mode=ro", uri=True) as db:
+        [(blob,)] = db.execute("SELECT value FROM blobs WHERE execution_id = ? AND kind = ?", (eid, kind))
+    assert secret.encode() not in blob and b"Bearer ***" in blob
+    assert engine.result(eid)["steps"]["big"]["header"] == "Bearer ***"
+    assert secret not in dumps_history(engine.export(eid))
