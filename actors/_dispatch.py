@@ -10,6 +10,7 @@ import heapq
 import itertools
 import json
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,8 @@ from opentelemetry import trace
 from actors._execution import Execution, InFlight
 from actors.step_task import remote_execute_step
 from runtime.events import EventKind
-from runtime.failure import Action, Decision, ErrorInfo, as_dict, decide, describe_exception, error_from_exception
+from runtime.failure import (Action, Decision, ErrorInfo, as_dict, clean_message, decide, describe_exception,
+                             error_from_exception)
 from runtime.handlers import StepOutcome, StepTask
 from runtime.outputs import mentions, respill
 from runtime.telemetry import carrier_for, tracer
@@ -365,6 +367,8 @@ def _ray_error(exc: BaseException, step: str) -> ErrorInfo:
                          f"({_first_line(exc)})", origin="oom")
     if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(getattr(exc, "cause", None), BaseException):
         info = error_from_exception(exc.cause)  # the original exception, not Ray's wrapper of it
+        if isinstance(exc.cause, ray.exceptions.RaySystemError):
+            info = _raised_in(exc.cause) or info
         return dataclasses.replace(info, message=f"step {step!r}: the step's task failed outside the "
                                    f"handler (sending its arguments or result between processes): "
                                    f"{info.message or info.type}", retryable=False)
@@ -377,6 +381,27 @@ def _ray_error(exc: BaseException, step: str) -> ErrorInfo:
                          "os._exit, a signal, or the OOM killer); Ray does not report its exit code, see the "
                          "worker's log on its node (python-core-worker-*.log)", origin="crash")
     return ErrorInfo(type(exc).__name__, f"step {step!r}: {_first_line(exc)}", origin="crash")
+
+
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)): (.+)$")
+
+
+def _raised_in(exc: BaseException) -> ErrorInfo | None:
+    """The user's exception at the end of the traceback a RaySystemError carries only as text
+    (an argument that could not be rebuilt in the worker)."""
+    lines = [clean_message(line) for line in describe_exception_text(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        m = _RAISED.match(line)
+        if m:
+            return ErrorInfo(m.group(1).rsplit(".", 1)[-1], m.group(2), retryable=False)
+    return None
+
+
+def describe_exception_text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - never let describing an error raise
+        return ""
 
 
 def _is_serialisation(exc: BaseException) -> bool:

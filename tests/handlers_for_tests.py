@@ -215,3 +215,22 @@ def size_of(value: Any = None) -> dict:
 def big_secret_output(token: str, n: int) -> dict:
     """A big output (an artifact) that quotes the (secret) argument."""
     return {"header": f"Bearer {token}", "padding": "x" * n}
+
+
+def _rebuild_unshippable() -> Any:
+    import ray
+
+    ctx = ray.get_runtime_context()
+    if ctx.get_actor_id() is None and ctx.worker.mode == ray.WORKER_MODE:  # a step task's worker
+        raise ModuleNotFoundError("No module named 'pricing_engine'")
+    return Unshippable()
+
+
+class Unshippable:
+    """A handler that cannot be rebuilt in a step's worker (a module only some nodes have)."""
+
+    def __call__(self) -> str:
+        return "never"
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild_unshippable, ())

@@ -259,3 +259,24 @@ def test_a_secret_in_a_big_output_is_redacted_in_its_artifact_too(engine, sop_fi
     assert secret.encode() not in blob and b"Bearer ***" in blob
     assert engine.result(eid)["steps"]["big"]["header"] == "Bearer ***"
     assert secret not in dumps_history(engine.export(eid))
+
+
+def test_a_handler_that_cannot_be_rebuilt_in_the_worker_fails_permanently_with_its_own_error(
+        engine, sop_file) -> None:
+    import uuid
+
+    from tests.handlers_for_tests import Unshippable
+
+    name = f"unshippable-{uuid.uuid4().hex[:8]}"
+    engine.registry.register("handler", name, {"description": "cannot be rebuilt in a worker"}, Unshippable())
+    eid, view = run(engine, sop_file, f"""\
+        steps:
+          - id: price
+            uses: {name}
+        """, "unshippable")
+
+    step = view.steps["price"]
+    assert step.attempts == 1 and step.classification == "permanent"
+    assert step.error.startswith("ModuleNotFoundError: step 'price': ")
+    assert "No module named 'pricing_engine'" in step.error
+    assert_readable(step.error)
