@@ -239,6 +239,8 @@ class Dispatcher:
             return  # a late or duplicate result for an attempt already settled: ignore it
         if outcome is not None and not outcome.ok:
             error = outcome.error
+        if error is not None:  # a user reads it: no terminal colour codes (a shell tool's stderr)
+            error = dataclasses.replace(error, message=clean_message(error.message, 2000))
         if error is not None and exe.secret_values:  # spans, events and hooks all quote the error
             error = dataclasses.replace(error, message=exe.redact(error.message),
                                         traceback=exe.redact(error.traceback))

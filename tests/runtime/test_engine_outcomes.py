@@ -280,3 +280,15 @@ def test_a_handler_that_cannot_be_rebuilt_in_the_worker_fails_permanently_with_i
     assert step.error.startswith("ModuleNotFoundError: step 'price': ")
     assert "No module named 'pricing_engine'" in step.error
     assert_readable(step.error)
+
+
+def test_a_shell_steps_coloured_error_output_is_reported_without_terminal_codes(engine, sop_file) -> None:
+    eid, view = run(engine, sop_file, """\
+        steps:
+          - id: lint
+            run: "printf '\\\\033[31merror:\\\\033[0m 3 files need formatting\\\\n' >&2; exit 2"
+        """, "ansi-shell")
+
+    step = view.steps["lint"]
+    assert step.error == "ExitCode: command exited with status 2: error: 3 files need formatting", step.error
+    assert_readable(step.error)
