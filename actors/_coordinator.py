@@ -25,7 +25,7 @@ from runtime.errors import ExecutionError, ExecutionNotFound
 from runtime.events import Event, EventKind
 from runtime.history import export_history, import_history
 from runtime.ids import ExecutionId
-from runtime.outputs import Artifacts, resolve
+from runtime.outputs import Artifacts, OutputNotData, as_data, resolve
 from runtime.scheduling import Verdict, verdict
 from runtime.state import ExecutionState, final_status
 from runtime.status import ExecutionStatus, ExecutionView, StepStatus
@@ -241,6 +241,12 @@ class _Coordinator:
             waiting = [k for k, s in exe.state.steps.items() if s.status == StepStatus.NEEDS_DECISION]
             raise ExecutionError(f"step {step_id!r} of {execution_id} is not waiting for a decision "
                                  f"(steps waiting: {', '.join(waiting) or 'none'})")
+        if decision == "succeed":  # an operator's output is a step output: data, capped like one
+            try:
+                output = self.artifacts.spill(exe.id, exe.redact(as_data(output)), self.config.max_inline_output_bytes)
+            except OutputNotData as e:
+                raise ExecutionError(f"the output given for step {step_id!r} is not JSON data: {e}; give a "
+                                     "dict with str keys, a list, a str, a number, a bool or None") from None
         self.emit(exe, EventKind.DECIDED, step_id, st.attempts, decision=decision, reason=reason,
                   output=output if decision == "succeed" else None)
         if decision == "rerun" and not exe.state.cancel_requested:
