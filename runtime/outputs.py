@@ -154,7 +154,9 @@ def respill(spilled: Spilled, transform: Callable[[Any], Any]) -> tuple[dict[str
 
 def descriptor(sha: str, data: bytes) -> dict[str, Any]:
     """The small stand-in an event holds for an artifact."""
-    preview = data[:PREVIEW_CHARS * 4].decode(errors="ignore")[:PREVIEW_CHARS]
+    # Readable and small: control characters dropped, so its JSON stays under ~1 KB even when escaped.
+    text = data[:PREVIEW_CHARS * 8].decode(errors="ignore")
+    preview = "".join(ch for ch in text if ch.isprintable())[:PREVIEW_CHARS]
     return {ARTIFACT_KEY: sha, "size": len(data), "preview": preview}
 
 
