@@ -10,7 +10,6 @@ import heapq
 import itertools
 import json
 import logging
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +17,10 @@ import ray
 from opentelemetry import trace
 
 from actors._execution import Execution, InFlight
+from actors._ray_errors import ray_error as _ray_error
 from actors.step_task import remote_execute_step
 from runtime.events import EventKind
-from runtime.failure import (Action, Decision, ErrorInfo, as_dict, clean_message, decide, describe_exception,
-                             error_from_exception)
+from runtime.failure import Action, Decision, ErrorInfo, as_dict, clean_message, decide
 from runtime.handlers import StepOutcome, StepTask
 from runtime.outputs import mentions, respill
 from runtime.telemetry import carrier_for, tracer
@@ -354,63 +353,6 @@ def inputs_digest(args: Any, run: str | None, env: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _ray_error(exc: BaseException, step: str) -> ErrorInfo:
-    """What a failed Ray task means for the failure handler, in the user's terms, not Ray's.
-
-    The step's own exceptions never get here (the worker turns them into data); what does is
-    Ray failing around it: the task's argument or result could not be (de)serialised (permanent:
-    the same bytes fail again), the worker process died (a crash; Ray 2.60's WorkerCrashedError
-    carries no exit code, so the message says so), or the cancel and memory monitor verdicts.
-    """
-    if isinstance(exc, ray.exceptions.TaskCancelledError):
-        return ErrorInfo("Cancelled", "the attempt was cancelled", retryable=False, origin="cancel")
-    if isinstance(exc, ray.exceptions.OutOfMemoryError):
-        return ErrorInfo("OutOfMemoryError", f"step {step!r}: Ray's memory monitor killed the worker "
-                         f"({_first_line(exc)})", origin="oom")
-    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(getattr(exc, "cause", None), BaseException):
-        info = error_from_exception(exc.cause)  # the original exception, not Ray's wrapper of it
-        if isinstance(exc.cause, ray.exceptions.RaySystemError):
-            info = _raised_in(exc.cause) or info
-        return dataclasses.replace(info, message=f"step {step!r}: the step's task failed outside the "
-                                   f"handler (sending its arguments or result between processes): "
-                                   f"{info.message or info.type}", retryable=False)
-    if isinstance(exc, ray.exceptions.RaySystemError) or _is_serialisation(exc):
-        return ErrorInfo(type(exc).__name__, f"step {step!r}: the step's arguments or result could not be "
-                         f"(de)serialised: {_first_line(exc)}", retryable=False)
-    if isinstance(exc, ray.exceptions.WorkerCrashedError | ray.exceptions.ActorDiedError
-                  | ray.exceptions.LocalRayletDiedError | ray.exceptions.NodeDiedError):
-        return ErrorInfo("WorkerCrashed", f"the worker process running step {step!r} died ({type(exc).__name__}: "
-                         "os._exit, a signal, or the OOM killer); Ray does not report its exit code, see the "
-                         "worker's log on its node (python-core-worker-*.log)", origin="crash")
-    return ErrorInfo(type(exc).__name__, f"step {step!r}: {_first_line(exc)}", origin="crash")
-
-
-_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning)): (.+)$")
-
-
-def _raised_in(exc: BaseException) -> ErrorInfo | None:
-    """The user's exception at the end of the traceback a RaySystemError carries only as text
-    (an argument that could not be rebuilt in the worker)."""
-    lines = [clean_message(line) for line in describe_exception_text(exc).splitlines() if line.strip()]
-    for line in reversed(lines):
-        m = _RAISED.match(line)
-        if m:
-            return ErrorInfo(m.group(1).rsplit(".", 1)[-1], m.group(2), retryable=False)
-    return None
-
-
-def describe_exception_text(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001 - never let describing an error raise
-        return ""
-
-
-def _is_serialisation(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    return "Pickl" in name or "Serializ" in name or "Serialis" in name
-
-
 def _replay_data(outcome: StepOutcome) -> dict[str, Any]:
     """What a replay needs from an attempt beyond its output: values taken from the context."""
     data: dict[str, Any] = {}
@@ -419,10 +361,6 @@ def _replay_data(outcome: StepOutcome) -> dict[str, Any]:
     if outcome.replay_diverged:
         data["replay_diverged"] = outcome.replay_diverged
     return data
-
-
-def _first_line(e: BaseException) -> str:
-    return describe_exception(e)[:300] or type(e).__name__
 
 
 def _end(span: Any, status: str, error: ErrorInfo | None = None, decision: Decision | None = None) -> None:

@@ -24,8 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime._shell_output import ShellCapture
 from runtime.failure import ErrorInfo, error_from_exception
-from runtime.outputs import DEFAULT_INLINE_OUTPUT_BYTES, ShellCapture, Spilled, settle_output
+from runtime.outputs import DEFAULT_INLINE_OUTPUT_BYTES, Spilled, settle_output
 from runtime.registry import import_object
 
 log = logging.getLogger("sopflow.step")

@@ -120,7 +120,7 @@ def test_an_exception_whose_message_cannot_be_printed_is_described_by_its_type(e
 def test_a_ray_wrapped_exception_is_unwrapped_to_the_users_type_and_message(ray_cluster) -> None:
     import ray
 
-    from actors._dispatch import _ray_error
+    from actors._ray_errors import ray_error
 
     @ray.remote(max_retries=0)
     def broken() -> None:
@@ -129,7 +129,7 @@ def test_a_ray_wrapped_exception_is_unwrapped_to_the_users_type_and_message(ray_
     with pytest.raises(ray.exceptions.RayTaskError) as caught:
         ray.get(broken.remote())
     assert "\x1b[" in str(caught.value)  # what Ray hands over: ANSI codes and a ray:: banner
-    error = _ray_error(caught.value, "charge")
+    error = ray_error(caught.value, "charge")
     assert error.type == "TypeError"
     assert "amount must be a number, got 'ten'" in error.message and "'charge'" in error.message
     assert error.retryable is False  # failed outside the handler: sending data, the same bytes fail again
