@@ -19,6 +19,7 @@ from opentelemetry import trace
 from actors._execution import Execution, InFlight
 from actors._ray_errors import ray_error as _ray_error
 from actors.step_task import remote_execute_step
+from runtime.errors import StateStoreError
 from runtime.events import EventKind
 from runtime.failure import Action, Decision, ErrorInfo, as_dict, clean_message, decide
 from runtime.handlers import StepOutcome, StepTask
@@ -252,10 +253,16 @@ class Dispatcher:
             return
         if outcome is not None and outcome.spilled is not None:
             # Stored (off the loop) before the event that refers to it is appended.
-            outcome = await asyncio.to_thread(self._store_output, exe, outcome)
+            try:
+                outcome = await asyncio.to_thread(self._store_output, exe, outcome)
+            except StateStoreError as e:  # a full disk: the attempt failed, worth another try
+                size = len(outcome.spilled.data)
+                outcome = dataclasses.replace(outcome, ok=False, output=None, spilled=None)
+                error = ErrorInfo("ArtifactNotStored", f"step {step.id!r}: its output ({size} bytes) could not "
+                                  f"be stored: {e}", retryable=True)
             if exe.inflight.get(step.id) is not flight:
                 return  # settled meanwhile (a forced cancel)
-        if error is None and outcome is not None:
+        if error is None and outcome is not None and outcome.ok:
             self._succeeded(exe, step, attempt, outcome)
             return
         assert error is not None
