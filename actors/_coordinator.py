@@ -25,6 +25,7 @@ from runtime.errors import ExecutionError, ExecutionNotFound
 from runtime.events import Event, EventKind
 from runtime.history import export_history, import_history
 from runtime.ids import ExecutionId
+from runtime.outputs import Artifacts, OutputNotData, as_data, resolve
 from runtime.scheduling import Verdict, verdict
 from runtime.shipped import pack_callables
 from runtime.state import ExecutionState, final_status
@@ -56,6 +57,7 @@ class _Coordinator:
         self.finished: deque[str] = deque()
         """Finished executions still held in memory, oldest first (see ``keep_finished``)."""
         self.dispatcher = Dispatcher(self)
+        self.artifacts = Artifacts(lambda: self.log)
         self.recovery: dict[str, Any] | None = None
         self.started = time.monotonic()
         self._recovering: asyncio.Task | None = None
@@ -103,6 +105,7 @@ class _Coordinator:
             if known:
                 return known
         exe = Execution(ExecutionId.new(), request)
+        exe.load_artifact = self.artifacts.loader(exe.id)
         self.executions[exe.id] = exe
         if key:
             self.by_key[key] = exe.id
@@ -159,6 +162,17 @@ class _Coordinator:
             except asyncio.TimeoutError:
                 pass
         return self.state_of(execution_id).view(with_outputs=True)
+
+    async def resolve(self, execution_id: str, value: Any) -> Any:
+        """``value`` (outputs of ``execution_id``) with its artifact descriptors replaced by their values.
+
+        Raises:
+            ExecutionError: an artifact is no longer in the state store.
+        """
+        try:
+            return await asyncio.to_thread(resolve, value, self.artifacts.loader(execution_id))
+        except LookupError as e:
+            raise ExecutionError(f"execution {execution_id}: {e}") from None
 
     async def status(self, execution_id: str) -> ExecutionView:
         return self.state_of(execution_id).view(with_outputs=True)
@@ -226,6 +240,12 @@ class _Coordinator:
             waiting = [k for k, s in exe.state.steps.items() if s.status == StepStatus.NEEDS_DECISION]
             raise ExecutionError(f"step {step_id!r} of {execution_id} is not waiting for a decision "
                                  f"(steps waiting: {', '.join(waiting) or 'none'})")
+        if decision == "succeed":  # an operator's output is a step output: data, capped like one
+            try:
+                output = self.artifacts.spill(exe.id, exe.redact(as_data(output)), self.config.max_inline_output_bytes)
+            except OutputNotData as e:
+                raise ExecutionError(f"the output given for step {step_id!r} is not JSON data: {e}; give a "
+                                     "dict with str keys, a list, a str, a number, a bool or None") from None
         self.emit(exe, EventKind.DECIDED, step_id, st.attempts, decision=decision, reason=reason,
                   output=output if decision == "succeed" else None)
         if decision == "rerun" and not exe.state.cancel_requested:
@@ -410,8 +430,9 @@ class _Coordinator:
         values: dict[str, Any] = {}
         problems: dict[str, str] = {}
         for key, template in exe.sop.outputs.items():
-            try:
-                values[key] = render(template, ctx)
+            try:  # a big value (a step's artifact, read back to render it) is stored once, not inlined
+                values[key] = self.artifacts.spill(exe.id, exe.redact(render(template, ctx)),
+                                                   self.config.max_inline_output_bytes)
             except ExpressionError as e:
                 values[key] = None
                 problems[key] = str(e)

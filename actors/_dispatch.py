@@ -17,10 +17,13 @@ import ray
 from opentelemetry import trace
 
 from actors._execution import Execution, InFlight
+from actors._ray_errors import ray_error as _ray_error
 from actors.step_task import remote_execute_step
+from runtime.errors import StateStoreError
 from runtime.events import EventKind
-from runtime.failure import Action, Decision, ErrorInfo, as_dict, decide
+from runtime.failure import Action, Decision, ErrorInfo, as_dict, clean_message, decide
 from runtime.handlers import StepOutcome, StepTask
+from runtime.outputs import mentions, respill
 from runtime.telemetry import carrier_for, tracer
 from sop import Step, render
 from sop.expressions import ExpressionError
@@ -80,7 +83,8 @@ class Dispatcher:
             return
         task = StepTask(exe.id, exe.sop.sop, step.id, attempt, step.handler,
                         exe.request.handlers.get(step.handler), args, run, env, timeout,
-                        carrier_for(span) if span.is_recording() else {})
+                        carrier_for(span) if span.is_recording() else {},
+                        output_cap=c.config.max_inline_output_bytes)
         admit = functools.partial(self._admit, exe, step, flight, task)
         if step.idempotent:
             # step_started is appended (the group commit is under way); should the coordinator die
@@ -176,8 +180,8 @@ class Dispatcher:
         if exc is None:
             outcome = fut.result()
         else:
-            error = _ray_error(exc)
-        if error is None and outcome is not None and outcome.ok:
+            error = _ray_error(exc, step.id)
+        if error is None and outcome is not None and outcome.ok and outcome.spilled is None:
             self._succeeded(exe, step, flight.attempt, outcome)  # the common case needs no await
         else:
             flight.task = asyncio.get_running_loop().create_task(
@@ -218,7 +222,10 @@ class Dispatcher:
             return
         view = c.state_of(child_id)
         if view.status.value == "completed":
-            out = StepOutcome(f"{exe.id}/{step.id}/{attempt}", True, (view.outputs or {}).get("outputs"))
+            value = (view.outputs or {}).get("outputs")
+            # The child's big outputs are its artifacts: the parent's step output needs its own copy.
+            await asyncio.to_thread(c.artifacts.adopt, child_id, exe.id, value)
+            out = StepOutcome(f"{exe.id}/{step.id}/{attempt}", True, value)
             await self._finish(exe, step, attempt, out, None)
         else:
             await self._finish(exe, step, attempt, None, ErrorInfo(
@@ -232,6 +239,8 @@ class Dispatcher:
             return  # a late or duplicate result for an attempt already settled: ignore it
         if outcome is not None and not outcome.ok:
             error = outcome.error
+        if error is not None:  # a user reads it: no terminal colour codes (a shell tool's stderr)
+            error = dataclasses.replace(error, message=clean_message(error.message, 2000))
         if error is not None and exe.secret_values:  # spans, events and hooks all quote the error
             error = dataclasses.replace(error, message=exe.redact(error.message),
                                         traceback=exe.redact(error.traceback))
@@ -242,7 +251,18 @@ class Dispatcher:
             c.emit(exe, EventKind.STEP_CANCELLED, step.id, attempt, reason="execution cancelled (forced)")
             c.step_finished(exe, step.id)
             return
-        if error is None and outcome is not None:
+        if outcome is not None and outcome.spilled is not None:
+            # Stored (off the loop) before the event that refers to it is appended.
+            try:
+                outcome = await asyncio.to_thread(self._store_output, exe, outcome)
+            except StateStoreError as e:  # a full disk: the attempt failed, worth another try
+                size = len(outcome.spilled.data)
+                outcome = dataclasses.replace(outcome, ok=False, output=None, spilled=None)
+                error = ErrorInfo("ArtifactNotStored", f"step {step.id!r}: its output ({size} bytes) could not "
+                                  f"be stored: {e}", retryable=True)
+            if exe.inflight.get(step.id) is not flight:
+                return  # settled meanwhile (a forced cancel)
+        if error is None and outcome is not None and outcome.ok:
             self._succeeded(exe, step, attempt, outcome)
             return
         assert error is not None
@@ -268,6 +288,19 @@ class Dispatcher:
             c.emit(exe, EventKind.ESCALATED, step.id, attempt, reason=decision.reason,
                    classification=decision.classification.value)
         c.step_finished(exe, step.id)
+
+    def _store_output(self, exe: Execution, outcome: StepOutcome) -> StepOutcome:
+        """Store an output too big for its event as an artifact; the outcome then holds its descriptor.
+
+        Secret inputs are masked in it first, as ``emit`` masks them in events (the descriptor then
+        names the masked text).
+        """
+        output, spilled = outcome.output, outcome.spilled
+        assert spilled is not None
+        if exe.secret_values and mentions(spilled.data, exe.secret_values):
+            output, spilled = respill(spilled, exe.redact)
+        self.coordinator.artifacts.put(exe.id, spilled)
+        return dataclasses.replace(outcome, output=output, spilled=None)
 
     def _succeeded(self, exe: Execution, step: Step, attempt: int, outcome: StepOutcome) -> None:
         flight = exe.inflight.get(step.id)
@@ -327,15 +360,6 @@ def inputs_digest(args: Any, run: str | None, env: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _ray_error(exc: BaseException) -> ErrorInfo:
-    """What a failed Ray task means for the failure handler."""
-    if isinstance(exc, ray.exceptions.TaskCancelledError):
-        return ErrorInfo("Cancelled", "the attempt was cancelled", retryable=False, origin="cancel")
-    if isinstance(exc, ray.exceptions.OutOfMemoryError):
-        return ErrorInfo("OutOfMemoryError", _first_line(exc), origin="oom")
-    return ErrorInfo(type(exc).__name__, _first_line(exc), origin="crash")
-
-
 def _replay_data(outcome: StepOutcome) -> dict[str, Any]:
     """What a replay needs from an attempt beyond its output: values taken from the context."""
     data: dict[str, Any] = {}
@@ -344,11 +368,6 @@ def _replay_data(outcome: StepOutcome) -> dict[str, Any]:
     if outcome.replay_diverged:
         data["replay_diverged"] = outcome.replay_diverged
     return data
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _end(span: Any, status: str, error: ErrorInfo | None = None, decision: Decision | None = None) -> None:

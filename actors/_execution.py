@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.events import Event, EventKind
+from runtime.outputs import StepContextView, descriptors
 from runtime.state import ExecutionState, StepState, apply
 from runtime.status import StepStatus
 from sop import Graph, Sop, Step
@@ -149,7 +150,10 @@ class Execution:
         self.secret_values = tuple(str(request.inputs[k]) for k in request.secrets
                                    if request.inputs.get(k) not in (None, ""))
         self.steps_by_id: dict[str, Step] = {s.id: s for s in (*self.sop.steps, *self.sop.rollback)}
-        self._ctx_steps: dict[str, dict[str, Any]] | None = None
+        self._ctx_steps: dict[str, Any] | None = None
+        self.load_artifact: Any = None
+        """``sha -> bytes`` of this execution's artifacts (set by the coordinator): expressions read
+        the real value of an output stored as an artifact."""
         self._tolerated: set[str] | None = None
         self._ctx_execution = {"id": execution_id, "sop": self.sop.sop, "version": self.sop.version,
                                "mode": request.mode}
@@ -187,7 +191,7 @@ class Execution:
     def expression_context(self) -> dict[str, Any]:
         """What ``${{ }}`` expressions see; the per-step part is kept up to date by :meth:`fold`."""
         if self._ctx_steps is None:
-            self._ctx_steps = {sid: _step_context(st) for sid, st in self.state.steps.items()}
+            self._ctx_steps = {sid: self._step_context(sid, st) for sid, st in self.state.steps.items()}
         return {"inputs": self.request.inputs, "steps": self._ctx_steps, "execution": self._ctx_execution}
 
     def _refresh(self, event: Event) -> None:
@@ -200,9 +204,15 @@ class Execution:
         if st is None:
             return
         if self._ctx_steps is not None:
-            self._ctx_steps[event.step] = _step_context(st)
+            self._ctx_steps[event.step] = self._step_context(event.step, st)
         if self._tolerated is not None and self._tolerates(event.step, st):
             self._tolerated.add(event.step)
+
+    def _step_context(self, sid: str, st: StepState) -> Any:
+        fields = _step_context(st)
+        if self.load_artifact is None or next(descriptors(st.output), None) is None:
+            return fields
+        return StepContextView(sid, fields, self.load_artifact)  # fetched when an expression reads it
 
     def forget_derived(self) -> None:
         """The state was replaced wholesale (a snapshot): rebuild derived views on next use."""

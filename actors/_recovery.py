@@ -27,6 +27,7 @@ from opentelemetry import trace
 
 from actors._execution import Execution, InFlight, Recoverable, request_from_log
 from runtime.events import Event, EventKind
+from runtime.outputs import blob_kind
 from runtime.shipped import unpack_callables
 from runtime.snapshots import read_snapshot
 from runtime.status import StepStatus
@@ -84,6 +85,7 @@ def rebuild(event_log: Any, execution_id: str) -> Execution:
     if shipped:  # handlers shipped as callables by the client
         request.handlers.update(unpack_callables(shipped, execution_id))
     exe = Execution(execution_id, request)
+    exe.load_artifact = lambda sha: event_log.get_blob(execution_id, blob_kind(sha))
     snap = event_log.latest_snapshot(execution_id)
     after = 0
     loaded = read_snapshot(snap[1], execution_id) if snap is not None else None

@@ -108,13 +108,17 @@ class ReplayDispatcher(Dispatcher):
 
 
 def replay(events: list[Event], from_step: str | None = None, *, handlers: dict[str, Any] | None = None,
-           timeout: float = 600.0) -> ReplayReport:
+           timeout: float = 600.0, artifacts: dict[str, bytes] | None = None) -> ReplayReport:
     """Replay a recorded history (whole, or from ``from_step`` on) and compare it with the recording.
+
+    Args:
+        artifacts: The history's artifacts (big outputs) by SHA-256, for steps run again that read
+            them (``runtime.history.artifacts_from_doc`` of an export).
 
     Raises:
         ExecutionError: the history is not a finished execution, or ``from_step`` is not one of its steps.
     """
-    coro = _replay(events, from_step, dict(handlers or {}), timeout)
+    coro = _replay(events, from_step, dict(handlers or {}), timeout, dict(artifacts or {}))
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -125,7 +129,7 @@ def replay(events: list[Event], from_step: str | None = None, *, handlers: dict[
 
 
 async def _replay(events: list[Event], from_step: str | None, handlers: dict[str, Any],
-                  timeout: float) -> ReplayReport:
+                  timeout: float, artifacts: dict[str, bytes]) -> ReplayReport:
     started = time.perf_counter()
     if not events or events[0].kind != EventKind.SUBMITTED:
         raise ExecutionError("a replay needs a history that starts with execution_submitted")
@@ -152,6 +156,7 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
     request.handlers.update(handlers)
     coordinator = _Coordinator(config=EngineConfig(state="memory://"))
     coordinator.recovery = {}  # a private, empty log: nothing to recover
+    coordinator.artifacts.extra.update(artifacts)
     probe = Execution("probe", request)  # the graph with added steps, to pick what runs again
     for e in added:
         probe.add_steps(check_new_steps(probe.sop, probe.graph, list(e.data.get("specs", ()))))

@@ -43,6 +43,20 @@ def _events(execution_id: str, state: str | None, address: str | None) -> list[E
     return engine.history(execution_id)
 
 
+def _export(execution_id: str, state: str | None, address: str | None) -> dict[str, Any]:
+    """The execution's exported history (with its artifacts), from a state file or the cluster."""
+    from runtime.history import export_history
+
+    if state:
+        log = _open_state(state)
+        try:
+            return export_history(log, execution_id)
+        finally:
+            log.close()
+    engine, _ = _connect(address, start_if_missing=False)
+    return engine.export(execution_id)
+
+
 def register_commands(main: click.Group) -> None:
     @main.command()
     @click.argument("execution_id")
@@ -68,19 +82,10 @@ def register_commands(main: click.Group) -> None:
     @click.option("--address", help=_ADDRESS_HELP)
     def export(execution_id: str, state: str | None, address: str | None) -> None:
         """Write an execution's full history as JSON to stdout (`sopflow export ID > run.json`)."""
-        from runtime.history import dumps_history, export_history
+        from runtime.history import dumps_history
 
         try:
-            if state:
-                log = _open_state(state)
-                try:
-                    doc = export_history(log, execution_id)
-                finally:
-                    log.close()
-            else:
-                engine, _ = _connect(address, start_if_missing=False)
-                doc = engine.export(execution_id)
-            click.echo(dumps_history(doc))
+            click.echo(dumps_history(_export(execution_id, state, address)))
         except SopflowError as e:
             _fail(e)
 
@@ -122,16 +127,19 @@ def register_commands(main: click.Group) -> None:
         Exits 0 when the replay matches the recording, 1 when it diverged, 2 when it could not run.
         """
         from actors._replay import replay as run_replay
-        from runtime.history import events_from_doc, read_history_file
+        from runtime.history import artifacts_from_doc, events_from_doc, read_history_file
 
         try:
+            artifacts = {}
             if Path(execution).suffix == ".json":
-                events = events_from_doc(read_history_file(execution))
+                doc = read_history_file(execution)
+                events, artifacts = events_from_doc(doc), artifacts_from_doc(doc)
                 if state:
                     raise click.UsageError("give an exported .json file or --state, not both")
-            else:
-                events = _events(execution, state, address)
-            report = run_replay(events, from_step)
+            else:  # the events, and the big outputs (artifacts) a step run again may read
+                doc = _export(execution, state, address)
+                events, artifacts = events_from_doc(doc), artifacts_from_doc(doc)
+            report = run_replay(events, from_step, artifacts=artifacts)
         except SopflowError as e:
             raise _ReplayError(str(e)) from None
         if fmt == "json":

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.outputs import DEFAULT_INLINE_OUTPUT_BYTES
+
 DAY_S = 86_400.0
 RESTART_GRACE_S = 60.0
 """How long a client keeps resending a request while Ray restarts a crashed coordinator."""
@@ -41,6 +43,10 @@ class EngineConfig:
         max_running_steps: Step tasks the coordinator keeps in Ray at once; more wait in
             its queue, highest execution priority first. 0 means 8 per CPU of the cluster
             (at least 16). Raise it for steps that mostly wait (I/O) with a small ``cpu``.
+        max_inline_output_bytes: A step output (or SOP output) whose JSON text is larger than
+            this is stored once as an artifact beside its events, which hold a small
+            ``{"$artifact": sha256, "size", "preview"}`` descriptor instead; expressions and
+            ``Engine.result`` still see the value. Must be >= 1024.
     """
 
     state: str = ""
@@ -49,6 +55,7 @@ class EngineConfig:
     snapshot_every: int = 1000
     keep_finished: int = 10_000
     max_running_steps: int = 0
+    max_inline_output_bytes: int = DEFAULT_INLINE_OUTPUT_BYTES
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -62,6 +69,8 @@ class EngineConfig:
             raise ValueError(f"snapshot_every must be >= 10, got {self.snapshot_every}")
         if self.max_running_steps < 0:
             raise ValueError(f"max_running_steps must be >= 0 (0: automatic), got {self.max_running_steps}")
+        if self.max_inline_output_bytes < 1024:
+            raise ValueError(f"max_inline_output_bytes must be >= 1024, got {self.max_inline_output_bytes}")
         if self.keep_finished < 0:
             raise ValueError(f"keep_finished must be >= 0, got {self.keep_finished}")
 

@@ -22,6 +22,7 @@ from runtime.errors import (EngineStartError, ExecutionFailed, ExecutionNotFound
 from runtime.events import Event
 from runtime.ids import ExecutionId
 from runtime.inputs import resolve_inputs
+from runtime.outputs import descriptors
 from runtime.registry import Registry, RegistryError
 from runtime.status import ExecutionView
 from sop import Mode, Sop, check_file, check_text
@@ -306,7 +307,10 @@ class Engine:
         view = self.wait(execution_id, timeout)
         if view.status.value != "completed":
             raise ExecutionFailed(str(execution_id), view.status.value, view.errors)
-        return dict(view.outputs or {})
+        outputs = dict(view.outputs or {})
+        if next(descriptors(outputs), None) is not None:  # big values live as artifacts in the store
+            outputs = self._call(lambda: self._actors.coordinator.resolve.remote(str(execution_id), outputs))
+        return outputs
 
     def list(self, status: str | None = None, sop: str | None = None, since: float | None = None,
              limit: int = 1000, *, until: float | None = None) -> list[ExecutionView]:
@@ -418,8 +422,11 @@ class Engine:
         :class:`runtime.replay.ReplayReport` naming every divergence.
         """
         from actors._replay import replay
+        from runtime.history import artifacts_from_doc, events_from_doc
 
-        return replay(self.history(execution_id), from_step, handlers=self._registered_handlers())
+        doc = self.export(execution_id)  # the events and the big outputs they refer to
+        return replay(events_from_doc(doc), from_step, handlers=self._registered_handlers(),
+                      artifacts=artifacts_from_doc(doc))
 
     def _registered_handlers(self) -> dict[str, Any]:
         out = {}

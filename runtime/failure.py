@@ -6,6 +6,7 @@ FailureHandler actor applies them and runs the escalation hooks.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -116,17 +117,58 @@ def decide(error: ErrorInfo, attempt: int, policy: RetryPolicy,
     return Decision(Action.RETRY, kind, reason, delay, grown)
 
 
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_message(text: str, limit: int = 500) -> str:
+    """``text`` as one readable line: terminal (ANSI) codes and control characters removed, first
+    non-empty line only, at most ``limit`` characters."""
+    text = _ANSI.sub("", text).strip()
+    return text.splitlines()[0].strip()[:limit] if text else ""
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``str(exc)`` cleaned to one line; never raises (``<unprintable T>`` when ``__str__`` fails)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a user's exception whose __str__ is broken
+        return f"<unprintable {_type_name(exc)}>"
+    return clean_message(text) if isinstance(text, str) else f"<unprintable {_type_name(exc)}>"
+
+
+def _type_name(exc: BaseException) -> str:
+    try:
+        return type(exc).__name__
+    except Exception:  # noqa: BLE001 - a metaclass with a broken __getattribute__
+        return "Exception"
+
+
 def error_from_exception(exc: BaseException, *, traceback: str = "") -> ErrorInfo:
-    """Turn an exception raised by a handler into :class:`ErrorInfo`."""
+    """Turn an exception raised by a handler into :class:`ErrorInfo`; never raises.
+
+    ``SystemExit`` keeps its exit code (``sys.exit(3)`` -> ``exit_code=3``, classified by the
+    exit-code rules); a message that cannot be printed is described by the type.
+    """
     from runtime.errors import PermanentError, RetryableError
 
+    name = _type_name(exc)
+    traceback = _ANSI.sub("", traceback[-4000:]) if isinstance(traceback, str) else ""
+    if isinstance(exc, SystemExit):  # sys.exit(n): n, sys.exit(): 0, sys.exit("why"): 1, as Python does
+        code = exc.code
+        if isinstance(code, int) and not isinstance(code, bool):
+            exit_code, said = code, str(code)
+        else:
+            exit_code, said = (0, "") if code is None else (1, repr(describe_exception(SystemExit(code))[:200]))
+        return ErrorInfo("SystemExit", f"the handler called sys.exit({said}): exit code {exit_code}",
+                         exit_code=exit_code, traceback=traceback)
+    if isinstance(exc, KeyboardInterrupt):
+        return ErrorInfo(name, "the handler was interrupted (KeyboardInterrupt)", traceback=traceback)
     retryable: bool | None = None
     if isinstance(exc, RetryableError):
         retryable = True
     elif isinstance(exc, PermanentError):
         retryable = False
-    message = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
-    return ErrorInfo(type(exc).__name__, message, retryable, traceback=traceback[-4000:])
+    return ErrorInfo(name, describe_exception(exc), retryable, traceback=traceback)
 
 
 def as_dict(error: ErrorInfo) -> dict[str, Any]:

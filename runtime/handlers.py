@@ -24,7 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime._shell_output import ShellCapture
 from runtime.failure import ErrorInfo, error_from_exception
+from runtime.outputs import DEFAULT_INLINE_OUTPUT_BYTES, Spilled, settle_output
 from runtime.registry import import_object
 
 log = logging.getLogger("sopflow.step")
@@ -50,6 +52,8 @@ class StepTask:
     """Values an earlier run of this step took from its context (``StepOutcome.recorded``),
     given when the step is replayed; empty for a fresh run. A replay of a run that
     recorded nothing looks like a fresh run, so its extra calls are not reported."""
+    output_cap: int = DEFAULT_INLINE_OUTPUT_BYTES
+    """Outputs whose JSON text is larger are returned as an artifact (``EngineConfig.max_inline_output_bytes``)."""
 
     @property
     def key(self) -> str:
@@ -72,6 +76,9 @@ class StepOutcome:
     replay_diverged: str | None = None
     """Set when a replayed run's calls on its context did not match the recording (another
     kind at some call, more calls, or fewer): one line naming the first difference."""
+    spilled: Spilled | None = None
+    """The JSON text of an output over the inline cap (``output`` is then its descriptor), for the
+    coordinator to store once as an artifact before it records the outcome."""
 
 
 # os.urandom-backed: no state to share after a fork, and a handler that seeds the
@@ -251,10 +258,11 @@ def run_task(task: StepTask) -> StepOutcome:
             output, error = _run_shell(task)
         else:
             output, error = _call(resolve(task), task.args, ctx), None
-    except Exception as exc:  # noqa: BLE001 - every handler failure becomes data
+    except BaseException as exc:  # noqa: BLE001 - every handler failure, sys.exit included, becomes data
         output, error = None, error_from_exception(exc, traceback=traceback.format_exc())
+    output, error, spilled = settle_output(task.step, output, error, task.output_cap)
     return StepOutcome(task.key, error is None, output, error, time.perf_counter() - start,
-                       ctx._progress, tuple(ctx._recorded), ctx._divergence())
+                       ctx._progress, tuple(ctx._recorded), ctx._divergence(), spilled)
 
 
 def _as_recording(recorded: Any) -> tuple[tuple[str, Any], ...]:
@@ -283,14 +291,16 @@ async def _await(awaitable: Any) -> Any:
 def _run_shell(task: StepTask) -> tuple[Any, ErrorInfo | None]:
     env = {**os.environ, **task.env, "SOPFLOW_EXECUTION_ID": task.execution_id,
            "SOPFLOW_STEP": task.step, "SOPFLOW_ATTEMPT": str(task.attempt)}
-    try:
-        proc = subprocess.run(["/bin/sh", "-c", task.run or ""], capture_output=True, text=True,
-                              env=env, timeout=task.timeout_s, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as e:
-        return None, ErrorInfo("Timeout", f"command ran longer than {e.timeout:g} s", origin="timeout")
-    output = {"stdout": proc.stdout, "stderr": proc.stderr, "exit_code": proc.returncode}
+    with ShellCapture(task.execution_id, task.step, task.attempt) as streams:  # files, not memory
+        try:
+            proc = subprocess.run(["/bin/sh", "-c", task.run or ""], stdout=streams.stdout,
+                                  stderr=streams.stderr, env=env, timeout=task.timeout_s,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            return None, ErrorInfo("Timeout", f"command ran longer than {e.timeout:g} s", origin="timeout")
+        output = streams.output(proc.returncode)
     if proc.returncode == 0:
         return output, None
-    tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [""]
+    tail = (output["stderr"].strip() or output["stdout"].strip()).splitlines()[-1:] or [""]
     return output, ErrorInfo("ExitCode", f"command exited with status {proc.returncode}: {tail[0][:300]}",
                              exit_code=proc.returncode, origin="shell")

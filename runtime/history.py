@@ -1,13 +1,17 @@
 """Export one execution's history from an event log as a portable JSON document, and import it back.
 
-A history is ``{"format": "sopflow.history/1", "execution": {...}, "events": [...]}``.
-Blobs are never exported: the ``secrets`` blob must not leave the state store and
-the ``request`` blob is a pickle, not portable.
+A history is ``{"format": "sopflow.history/1", "execution": {...}, "events": [...],
+"artifacts": {sha256: json_text}}``. ``artifacts`` (optional) embeds the big outputs the
+events refer to by descriptor (see :mod:`runtime.outputs`), as the exact JSON text whose
+SHA-256 is its key, so the file is complete on its own; import checks each hash and stores
+them back. Other blobs are never exported: the ``secrets`` blob must not leave the state
+store and the ``request`` blob is a pickle, not portable.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,6 +19,7 @@ from typing import Any
 
 from runtime.eventlog import EventLog, ExecutionRecord, StateStoreError
 from runtime.events import Event, EventKind
+from runtime.outputs import blob_kind, descriptors
 
 FORMAT = "sopflow.history/1"
 """The ``format`` value of the documents this module writes and reads."""
@@ -23,8 +28,12 @@ _EVENT_FIELDS = ("execution_id", "seq", "kind", "ts", "step", "attempt", "data")
 _KINDS = {k.value for k in EventKind}
 
 
-def export_history(log: EventLog, execution_id: str) -> dict[str, Any]:
+def export_history(log: EventLog, execution_id: str, *, artifacts: bool = True) -> dict[str, Any]:
     """One execution's record and events, as a document :func:`import_history` reads.
+
+    Args:
+        artifacts: Embed the artifacts (big outputs) the events refer to; without them the
+            document is small but a replay or import elsewhere cannot read those outputs.
 
     Raises:
         StateStoreError: if the log has no execution ``execution_id``.
@@ -33,8 +42,35 @@ def export_history(log: EventLog, execution_id: str) -> dict[str, Any]:
     if record is None:
         raise StateStoreError(f"no execution {execution_id!r} in the state store "
                               f"{log.path or '(memory)'}; `sopflow list` shows the known ones")
-    return {"format": FORMAT, "execution": dataclasses.asdict(record),
-            "events": [ev.to_dict() for ev in log.read(execution_id)]}
+    events = [ev.to_dict() for ev in log.read(execution_id)]
+    doc: dict[str, Any] = {"format": FORMAT, "execution": dataclasses.asdict(record), "events": events}
+    if artifacts:
+        embedded = {}
+        for sha in sorted({sha for ev in events for sha in descriptors(ev.get("data"))}):
+            data = log.get_blob(execution_id, blob_kind(sha))
+            if data is not None:  # purged meanwhile: the descriptor stays, the value is gone
+                embedded[sha] = data.decode()
+        if embedded:
+            doc["artifacts"] = embedded
+    return doc
+
+
+def artifacts_from_doc(doc: Any) -> dict[str, bytes]:
+    """The artifacts embedded in an exported history, checked against their SHA-256.
+
+    Raises:
+        StateStoreError: ``artifacts`` is not an object of JSON texts keyed by their SHA-256.
+    """
+    raw = doc.get("artifacts", {}) if isinstance(doc, dict) else {}
+    _check(isinstance(raw, dict), "artifacts", "an object {sha256: JSON text}", type(raw).__name__)
+    out = {}
+    for sha, text in raw.items():
+        _check(isinstance(text, str), f"artifacts[{sha!r}]", "the artifact's JSON text", type(text).__name__)
+        data = text.encode()
+        _check(hashlib.sha256(data).hexdigest() == sha, f"artifacts[{sha!r}]",
+               "text whose SHA-256 is its key (the artifact was edited or truncated)", f"{len(data)} bytes")
+        out[sha] = data
+    return out
 
 
 def _sorted(value: Any) -> Any:
@@ -186,6 +222,7 @@ def import_history(log: EventLog, doc: dict[str, Any], *, replace: bool = False,
     _check(doc.get("format") == FORMAT, "format", repr(FORMAT), doc.get("format"))
     record = _parse_record(doc)
     events = _parse_events(doc, record.id)
+    artifacts = artifacts_from_doc(doc)
     _check(record.version <= len(events), "execution.version",
            f"at most {len(events)} (the last event's seq)", record.version)
     if require_finished and (not record.terminal or events[-1].kind != EventKind.FINISHED):
@@ -203,5 +240,7 @@ def import_history(log: EventLog, doc: dict[str, Any], *, replace: bool = False,
                                   f"already used by execution {owner} in {where}")
     if replace:
         log.delete(record.id)
+    for sha, data in artifacts.items():  # before the events that refer to them
+        log.put_blob(record.id, blob_kind(sha), data)
     log.append(events, [record])
     return record.id

@@ -56,7 +56,7 @@ class Registration:
             return impl
         module = getattr(impl, "__module__", None)
         qualname = getattr(impl, "__qualname__", "")
-        if module and module != "__main__" and "<" not in qualname:
+        if module and qualname and module != "__main__" and "<" not in qualname:  # an instance has none
             return f"{module}:{qualname}"
         return None
 

@@ -156,3 +156,81 @@ def chain(name: str, ok: bool = True, upstream: Any = None) -> str:
     if not ok:
         raise PermanentError(f"step {name} was told to fail")
     return f"{name}<{upstream}>" if upstream is not None else name
+
+
+# -- outputs that are not data, exits, unprintable errors (tests/runtime/test_engine_outcomes.py) --
+
+
+def returns_lambda() -> dict:
+    """Return a live function inside the output (not data: refused)."""
+    return {"total": 3, "fn": lambda x: x}
+
+
+def returns_socket() -> dict:
+    """Return an open socket (cannot even be pickled)."""
+    import socket
+
+    return {"conn": socket.socket()}
+
+
+def returns_generator() -> Any:
+    """Return a generator (not data)."""
+    return (i for i in range(3))
+
+
+def exits(code: int) -> None:
+    """Leave through sys.exit(code), as a script would."""
+    import sys
+
+    sys.exit(code)
+
+
+def hard_exit(code: int) -> None:
+    """Kill the worker process on the spot (no exception, no cleanup)."""
+    os._exit(code)
+
+
+class UnprintableError(Exception):
+    """An exception whose message cannot be computed."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+
+def raises_unprintable() -> None:
+    raise UnprintableError()
+
+
+def big_output(n: int) -> dict:
+    """An output of about ``n`` bytes of JSON (a list of short strings)."""
+    return {"rows": [f"row-{i:08d}" for i in range(n // 15)], "n": n}
+
+
+def size_of(value: Any = None) -> dict:
+    """How big the value it was given is, and its first row (to see it got the real value)."""
+    rows = value["rows"] if isinstance(value, dict) else value
+    return {"count": len(rows), "first": rows[0], "last": rows[-1]}
+
+
+def big_secret_output(token: str, n: int) -> dict:
+    """A big output (an artifact) that quotes the (secret) argument."""
+    return {"header": f"Bearer {token}", "padding": "x" * n}
+
+
+def _rebuild_unshippable() -> Any:
+    import ray
+
+    ctx = ray.get_runtime_context()
+    if ctx.get_actor_id() is None and ctx.worker.mode == ray.WORKER_MODE:  # a step task's worker
+        raise ModuleNotFoundError("No module named 'pricing_engine'")
+    return Unshippable()
+
+
+class Unshippable:
+    """A handler that cannot be rebuilt in a step's worker (a module only some nodes have)."""
+
+    def __call__(self) -> str:
+        return "never"
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild_unshippable, ())

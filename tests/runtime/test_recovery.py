@@ -6,6 +6,7 @@ their own), so killing that coordinator leaves the other tests' actors alone.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -151,6 +152,8 @@ def test_a_non_idempotent_step_waits_for_an_operator_after_a_crash(durable, tmp_
     with pytest.raises(Exception, match="not waiting for a decision"):
         durable.decide(eid, "receipt", "rerun")
 
+    with pytest.raises(Exception, match=r"step 'charge' is not JSON data: output\['at'\] is a datetime.datetime"):
+        durable.decide(eid, "charge", "succeed", output={"at": datetime.datetime.now()})
     durable.decide(eid, "charge", "succeed", reason="the bank shows the charge", output="charged")
     view = durable.wait(eid, timeout=60)
     assert view.status == ExecutionStatus.COMPLETED
