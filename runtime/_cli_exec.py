@@ -22,7 +22,7 @@ from runtime.status import ExecutionView, StepStatus
 from sop import SopflowError, SopValidationError, check_file
 
 _STEP_STYLE = {StepStatus.SUCCEEDED: "green", StepStatus.FAILED: "red", StepStatus.RUNNING: "cyan",
-               StepStatus.RETRYING: "yellow", StepStatus.SKIPPED: "dim", StepStatus.UPSTREAM_FAILED: "red",
+               StepStatus.QUEUED: "blue", StepStatus.RETRYING: "yellow", StepStatus.SKIPPED: "dim", StepStatus.UPSTREAM_FAILED: "red",
                StepStatus.CANCELLED: "magenta", StepStatus.PENDING: "white"}
 _ADDRESS_HELP = "Ray cluster to use (host:port or ray://host:10001); default $RAY_ADDRESS, else this machine's."
 
@@ -61,13 +61,21 @@ def _steps_table(view: ExecutionView) -> Table:
     return table
 
 
+def step_summary(view: ExecutionView) -> str:
+    """Steps counted by status, e.g. ``2 running, 5 queued, 1 succeeded`` (queued is not running)."""
+    counts: dict[StepStatus, int] = {}
+    for step in view.steps.values():
+        counts[step.status] = counts.get(step.status, 0) + 1
+    return ", ".join(f"{counts[status]} {status.value}" for status in StepStatus if counts.get(status))
+
+
 def _print_view(view: ExecutionView, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(_view_dict(view), indent=2, default=str))
         return
     out = console()
     out.print(f"[bold]{view.id}[/bold]  {view.sop} {view.version}  [bold]{view.status.value}[/bold]  "
-              f"{view.progress:.0%}  {view.elapsed_s:.2f} s")
+              f"{view.progress:.0%}  {view.elapsed_s:.2f} s  ({escape(step_summary(view))})")
     out.print(_steps_table(view))
 
 
@@ -104,7 +112,8 @@ def _follow(engine: Any, execution_id: str) -> ExecutionView:
     with Live(console=out, refresh_per_second=8) as live:
         for _event in engine.events(execution_id):
             view = engine.status(execution_id)
-            progress.update(bar, completed=view.progress)
+            progress.update(bar, completed=view.progress,
+                            description=f"{view.sop} {execution_id} ({escape(step_summary(view))})")
             grid = Table.grid()
             grid.add_row(progress)
             grid.add_row(_steps_table(view))
