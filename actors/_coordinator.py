@@ -18,12 +18,13 @@ from collections import deque
 from typing import Any
 
 from actors._dispatch import Dispatcher
-from actors._execution import Execution, SubmitRequest
+from actors._execution import Execution, SubmitRequest, sop_definition
 from actors._journal import Journal, load_state
 from runtime.config import RESTART_GRACE_S, EngineConfig
-from runtime.errors import ExecutionError, ExecutionNotFound
+from runtime.errors import ExecutionError, ExecutionNotFound, IdempotencyConflict
 from runtime.events import Event, EventKind
 from runtime.history import export_history, import_history
+from runtime.idempotency import differences, fingerprint
 from runtime.ids import ExecutionId
 from runtime.scheduling import Verdict, verdict
 from runtime.state import ExecutionState, final_status
@@ -100,6 +101,8 @@ class _Coordinator:
         if key:
             known = self.by_key.get(key) or (self._key_in_log(key) and self.log.find_key(key))
             if known:
+                if not key.startswith("auto:"):  # an automatic key is only ever resent as is
+                    self._check_same_request(key, known, request)
                 return known
         exe = Execution(ExecutionId.new(), request)
         self.executions[exe.id] = exe
@@ -122,10 +125,29 @@ class _Coordinator:
                   rollback=[s.id for s in sop.rollback], inputs=public_inputs,
                   idempotency_key=key, parent=request.parent, source=request.source,
                   request=request.describe(),
+                  **({"fingerprint": _fingerprint(request)} if key and not key.startswith("auto:") else {}),
                   trace=carrier_for(exe.span) if exe.span.is_recording() else {})
         self.emit(exe, EventKind.STARTED)
         self.advance(exe, exe.graph.roots())
         return exe.id
+
+    def _check_same_request(self, key: str, known: str, request: SubmitRequest) -> None:
+        """Refuse a reused key whose request differs from the first one (see :mod:`runtime.idempotency`).
+
+        Raises:
+            IdempotencyConflict: naming the first execution and what differs.
+        """
+        first = self.executions.get(known)
+        if first is not None:
+            earlier = _fingerprint(first.request, with_secrets=True)
+        else:
+            submitted = self.log.read(known, 0, 1)
+            earlier = submitted[0].data.get("fingerprint") if submitted else None
+            if earlier is None:
+                return  # submitted before fingerprints were logged: nothing to compare with
+        found = differences(earlier, _fingerprint(request, with_secrets=first is not None))
+        if found:
+            raise IdempotencyConflict(key, known, found)
 
     def _key_in_log(self, key: str) -> bool:
         """Whether a key missing from memory may still be in the log (a read off the hot path).
@@ -430,3 +452,7 @@ class _Coordinator:
         self.advance(exe, exe.active_graph.dependents(sid) if sid in exe.active_graph else [])
 
 
+def _fingerprint(request: SubmitRequest, *, with_secrets: bool = False) -> dict[str, Any]:
+    sop = request.sop
+    return fingerprint(sop.sop, sop.version, request.definition or sop_definition(sop), request.mode,
+                       request.inputs, request.secrets, with_secrets=with_secrets)
