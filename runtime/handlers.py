@@ -14,7 +14,6 @@ import asyncio
 import datetime
 import inspect
 import logging
-import os
 import random
 import subprocess
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.failure import ErrorInfo, error_from_exception
+from runtime.isolation import Attempt
 from runtime.registry import import_object
 
 log = logging.getLogger("sopflow.step")
@@ -99,12 +99,15 @@ class StepContext:
         step: The step id.
         attempt: 1 for the first attempt.
         logger: A logger whose records carry the execution and step.
+        workdir: This attempt's own fresh directory (see :mod:`runtime.isolation`); removed
+            after a success, kept after a failure. The process cwd is not changed.
     """
 
     execution_id: str
     step: str
     attempt: int
     logger: logging.LoggerAdapter
+    workdir: str = ""
     _progress: float | None = None
     _replay: tuple[tuple[str, Any], ...] = ()
     _recorded: list[tuple[str, Any]] = field(default_factory=list)
@@ -243,16 +246,18 @@ def resolve(task: StepTask) -> Callable[..., Any]:
 def run_task(task: StepTask) -> StepOutcome:
     """Run one attempt and describe how it went; never raises for handler failures."""
     start = time.perf_counter()
+    place = Attempt(task.execution_id, task.step, task.attempt)
     ctx = StepContext(task.execution_id, task.step, task.attempt,
                       logging.LoggerAdapter(log, {"execution_id": task.execution_id, "step": task.step}),
-                      _replay=_as_recording(task.recorded))
+                      place.workdir, _replay=_as_recording(task.recorded))
     try:
         if task.uses == "shell":
-            output, error = _run_shell(task)
+            output, error = _run_shell(task, place)
         else:
             output, error = _call(resolve(task), task.args, ctx), None
     except Exception as exc:  # noqa: BLE001 - every handler failure becomes data
         output, error = None, error_from_exception(exc, traceback=traceback.format_exc())
+    error = place.close(error)
     return StepOutcome(task.key, error is None, output, error, time.perf_counter() - start,
                        ctx._progress, tuple(ctx._recorded), ctx._divergence())
 
@@ -280,11 +285,11 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _run_shell(task: StepTask) -> tuple[Any, ErrorInfo | None]:
-    env = {**os.environ, **task.env, "SOPFLOW_EXECUTION_ID": task.execution_id,
-           "SOPFLOW_STEP": task.step, "SOPFLOW_ATTEMPT": str(task.attempt)}
+def _run_shell(task: StepTask, place: Attempt) -> tuple[Any, ErrorInfo | None]:
+    env = place.shell_env(task.env, {"SOPFLOW_EXECUTION_ID": task.execution_id, "SOPFLOW_STEP": task.step,
+                                     "SOPFLOW_ATTEMPT": str(task.attempt)})
     try:
-        proc = subprocess.run(["/bin/sh", "-c", task.run or ""], capture_output=True, text=True,
+        proc = subprocess.run(["/bin/sh", "-c", task.run or ""], capture_output=True, text=True, cwd=place.workdir,
                               env=env, timeout=task.timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
         return None, ErrorInfo("Timeout", f"command ran longer than {e.timeout:g} s", origin="timeout")
