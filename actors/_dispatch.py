@@ -89,7 +89,8 @@ class Dispatcher:
             return
         task = StepTask(exe.id, exe.sop.sop, step.id, attempt, step.handler,
                         exe.request.handlers.get(step.handler), args, run, env, timeout,
-                        carrier_for(span) if span.is_recording() else {})
+                        carrier_for(span) if span.is_recording() else {},
+                        memory_mb=exe.memory_mb.get(step.id, exe.sop.effective_resources(step).memory_mb))
         self._admit(exe, step, flight, task, digest)
 
     def _admit(self, exe: Execution, step: Step, flight: InFlight, task: StepTask, digest: str) -> None:

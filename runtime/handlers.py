@@ -50,6 +50,9 @@ class StepTask:
     """Values an earlier run of this step took from its context (``StepOutcome.recorded``),
     given when the step is replayed; empty for a fresh run. A replay of a run that
     recorded nothing looks like a fresh run, so its extra calls are not reported."""
+    memory_mb: int | None = None
+    """The attempt's memory limit (``resources.memory_mb``, grown by retries), enforced by
+    :mod:`runtime.isolation`."""
 
     @property
     def key(self) -> str:
@@ -246,7 +249,7 @@ def resolve(task: StepTask) -> Callable[..., Any]:
 def run_task(task: StepTask) -> StepOutcome:
     """Run one attempt and describe how it went; never raises for handler failures."""
     start = time.perf_counter()
-    place = Attempt(task.execution_id, task.step, task.attempt)
+    place = Attempt(task.execution_id, task.step, task.attempt, task.memory_mb)
     ctx = StepContext(task.execution_id, task.step, task.attempt,
                       logging.LoggerAdapter(log, {"execution_id": task.execution_id, "step": task.step}),
                       place.workdir, _replay=_as_recording(task.recorded))
@@ -254,7 +257,11 @@ def run_task(task: StepTask) -> StepOutcome:
         if task.uses == "shell":
             output, error = _run_shell(task, place)
         else:
-            output, error = _call(resolve(task), task.args, ctx), None
+            stop_watch = place.watch_this_thread()
+            try:
+                output, error = _call(resolve(task), task.args, ctx), None
+            finally:
+                stop_watch()
     except Exception as exc:  # noqa: BLE001 - every handler failure becomes data
         output, error = None, error_from_exception(exc, traceback=traceback.format_exc())
     error = place.close(error)
@@ -289,8 +296,7 @@ def _run_shell(task: StepTask, place: Attempt) -> tuple[Any, ErrorInfo | None]:
     env = place.shell_env(task.env, {"SOPFLOW_EXECUTION_ID": task.execution_id, "SOPFLOW_STEP": task.step,
                                      "SOPFLOW_ATTEMPT": str(task.attempt)})
     try:
-        proc = subprocess.run(["/bin/sh", "-c", task.run or ""], capture_output=True, text=True, cwd=place.workdir,
-                              env=env, timeout=task.timeout_s, stdin=subprocess.DEVNULL)
+        proc = place.run_shell(["/bin/sh", "-c", task.run or ""], env=env, timeout=task.timeout_s)
     except subprocess.TimeoutExpired as e:
         return None, ErrorInfo("Timeout", f"command ran longer than {e.timeout:g} s", origin="timeout")
     output = {"stdout": proc.stdout, "stderr": proc.stderr, "exit_code": proc.returncode}

@@ -16,16 +16,37 @@ behind may reach the next one:
   ``env``, then ``SOPFLOW_*`` ids. Whatever else is in the worker's
   ``os.environ`` (a previous attempt's or handler's leftovers, Ray's internals)
   is not passed on; a step that needs a variable names it in its ``env``.
+- **Memory.** A step's ``resources.memory_mb`` is enforced, not only used to
+  place it: a watchdog thread samples the resident memory (RSS) every
+  :data:`SAMPLE_S`. A shell step's whole process tree is measured and killed
+  (SIGKILL to its process group) when over the limit. A Python handler is
+  charged for what its worker process gained since the attempt began (the
+  worker's own baseline, Ray included, is not the step's); when over, the
+  watchdog raises :class:`MemoryLimitExceeded` in the handler's thread
+  (``PyThreadState_SetAsyncExc``), which unwinds the handler and frees what it
+  held while the worker survives. (Killing the worker with ``os._exit`` would
+  lose the attempt's output and look like a crash.) Either way the attempt
+  fails with origin ``oom``: classified ``resource`` and retried with
+  ``retry.memory_growth`` x memory. Limits: a spike shorter than a sample can
+  pass unnoticed, and a handler blocked inside one long C call is stopped when
+  it returns to Python. RSS is used rather than ``RLIMIT_AS``: address-space
+  limits fail programs that reserve much more than they use (JVMs, Go, BLAS
+  thread pools).
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import re
 import shutil
+import signal
+import subprocess
 import tempfile
+import threading
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -36,6 +57,11 @@ SHELL_ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE
                    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 """Worker environment variables a shell step inherits (plus every ``LC_*``); nothing else."""
 
+SAMPLE_S = 0.05
+"""How often the memory watchdog samples an attempt's resident memory."""
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_MIB = 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -47,7 +73,10 @@ def attempts_root() -> Path:
 class Attempt:
     """One attempt's working directory and environment; :meth:`close` cleans up after it."""
 
-    def __init__(self, execution_id: str, step: str, attempt: int) -> None:
+    def __init__(self, execution_id: str, step: str, attempt: int, memory_mb: int | None = None) -> None:
+        self.memory_mb = memory_mb or None
+        self.over_mb: float | None = None
+        """Set by the watchdog when the attempt went over ``memory_mb`` (the MiB it had)."""
         root = attempts_root()
         root.mkdir(parents=True, exist_ok=True)
         prefix = _UNSAFE.sub("_", f"{execution_id}-{step}-{attempt}-")[:120]
@@ -59,11 +88,110 @@ class Attempt:
         inherited = {k: v for k, v in os.environ.items() if k in SHELL_ENV_ALLOW or k.startswith("LC_")}
         return {**inherited, "TMPDIR": self.workdir, **step_env, **ids}
 
+    def run_shell(self, argv: list[str], *, env: dict[str, str], timeout: float | None) -> subprocess.CompletedProcess:
+        """``subprocess.run`` in the attempt's directory, its process tree held to ``memory_mb``.
+
+        Raises:
+            subprocess.TimeoutExpired: like ``subprocess.run`` (the process group is killed).
+        """
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              text=True, env=env, cwd=self.workdir, start_new_session=True) as proc:
+            stop = self._watch(lambda: _tree_rss(proc.pid), lambda: _kill_group(proc.pid))
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid)
+                proc.communicate()
+                raise
+            finally:
+                stop()
+                _kill_group(proc.pid)  # nothing the step started outlives it
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+    def watch_this_thread(self) -> Callable[[], None]:
+        """Hold a Python handler running in this thread to ``memory_mb``; returns ``stop``."""
+        baseline = _rss(os.getpid()) or 0
+        thread = threading.get_ident()
+        return self._watch(lambda: (_rss(os.getpid()) or 0) - baseline, lambda: _raise_in(thread))
+
+    def _watch(self, measure: Callable[[], float], stop_it: Callable[[], None]) -> Callable[[], None]:
+        if not self.memory_mb:
+            return lambda: None
+        done = threading.Event()
+        lock = threading.Lock()  # once stop() returned, the watchdog can no longer strike
+        limit = self.memory_mb * _MIB
+
+        def watchdog() -> None:
+            while not done.wait(SAMPLE_S):
+                used = measure()
+                if used > limit:
+                    with lock:
+                        if not done.is_set():
+                            self.over_mb = used / _MIB
+                            stop_it()
+                    return
+
+        def stop() -> None:
+            with lock:
+                done.set()
+
+        threading.Thread(target=watchdog, name="sopflow-memory-watchdog", daemon=True).start()
+        return stop
+
     def close(self, error: ErrorInfo | None) -> ErrorInfo | None:
         """Remove the directory after a success; keep it after a failure and say where it is."""
+        if self.over_mb is not None:  # whatever the step did about it, it went over its limit
+            from runtime.failure import ErrorInfo
+
+            error = ErrorInfo("MemoryLimitExceeded", f"the attempt used {self.over_mb:.0f} MiB, more than its "
+                              f"memory_mb={self.memory_mb}; raise resources.memory_mb or set retry.memory_growth",
+                              origin="oom")
         path = Path(self.workdir)
         if error is None or not path.is_dir() or not any(path.iterdir()):
             shutil.rmtree(path, ignore_errors=True)
             return error
         return dataclasses.replace(error, message=f"{error.message} (working directory kept: {path})")
 
+
+
+class MemoryLimitExceeded(Exception):
+    """Raised inside a Python handler whose attempt went over its ``memory_mb``."""
+
+
+def _rss(pid: int) -> int | None:
+    """Resident memory of one process in bytes (from /proc; None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in bytes."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += _rss(p) or 0
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return total
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _raise_in(thread_id: int) -> None:
+    """Raise :class:`MemoryLimitExceeded` in a thread at its next Python instruction."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(MemoryLimitExceeded))

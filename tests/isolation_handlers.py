@@ -22,3 +22,14 @@ def leak_env(name: str, value: str) -> str:
     """Misbehave: change the worker process's environment (shared with later attempts)."""
     os.environ[name] = value
     return value
+
+
+def allocate(mb: int, context: Any) -> dict:
+    """Hold ``mb`` MiB of real (touched) memory for a moment, in Python code the watchdog can stop."""
+    import time
+
+    held = b"\x01" * (mb * 1024 * 1024)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # a handler at work, holding its memory
+        time.sleep(0.01)
+    return {"attempt": context.attempt, "held_mb": len(held) // (1024 * 1024)}
