@@ -85,6 +85,7 @@ class _Coordinator:
 
     async def submit(self, request: SubmitRequest) -> str:
         await self.ready()
+        await self.dispatcher.preflight([request])
         execution_id = self._admit(request)
         await self.journal.durable()  # answered once the submission is in the log
         return execution_id
@@ -92,6 +93,7 @@ class _Coordinator:
     async def submit_many(self, requests: list[SubmitRequest]) -> list[str]:
         """Submit a batch in one call and one commit (the fast path for thousands of executions)."""
         await self.ready()
+        await self.dispatcher.preflight(requests)
         ids = [self._admit(request) for request in requests]
         await self.journal.durable()
         return ids

@@ -17,6 +17,7 @@ import ray
 from opentelemetry import trace
 
 from actors._execution import Execution, InFlight
+from actors._preflight import ModuleCheck
 from actors.step_task import remote_execute_step
 from runtime.events import EventKind
 from runtime.failure import Action, Decision, ErrorInfo, as_dict, decide
@@ -43,12 +44,17 @@ class Dispatcher:
         """Step tasks launched into Ray and not yet settled."""
         self._queue: list[tuple] = []
         self._order = itertools.count()
+        self._modules = ModuleCheck()
         self._starting = 0
         """Attempts holding a slot while their ``step_started`` becomes durable (not idempotent)."""
         self._max_running: int | None = None
         self._max_running_checked = 0.0
 
     # -- starting -------------------------------------------------------------------------
+
+    async def preflight(self, requests: list[Any]) -> None:
+        """Refuse requests whose ``python:`` modules do not import on the workers (see :mod:`actors._preflight`)."""
+        await self._modules.check(requests)
 
     def start(self, exe: Execution, step: Step, attempt: int) -> None:
         """Start an attempt: launch it into Ray if a run slot is free, else queue it for one.

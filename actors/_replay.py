@@ -47,6 +47,9 @@ class ReplayDispatcher(Dispatcher):
         self.handlers_run = 0
         self.context_notes: dict[str, str] = {}
 
+    async def preflight(self, requests: list[Any]) -> None:
+        """Nothing to check: a replay runs handlers in this process, not on the workers."""
+
     def _replaying(self, exe: Execution, step: Step) -> bool:
         """True when this attempt takes its recorded outcome (root execution, before the checkpoint)."""
         return exe.request.parent is None and step.id not in self.rerun
