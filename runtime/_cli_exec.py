@@ -27,12 +27,48 @@ _STEP_STYLE = {StepStatus.SUCCEEDED: "green", StepStatus.FAILED: "red", StepStat
 _ADDRESS_HELP = "Ray cluster to use (host:port or ray://host:10001); default $RAY_ADDRESS, else this machine's."
 
 
+def ray_options(verbose: bool) -> dict[str, Any]:
+    """``ray.init`` options for the CLI: Ray's own output only with ``--verbose``."""
+    if verbose:
+        return {"logging_level": logging.INFO, "log_to_driver": True}
+    return {"logging_level": logging.ERROR, "log_to_driver": False}
+
+
+def quiet_raylet_messages() -> None:
+    """Keep raylet messages (``(raylet) A worker died...``, ``N PYTHON worker processes have been
+    started...``) out of the user's terminal: they go to the ``sopflow.ray`` logger instead.
+
+    Ray prints them from a driver thread through ``ray._private.worker.print_to_stdstream``
+    whatever ``log_to_driver`` says; that (private) function is the only place to catch them.
+    If a Ray version renames it, the messages simply show again.
+    """
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "sopflow_quiet", False):
+        return
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        if data.get("pid") == "raylet":
+            for line in data.get("lines", ()):
+                logging.getLogger("sopflow.ray").info("(raylet) %s", line)
+            return
+        original(data, ignore_prefix)
+
+    to_log.sopflow_quiet = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_log
+
+
 def _connect(address: str | None, *, start_if_missing: bool) -> Any:
     """An Engine on the given/running cluster; optionally start a local one for this command."""
     from runtime.engine import Engine
 
     address = address or os.environ.get("RAY_ADDRESS")
-    quiet = {"logging_level": logging.ERROR}
+    ctx = click.get_current_context(silent=True)
+    verbose = bool(ctx and (ctx.find_root().obj or {}).get("verbose"))
+    quiet = ray_options(verbose)
+    if not verbose:
+        quiet_raylet_messages()
     try:
         return Engine.connect(address or "auto", **quiet), False
     except ConnectionError as e:

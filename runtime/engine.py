@@ -98,7 +98,7 @@ class Engine:
         import ray
 
         if not ray.is_initialized():
-            ray.init(address=address, namespace=namespace, log_to_driver=False, **ray_options)
+            ray.init(**{"address": address, "namespace": namespace, "log_to_driver": False, **ray_options})
         return cls(namespace=namespace, registry=registry)
 
     def _call(self, send: Any, timeout: float | None = None) -> Any:
