@@ -22,7 +22,8 @@ from runtime.status import ExecutionView, StepStatus
 from sop import SopflowError, SopValidationError, check_file
 
 _STEP_STYLE = {StepStatus.SUCCEEDED: "green", StepStatus.FAILED: "red", StepStatus.RUNNING: "cyan",
-               StepStatus.QUEUED: "blue", StepStatus.RETRYING: "yellow", StepStatus.SKIPPED: "dim", StepStatus.UPSTREAM_FAILED: "red",
+               StepStatus.QUEUED: "blue", StepStatus.RETRYING: "yellow", StepStatus.SKIPPED: "dim",
+               StepStatus.UPSTREAM_FAILED: "red",
                StepStatus.CANCELLED: "magenta", StepStatus.PENDING: "white"}
 _ADDRESS_HELP = "Ray cluster to use (host:port or ray://host:10001); default $RAY_ADDRESS, else this machine's."
 

@@ -104,3 +104,20 @@ def test_a_queued_step_is_queued_again_after_a_coordinator_restart_not_interrupt
     recovered = next(e for e in events if e.kind == EventKind.RECOVERED)
     assert recovered.data["queued"] == ["s"]
     assert len((tmp_path / "careful.runs").read_text().splitlines()) == 1  # ran once
+
+
+def test_a_queued_step_of_a_cancelled_execution_never_starts(one_at_a_time, tmp_path) -> None:
+    """A graceful cancel lets running steps finish; a step still queued for a slot is cancelled."""
+    from runtime.status import StepStatus
+
+    gate = tmp_path / "gate"
+    blocker = one_at_a_time.submit(one_step("blocker", tmp_path, gate))
+    wait_for(lambda: (tmp_path / "blocker.runs").exists())
+    queued = one_at_a_time.submit(one_step("queued", tmp_path))
+    wait_for(lambda: one_at_a_time.status(queued).steps["s"].status == StepStatus.QUEUED)
+    one_at_a_time.cancel(queued)
+    gate.write_text("open")
+    assert one_at_a_time.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
+    view = one_at_a_time.wait(queued, timeout=60)
+    assert view.status == ExecutionStatus.CANCELLED and view.steps["s"].status == StepStatus.CANCELLED
+    assert not (tmp_path / "queued.runs").exists()

@@ -129,3 +129,19 @@ def test_attempts_on_ray_workers_do_not_see_each_other_or_a_leaked_environment(e
         assert lines[1:-2] == ["mine.txt"] and f"MINE=m{i}" in out
         assert "SOPFLOW_TEST_LEAK" not in out and "RAY_" not in lines[-1]
         assert not Path(lines[0]).exists()  # removed after the success
+
+
+def test_processes_a_shell_step_leaves_running_are_killed_when_it_ends(tmp_path) -> None:
+    from tests.sop_builders import wait_for
+
+    outcome = run_task(_shell("bg", f"sleep 60 >/dev/null 2>&1 & echo $! > {tmp_path}/pid"))
+    assert outcome.ok
+    pid = int((tmp_path / "pid").read_text())
+
+    def gone() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] in ("Z", "X")  # dead, not yet reaped
+        except OSError:
+            return True
+
+    assert wait_for(gone, timeout_s=10)
