@@ -94,6 +94,7 @@ class _Coordinator:
         """Submit a batch in one call and one commit (the fast path for thousands of executions)."""
         await self.ready()
         await self.dispatcher.preflight(requests)
+        self._check_keys(requests)  # a conflict refuses the whole batch before any of it is admitted
         ids = [self._admit(request) for request in requests]
         await self.journal.durable()
         return ids
@@ -132,6 +133,24 @@ class _Coordinator:
         self.emit(exe, EventKind.STARTED)
         self.advance(exe, exe.graph.roots())
         return exe.id
+
+    def _check_keys(self, requests: list[SubmitRequest]) -> None:
+        """Refuse a batch in which a key is reused for a different request (earlier or in the batch)."""
+        first: dict[str, SubmitRequest] = {}
+        for request in requests:
+            key = request.idempotency_key
+            if not key or key.startswith("auto:"):
+                continue
+            known = self.by_key.get(key) or (self._key_in_log(key) and self.log.find_key(key))
+            if known:
+                self._check_same_request(key, known, request)
+            elif key in first:
+                found = differences(_fingerprint(first[key], with_secrets=True),
+                                    _fingerprint(request, with_secrets=True))
+                if found:
+                    raise IdempotencyConflict(key, "another request of this batch", found)
+            else:
+                first[key] = request
 
     def _check_same_request(self, key: str, known: str, request: SubmitRequest) -> None:
         """Refuse a reused key whose request differs from the first one (see :mod:`runtime.idempotency`).

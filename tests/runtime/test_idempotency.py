@@ -90,3 +90,18 @@ def test_a_reused_key_is_checked_against_the_log_after_a_restart(keyed, sop_file
     with pytest.raises(IdempotencyConflict, match="'amount'") as info:
         keyed.submit(path, {"amount": 6}, idempotency_key=key)
     assert info.value.execution_id == first
+
+
+def test_a_batch_with_a_conflicting_key_is_refused_whole(keyed, sop_file) -> None:
+    path = _sop(sop_file)
+    key = f"pay-{uuid.uuid4().hex}"
+    first = keyed.submit(path, {"amount": 1}, idempotency_key=key)
+    before = {v.id for v in keyed.list(sop="pay", limit=100_000)}
+    fresh = f"pay-{uuid.uuid4().hex}"
+    with pytest.raises(IdempotencyConflict, match=first):
+        keyed.submit_many(path, [{"amount": 2}, {"amount": 3}], idempotency_keys=[fresh, key])
+    with pytest.raises(IdempotencyConflict, match="'amount'"):  # the same key twice in one batch
+        keyed.submit_many(path, [{"amount": 2}, {"amount": 3}], idempotency_keys=[fresh, fresh])
+    assert {v.id for v in keyed.list(sop="pay", limit=100_000)} == before  # nothing was submitted
+    assert keyed.submit_many(path, [{"amount": 1}], idempotency_keys=[key]) == [first]
+    keyed.wait(first, timeout=60)
