@@ -65,6 +65,7 @@ class ReplayDispatcher(Dispatcher):
             recorded = self.recorded.get((step.id, flight.attempt))
             if recorded is not None:
                 task.recorded = tuple(tuple(pair) for pair in recorded.data.get("recorded") or ())
+        task.memory_mb = None  # every replayed handler shares this process: its memory is no one step's
         flight.task = loop.create_task(self._run_here(exe, step, flight.attempt, task))
 
     async def _run_here(self, exe: Execution, step: Step, attempt: int, task: StepTask) -> None:
