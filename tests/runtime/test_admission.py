@@ -64,6 +64,13 @@ def test_a_step_waiting_for_a_slot_is_queued_not_running(one_at_a_time, tmp_path
     view = wait_for(lambda: (v := one_at_a_time.status(waiting)).steps["s"].status != StepStatus.PENDING and v)
     assert view.steps["s"].status == StepStatus.QUEUED, view
     assert one_at_a_time.status(blocker).steps["s"].status == StepStatus.RUNNING
+    import ray
+
+    def monitor_counts() -> dict:  # what a dashboard reads (the monitor gets events in batches)
+        steps = ray.get(one_at_a_time._actors.monitor.counts.remote())["steps_by_status"]
+        return steps if steps.get("queued", 0) >= 1 else {}
+
+    assert wait_for(monitor_counts, timeout_s=30).get("running", 0) >= 1
     kinds = [e.kind for e in events_of(one_at_a_time, waiting)]
     assert EventKind.STEP_QUEUED in kinds and EventKind.STEP_STARTED not in kinds, kinds
     gate.write_text("open")
