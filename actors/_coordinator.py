@@ -18,12 +18,13 @@ from collections import deque
 from typing import Any
 
 from actors._dispatch import Dispatcher
-from actors._execution import Execution, SubmitRequest
+from actors._execution import Execution, SubmitRequest, sop_definition
 from actors._journal import Journal, load_state
 from runtime.config import RESTART_GRACE_S, EngineConfig
-from runtime.errors import ExecutionError, ExecutionNotFound
+from runtime.errors import ExecutionError, ExecutionNotFound, IdempotencyConflict
 from runtime.events import Event, EventKind
 from runtime.history import export_history, import_history
+from runtime.idempotency import differences, fingerprint
 from runtime.ids import ExecutionId
 from runtime.outputs import Artifacts, OutputNotData, as_data, resolve
 from runtime.scheduling import Verdict, verdict
@@ -87,6 +88,7 @@ class _Coordinator:
 
     async def submit(self, request: SubmitRequest) -> str:
         await self.ready()
+        await self.dispatcher.preflight([request])
         execution_id = self._admit(request)
         await self.journal.durable()  # answered once the submission is in the log
         return execution_id
@@ -94,6 +96,8 @@ class _Coordinator:
     async def submit_many(self, requests: list[SubmitRequest]) -> list[str]:
         """Submit a batch in one call and one commit (the fast path for thousands of executions)."""
         await self.ready()
+        await self.dispatcher.preflight(requests)
+        self._check_keys(requests)  # a conflict refuses the whole batch before any of it is admitted
         ids = [self._admit(request) for request in requests]
         await self.journal.durable()
         return ids
@@ -103,6 +107,8 @@ class _Coordinator:
         if key:
             known = self.by_key.get(key) or (self._key_in_log(key) and self.log.find_key(key))
             if known:
+                if not key.startswith("auto:"):  # an automatic key is only ever resent as is
+                    self._check_same_request(key, known, request)
                 return known
         exe = Execution(ExecutionId.new(), request)
         exe.load_artifact = self.artifacts.loader(exe.id)
@@ -124,10 +130,47 @@ class _Coordinator:
                   rollback=[s.id for s in sop.rollback], inputs=public_inputs,
                   idempotency_key=key, parent=request.parent, source=request.source,
                   request=request.describe(),
+                  **({"fingerprint": _fingerprint(request)} if key and not key.startswith("auto:") else {}),
                   trace=carrier_for(exe.span) if exe.span.is_recording() else {})
         self.emit(exe, EventKind.STARTED)
         self.advance(exe, exe.graph.roots())
         return exe.id
+
+    def _check_keys(self, requests: list[SubmitRequest]) -> None:
+        """Refuse a batch in which a key is reused for a different request (earlier or in the batch)."""
+        first: dict[str, SubmitRequest] = {}
+        for request in requests:
+            key = request.idempotency_key
+            if not key or key.startswith("auto:"):
+                continue
+            known = self.by_key.get(key) or (self._key_in_log(key) and self.log.find_key(key))
+            if known:
+                self._check_same_request(key, known, request)
+            elif key in first:
+                found = differences(_fingerprint(first[key], with_secrets=True),
+                                    _fingerprint(request, with_secrets=True))
+                if found:
+                    raise IdempotencyConflict(key, "another request of this batch", found)
+            else:
+                first[key] = request
+
+    def _check_same_request(self, key: str, known: str, request: SubmitRequest) -> None:
+        """Refuse a reused key whose request differs from the first one (see :mod:`runtime.idempotency`).
+
+        Raises:
+            IdempotencyConflict: naming the first execution and what differs.
+        """
+        first = self.executions.get(known)
+        if first is not None:
+            earlier = _fingerprint(first.request, with_secrets=True)
+        else:
+            submitted = self.log.read(known, 0, 1)
+            earlier = submitted[0].data.get("fingerprint") if submitted else None
+            if earlier is None:
+                return  # submitted before fingerprints were logged: nothing to compare with
+        found = differences(earlier, _fingerprint(request, with_secrets=first is not None))
+        if found:
+            raise IdempotencyConflict(key, known, found)
 
     def _key_in_log(self, key: str) -> bool:
         """Whether a key missing from memory may still be in the log (a read off the hot path).
@@ -450,3 +493,7 @@ class _Coordinator:
         self.advance(exe, exe.active_graph.dependents(sid) if sid in exe.active_graph else [])
 
 
+def _fingerprint(request: SubmitRequest, *, with_secrets: bool = False) -> dict[str, Any]:
+    sop = request.sop
+    return fingerprint(sop.sop, sop.version, request.definition or sop_definition(sop), request.mode,
+                       request.inputs, request.secrets, with_secrets=with_secrets)

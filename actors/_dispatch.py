@@ -17,6 +17,7 @@ import ray
 from opentelemetry import trace
 
 from actors._execution import Execution, InFlight
+from actors._preflight import ModuleCheck
 from actors._ray_errors import ray_error as _ray_error
 from actors.step_task import remote_execute_step
 from runtime.errors import StateStoreError
@@ -46,12 +47,25 @@ class Dispatcher:
         """Step tasks launched into Ray and not yet settled."""
         self._queue: list[tuple] = []
         self._order = itertools.count()
+        self._modules = ModuleCheck()
+        self._starting = 0
+        """Attempts holding a slot while their ``step_started`` becomes durable (not idempotent)."""
         self._max_running: int | None = None
         self._max_running_checked = 0.0
 
     # -- starting -------------------------------------------------------------------------
 
+    async def preflight(self, requests: list[Any]) -> None:
+        """Refuse requests whose ``python:`` modules do not import on the workers (see :mod:`actors._preflight`)."""
+        await self._modules.check(requests)
+
     def start(self, exe: Execution, step: Step, attempt: int) -> None:
+        """Start an attempt: launch it into Ray if a run slot is free, else queue it for one.
+
+        ``step_started`` is logged when the attempt gets its slot and is launched (so a status
+        saying ``running`` means a task is in Ray); an attempt that must wait for a slot logs
+        ``step_queued`` first. A step that gets a slot at once costs one event, as before.
+        """
         c = self.coordinator
         error: ErrorInfo | None = None
         args: dict[str, Any] = {}
@@ -63,10 +77,6 @@ class Dispatcher:
             env = render(step.env, ctx) if step.env else {}
         except ExpressionError as e:
             error = ErrorInfo("ExpressionError", str(e), retryable=False)
-        # The digest of what the handler gets lets a replay tell changed inputs from a changed
-        # handler. Secrets are masked first: a hash of a short secret could be brute-forced.
-        c.emit(exe, EventKind.STEP_STARTED, step.id, attempt,
-               **({} if error else {"inputs": inputs_digest(*exe.redact([args, run, env]))}))
         span = tracer().start_span(f"step {step.id}", context=trace.set_span_in_context(exe.span),
                                    attributes={"sopflow.execution_id": exe.id, "sopflow.sop": exe.sop.sop,
                                                "sopflow.version": exe.sop.version, "sopflow.step": step.id,
@@ -74,39 +84,68 @@ class Dispatcher:
         flight = InFlight(attempt, span=span)
         exe.inflight[step.id] = flight
         if error is not None:
+            c.emit(exe, EventKind.STEP_STARTED, step.id, attempt)
             flight.task = asyncio.get_running_loop().create_task(self._finish(exe, step, attempt, None, error))
             return
+        # The digest of what the handler gets lets a replay tell changed inputs from a changed
+        # handler. Secrets are masked first: a hash of a short secret could be brute-forced.
+        digest = inputs_digest(*exe.redact([args, run, env]))
         timeout = exe.sop.effective_timeout(step)
-        if step.handler.startswith("sop:"):
+        if step.handler.startswith("sop:"):  # runs no task of its own: needs no slot
+            c.emit(exe, EventKind.STEP_STARTED, step.id, attempt, inputs=digest)
             flight.task = asyncio.get_running_loop().create_task(
                 self._run_child(exe, step, attempt, args, timeout))
             return
         task = StepTask(exe.id, exe.sop.sop, step.id, attempt, step.handler,
                         exe.request.handlers.get(step.handler), args, run, env, timeout,
                         carrier_for(span) if span.is_recording() else {},
-                        output_cap=c.config.max_inline_output_bytes)
-        admit = functools.partial(self._admit, exe, step, flight, task)
+                        output_cap=c.config.max_inline_output_bytes,
+                        memory_mb=exe.memory_mb.get(step.id, exe.sop.effective_resources(step).memory_mb))
+        self._admit(exe, step, flight, task, digest)
+
+    def _admit(self, exe: Execution, step: Step, flight: InFlight, task: StepTask, digest: str) -> None:
+        """Take a run slot now, or queue the attempt (by execution priority) while enough steps run."""
+        if self.running + self._starting >= self.max_running:
+            self.coordinator.emit(exe, EventKind.STEP_QUEUED, step.id, flight.attempt,
+                                  reason=f"waiting for a run slot (max_running_steps={self.max_running})")
+            heapq.heappush(self._queue, (-exe.state.priority, next(self._order), exe, step, flight, task, digest))
+            return
+        self._take_slot(exe, step, flight, task, digest)
+
+    def _take_slot(self, exe: Execution, step: Step, flight: InFlight, task: StepTask, digest: str) -> None:
+        """Log ``step_started`` and launch; a queued attempt of a cancelled execution never starts."""
+        if exe.inflight.get(step.id) is not flight or flight.settled:
+            return  # settled meanwhile (a forced cancel)
+        if exe.state.cancel_requested:
+            flight.settled = True
+            error = ErrorInfo("Cancelled", "the attempt was cancelled before it started", retryable=False,
+                              origin="cancel")
+            flight.task = asyncio.get_running_loop().create_task(
+                self._finish(exe, step, flight.attempt, None, error))
+            return
+        c = self.coordinator
+        c.emit(exe, EventKind.STEP_STARTED, step.id, flight.attempt, inputs=digest)
         if step.idempotent:
             # step_started is appended (the group commit is under way); should the coordinator die
             # before it is durable, recovery runs the step again, as it would after the commit.
-            admit()
-        else:
-            # The log must say "may have started" before a non-idempotent step can start.
-            c.journal.on_durable(admit)
-
-    def _admit(self, exe: Execution, step: Step, flight: InFlight, task: StepTask) -> None:
-        """Start the attempt now, or queue it (by execution priority) while enough steps run."""
-        if self.running >= self.max_running:
-            heapq.heappush(self._queue, (-exe.state.priority, next(self._order), exe, step, flight, task))
+            self._launch(exe, step, flight, task)
             return
-        self._launch(exe, step, flight, task)
+        # The log must say "may have started" before a non-idempotent step can start; its slot
+        # is held meanwhile (``_starting``) so the commit wait cannot overfill the cluster.
+        self._starting += 1
+
+        def launch() -> None:
+            self._starting -= 1
+            self._launch(exe, step, flight, task)
+
+        c.journal.on_durable(launch)
 
     def _release(self) -> None:
         """A launched attempt ended: start queued ones while there is room."""
         self.running -= 1
-        while self._queue and self.running < self.max_running:
-            *_, exe, step, flight, task = heapq.heappop(self._queue)
-            self._launch(exe, step, flight, task)
+        while self._queue and self.running + self._starting < self.max_running:
+            *_, exe, step, flight, task, digest = heapq.heappop(self._queue)
+            self._take_slot(exe, step, flight, task, digest)
 
     @property
     def max_running(self) -> int:
@@ -131,7 +170,7 @@ class Dispatcher:
         return self._max_running
 
     def _launch(self, exe: Execution, step: Step, flight: InFlight, task: StepTask) -> None:
-        if exe.inflight.get(step.id) is not flight:
+        if exe.inflight.get(step.id) is not flight or flight.settled:
             return  # settled meanwhile (a forced cancel)
         if exe.state.force_cancel:
             error = ErrorInfo("Cancelled", "the attempt was cancelled before it started", retryable=False,

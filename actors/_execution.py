@@ -104,13 +104,13 @@ class Recoverable:
             self.retry_due[event.step] = (event.attempt or 1, event.ts + event.data.get("delay_s", 0.0))
             if event.data.get("memory_mb"):
                 self.memory_mb[event.step] = event.data["memory_mb"]
-        elif kind == EventKind.STEP_STARTED and event.step:
+        elif kind in (EventKind.STEP_QUEUED, EventKind.STEP_STARTED) and event.step:
             self.retry_due.pop(event.step, None)
         elif kind == EventKind.CHILD_SUBMITTED and event.step:
             self.children[event.step] = event.data["child"]
 
 
-_AUX_KINDS = frozenset({EventKind.STEPS_ADDED, EventKind.RETRY_SCHEDULED, EventKind.STEP_STARTED,
+_AUX_KINDS = frozenset({EventKind.STEPS_ADDED, EventKind.RETRY_SCHEDULED, EventKind.STEP_QUEUED, EventKind.STEP_STARTED,
                         EventKind.CHILD_SUBMITTED})
 
 

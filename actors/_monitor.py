@@ -220,10 +220,15 @@ class _ExecutionMonitor:
         return history[after_seq:] if len(history) >= after_seq else []
 
     async def counts(self) -> dict[str, Any]:
+        """Executions by status, and the steps of unfinished ones by status (queued apart from running)."""
         by_status: dict[str, int] = {}
+        steps: dict[str, int] = {}
         for s in self.states.values():
             by_status[s.status.value] = by_status.get(s.status.value, 0) + 1
-        return {"executions": len(self.states), "by_status": by_status}
+            if not s.status.terminal:
+                for st in s.steps.values():
+                    steps[st.status.value] = steps.get(st.status.value, 0) + 1
+        return {"executions": len(self.states), "by_status": by_status, "steps_by_status": steps}
 
 
 def _view_of(record: Any) -> ExecutionView:

@@ -9,6 +9,8 @@ after it, then resumed:
   anyone's back: it waits for an operator's decision (``sopflow decide``), unless
   its ``recovery`` says ``rerun`` or ``fail``;
 - a ``sop:`` step whose child execution was submitted re-attaches to the child;
+- an attempt that was queued for a run slot never reached Ray: it is queued again
+  (not reported as interrupted);
 - a retry waiting out its backoff is scheduled for the time it was due;
 - every other step is re-evaluated as if its dependencies had just finished.
 
@@ -59,7 +61,7 @@ async def recover(c: _Coordinator) -> dict[str, Any]:
         if exe.state.idempotency_key:
             c.by_key[exe.state.idempotency_key] = exe.id
         rebuilt.append(exe)
-    counts = {"redispatched": 0, "reattached": 0, "awaiting_decision": 0, "retries": 0}
+    counts = {"redispatched": 0, "requeued": 0, "reattached": 0, "awaiting_decision": 0, "retries": 0}
     for exe in rebuilt:
         for what, n in resume(c, exe).items():
             counts[what] += n
@@ -128,12 +130,19 @@ def _recovered_span(exe: Execution, submitted: Event) -> Any:
 def resume(c: _Coordinator, exe: Execution) -> dict[str, int]:
     """Pick up an execution where the log left it; returns counts of what was done."""
     state = exe.state
-    counts = {"redispatched": 0, "reattached": 0, "awaiting_decision": 0, "retries": 0}
+    counts = {"redispatched": 0, "requeued": 0, "reattached": 0, "awaiting_decision": 0, "retries": 0}
     running = [sid for sid, st in state.steps.items() if st.status == StepStatus.RUNNING]
+    queued = [sid for sid, st in state.steps.items() if st.status == StepStatus.QUEUED]
     waiting = [sid for sid, st in state.steps.items() if st.status == StepStatus.NEEDS_DECISION]
-    c.emit(exe, EventKind.RECOVERED, in_flight=running, awaiting_decision=waiting,
+    c.emit(exe, EventKind.RECOVERED, in_flight=running, queued=queued, awaiting_decision=waiting,
            retrying=[sid for sid in exe.aux.retry_due if state.steps[sid].status == StepStatus.RETRYING])
     loop = asyncio.get_running_loop()
+    for sid in queued:  # never reached Ray: queue the same attempt again, nothing was interrupted
+        if state.cancel_requested:
+            c.emit(exe, EventKind.STEP_CANCELLED, sid, reason="execution cancelled")
+        else:
+            c.dispatcher.start(exe, exe.steps_by_id[sid], state.steps[sid].attempts or 1)
+            counts["requeued"] += 1
     for sid in running:
         step = exe.steps_by_id[sid]
         attempt = state.steps[sid].attempts or 1

@@ -47,6 +47,9 @@ class ReplayDispatcher(Dispatcher):
         self.handlers_run = 0
         self.context_notes: dict[str, str] = {}
 
+    async def preflight(self, requests: list[Any]) -> None:
+        """Nothing to check: a replay runs handlers in this process, not on the workers."""
+
     def _replaying(self, exe: Execution, step: Step) -> bool:
         """True when this attempt takes its recorded outcome (root execution, before the checkpoint)."""
         return exe.request.parent is None and step.id not in self.rerun
@@ -62,6 +65,7 @@ class ReplayDispatcher(Dispatcher):
             recorded = self.recorded.get((step.id, flight.attempt))
             if recorded is not None:
                 task.recorded = tuple(tuple(pair) for pair in recorded.data.get("recorded") or ())
+        task.memory_mb = None  # every replayed handler shares this process: its memory is no one step's
         flight.task = loop.create_task(self._run_here(exe, step, flight.attempt, task))
 
     async def _run_here(self, exe: Execution, step: Step, attempt: int, task: StepTask) -> None:

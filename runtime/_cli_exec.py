@@ -22,9 +22,42 @@ from runtime.status import ExecutionView, StepStatus
 from sop import SopflowError, SopValidationError, check_file
 
 _STEP_STYLE = {StepStatus.SUCCEEDED: "green", StepStatus.FAILED: "red", StepStatus.RUNNING: "cyan",
-               StepStatus.RETRYING: "yellow", StepStatus.SKIPPED: "dim", StepStatus.UPSTREAM_FAILED: "red",
+               StepStatus.QUEUED: "blue", StepStatus.RETRYING: "yellow", StepStatus.SKIPPED: "dim",
+               StepStatus.UPSTREAM_FAILED: "red",
                StepStatus.CANCELLED: "magenta", StepStatus.PENDING: "white"}
 _ADDRESS_HELP = "Ray cluster to use (host:port or ray://host:10001); default $RAY_ADDRESS, else this machine's."
+
+
+def ray_options(verbose: bool) -> dict[str, Any]:
+    """``ray.init`` options for the CLI: Ray's own output only with ``--verbose``."""
+    if verbose:
+        return {"logging_level": logging.INFO, "log_to_driver": True}
+    return {"logging_level": logging.ERROR, "log_to_driver": False}
+
+
+def quiet_raylet_messages() -> None:
+    """Keep raylet messages (``(raylet) A worker died...``, ``N PYTHON worker processes have been
+    started...``) out of the user's terminal: they go to the ``sopflow.ray`` logger instead.
+
+    Ray prints them from a driver thread through ``ray._private.worker.print_to_stdstream``
+    whatever ``log_to_driver`` says; that (private) function is the only place to catch them.
+    If a Ray version renames it, the messages simply show again.
+    """
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "sopflow_quiet", False):
+        return
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        if data.get("pid") == "raylet":
+            for line in data.get("lines", ()):
+                logging.getLogger("sopflow.ray").info("(raylet) %s", line)
+            return
+        original(data, ignore_prefix)
+
+    to_log.sopflow_quiet = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_log
 
 
 def _connect(address: str | None, *, start_if_missing: bool) -> Any:
@@ -32,7 +65,11 @@ def _connect(address: str | None, *, start_if_missing: bool) -> Any:
     from runtime.engine import Engine
 
     address = address or os.environ.get("RAY_ADDRESS")
-    quiet = {"logging_level": logging.ERROR}
+    ctx = click.get_current_context(silent=True)
+    verbose = bool(ctx and (ctx.find_root().obj or {}).get("verbose"))
+    quiet = ray_options(verbose)
+    if not verbose:
+        quiet_raylet_messages()
     try:
         return Engine.connect(address or "auto", **quiet), False
     except ConnectionError as e:
@@ -61,13 +98,21 @@ def _steps_table(view: ExecutionView) -> Table:
     return table
 
 
+def step_summary(view: ExecutionView) -> str:
+    """Steps counted by status, e.g. ``2 running, 5 queued, 1 succeeded`` (queued is not running)."""
+    counts: dict[StepStatus, int] = {}
+    for step in view.steps.values():
+        counts[step.status] = counts.get(step.status, 0) + 1
+    return ", ".join(f"{counts[status]} {status.value}" for status in StepStatus if counts.get(status))
+
+
 def _print_view(view: ExecutionView, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(_view_dict(view), indent=2, default=str))
         return
     out = console()
     out.print(f"[bold]{view.id}[/bold]  {view.sop} {view.version}  [bold]{view.status.value}[/bold]  "
-              f"{view.progress:.0%}  {view.elapsed_s:.2f} s")
+              f"{view.progress:.0%}  {view.elapsed_s:.2f} s  ({escape(step_summary(view))})")
     out.print(_steps_table(view))
 
 
@@ -104,7 +149,8 @@ def _follow(engine: Any, execution_id: str) -> ExecutionView:
     with Live(console=out, refresh_per_second=8) as live:
         for _event in engine.events(execution_id):
             view = engine.status(execution_id)
-            progress.update(bar, completed=view.progress)
+            progress.update(bar, completed=view.progress,
+                            description=f"{view.sop} {execution_id} ({escape(step_summary(view))})")
             grid = Table.grid()
             grid.add_row(progress)
             grid.add_row(_steps_table(view))

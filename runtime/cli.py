@@ -17,8 +17,12 @@ from runtime._cli_sop import graph, schema, validate
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sopflow")
-def main() -> None:
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also show Ray's own messages (worker logs, raylet warnings such as 'A worker died').")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Run standard operating procedures (SOPs) on Ray."""
+    ctx.obj = {"verbose": verbose}
     # Like `python -m`, resolve `python:<module>:<function>` handlers from the current directory.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -126,7 +126,7 @@ class Engine:
 
         if not ray.is_initialized():
             use_token_auth_if_available(address)
-            ray.init(address=address, namespace=namespace, log_to_driver=False, **ray_options)
+            ray.init(**{"address": address, "namespace": namespace, "log_to_driver": False, **ray_options})
         return cls(namespace=namespace, registry=registry)
 
     def _call(self, send: Any, timeout: float | None = None) -> Any:

@@ -13,6 +13,22 @@ class SubmissionError(ExecutionError):
     """Raised when a submission is refused (bad inputs, unsupported mode, unknown handler)."""
 
 
+class IdempotencyConflict(SubmissionError):
+    """Raised when an idempotency key is reused for a request that differs from its first one."""
+
+    def __init__(self, key: str, execution_id: str, differences: list[str]) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used for execution {execution_id} with a different "
+            f"request ({'; '.join(differences)}); send the same request to get that execution back, "
+            "or use a new key for a new execution")
+        self.key = key
+        self.execution_id = execution_id
+        self.differences = differences
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.key, self.execution_id, self.differences))
+
+
 class ExecutionNotFound(ExecutionError):
     """Raised when no execution has the given id."""
 

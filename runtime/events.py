@@ -11,7 +11,10 @@ from typing import Any
 class EventKind(StrEnum):
     SUBMITTED = "execution_submitted"
     STARTED = "execution_started"
+    STEP_QUEUED = "step_queued"
+    """An attempt is ready but waits for a run slot (``max_running_steps``); not running yet."""
     STEP_STARTED = "step_started"
+    """An attempt got its run slot and was launched into Ray (``data["inputs"]``: their digest)."""
     STEP_SUCCEEDED = "step_succeeded"
     STEP_FAILED = "step_failed"
     RETRY_SCHEDULED = "retry_scheduled"
@@ -84,7 +87,7 @@ class Event:
         elif self.kind == EventKind.RETRY_SCHEDULED:
             extra = f": in {self.data.get('delay_s', 0):.2f} s"
         elif self.kind in (EventKind.STEP_SKIPPED, EventKind.STEP_HALTED, EventKind.ESCALATED,
-                           EventKind.ATTEMPT_INTERRUPTED, EventKind.DECISION_REQUIRED):
+                           EventKind.ATTEMPT_INTERRUPTED, EventKind.DECISION_REQUIRED, EventKind.STEP_QUEUED):
             extra = f": {self.data.get('reason', '')}"
         elif self.kind == EventKind.FINISHED:
             extra = f": {self.data.get('status')}"

@@ -14,7 +14,6 @@ import asyncio
 import datetime
 import inspect
 import logging
-import os
 import random
 import subprocess
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 from runtime._shell_output import ShellCapture
 from runtime.failure import ErrorInfo, error_from_exception
+from runtime.isolation import Attempt
 from runtime.outputs import DEFAULT_INLINE_OUTPUT_BYTES, Spilled, settle_output
 from runtime.registry import import_object
 
@@ -54,6 +54,9 @@ class StepTask:
     recorded nothing looks like a fresh run, so its extra calls are not reported."""
     output_cap: int = DEFAULT_INLINE_OUTPUT_BYTES
     """Outputs whose JSON text is larger are returned as an artifact (``EngineConfig.max_inline_output_bytes``)."""
+    memory_mb: int | None = None
+    """The attempt's memory limit (``resources.memory_mb``, grown by retries), enforced by
+    :mod:`runtime.isolation`."""
 
     @property
     def key(self) -> str:
@@ -106,12 +109,15 @@ class StepContext:
         step: The step id.
         attempt: 1 for the first attempt.
         logger: A logger whose records carry the execution and step.
+        workdir: This attempt's own fresh directory (see :mod:`runtime.isolation`); removed
+            after a success, kept after a failure. The process cwd is not changed.
     """
 
     execution_id: str
     step: str
     attempt: int
     logger: logging.LoggerAdapter
+    workdir: str = ""
     _progress: float | None = None
     _replay: tuple[tuple[str, Any], ...] = ()
     _recorded: list[tuple[str, Any]] = field(default_factory=list)
@@ -250,17 +256,23 @@ def resolve(task: StepTask) -> Callable[..., Any]:
 def run_task(task: StepTask) -> StepOutcome:
     """Run one attempt and describe how it went; never raises for handler failures."""
     start = time.perf_counter()
+    place = Attempt(task.execution_id, task.step, task.attempt, task.memory_mb)
     ctx = StepContext(task.execution_id, task.step, task.attempt,
                       logging.LoggerAdapter(log, {"execution_id": task.execution_id, "step": task.step}),
-                      _replay=_as_recording(task.recorded))
+                      place.workdir, _replay=_as_recording(task.recorded))
     try:
         if task.uses == "shell":
-            output, error = _run_shell(task)
+            output, error = _run_shell(task, place)
         else:
-            output, error = _call(resolve(task), task.args, ctx), None
+            stop_watch = place.watch_this_thread()
+            try:
+                output, error = _call(resolve(task), task.args, ctx), None
+            finally:
+                stop_watch()
     except BaseException as exc:  # noqa: BLE001 - every handler failure, sys.exit included, becomes data
         output, error = None, error_from_exception(exc, traceback=traceback.format_exc())
     output, error, spilled = settle_output(task.step, output, error, task.output_cap)
+    error = place.close(error)  # after the output check: a refused output keeps the directory too
     return StepOutcome(task.key, error is None, output, error, time.perf_counter() - start,
                        ctx._progress, tuple(ctx._recorded), ctx._divergence(), spilled)
 
@@ -288,19 +300,18 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _run_shell(task: StepTask) -> tuple[Any, ErrorInfo | None]:
-    env = {**os.environ, **task.env, "SOPFLOW_EXECUTION_ID": task.execution_id,
-           "SOPFLOW_STEP": task.step, "SOPFLOW_ATTEMPT": str(task.attempt)}
+def _run_shell(task: StepTask, place: Attempt) -> tuple[Any, ErrorInfo | None]:
+    env = place.shell_env(task.env, {"SOPFLOW_EXECUTION_ID": task.execution_id, "SOPFLOW_STEP": task.step,
+                                     "SOPFLOW_ATTEMPT": str(task.attempt)})
     with ShellCapture(task.execution_id, task.step, task.attempt) as streams:  # files, not memory
         try:
-            proc = subprocess.run(["/bin/sh", "-c", task.run or ""], stdout=streams.stdout,
-                                  stderr=streams.stderr, env=env, timeout=task.timeout_s,
-                                  stdin=subprocess.DEVNULL)
+            code = place.run_shell(["/bin/sh", "-c", task.run or ""], env=env, timeout=task.timeout_s,
+                                   stdout=streams.stdout, stderr=streams.stderr)
         except subprocess.TimeoutExpired as e:
             return None, ErrorInfo("Timeout", f"command ran longer than {e.timeout:g} s", origin="timeout")
-        output = streams.output(proc.returncode)
-    if proc.returncode == 0:
+        output = streams.output(code)
+    if code == 0:
         return output, None
     tail = (output["stderr"].strip() or output["stdout"].strip()).splitlines()[-1:] or [""]
-    return output, ErrorInfo("ExitCode", f"command exited with status {proc.returncode}: {tail[0][:300]}",
-                             exit_code=proc.returncode, origin="shell")
+    return output, ErrorInfo("ExitCode", f"command exited with status {code}: {tail[0][:300]}",
+                             exit_code=code, origin="shell")

@@ -78,6 +78,8 @@ def apply(state: ExecutionState, event: Event) -> None:
     elif kind == EventKind.STEPS_ADDED:
         for s in d["steps"]:
             state.steps.setdefault(s, StepState())
+    elif kind == EventKind.STEP_QUEUED and step is not None:
+        step.status, step.attempts = StepStatus.QUEUED, event.attempt or step.attempts + 1
     elif kind == EventKind.STEP_STARTED and step is not None:
         step.status, step.attempts = StepStatus.RUNNING, event.attempt or step.attempts + 1
         step.started_at = step.started_at or event.ts

@@ -30,7 +30,10 @@ _TERMINAL_EXECUTION = {ExecutionStatus.COMPLETED, ExecutionStatus.PARTIALLY_COMP
 
 class StepStatus(StrEnum):
     PENDING = "pending"
+    QUEUED = "queued"
+    """Ready to run, waiting for a run slot (``max_running_steps``); no task is in Ray yet."""
     RUNNING = "running"
+    """Launched into Ray: its task is on a worker or waiting there for the cluster's resources."""
     RETRYING = "retrying"
     """Failed an attempt; waiting out the backoff before the next one."""
     SUCCEEDED = "succeeded"

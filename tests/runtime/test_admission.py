@@ -49,3 +49,82 @@ def test_a_queued_step_of_a_force_cancelled_execution_never_starts(one_at_a_time
     gate.write_text("open")
     assert one_at_a_time.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
     assert not (tmp_path / "queued.runs").exists(), view
+
+
+def test_a_step_waiting_for_a_slot_is_queued_not_running(one_at_a_time, tmp_path) -> None:
+    """Status tells the truth: a step held back by max_running_steps is queued, and says so."""
+    from runtime.events import EventKind
+    from runtime.status import StepStatus
+    from tests.sop_builders import events_of
+
+    gate = tmp_path / "gate"
+    blocker = one_at_a_time.submit(one_step("blocker", tmp_path, gate))
+    wait_for(lambda: (tmp_path / "blocker.runs").exists())
+    waiting = one_at_a_time.submit(one_step("waiting", tmp_path))
+    view = wait_for(lambda: (v := one_at_a_time.status(waiting)).steps["s"].status != StepStatus.PENDING and v)
+    assert view.steps["s"].status == StepStatus.QUEUED, view
+    assert one_at_a_time.status(blocker).steps["s"].status == StepStatus.RUNNING
+    import ray
+
+    def monitor_counts() -> dict:  # what a dashboard reads (the monitor gets events in batches)
+        steps = ray.get(one_at_a_time._actors.monitor.counts.remote())["steps_by_status"]
+        return steps if steps.get("queued", 0) >= 1 else {}
+
+    assert wait_for(monitor_counts, timeout_s=30).get("running", 0) >= 1
+    kinds = [e.kind for e in events_of(one_at_a_time, waiting)]
+    assert EventKind.STEP_QUEUED in kinds and EventKind.STEP_STARTED not in kinds, kinds
+    gate.write_text("open")
+    assert one_at_a_time.wait(waiting, timeout=60).status == ExecutionStatus.COMPLETED
+    events = events_of(one_at_a_time, waiting)
+    queued = next(e for e in events if e.kind == EventKind.STEP_QUEUED)
+    started = next(e for e in events if e.kind == EventKind.STEP_STARTED)
+    assert queued.seq < started.seq and started.data.get("inputs") and "inputs" not in queued.data
+    assert "queued" in queued.describe() and "waiting for a run slot" in queued.describe()
+    # A step that got a slot at once has no step_queued event (one event per start on the hot path).
+    assert EventKind.STEP_QUEUED not in [e.kind for e in events_of(one_at_a_time, blocker)]
+
+
+def test_a_queued_step_is_queued_again_after_a_coordinator_restart_not_interrupted(one_at_a_time,
+                                                                                      tmp_path) -> None:
+    """A step that never reached Ray is re-queued on recovery, even when it is not idempotent."""
+    import ray
+
+    from runtime.events import EventKind
+    from runtime.status import StepStatus
+    from tests.sop_builders import events_of
+
+    gate = tmp_path / "gate"
+    blocker = one_at_a_time.submit(one_step("blocker", tmp_path, gate))
+    wait_for(lambda: (tmp_path / "blocker.runs").exists())
+    doc = json.loads(one_step("careful", tmp_path))
+    doc["steps"][0]["idempotent"] = False  # interrupted, it would wait for an operator
+    waiting = one_at_a_time.submit(json.dumps(doc))
+    wait_for(lambda: one_at_a_time.status(waiting).steps["s"].status == StepStatus.QUEUED)
+    ray.kill(one_at_a_time._actors.coordinator, no_restart=False)
+    gate.write_text("open")
+    assert one_at_a_time.wait(waiting, timeout=90).status == ExecutionStatus.COMPLETED
+    assert one_at_a_time.wait(blocker, timeout=90).status == ExecutionStatus.COMPLETED
+    events = events_of(one_at_a_time, waiting)
+    kinds = [e.kind for e in events]
+    assert EventKind.RECOVERED in kinds
+    assert EventKind.ATTEMPT_INTERRUPTED not in kinds and EventKind.DECISION_REQUIRED not in kinds, kinds
+    recovered = next(e for e in events if e.kind == EventKind.RECOVERED)
+    assert recovered.data["queued"] == ["s"]
+    assert len((tmp_path / "careful.runs").read_text().splitlines()) == 1  # ran once
+
+
+def test_a_queued_step_of_a_cancelled_execution_never_starts(one_at_a_time, tmp_path) -> None:
+    """A graceful cancel lets running steps finish; a step still queued for a slot is cancelled."""
+    from runtime.status import StepStatus
+
+    gate = tmp_path / "gate"
+    blocker = one_at_a_time.submit(one_step("blocker", tmp_path, gate))
+    wait_for(lambda: (tmp_path / "blocker.runs").exists())
+    queued = one_at_a_time.submit(one_step("queued", tmp_path))
+    wait_for(lambda: one_at_a_time.status(queued).steps["s"].status == StepStatus.QUEUED)
+    one_at_a_time.cancel(queued)
+    gate.write_text("open")
+    assert one_at_a_time.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
+    view = one_at_a_time.wait(queued, timeout=60)
+    assert view.status == ExecutionStatus.CANCELLED and view.steps["s"].status == StepStatus.CANCELLED
+    assert not (tmp_path / "queued.runs").exists()

@@ -1,0 +1,107 @@
+"""Idempotency keys: the same key with the same request returns the first execution; with a
+different request it is refused, naming the earlier execution and what differs (never values)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime.errors import IdempotencyConflict, SubmissionError
+from runtime.idempotency import differences, fingerprint
+from tests.sop_builders import H, own_engine, sop_text, wait_for
+
+NAMES = st.sampled_from(["a", "b", "c", "d"])
+VALUES = st.one_of(st.integers(), st.text(max_size=8), st.booleans(), st.none())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(NAMES, VALUES), st.dictionaries(NAMES, VALUES), st.sets(NAMES), st.booleans())
+def test_property_a_fingerprint_names_exactly_the_inputs_that_differ(first: dict, second: dict,
+                                                                      secrets: set, same_sop: bool) -> None:
+    """For any two requests: no difference iff same SOP and inputs; differences name inputs, never values."""
+    definition = {"sop": "orders", "steps": [{"id": "x", "uses": "shell"}]}
+    one = fingerprint("orders", "1", definition, "system_design", first, tuple(sorted(secrets)),
+                      with_secrets=True)
+    two = fingerprint("orders", "1" if same_sop else "2", definition, "system_design", second,
+                      tuple(sorted(secrets)), with_secrets=True)
+    found = differences(one, two)
+    changed = {k for k in first.keys() | second.keys()
+               if k not in first or k not in second or json.dumps(first[k]) != json.dumps(second[k])}
+    assert (found == []) == (same_sop and not changed)
+    for name in changed:
+        assert any(f"'{name}'" in d for d in found), (name, found)
+    text = " ".join(found)
+    for value in [*first.values(), *second.values()]:
+        if isinstance(value, str) and len(value) >= 4:
+            assert value not in text.replace("'", " "), (value, text)
+    # The fingerprint kept in the log holds no secret input's value nor a hash of it.
+    logged = fingerprint("orders", "1", definition, "system_design", first, tuple(sorted(secrets)))
+    assert "secret_values" not in logged and not secrets & logged["inputs"].keys()
+
+
+@pytest.fixture(scope="module")
+def keyed(ray_cluster, tmp_path_factory):
+    with own_engine("sopflow-idempotency-tests", tmp_path_factory.mktemp("idem")) as e:
+        yield e
+
+
+def _sop(sop_file, version: str = "1") -> str:
+    return sop_file(sop_text(f"""\
+        steps:
+          - id: a
+            uses: {H}:echo
+            with: {{value: "${{{{ inputs.amount }}}}"}}
+        """, name="pay", version=version,
+        inputs="inputs:\n  amount: {type: integer, required: true}\n  token: {type: string, secret: true}\n"),
+        name=f"pay{version}.yaml")
+
+
+def test_a_reused_key_with_other_inputs_or_another_sop_is_refused(keyed, sop_file) -> None:
+    key = f"pay-{uuid.uuid4().hex}"
+    path = _sop(sop_file)
+    first = keyed.submit(path, {"amount": 10, "token": "s3cr3t-one"}, idempotency_key=key)
+    assert keyed.submit(path, {"amount": 10, "token": "s3cr3t-one"}, idempotency_key=key) == first
+    with pytest.raises(IdempotencyConflict) as info:
+        keyed.submit(path, {"amount": 11, "token": "s3cr3t-one"}, idempotency_key=key)
+    err = info.value
+    assert isinstance(err, SubmissionError) and err.execution_id == first and err.key == key
+    assert first in str(err) and "'amount'" in str(err) and "11" not in str(err)
+    with pytest.raises(IdempotencyConflict, match="'token'") as info:  # a secret: named, never shown
+        keyed.submit(path, {"amount": 10, "token": "s3cr3t-two"}, idempotency_key=key)
+    assert "s3cr3t" not in str(info.value)
+    with pytest.raises(IdempotencyConflict, match="version 1 -> 2"):
+        keyed.submit(_sop(sop_file, "2"), {"amount": 10, "token": "s3cr3t-one"}, idempotency_key=key)
+    keyed.wait(first, timeout=60)
+
+
+def test_a_reused_key_is_checked_against_the_log_after_a_restart(keyed, sop_file) -> None:
+    import ray
+
+    key = f"pay-{uuid.uuid4().hex}"
+    path = _sop(sop_file)
+    first = keyed.submit(path, {"amount": 5}, idempotency_key=key)
+    keyed.wait(first, timeout=60)
+    ray.kill(keyed._actors.coordinator, no_restart=False)  # the new one knows the key from the log only
+    wait_for(lambda: keyed.submit(path, {"amount": 5}, idempotency_key=key) == first, timeout_s=90)
+    with pytest.raises(IdempotencyConflict, match="'amount'") as info:
+        keyed.submit(path, {"amount": 6}, idempotency_key=key)
+    assert info.value.execution_id == first
+
+
+def test_a_batch_with_a_conflicting_key_is_refused_whole(keyed, sop_file) -> None:
+    path = _sop(sop_file)
+    key = f"pay-{uuid.uuid4().hex}"
+    first = keyed.submit(path, {"amount": 1}, idempotency_key=key)
+    before = {v.id for v in keyed.list(sop="pay", limit=100_000)}
+    fresh = f"pay-{uuid.uuid4().hex}"
+    with pytest.raises(IdempotencyConflict, match=first):
+        keyed.submit_many(path, [{"amount": 2}, {"amount": 3}], idempotency_keys=[fresh, key])
+    with pytest.raises(IdempotencyConflict, match="'amount'"):  # the same key twice in one batch
+        keyed.submit_many(path, [{"amount": 2}, {"amount": 3}], idempotency_keys=[fresh, fresh])
+    assert {v.id for v in keyed.list(sop="pay", limit=100_000)} == before  # nothing was submitted
+    assert keyed.submit_many(path, [{"amount": 1}], idempotency_keys=[key]) == [first]
+    keyed.wait(first, timeout=60)
