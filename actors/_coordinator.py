@@ -17,6 +17,8 @@ import time
 from collections import deque
 from typing import Any
 
+from opentelemetry import trace
+
 from actors._dispatch import Dispatcher
 from actors._execution import Execution, SubmitRequest, sop_definition
 from actors._journal import Journal, load_state
@@ -454,6 +456,8 @@ class _Coordinator:
         self.emit(exe, EventKind.FINISHED, status=status.value, outputs=outputs, output_errors=problems)
         if exe.span is not None:
             exe.span.set_attribute("sopflow.status", status.value)
+            if status in (ExecutionStatus.FAILED, ExecutionStatus.PARTIALLY_COMPLETED):
+                exe.span.set_status(trace.Status(trace.StatusCode.ERROR, _why_not_completed(exe, status)))
             exe.span.end()
         self.journal.on_durable(lambda: self._finished(exe))
 
@@ -497,3 +501,13 @@ def _fingerprint(request: SubmitRequest, *, with_secrets: bool = False) -> dict[
     sop = request.sop
     return fingerprint(sop.sop, sop.version, request.definition or sop_definition(sop), request.mode,
                        request.inputs, request.secrets, with_secrets=with_secrets)
+
+
+def _why_not_completed(exe: Execution, status: ExecutionStatus) -> str:
+    """The reason an execution's span is an error: which steps failed, and the first one's error."""
+    failed = [(sid, st) for sid, st in exe.state.steps.items() if st.status == StepStatus.FAILED]
+    if not failed:
+        return f"{status.value}: steps were halted or cancelled"
+    first_id, first = failed[0]
+    more = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
+    return f"{status.value}: step {first_id!r}{more} failed: {first.error or 'no error recorded'}"[:300]

@@ -113,6 +113,8 @@ def _print_view(view: ExecutionView, fmt: str) -> None:
     out = console()
     out.print(f"[bold]{view.id}[/bold]  {view.sop} {view.version}  [bold]{view.status.value}[/bold]  "
               f"{view.progress:.0%}  {view.elapsed_s:.2f} s  ({escape(step_summary(view))})")
+    if view.trace_id:
+        out.print(f"trace {view.trace_id}")
     out.print(_steps_table(view))
 
 
@@ -122,7 +124,7 @@ def _view_dict(view: ExecutionView) -> dict[str, Any]:
             "submitted_at": view.submitted_at, "ended_at": view.ended_at,
             "steps": {k: {"status": s.status.value, "attempts": s.attempts, "error": s.error,
                           "classification": s.classification} for k, s in view.steps.items()},
-            "outputs": view.outputs}
+            "outputs": view.outputs, "trace_id": view.trace_id}
 
 
 def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -45,6 +45,8 @@ class ExecutionState:
     force_cancel: bool = False
     rolling_back: bool = False
     last_seq: int = 0
+    trace_id: str | None = None
+    """The OpenTelemetry trace of the execution (32 hex digits), when tracing was on at submit."""
 
     def view(self, *, with_outputs: bool = False) -> ExecutionView:
         main = [s for k, s in self.steps.items() if k not in self.rollback_steps or self.rolling_back]
@@ -56,7 +58,8 @@ class ExecutionState:
             steps={k: StepView(k, s.status, s.attempts, s.error, s.classification, s.started_at,
                                s.ended_at) for k, s in self.steps.items()},
             submitted_at=self.submitted_at, ended_at=self.ended_at,
-            outputs=self.outputs if with_outputs else None, priority=self.priority)
+            outputs=self.outputs if with_outputs else None, priority=self.priority,
+            trace_id=self.trace_id)
 
 
 def apply(state: ExecutionState, event: Event) -> None:
@@ -70,6 +73,7 @@ def apply(state: ExecutionState, event: Event) -> None:
         state.sop, state.version, state.mode = d["sop"], d["version"], d["mode"]
         state.priority = d.get("priority", 0)
         state.submitted_at = event.ts
+        state.trace_id = trace_id_of(d.get("trace"))
         state.idempotency_key = d.get("idempotency_key")
         state.rollback_steps = list(d.get("rollback", []))
         state.steps = {s: StepState() for s in [*d["steps"], *state.rollback_steps]}
@@ -170,3 +174,11 @@ def final_status(statuses: dict[str, StepStatus], *, cancelled: bool, rolled_bac
     if any(s == StepStatus.SUCCEEDED for s in statuses.values()):
         return ExecutionStatus.PARTIALLY_COMPLETED
     return ExecutionStatus.FAILED
+
+
+def trace_id_of(carrier: dict[str, str] | None) -> str | None:
+    """The trace id in a W3C ``traceparent`` carrier (``00-<trace id>-<span id>-<flags>``), if any."""
+    parts = (carrier or {}).get("traceparent", "").split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+        return parts[1]
+    return None

@@ -82,6 +82,8 @@ class ExecutionView:
     ended_at: float | None = None
     outputs: dict[str, Any] | None = None
     priority: int = 0
+    trace_id: str | None = None
+    """Its OpenTelemetry trace id, to look it up in a tracing tool (None when tracing was off)."""
 
     @property
     def elapsed_s(self) -> float:

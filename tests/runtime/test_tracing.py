@@ -134,3 +134,28 @@ def test_a_secret_input_never_appears_in_any_span(engine, sop_file) -> None:
     assert len(spans) == 3
     dumped = json.dumps(spans)
     assert secret not in dumped, "the secret input leaked into a span"
+
+
+def test_a_failed_execution_is_an_error_span_and_its_trace_id_is_in_status(engine, sop_file) -> None:
+    path = sop_file(sop_text(f"""\
+        steps:
+          - id: ok
+            uses: {H}:echo
+            with: {{value: 1}}
+          - id: broken
+            uses: {H}:fail
+            depends_on: [ok]
+            with: {{message: "the ledger is locked", kind: permanent}}
+        """, name="traced-failure"))
+    eid = engine.submit(path)
+    view = engine.wait(eid, timeout=60)
+    assert view.status == ExecutionStatus.FAILED or view.status == ExecutionStatus.PARTIALLY_COMPLETED
+    engine.flush()
+    spans = spans_of(eid, expected=5)
+    root = next(s for s in spans if s["name"] == "execution traced-failure")
+    assert root["status"]["status_code"] == "ERROR"
+    assert "step 'broken' failed" in root["status"]["description"]
+    assert "the ledger is locked" in root["status"]["description"]
+    # A user can jump from `sopflow status` to the trace in their tracing tool.
+    assert view.trace_id is not None and root["context"]["trace_id"] == "0x" + view.trace_id
+    assert engine.status(eid).trace_id == view.trace_id
