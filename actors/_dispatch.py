@@ -24,6 +24,7 @@ from runtime.handlers import StepOutcome, StepTask
 from runtime.telemetry import carrier_for, tracer
 from sop import Step, render
 from sop.expressions import ExpressionError
+from sop.shell import render_command
 
 if TYPE_CHECKING:
     from actors._coordinator import _Coordinator
@@ -56,7 +57,7 @@ class Dispatcher:
         try:
             ctx = exe.expression_context()
             args = render(step.with_, ctx)
-            run = render(step.run, ctx) if step.run else None
+            run = render_command(step.run, ctx, step=step.id) if step.run else None  # values quoted as data
             env = render(step.env, ctx) if step.env else {}
         except ExpressionError as e:
             error = ErrorInfo("ExpressionError", str(e), retryable=False)

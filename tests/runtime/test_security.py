@@ -1,0 +1,52 @@
+"""Security rules end to end on the shared Ray cluster: shell quoting, secrets in worker logs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from runtime.events import EventKind
+from runtime.status import ExecutionStatus
+from tests.sop_builders import events_of, sop_text
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.mark.parametrize("payload", ["x; touch {f}", "$(touch {f})", "`touch {f}`", "'; touch {f}; '"])
+def test_an_input_with_shell_syntax_reaches_the_command_as_data(engine, sop_file, tmp_path: Path,
+                                                                 payload: str) -> None:
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex[:8]}"
+    value = payload.format(f=marker)
+    path = sop_file(sop_text("""\
+        steps:
+          - id: greet
+            run: "echo hello ${{ inputs.name }}"
+        outputs:
+          said: "${{ steps.greet.output.stdout }}"
+        """, name="quoting", inputs="inputs:\n  name: {type: string, required: true}\n"))
+    eid = engine.submit(path, {"name": value})
+    view = engine.wait(eid, timeout=60)
+
+    assert view.status == ExecutionStatus.COMPLETED
+    assert not marker.exists(), "the input's shell syntax ran"
+    assert engine.result(eid)["outputs"]["said"] == f"hello {value}\n"
+
+
+def test_an_input_with_a_nul_character_fails_the_step_permanently_naming_it(engine, sop_file) -> None:
+    path = sop_file(sop_text("""\
+        steps:
+          - id: greet
+            run: "echo hello ${{ inputs.name }}"
+        """, name="quoting-nul", inputs="inputs:\n  name: {type: string, required: true}\n"))
+    eid = engine.submit(path, {"name": "a\0b"})
+    view = engine.wait(eid, timeout=60)
+
+    assert view.status == ExecutionStatus.FAILED
+    assert view.steps["greet"].attempts == 1  # permanent: not retried
+    failed = [e for e in events_of(engine, eid) if e.kind == EventKind.STEP_FAILED]
+    message = json.dumps([e.data for e in failed])
+    assert "step 'greet'" in message and "inputs.name" in message and "NUL" in message
+
