@@ -28,6 +28,7 @@ from sop.expressions import STEP_FIELDS, ExpressionError, compile_expression, \
     find_references, strip_braces
 from sop.graph import Graph, GraphError, format_cycle
 from sop.model import Mode, Sop, Step
+from sop.paths import SubSopPathError, resolve_sub_sop
 from sop.shell import UNQUOTED
 from sop.shell import placements as shell_placements
 from sop.shell import problems as shell_problems
@@ -409,7 +410,11 @@ class _Checker:
                          suggestion=did_you_mean(tool, declared) or f"it offers {', '.join(declared)}")
 
     def _sub_sop(self, path: tuple, ref: str) -> None:
-        target = (self.base_dir / ref).resolve()
+        try:
+            target = resolve_sub_sop(self.base_dir, ref)
+        except SubSopPathError as e:
+            self.problem(path, str(e), code="sub-sop-outside", suggestion=e.suggestion)
+            return
         if not target.is_file():
             self.problem(path, f"sub-SOP file {ref!r} does not exist (looked at {target})",
                          code="unknown-handler")

@@ -50,3 +50,24 @@ def test_an_input_with_a_nul_character_fails_the_step_permanently_naming_it(engi
     message = json.dumps([e.data for e in failed])
     assert "step 'greet'" in message and "inputs.name" in message and "NUL" in message
 
+
+
+# -- sub-SOP paths -------------------------------------------------------------------------------
+
+
+def test_a_sub_sop_outside_the_directory_is_refused_at_submit_even_for_a_loaded_sop(engine, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    from runtime.errors import SubmissionError
+    from sop import Sop, SopValidationError
+
+    (tmp_path / "outside.yaml").write_text("sop: sub\nsteps:\n  - {id: x, run: echo}\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    main = project / "main.yaml"
+    main.write_text("sop: main\nsteps:\n  - {id: a, uses: 'sop:../outside.yaml'}\n")
+    with pytest.raises(SopValidationError, match="outside the SOP's directory"):
+        engine.submit(str(main))
+    monkeypatch.chdir(project)  # a loaded Sop object's sub-SOPs are found from the working directory
+    model = Sop.model_validate({"sop": "main", "steps": [{"id": "a", "uses": "sop:../outside.yaml"}]})
+    with pytest.raises(SubmissionError, match="step 'a': sub-SOP path '../outside.yaml' leads outside"):
+        engine.submit(model)
