@@ -21,6 +21,7 @@ from actors.step_task import remote_execute_step
 from runtime.events import EventKind
 from runtime.failure import Action, Decision, ErrorInfo, as_dict, decide
 from runtime.handlers import StepOutcome, StepTask
+from runtime.masking import secret_problems
 from runtime.telemetry import carrier_for, tracer
 from sop import Step, render
 from sop.expressions import ExpressionError
@@ -81,7 +82,7 @@ class Dispatcher:
             return
         task = StepTask(exe.id, exe.sop.sop, step.id, attempt, step.handler,
                         exe.request.handlers.get(step.handler), args, run, env, timeout,
-                        carrier_for(span) if span.is_recording() else {})
+                        carrier_for(span) if span.is_recording() else {}, secrets=exe.secret_values)
         admit = functools.partial(self._admit, exe, step, flight, task)
         if step.idempotent:
             # step_started is appended (the group commit is under way); should the coordinator die
@@ -199,6 +200,10 @@ class Dispatcher:
         template = exe.request.subsops[step.handler[len("sop:"):]]
         child_req = dataclasses.replace(template, inputs={**_defaults(template), **args}, parent=exe.id,
                                         idempotency_key=None)
+        if problems := secret_problems(template.secrets, child_req.inputs):  # the rule submit applies
+            await self._finish(exe, step, attempt, None, ErrorInfo(
+                "SubmissionError", f"step {step.id!r}: " + "; ".join(problems), retryable=False))
+            return
         child_id = await c.submit(child_req)
         exe.inflight[step.id].child = child_id
         c.emit(exe, EventKind.CHILD_SUBMITTED, step.id, attempt, child=child_id)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.failure import ErrorInfo, error_from_exception
+from runtime.masking import MaskingLoggerAdapter
 from runtime.registry import import_object
 
 log = logging.getLogger("sopflow.step")
@@ -50,6 +51,8 @@ class StepTask:
     """Values an earlier run of this step took from its context (``StepOutcome.recorded``),
     given when the step is replayed; empty for a fresh run. A replay of a run that
     recorded nothing looks like a fresh run, so its extra calls are not reported."""
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    """The execution's secret input values, so ``context.logger`` can mask them in the worker."""
 
     @property
     def key(self) -> str:
@@ -244,7 +247,8 @@ def run_task(task: StepTask) -> StepOutcome:
     """Run one attempt and describe how it went; never raises for handler failures."""
     start = time.perf_counter()
     ctx = StepContext(task.execution_id, task.step, task.attempt,
-                      logging.LoggerAdapter(log, {"execution_id": task.execution_id, "step": task.step}),
+                      MaskingLoggerAdapter(log, {"execution_id": task.execution_id, "step": task.step},
+                                           task.secrets),
                       _replay=_as_recording(task.recorded))
     try:
         if task.uses == "shell":

@@ -71,3 +71,50 @@ def test_a_sub_sop_outside_the_directory_is_refused_at_submit_even_for_a_loaded_
     model = Sop.model_validate({"sop": "main", "steps": [{"id": "a", "uses": "sop:../outside.yaml"}]})
     with pytest.raises(SubmissionError, match="step 'a': sub-SOP path '../outside.yaml' leads outside"):
         engine.submit(model)
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+
+def _worker_log_lines(marker: str) -> list[str]:
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    lines = []
+    for f in logs.glob("worker-*"):
+        try:
+            text = f.read_text(errors="replace")
+        except OSError:
+            continue
+        lines += [line for line in text.splitlines() if marker in line]
+    return lines
+
+
+def test_a_secret_logged_through_context_logger_is_masked_in_the_ray_worker_log(engine, sop_file) -> None:
+    from tests.sop_builders import H, wait_for
+
+    token, marker = f"wl-s3cret-{uuid.uuid4().hex}", f"MARK-{uuid.uuid4().hex}"
+    path = sop_file(sop_text(f"""\
+        steps:
+          - id: talk
+            uses: {H}:log_secret
+            with: {{token: "${{{{ inputs.token }}}}", marker: "{marker}"}}
+        """, name="logged-secret", inputs="inputs:\n  token: {type: string, secret: true, required: true}\n"))
+    eid = engine.submit(path, {"token": token})
+    assert engine.wait(eid, timeout=60).status == ExecutionStatus.COMPLETED
+
+    lines = wait_for(lambda: (found := _worker_log_lines(marker)) and len(found) >= 3 and found, timeout_s=30)
+    assert all(token not in line for line in lines), lines
+    assert any("as argument ***" in line for line in lines)
+
+
+def test_a_secret_shorter_than_the_minimum_is_refused_at_submit(engine, sop_file) -> None:
+    from runtime.errors import SubmissionError
+
+    path = sop_file(sop_text("""\
+        steps:
+          - id: a
+            run: "echo build 1.2.1"
+        """, name="short-secret", inputs="inputs:\n  pin: {type: string, secret: true, required: true}\n"))
+    with pytest.raises(SubmissionError, match="secret input 'pin' must be at least 8 characters"):
+        engine.submit(path, {"pin": "1"})
