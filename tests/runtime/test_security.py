@@ -118,3 +118,20 @@ def test_a_secret_shorter_than_the_minimum_is_refused_at_submit(engine, sop_file
         """, name="short-secret", inputs="inputs:\n  pin: {type: string, secret: true, required: true}\n"))
     with pytest.raises(SubmissionError, match="secret input 'pin' must be at least 8 characters"):
         engine.submit(path, {"pin": "1"})
+
+
+# -- imported histories ----------------------------------------------------------------------------
+
+
+def test_the_engine_refuses_a_history_with_a_hostile_execution_id_and_stores_nothing(engine) -> None:
+    from runtime.errors import StateStoreError
+
+    hostile = "../x'; DROP TABLE events; --"
+    doc = {"format": "sopflow.history/1",
+           "execution": {"id": hostile, "sop": "t", "status": "completed", "submitted_at": 1.0, "version": 1,
+                         "ended_at": 2.0, "terminal": True, "idempotency_key": None, "parent": None},
+           "events": [{"execution_id": hostile, "seq": 1, "kind": "execution_finished", "ts": 2.0,
+                       "step": None, "attempt": None, "data": {}}]}
+    with pytest.raises(StateStoreError, match=r"invalid history: execution.id: expected an execution id"):
+        engine.import_history(doc)
+    assert all(v.id != hostile for v in engine.list())
