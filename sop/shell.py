@@ -209,11 +209,12 @@ def _contexts(text: str) -> list[str]:
                 i += 1
             i += 1
             continue
-        if kind == "bq" and c == "`":
-            stack.pop()
+        if kind == "bq":  # `...` ends at the first unescaped backquote, quotes or not
+            if c == "`":
+                stack.pop()
             i += 1
             continue
-        # top, cmd, param, arith, bq: unquoted shell text
+        # top, cmd, param, arith: unquoted shell text
         if c == "$" and text.startswith("$'", i):
             lost = True  # bash's $'...' quoting: dash reads it differently
         elif (kind == "cmd" or any(f[0] == "cmd" for f in stack)) and _word_at(text, i, "case"):
@@ -250,7 +251,7 @@ def _contexts(text: str) -> list[str]:
             i = _heredoc_operator(text, i, heredocs, out)
             continue
         elif c == "\n" and heredocs and kind in ("top", "cmd"):
-            i = _heredoc_bodies(text, i + 1, heredocs, out, stack)
+            i = _heredoc_bodies(text, i + 1, heredocs, out)
             heredocs.clear()
             continue
         i += 1
@@ -286,8 +287,7 @@ def _heredoc_operator(text: str, i: int, heredocs: list[tuple[str, bool]], out: 
     return i
 
 
-def _heredoc_bodies(text: str, i: int, heredocs: list[tuple[str, bool]], out: list[str],
-                    stack: list[list[Any]]) -> int:
+def _heredoc_bodies(text: str, i: int, heredocs: list[tuple[str, bool]], out: list[str]) -> int:
     """Skip the bodies of pending here-documents from ``i``; a reference inside one is unsafe."""
     for delimiter, strip in heredocs:
         while i < len(text):

@@ -65,6 +65,34 @@ def test_any_structured_value_is_one_shell_word(value: object) -> None:
     assert command.startswith("printf '%s|' ") and placements("printf '%s|' ${{ inputs.v }}")[0].context == "word"
 
 
+FRAGMENTS = st.sampled_from([
+    "echo ", "printf %s ", " ", "'", '"', "`", "$(", ")", "(", "${X:-", "}", "$((", "))", "#", "\n", "\\", ";",
+    "cat <<EOF\n", "\nEOF\n", "cat <<-'E'\n", "\n\tE\n", "case a in a) ", ";; esac", "$'", "a", "=", "|",
+    "REF", "REF", "REF",
+])
+PAYLOAD = "x'\"`touch pwned`\"';$(touch pwned);touch pwned\n touch pwned #\\\nEOF\nE\ntouch pwned\n"
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(FRAGMENTS, min_size=1, max_size=14))
+def test_for_any_command_template_a_value_either_is_refused_or_runs_nothing(parts: list[str]) -> None:
+    """Whatever shell the template holds around a reference, the value's own syntax never runs."""
+    template = "".join(parts).replace("REF", "${{ inputs.v }}")
+    if "${{" not in template:
+        return
+    try:
+        command = render_command(template, {"inputs": {"v": PAYLOAD}}, step="s")
+    except CommandError:
+        return  # refused: nothing runs at all
+    with tempfile.TemporaryDirectory() as cwd:
+        try:
+            subprocess.run(["/bin/sh", "-c", command], capture_output=True, cwd=cwd, timeout=5,
+                           stdin=subprocess.DEVNULL, env={"PATH": os.environ["PATH"]})
+        except subprocess.TimeoutExpired:
+            pass
+        assert os.listdir(cwd) == [], f"the value ran as shell syntax in {template!r}"
+
+
 def test_lists_and_dicts_are_rendered_as_json_then_quoted() -> None:
     ctx = {"inputs": {"v": ["a b", {"k": "it's"}], "n": None, "t": True}}
     with tempfile.TemporaryDirectory() as cwd:
