@@ -25,7 +25,7 @@ from runtime.masking import secret_problems
 from runtime.telemetry import carrier_for, tracer
 from sop import Step, render
 from sop.expressions import ExpressionError
-from sop.shell import render_command
+from sop.shell import render_command, render_env
 
 if TYPE_CHECKING:
     from actors._coordinator import _Coordinator
@@ -59,7 +59,7 @@ class Dispatcher:
             ctx = exe.expression_context()
             args = render(step.with_, ctx)
             run = render_command(step.run, ctx, step=step.id) if step.run else None  # values quoted as data
-            env = render(step.env, ctx) if step.env else {}
+            env = render_env(step.env, ctx, step=step.id) if step.env else {}
         except ExpressionError as e:
             error = ErrorInfo("ExpressionError", str(e), retryable=False)
         # The digest of what the handler gets lets a replay tell changed inputs from a changed

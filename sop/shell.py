@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sop.expressions import ExpressionError, compile_expression
+from sop.expressions import ExpressionError, compile_expression, render
 
 UNQUOTED = "unquoted"
 """The filter that opts a ``run:`` reference out of quoting."""
@@ -131,6 +131,21 @@ def render_command(command: str, context: dict[str, Any], *, step: str) -> str:
         return _QUOTE[place.context](text)
 
     return _REFERENCE.sub(substitute, command)
+
+
+def render_env(env: dict[str, Any], context: dict[str, Any], *, step: str) -> dict[str, Any]:
+    """A step's ``env:`` with its references rendered (values reach the process as data already).
+
+    Raises:
+        CommandError: a value holds a NUL character, which no environment variable can carry.
+    """
+    rendered = render(env, context)
+    for name, value in rendered.items():
+        if "\0" in as_shell_text(value):
+            raise CommandError(f"step {step!r}: the value of env {name} contains a NUL character, which no "
+                               "environment variable can carry; remove it from the input or output that "
+                               "supplies it", str(env.get(name)))
+    return rendered
 
 
 def as_shell_text(value: Any) -> str:

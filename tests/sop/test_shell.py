@@ -107,6 +107,14 @@ def test_a_value_with_a_nul_character_is_refused_naming_the_step_and_the_referen
     assert "step 'greet'" in str(err.value) and "inputs.name" in str(err.value) and "NUL" in str(err.value)
 
 
+def test_an_env_value_with_a_nul_character_is_refused_naming_the_step_and_the_variable() -> None:
+    from sop.shell import render_env
+
+    assert render_env({"NAME": "${{ inputs.name }}"}, {"inputs": {"name": "a b"}}, step="greet") == {"NAME": "a b"}
+    with pytest.raises(CommandError, match="step 'greet': the value of env NAME contains a NUL"):
+        render_env({"NAME": "${{ inputs.name }}"}, {"inputs": {"name": "a\0b"}}, step="greet")
+
+
 def test_unquoted_pastes_the_value_as_shell_text() -> None:
     command = render_command("ls ${{ inputs.flags | unquoted }} /", {"inputs": {"flags": "-l -a"}}, step="s")
     assert command == "ls -l -a /"
