@@ -65,7 +65,8 @@ class Dispatcher:
         # The digest of what the handler gets lets a replay tell changed inputs from a changed
         # handler. Secrets are masked first: a hash of a short secret could be brute-forced.
         c.emit(exe, EventKind.STEP_STARTED, step.id, attempt,
-               **({} if error else {"inputs": inputs_digest(*exe.redact([args, run, env]))}))
+               **({} if error else {"inputs": inputs_digest(*exe.redact([args, _digest_run(exe, step, ctx, run),
+                                                                          env]))}))
         span = tracer().start_span(f"step {step.id}", context=trace.set_span_in_context(exe.span),
                                    attributes={"sopflow.execution_id": exe.id, "sopflow.sop": exe.sop.sop,
                                                "sopflow.version": exe.sop.version, "sopflow.step": step.id,
@@ -325,6 +326,17 @@ class Dispatcher:
 
 def _defaults(request: Any) -> dict[str, Any]:
     return {k: v.default for k, v in request.sop.inputs.items() if v.default is not None}
+
+
+def _digest_run(exe: Execution, step: Step, ctx: dict[str, Any], run: str | None) -> str | None:
+    """The command as the digest sees it: rendered from masked values when the execution has secrets.
+
+    Quoting can change a secret's text (``it's`` -> ``'it'"'"'s'``), so masking the command afterwards
+    could miss it; and a replay, whose secrets are ``***``, must compute the same digest.
+    """
+    if run is None or not exe.secret_values or "${{" not in (step.run or ""):
+        return run
+    return render_command(step.run, exe.redact(ctx), step=step.id)
 
 
 def inputs_digest(args: Any, run: str | None, env: dict[str, str]) -> str:

@@ -35,6 +35,30 @@ def test_an_input_with_shell_syntax_reaches_the_command_as_data(engine, sop_file
     assert engine.result(eid)["outputs"]["said"] == f"hello {value}\n"
 
 
+def test_a_run_with_quoted_values_replays_identically_and_its_replay_runs_nothing_either(
+        engine, sop_file, tmp_path: Path) -> None:
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex[:8]}"
+    token = f"tok3n-{uuid.uuid4().hex[:12]}"
+    path = sop_file(sop_text("""\
+        steps:
+          - id: greet
+            run: "echo hello ${{ inputs.name }} ${{ inputs.token }} | wc -c"
+          - id: again
+            depends_on: [greet]
+            run: "echo '${{ inputs.name }}'"
+        """, name="quoting-replay", inputs="inputs:\n  name: {type: string, required: true}\n"
+                                          "  token: {type: string, secret: true, required: true}\n"))
+    eid = engine.submit(path, {"name": f"x; touch {marker}", "token": token})
+    assert engine.wait(eid, timeout=60).status == ExecutionStatus.COMPLETED
+
+    whole = engine.replay(eid)
+    assert whole.deterministic, whole.render()
+    partial = engine.replay(eid, from_step="again")
+    assert partial.handlers_run == 1 and partial.deterministic, partial.render()
+    assert not marker.exists()
+    assert token not in json.dumps([e.to_dict() for e in events_of(engine, eid)])
+
+
 def test_an_input_with_a_nul_character_fails_the_step_permanently_naming_it(engine, sop_file) -> None:
     path = sop_file(sop_text("""\
         steps:
