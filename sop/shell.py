@@ -33,15 +33,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sop.expressions import ExpressionError, compile_expression, render
+from sop.expressions import _REFERENCE, ExpressionError, compile_expression, render
 
 UNQUOTED = "unquoted"
 """The filter that opts a ``run:`` reference out of quoting."""
 
-_REFERENCE = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
-_PLACEHOLDER = "\0"  # never in YAML text, so it marks where each reference stands
+# A NUL marks where each reference stands; a command holding a NUL of its own yields more
+# places than references, and then no place is trusted (see placements).
+_PLACEHOLDER = "\0"
 _WORD_START = frozenset(" \t\n;&|()<>")
-_UNSAFE = {"escaped": "right after a backslash", "bq": "inside `...`", "arith": "inside $((...))", "param": "inside ${...}",
+_UNSAFE = {"escaped": "right after a backslash", "bq": "inside `...`", "arith": "inside $((...))",
+           "param": "inside ${...}",
            "comment": "in a comment", "heredoc": "in a here-document",
            "unknown": "where sopflow cannot tell how the shell reads it"}
 
@@ -69,16 +71,12 @@ class Placement:
         return self.context in ("word", "double", "single")
 
 
+@lru_cache(maxsize=1024)
 def placements(command: str) -> tuple[Placement, ...]:
     """Where each ``${{ }}`` of ``command`` stands, in order (raises for a bad expression)."""
-    return _placements(command)
-
-
-@lru_cache(maxsize=1024)
-def _placements(command: str) -> tuple[Placement, ...]:
     exprs = [m.group(1) for m in _REFERENCE.finditer(command)]
     contexts = _contexts(_REFERENCE.sub(_PLACEHOLDER, command))
-    if len(contexts) != len(exprs):  # cannot happen; if it did, no place would be trusted
+    if len(contexts) != len(exprs):  # the command holds a NUL of its own: trust no place
         contexts = ["unknown"] * len(exprs)
     return tuple(Placement(e, c, is_unquoted(e)) for e, c in zip(exprs, contexts))
 
