@@ -333,7 +333,7 @@ class _Checker:
         except ExpressionError as e:
             self.problem(path, str(e), code="bad-expression", suggestion=e.suggestion)
             return
-        if UNQUOTED in expr.filters and (path[-1] != "run" or expr.filters.count(UNQUOTED) > 1
+        if UNQUOTED in expr.filters and (path[2:] != ("run",) or expr.filters.count(UNQUOTED) > 1
                                          or expr.last_filter != UNQUOTED):
             self.problem(path, f"expression {expr.source!r} uses '| {UNQUOTED}' where it means nothing; "
                          f"it is allowed only as the last filter of a ${{{{ }}}} in a step's run:",

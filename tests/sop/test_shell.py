@@ -170,9 +170,10 @@ def test_validate_shows_every_unquoted_opt_out_as_a_warning() -> None:
 def test_validate_refuses_unquoted_anywhere_but_last_in_run(where: str) -> None:
     report = check_text(SOP % where, file="t.yaml")
     assert "misplaced-unquoted" in [p.code for p in report.problems]
-    report = check_text("sop: t\ninputs:\n  v: {type: string}\nsteps:\n  - id: a\n    uses: shell\n"
-                        "    run: echo\n    env: {X: '${{ inputs.v | unquoted }}'}\n", file="t.yaml")
-    assert [p.code for p in report.problems] == ["misplaced-unquoted"]
+    for field in ("env: {X: '${{ inputs.v | unquoted }}'}", "with: {run: '${{ inputs.v | unquoted }}'}"):
+        report = check_text("sop: t\ninputs:\n  v: {type: string}\nsteps:\n  - id: a\n    uses: shell\n"
+                            f"    run: echo\n    {field}\n", file="t.yaml")
+        assert [p.code for p in report.problems] == ["misplaced-unquoted"], field
 
 
 def test_the_example_sops_still_validate(examples_dir) -> None:
