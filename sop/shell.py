@@ -18,6 +18,10 @@ Places where no quoting can make a value safe (inside `````...`````,
 the SOP is validated; the fix is to pass the value through the step's ``env:``
 and read ``"$NAME"`` in the command.
 
+Quoting makes a value one argument of the command; a command that runs its
+arguments as code (``eval``, ``sh -c``, ``ssh host``) still runs it, as it would
+any argument. The rule is written for POSIX ``sh`` (dash, or bash as ``sh``).
+
 The one way out is explicit: ``${{ inputs.flags | unquoted }}`` pastes the value
 as shell text, for the rare value the SOP author trusts to be shell syntax.
 ``sopflow validate`` lists every such place.
@@ -228,8 +232,8 @@ def _contexts(text: str) -> list[str]:
             i += 1
             continue
         # top, cmd, param, arith: unquoted shell text
-        if c == "$" and text.startswith("$'", i):
-            lost = True  # bash's $'...' quoting: dash reads it differently
+        if c == "$" and text.startswith(("$'", "$["), i):
+            lost = True  # bash's $'...' quoting and $[...] arithmetic: dash reads them differently
         elif (kind == "cmd" or any(f[0] == "cmd" for f in stack)) and _word_at(text, i, "case"):
             lost = True  # a case pattern's ')' would end $( ) early in this lexer's eyes
         if c == "'":
@@ -246,6 +250,10 @@ def _contexts(text: str) -> list[str]:
             i += 1
         elif c == "$" and text.startswith("${", i):
             stack.append(["param", 0])
+            i += 1
+        elif (c == "(" and text.startswith("((", i) and kind in ("top", "cmd")
+              and (i == 0 or text[i - 1] in _WORD_START)):
+            stack.append(["arith", 0])  # bash's (( ... )) evaluates its text as arithmetic
             i += 1
         elif c == "#" and kind in ("top", "cmd") and (i == 0 or text[i - 1] in _WORD_START):
             stack.append(["comment", 0])

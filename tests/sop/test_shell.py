@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -65,28 +66,41 @@ def test_any_structured_value_is_one_shell_word(value: object) -> None:
     assert command.startswith("printf '%s|' ") and placements("printf '%s|' ${{ inputs.v }}")[0].context == "word"
 
 
-FRAGMENTS = st.sampled_from([
-    "echo ", "printf %s ", " ", "'", '"', "`", "$(", ")", "(", "${X:-", "}", "$((", "))", "#", "\n", "\\", ";",
-    "cat <<EOF\n", "\nEOF\n", "cat <<-'E'\n", "\n\tE\n", "case a in a) ", ";; esac", "$'", "a", "=", "|",
-    "REF", "REF", "REF",
+COMMON = st.sampled_from(["echo ", "printf %s ", " ", "'", '"', "$(", ")", ";", "a", "=", "|", "\n", "x'y'z"])
+RARE = st.sampled_from([
+    "`", "(", "${X:-", "}", "$((", "))", "#", "\\", "cat <<EOF\n", "\nEOF\n", "cat <<-'E'\n", "\n\tE\n",
+    "case a in a) ", ";; esac", "$'", "((", "$[", "]",
 ])
+
+
+@st.composite
+def templates(draw: st.DrawFn) -> list[str]:
+    """Shell text around one to three references: mostly quoting, sometimes the rarer constructs."""
+    parts = draw(st.lists(st.one_of(COMMON, COMMON, COMMON, RARE), max_size=12))
+    for _ in range(draw(st.integers(1, 3))):
+        parts.insert(draw(st.integers(0, len(parts))), "REF")
+    return parts
 PAYLOAD = "x'\"`touch pwned`\"';$(touch pwned);touch pwned\n touch pwned #\\\nEOF\nE\ntouch pwned\n"
 
 
+# sopflow runs /bin/sh; where that is bash (RHEL, macOS), bash reads the same command
+SHELLS = [["/bin/sh", "-c"], *([["bash", "--posix", "-c"]] if shutil.which("bash") else [])]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(parts=st.lists(FRAGMENTS, min_size=1, max_size=14))
-def test_for_any_command_template_a_value_either_is_refused_or_runs_nothing(parts: list[str]) -> None:
+@given(parts=templates())
+def test_for_any_command_template_a_value_either_is_refused_or_runs_nothing(shell: list[str],
+                                                                             parts: list[str]) -> None:
     """Whatever shell the template holds around a reference, the value's own syntax never runs."""
     template = "".join(parts).replace("REF", "${{ inputs.v }}")
-    if "${{" not in template:
-        return
     try:
         command = render_command(template, {"inputs": {"v": PAYLOAD}}, step="s")
     except CommandError:
         return  # refused: nothing runs at all
     with tempfile.TemporaryDirectory() as cwd:
         try:
-            subprocess.run(["/bin/sh", "-c", command], capture_output=True, cwd=cwd, timeout=5,
+            subprocess.run([*shell, command], capture_output=True, cwd=cwd, timeout=5,
                            stdin=subprocess.DEVNULL, env={"PATH": os.environ["PATH"]})
         except subprocess.TimeoutExpired:
             pass
@@ -129,6 +143,8 @@ def test_unquoted_pastes_the_value_as_shell_text() -> None:
     ("cat <<-'END'\n\t${{ inputs.v }}\n\tEND", "heredoc"),
     ("echo \\${{ inputs.v }}", "escaped"),
     ("x=$(case $a in b) echo ${{ inputs.v }};; esac)", "unknown"),
+    ("(( x = ${{ inputs.v }} ))", "arith"),
+    ("echo $[ ${{ inputs.v }} ]", "unknown"),
 ])
 def test_places_where_no_quoting_is_safe_are_recognised(command: str, context: str) -> None:
     assert placements(command)[0].context == context
