@@ -336,7 +336,8 @@ def _digest_run(exe: Execution, step: Step, ctx: dict[str, Any], run: str | None
     """
     if run is None or not exe.secret_values or "${{" not in (step.run or ""):
         return run
-    return render_command(step.run, exe.redact(ctx), step=step.id)
+    # Step outputs in the context come from events, masked already: only the inputs need it.
+    return render_command(step.run, {**ctx, "inputs": exe.redact(ctx["inputs"])}, step=step.id)
 
 
 def inputs_digest(args: Any, run: str | None, env: dict[str, str]) -> str:

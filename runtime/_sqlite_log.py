@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 from runtime._log_types import ExecutionRecord, check_limit
 from runtime.errors import StateStoreError
-from runtime.masking import make_private
 from runtime.events import Event, EventKind
+from runtime.masking import make_private
 
 _logger = logging.getLogger("sopflow.eventlog")
 
