@@ -24,10 +24,12 @@ from runtime.errors import StateStoreError
 from runtime.events import EventKind
 from runtime.failure import Action, Decision, ErrorInfo, as_dict, clean_message, decide
 from runtime.handlers import StepOutcome, StepTask
+from runtime.masking import secret_problems
 from runtime.outputs import mentions, respill
 from runtime.telemetry import carrier_for, tracer
 from sop import Step, render
 from sop.expressions import ExpressionError
+from sop.shell import render_command, render_env
 
 if TYPE_CHECKING:
     from actors._coordinator import _Coordinator
@@ -73,8 +75,8 @@ class Dispatcher:
         try:
             ctx = exe.expression_context()
             args = render(step.with_, ctx)
-            run = render(step.run, ctx) if step.run else None
-            env = render(step.env, ctx) if step.env else {}
+            run = render_command(step.run, ctx, step=step.id) if step.run else None  # values quoted as data
+            env = render_env(step.env, ctx, step=step.id) if step.env else {}
         except ExpressionError as e:
             error = ErrorInfo("ExpressionError", str(e), retryable=False)
         span = tracer().start_span(f"step {step.id}", context=trace.set_span_in_context(exe.span),
@@ -89,7 +91,7 @@ class Dispatcher:
             return
         # The digest of what the handler gets lets a replay tell changed inputs from a changed
         # handler. Secrets are masked first: a hash of a short secret could be brute-forced.
-        digest = inputs_digest(*exe.redact([args, run, env]))
+        digest = inputs_digest(*exe.redact([args, _digest_run(exe, step, ctx, run), env]))
         timeout = exe.sop.effective_timeout(step)
         if step.handler.startswith("sop:"):  # runs no task of its own: needs no slot
             c.emit(exe, EventKind.STEP_STARTED, step.id, attempt, inputs=digest)
@@ -98,7 +100,7 @@ class Dispatcher:
             return
         task = StepTask(exe.id, exe.sop.sop, step.id, attempt, step.handler,
                         exe.request.handlers.get(step.handler), args, run, env, timeout,
-                        carrier_for(span) if span.is_recording() else {},
+                        carrier_for(span) if span.is_recording() else {}, secrets=exe.secret_values,
                         output_cap=c.config.max_inline_output_bytes,
                         memory_mb=exe.memory_mb.get(step.id, exe.sop.effective_resources(step).memory_mb))
         self._admit(exe, step, flight, task, digest)
@@ -241,6 +243,10 @@ class Dispatcher:
         template = exe.request.subsops[step.handler[len("sop:"):]]
         child_req = dataclasses.replace(template, inputs={**_defaults(template), **args}, parent=exe.id,
                                         idempotency_key=None)
+        if problems := secret_problems(template.secrets, child_req.inputs):  # the rule submit applies
+            await self._finish(exe, step, attempt, None, ErrorInfo(
+                "SubmissionError", f"step {step.id!r}: " + "; ".join(problems), retryable=False))
+            return
         child_id = await c.submit(child_req)
         exe.inflight[step.id].child = child_id
         c.emit(exe, EventKind.CHILD_SUBMITTED, step.id, attempt, child=child_id)
@@ -391,6 +397,18 @@ class Dispatcher:
 
 def _defaults(request: Any) -> dict[str, Any]:
     return {k: v.default for k, v in request.sop.inputs.items() if v.default is not None}
+
+
+def _digest_run(exe: Execution, step: Step, ctx: dict[str, Any], run: str | None) -> str | None:
+    """The command as the digest sees it: rendered from masked values when the execution has secrets.
+
+    Quoting can change a secret's text (``it's`` -> ``'it'"'"'s'``), so masking the command afterwards
+    could miss it; and a replay, whose secrets are ``***``, must compute the same digest.
+    """
+    if run is None or not exe.secret_values or "${{" not in (step.run or ""):
+        return run
+    # Step outputs in the context come from events, masked already: only the inputs need it.
+    return render_command(step.run, {**ctx, "inputs": exe.redact(ctx["inputs"])}, step=step.id)
 
 
 def inputs_digest(args: Any, run: str | None, env: dict[str, str]) -> str:

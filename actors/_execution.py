@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.events import Event, EventKind
+from runtime.masking import redact, secret_values
 from runtime.outputs import StepContextView, descriptors
 from runtime.state import ExecutionState, StepState, apply
 from runtime.status import StepStatus
@@ -147,8 +148,7 @@ class Execution:
         self.done = asyncio.Event()
         self.span: Any = None
         self.rollback_requested = False
-        self.secret_values = tuple(str(request.inputs[k]) for k in request.secrets
-                                   if request.inputs.get(k) not in (None, ""))
+        self.secret_values = secret_values(request.secrets, request.inputs)
         self.steps_by_id: dict[str, Step] = {s.id: s for s in (*self.sop.steps, *self.sop.rollback)}
         self._ctx_steps: dict[str, Any] | None = None
         self.load_artifact: Any = None
@@ -219,18 +219,8 @@ class Execution:
         self._ctx_steps = self._tolerated = None
 
     def redact(self, value: Any) -> Any:
-        """Replace secret input values wherever they appear in event data."""
-        if not self.secret_values:
-            return value
-        if isinstance(value, str):
-            for s in self.secret_values:
-                value = value.replace(s, "***")
-            return value
-        if isinstance(value, dict):
-            return {k: self.redact(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self.redact(v) for v in value]
-        return value
+        """Mask secret input values wherever they appear in event data (rules: :mod:`runtime.masking`)."""
+        return redact(value, self.secret_values)
 
     def add_steps(self, steps: list[Step]) -> None:
         self.sop = self.sop.model_copy(update={"steps": (*self.sop.steps, *steps)})

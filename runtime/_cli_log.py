@@ -110,7 +110,7 @@ def register_commands(main: click.Group) -> None:
                 engine, _ = _connect(address, start_if_missing=False)
                 execution_id = engine.import_history(doc, replace=replace)
         except SopflowError as e:
-            _fail(e)
+            _fail(Exception(f"{file}: {e}"))  # the field path in the message is a path inside this file
         click.echo(execution_id)
 
     @main.command()

@@ -17,6 +17,7 @@ from urllib.parse import quote
 from runtime._log_types import ExecutionRecord, check_limit
 from runtime.errors import StateStoreError
 from runtime.events import Event, EventKind
+from runtime.masking import make_private
 
 _logger = logging.getLogger("sopflow.eventlog")
 
@@ -137,6 +138,7 @@ class SqliteEventLog:
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            make_private(self.path)  # it holds secrets: private even if someone else created it
         except OSError as e:
             raise StateStoreError(f"cannot create the state store {self.path}: {e.strerror}") from e
         try:

@@ -26,6 +26,7 @@ from runtime.outputs import descriptors
 from runtime.registry import Registry, RegistryError
 from runtime.status import ExecutionView
 from sop import Mode, Sop, check_file, check_text
+from sop.paths import SubSopPathError, resolve_sub_sop
 from sop.validate import BUILTIN_HANDLERS, ValidationReport, choose_mode
 
 DEFAULT_NAMESPACE = "sopflow"
@@ -230,7 +231,10 @@ class Engine:
         out = {}
         for step in (*model.steps, *model.rollback):
             if step.handler.startswith("sop:"):
-                path = (base / step.handler[4:]).resolve()
+                try:
+                    path = resolve_sub_sop(base, step.handler[4:])
+                except SubSopPathError as e:
+                    raise SubmissionError(f"step {step.id!r}: {e}; {e.suggestion}") from e
                 if str(path) in stack:
                     raise SubmissionError(f"sub-SOP {step.handler[4:]} includes itself")
                 child, _, source = self.load(str(path))

@@ -26,6 +26,7 @@ from typing import Any
 from runtime._shell_output import ShellCapture
 from runtime.failure import ErrorInfo, error_from_exception
 from runtime.isolation import Attempt
+from runtime.masking import MaskingLoggerAdapter
 from runtime.outputs import DEFAULT_INLINE_OUTPUT_BYTES, Spilled, settle_output
 from runtime.registry import import_object
 
@@ -57,6 +58,8 @@ class StepTask:
     memory_mb: int | None = None
     """The attempt's memory limit (``resources.memory_mb``, grown by retries), enforced by
     :mod:`runtime.isolation`."""
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    """The execution's secret input values, so ``context.logger`` can mask them in the worker."""
 
     @property
     def key(self) -> str:
@@ -258,7 +261,8 @@ def run_task(task: StepTask) -> StepOutcome:
     start = time.perf_counter()
     place = Attempt(task.execution_id, task.step, task.attempt, task.memory_mb)
     ctx = StepContext(task.execution_id, task.step, task.attempt,
-                      logging.LoggerAdapter(log, {"execution_id": task.execution_id, "step": task.step}),
+                      MaskingLoggerAdapter(log, {"execution_id": task.execution_id, "step": task.step},
+                                           task.secrets),
                       place.workdir, _replay=_as_recording(task.recorded))
     try:
         if task.uses == "shell":

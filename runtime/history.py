@@ -13,13 +13,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from runtime.eventlog import EventLog, ExecutionRecord, StateStoreError
 from runtime.events import Event, EventKind
+from runtime.ids import ExecutionId
 from runtime.outputs import blob_kind, descriptors
+from runtime.status import ExecutionStatus
+from sop.model import NAME_PATTERN, STEP_ID_PATTERN
 
 FORMAT = "sopflow.history/1"
 """The ``format`` value of the documents this module writes and reads."""
@@ -113,19 +118,36 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _is_execution_id(v: Any) -> bool:
+    try:
+        ExecutionId(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_step_id(v: Any) -> bool:
+    return isinstance(v, str) and len(v) <= 128 and re.fullmatch(STEP_ID_PATTERN, v) is not None
+
+
+_EXECUTION_ID = "an execution id (exe-<12 hex>-<8 hex>)"
+_STATUSES = tuple(s.value for s in ExecutionStatus)
+_MAX_KEY = 1024
 _RECORD_FIELDS: dict[str, tuple[str, Any]] = {
-    "id": ("a non-empty string", lambda v: isinstance(v, str) and v != ""),
-    "sop": ("a string", lambda v: isinstance(v, str)),
-    "status": ("a string", lambda v: isinstance(v, str)),
+    "id": (_EXECUTION_ID, _is_execution_id),
+    "sop": ("an SOP name (lower-case letters, digits, '_', '.', '-')",
+            lambda v: isinstance(v, str) and len(v) <= 128 and re.fullmatch(NAME_PATTERN, v) is not None),
+    "status": (f"one of {', '.join(_STATUSES)}", lambda v: v in _STATUSES),
     "submitted_at": ("a number", _is_number),
     "version": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
     "ended_at": ("a number or null", lambda v: v is None or _is_number(v)),
     "terminal": ("true or false", lambda v: isinstance(v, bool)),
-    "idempotency_key": ("a string or null", lambda v: v is None or isinstance(v, str)),
-    "parent": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "idempotency_key": (f"a string of at most {_MAX_KEY} characters or null",
+                        lambda v: v is None or (isinstance(v, str) and len(v) <= _MAX_KEY)),
+    "parent": (f"{_EXECUTION_ID} or null", lambda v: v is None or _is_execution_id(v)),
 }
 _REQUIRED = ("id", "sop", "status", "submitted_at", "version")
 
@@ -144,9 +166,10 @@ def _parse_record(doc: dict[str, Any]) -> ExecutionRecord:
     return ExecutionRecord(**rec)
 
 
-def _parse_events(doc: dict[str, Any], execution_id: str) -> list[Event]:
+def _parse_events(doc: dict[str, Any], execution_id: str, id_from: str = "execution.id") -> list[Event]:
     raw = doc.get("events")
     _check(isinstance(raw, list), "events", "a list of events", raw)
+    _check(_is_execution_id(execution_id), id_from, _EXECUTION_ID, execution_id)
     events = []
     for i, ev in enumerate(raw):
         at = f"events[{i}]"
@@ -162,11 +185,14 @@ def _parse_events(doc: dict[str, Any], execution_id: str) -> list[Event]:
                f"{i + 1} (seqs run from 1 without gaps, in order)", ev["seq"])
         _check(ev["kind"] in _KINDS, f"{at}.kind", f"an event kind ({', '.join(sorted(_KINDS))})", ev["kind"])
         _check(_is_number(ev["ts"]), f"{at}.ts", "a number (seconds since the epoch)", ev["ts"])
-        _check(ev.get("step") is None or isinstance(ev["step"], str), f"{at}.step", "a string or null",
-               ev.get("step"))
-        _check(ev.get("attempt") is None or _is_int(ev["attempt"]), f"{at}.attempt", "an integer or null",
-               ev.get("attempt"))
+        _check(ev.get("step") is None or _is_step_id(ev["step"]), f"{at}.step",
+               "a step id (a letter or '_', then letters, digits, '_', '-') or null", ev.get("step"))
+        _check(ev.get("attempt") is None or (_is_int(ev["attempt"]) and ev["attempt"] >= 1), f"{at}.attempt",
+               "an integer >= 1 or null", ev.get("attempt"))
         _check(isinstance(ev.get("data", {}), dict), f"{at}.data", "an object", ev.get("data"))
+        if ev["kind"] == EventKind.CHILD_SUBMITTED:
+            _check(_is_execution_id((ev.get("data") or {}).get("child")), f"{at}.data.child", _EXECUTION_ID,
+                   (ev.get("data") or {}).get("child"))
         events.append(Event.from_dict(ev))
     return events
 
@@ -202,7 +228,9 @@ def events_from_doc(doc: Any) -> list[Event]:
     _check(isinstance(raw, list) and len(raw) > 0, "events", "a non-empty list of events", raw)
     first = raw[0] if isinstance(raw[0], dict) else {}
     execution_id = (doc.get("execution") or {}).get("id") if isinstance(doc.get("execution"), dict) else None
-    return _parse_events(doc, execution_id or first.get("execution_id"))
+    if execution_id:
+        return _parse_events(doc, execution_id)
+    return _parse_events(doc, first.get("execution_id"), "events[0].execution_id")
 
 
 def import_history(log: EventLog, doc: dict[str, Any], *, replace: bool = False,

@@ -6,7 +6,7 @@ import os
 import re
 import time
 
-_PATTERN = re.compile(r"^exe-[0-9a-f]{12}-[0-9a-f]{8}$")
+_PATTERN = re.compile(r"exe-[0-9a-f]{12}-[0-9a-f]{8}")  # whole string: fullmatch (``$`` would allow "\n")
 
 
 class ExecutionId(str):
@@ -18,7 +18,7 @@ class ExecutionId(str):
     __slots__ = ()
 
     def __new__(cls, value: str) -> ExecutionId:
-        if not isinstance(value, str) or not _PATTERN.match(value):
+        if not isinstance(value, str) or not _PATTERN.fullmatch(value):
             raise ValueError(f"not an execution id: {value!r} (expected exe-<12 hex>-<8 hex>)")
         return super().__new__(cls, value)
 

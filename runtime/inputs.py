@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from runtime.errors import SubmissionError
+from runtime.masking import secret_problems
 from sop import Sop
 from sop._suggest import did_you_mean
 
@@ -72,6 +73,7 @@ def resolve_inputs(sop: Sop, given: dict[str, Any], *, source: str = "<string>",
                             f"pass it with --input {name}=... or inputs={{'{name}': ...}}")
         else:
             out[name] = None
+    problems.extend(secret_problems([k for k, spec in sop.inputs.items() if spec.secret], out))
     if problems:
         raise SubmissionError(f"cannot submit SOP {sop.sop} ({source}): " + "; ".join(problems))
     return out

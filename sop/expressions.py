@@ -32,8 +32,11 @@ STEP_FIELDS = ("output", "status", "attempts", "error")
 FILTERS = (
     "abs", "bool", "capitalize", "default", "first", "float", "int", "join", "last",
     "length", "list", "lower", "max", "min", "replace", "round", "sort", "string",
-    "sum", "title", "trim", "unique", "upper", "tojson",
+    "sum", "title", "trim", "unique", "upper", "tojson", "unquoted",
 )
+"""Filters an expression may use. ``unquoted`` returns its value unchanged; only its place
+matters: last in a ``run:`` reference, it pastes the value into the command as shell text
+(see :mod:`sop.shell`)."""
 TESTS = ("defined", "undefined", "none", "number", "string", "mapping", "sequence",
          "boolean", "true", "false", "eq", "ne", "gt", "ge", "lt", "le", "in")
 
@@ -92,7 +95,7 @@ def _join(value: Any, d: str = "", attribute: Any = None) -> str:
 _ENV = _Environment(undefined=StrictUndefined, autoescape=False)
 _ENV.globals.clear()
 _ENV.filters = {k: v for k, v in _ENV.filters.items() if k in FILTERS}
-_ENV.filters.update(replace=_replace, join=_join)
+_ENV.filters.update(replace=_replace, join=_join, unquoted=lambda value: value)
 _ENV.tests = {k: v for k, v in _ENV.tests.items() if k in TESTS}
 
 _ALLOWED_NODES = (
@@ -149,6 +152,17 @@ class Expression:
             raise ExpressionError(f"expression {self.source!r} was refused: {e}", self.source) from e
         except (TypeError, ValueError, ArithmeticError) as e:
             raise ExpressionError(f"expression {self.source!r} failed: {e}", self.source) from e
+
+    @property
+    def last_filter(self) -> str | None:
+        """The filter applied last (``x | a | b`` -> ``"b"``), if the expression ends in one."""
+        return self._ast.name if isinstance(self._ast, nodes.Filter) else None
+
+    @property
+    def filters(self) -> list[str]:
+        """The name of every filter the expression applies, outermost first."""
+        found = [self._ast] if isinstance(self._ast, nodes.Filter) else []
+        return [f.name for f in (*found, *self._ast.find_all(nodes.Filter))]
 
     @property
     def step_refs(self) -> set[str]:

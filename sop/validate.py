@@ -28,6 +28,10 @@ from sop.expressions import STEP_FIELDS, ExpressionError, compile_expression, \
     find_references, strip_braces
 from sop.graph import Graph, GraphError, format_cycle
 from sop.model import Mode, Sop, Step
+from sop.paths import SubSopPathError, resolve_sub_sop
+from sop.shell import UNQUOTED
+from sop.shell import placements as shell_placements
+from sop.shell import problems as shell_problems
 
 EXECUTION_FIELDS = ("id", "sop", "version", "mode")
 BUILTIN_HANDLERS = ("shell",)
@@ -287,6 +291,25 @@ class _Checker:
         for key in ("with", "run", "env"):
             if key in step:
                 self._templates(where + (key,), step[key], sid, upstream, all_ids, inputs)
+        if isinstance(step.get("run"), str):
+            self._command(where + ("run",), step["run"])
+
+    def _command(self, path: tuple, command: str) -> None:
+        """The shell-quoting rule of ``run:`` (see :mod:`sop.shell`)."""
+        for message in shell_problems(command):
+            self.problem(path, message, code="unsafe-shell-reference",
+                         suggestion="pass the value through the step's env: (e.g. env: {NAME: "
+                         "\"${{ inputs.name }}\"}) and read \"$NAME\" in the command")
+        try:
+            places = shell_placements(command)
+        except ExpressionError:
+            return  # reported by the expression checks
+        for place in places:
+            if place.unquoted:
+                self.problem(path, f"${{{{{place.expression}}}}} is pasted into the command as shell text, "
+                             "not quoted: a value holding shell syntax (;, $(...), quotes) will run",
+                             code="unquoted-shell-reference", severity="warning",
+                             suggestion="drop '| unquoted' unless this value is trusted shell text")
 
     def _templates(self, path: tuple, value: Any, sid: Any, upstream: set[str] | None,
                    all_ids: set[str], inputs: dict) -> None:
@@ -310,6 +333,11 @@ class _Checker:
         except ExpressionError as e:
             self.problem(path, str(e), code="bad-expression", suggestion=e.suggestion)
             return
+        if UNQUOTED in expr.filters and (path[2:] != ("run",) or expr.filters.count(UNQUOTED) > 1
+                                         or expr.last_filter != UNQUOTED):
+            self.problem(path, f"expression {expr.source!r} uses '| {UNQUOTED}' where it means nothing; "
+                         f"it is allowed only as the last filter of a ${{{{ }}}} in a step's run:",
+                         code="misplaced-unquoted", suggestion=f"remove '| {UNQUOTED}'")
         for ref in expr.references:
             if ref.root == "inputs" and ref.name is not None and ref.name not in inputs:
                 self.problem(path, f"expression {expr.source!r} reads input {ref.name!r}, which the SOP "
@@ -382,7 +410,11 @@ class _Checker:
                          suggestion=did_you_mean(tool, declared) or f"it offers {', '.join(declared)}")
 
     def _sub_sop(self, path: tuple, ref: str) -> None:
-        target = (self.base_dir / ref).resolve()
+        try:
+            target = resolve_sub_sop(self.base_dir, ref)
+        except SubSopPathError as e:
+            self.problem(path, str(e), code="sub-sop-outside", suggestion=e.suggestion)
+            return
         if not target.is_file():
             self.problem(path, f"sub-SOP file {ref!r} does not exist (looked at {target})",
                          code="unknown-handler")

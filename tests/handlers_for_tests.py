@@ -109,6 +109,17 @@ def leak_secret(token: str) -> None:
     raise PermanentError(f"authentication rejected for token {token}")
 
 
+def log_secret(token: str, marker: str, context: Any) -> str:
+    """Write the (secret) argument through the step's logger, as a message, an argument and a traceback."""
+    context.logger.warning(f"{marker} inline {token}")
+    context.logger.warning("%s as argument %s", marker, token)
+    try:
+        raise ValueError(f"bad token {token}")
+    except ValueError:
+        context.logger.exception("%s with traceback", marker)
+    return "logged"
+
+
 def return_secret(token: str) -> dict:
     """Succeed with an output that contains the (secret) argument."""
     return {"header": f"Bearer {token}"}

@@ -160,6 +160,27 @@ def test_import_of_an_invalid_history_names_the_field(runner: CliRunner, tmp_pat
     no_traceback(result)
 
 
+def test_import_of_a_history_with_a_hostile_execution_id_names_file_and_field_and_writes_nothing(
+        runner: CliRunner, tmp_path: Path) -> None:
+    state = tmp_path / "s.db"
+    assert runner.invoke(main, ["import", str(LINEAR), "--state", str(state)]).exit_code == 0
+    before = SqliteEventLog(state).stats()
+    doc = json.loads(LINEAR.read_text())
+    hostile = "../x'; DROP TABLE events; --"
+    doc["execution"]["id"] = hostile
+    for event in doc["events"]:
+        event["execution_id"] = hostile
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    result = runner.invoke(main, ["import", str(bad), "--state", str(state)])
+    assert result.exit_code != 0
+    assert f"{bad}: invalid history: execution.id: expected an execution id (exe-<12 hex>-<8 hex>)" in result.output
+    no_traceback(result)
+    log = SqliteEventLog(state)
+    assert log.stats() == before and log.get(hostile) is None
+    log.close()
+
+
 # -- replay ---------------------------------------------------------------------------------------
 
 

@@ -217,3 +217,13 @@ def test_validate_does_not_import_ray() -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "False", done.stdout
+
+
+def test_validate_shows_each_unquoted_shell_reference_as_a_warning(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "flags.yaml"
+    path.write_text("sop: flags\ninputs:\n  flags: {type: string}\nsteps:\n"
+                    "  - id: list\n    run: \"ls ${{ inputs.flags | unquoted }}\"\n")
+    result = runner.invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"{path}:6:" in result.output and "steps[0].run" in result.output and "warning" in result.output
+    assert "pasted into the command as shell text" in result.output

@@ -581,16 +581,20 @@ def test_an_unexpected_commit_error_reaches_the_barrier_as_a_state_store_error()
 # -- histories ---------------------------------------------------------------------------------------
 
 
+A = "exe-0000000000a1-0000000a"  # histories carry real execution ids (import checks them)
+B = "exe-0000000000b1-0000000b"
+
+
 def history_of(log: EventLog) -> dict[str, Any]:
-    log.append([ev("a", 1, EventKind.SUBMITTED, zeta=1, alpha={"b": 2, "a": 1}), ev("a", 2)],
-               [rec("a", 2, idempotency_key="k")])
-    return export_history(log, "a")
+    log.append([ev(A, 1, EventKind.SUBMITTED, zeta=1, alpha={"b": 2, "a": 1}), ev(A, 2)],
+               [rec(A, 2, idempotency_key="k")])
+    return export_history(log, A)
 
 
 def test_export_writes_the_record_and_events_in_a_stable_order(log: EventLog) -> None:
     doc = history_of(log)
     assert doc["format"] == FORMAT == "sopflow.history/1"
-    assert doc["execution"] == {"id": "a", "sop": "orders", "status": "running", "submitted_at": 100.0,
+    assert doc["execution"] == {"id": A, "sop": "orders", "status": "running", "submitted_at": 100.0,
                                 "version": 2, "ended_at": None, "terminal": False, "idempotency_key": "k",
                                 "parent": None}
     assert list(doc["events"][0]) == ["execution_id", "seq", "kind", "ts", "step", "attempt", "data"]
@@ -598,7 +602,7 @@ def test_export_writes_the_record_and_events_in_a_stable_order(log: EventLog) ->
     assert text.index('"alpha"') < text.index('"zeta"') and text.index('"a": 1') < text.index('"b": 2')
     assert text.index('"execution_id"') < text.index('"seq"') < text.index('"kind"')
     assert json.loads(text)["events"][0]["kind"] == "execution_submitted"
-    assert dumps_history(export_history(log, "a")) == text
+    assert dumps_history(export_history(log, A)) == text
 
 
 def test_export_of_an_unknown_execution_names_it(log: EventLog) -> None:
@@ -608,31 +612,31 @@ def test_export_of_an_unknown_execution_names_it(log: EventLog) -> None:
 
 def test_export_never_includes_blobs(log: EventLog) -> None:
     doc = history_of(log)
-    log.put_blob("a", "secrets", b"hunter2")
+    log.put_blob(A, "secrets", b"hunter2")
     assert set(doc) == {"format", "execution", "events"}
-    assert "hunter2" not in dumps_history(export_history(log, "a"))
+    assert "hunter2" not in dumps_history(export_history(log, A))
 
 
 def test_dumps_history_names_the_event_json_cannot_hold(log: EventLog) -> None:
-    log.append([ev("a", 1), ev("a", 2, amount=decimal.Decimal("1.5"))], [rec("a", 2)])
-    with pytest.raises(StateStoreError, match=r"events\[1\] \(seq 2, step_started\) of execution a"):
-        dumps_history(export_history(log, "a"))
+    log.append([ev(A, 1), ev(A, 2, amount=decimal.Decimal("1.5"))], [rec(A, 2)])
+    with pytest.raises(StateStoreError, match=rf"events\[1\] \(seq 2, step_started\) of execution {A}"):
+        dumps_history(export_history(log, A))
 
 
 def test_import_refuses_an_existing_execution_unless_replacing(log: EventLog) -> None:
     doc = history_of(log)
-    with pytest.raises(StateStoreError, match="execution a already exists.*replace=True"):
+    with pytest.raises(StateStoreError, match=f"execution {A} already exists.*replace=True"):
         import_history(log, doc)
-    log.append([ev("a", 3)], [rec("a", 3, "completed")])
-    assert import_history(log, doc, replace=True) == "a"
-    assert seqs(log.read("a")) == [1, 2] and log.get("a").status == "running"
+    log.append([ev(A, 3)], [rec(A, 3, "completed")])
+    assert import_history(log, doc, replace=True) == A
+    assert seqs(log.read(A)) == [1, 2] and log.get(A).status == "running"
 
 
 def test_import_refuses_an_idempotency_key_another_execution_holds(log: EventLog) -> None:
     doc = history_of(log)
-    log.delete("a")
-    log.append([], [rec("b", idempotency_key="k")])
-    with pytest.raises(StateStoreError, match="key 'k' of execution a is already used by execution b"):
+    log.delete(A)
+    log.append([], [rec(B, idempotency_key="k")])
+    with pytest.raises(StateStoreError, match=f"key 'k' of execution {A} is already used by execution {B}"):
         import_history(log, doc)
 
 
@@ -660,7 +664,7 @@ def bad(path: str, value: Any) -> Any:
     (bad("events", {}), "events: expected a list of events"),
     (bad("events.1.seq", 3), r"events\[1\].seq: expected 2 \(seqs run from 1 without gaps.*got 3"),
     (bad("events.0.seq", True), r"events\[0\].seq: expected 1"),
-    (bad("events.1.execution_id", "b"), r"events\[1\].execution_id: expected 'a' \(execution.id\), got 'b'"),
+    (bad("events.1.execution_id", B), rf"events\[1\].execution_id: expected '{A}' \(execution.id\), got '{B}'"),
     (bad("events.0.kind", "step_start"), r"events\[0\].kind: expected an event kind \(.*step_started"),
     (bad("events.0.ts", None), r"events\[0\].ts: expected a number"),
     (bad("events.0.data", [1]), r"events\[0\].data: expected an object, got \[1\]"),
@@ -673,6 +677,67 @@ def test_import_names_the_field_that_is_wrong_and_changes_nothing(change: Any, m
     with pytest.raises(StateStoreError, match=f"invalid history: {message}"):
         import_history(target, doc)
     assert target.stats() == {"executions": 0, "events": 0, "unfinished": 0}
+
+
+HOSTILE_IDS = ["../x'; DROP TABLE events; --", "a", "", f"{A}\n", f" {A}", "exe-../../etc-passwd", 7, None,
+               A.upper()]
+
+
+@pytest.mark.parametrize("bad_id", HOSTILE_IDS)
+@pytest.mark.parametrize("field", ["execution.id", "execution.parent", "events.0.execution_id"])
+def test_an_imported_history_with_a_malformed_execution_id_is_refused_and_the_store_is_unchanged(
+        log: EventLog, field: str, bad_id: Any) -> None:
+    log.append([ev(B, 1, EventKind.SUBMITTED)], [rec(B, 1)])  # something already stored
+    before = (log.stats(), log.read(B), log.get(B))
+    doc = json.loads(dumps_history(history_of(MemoryEventLog())))
+    if field == "execution.id":  # keep the events consistent, so the id itself is what is refused
+        for e in doc["events"]:
+            e["execution_id"] = bad_id
+    bad(field, bad_id)(doc)
+    expected = {"execution.id": "execution.id: expected an execution id",
+                "execution.parent": "execution.parent: expected an execution id .* or null",
+                "events.0.execution_id": r"events\[0\].execution_id: expected"}[field]
+    if field == "execution.parent" and bad_id is None:
+        return  # null is a valid parent
+    with pytest.raises(StateStoreError, match=f"invalid history: {expected}"):
+        import_history(log, doc)
+    assert (log.stats(), log.read(B), log.get(B)) == before
+    assert log.get(str(bad_id)) is None
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (bad("execution.status", "done"), "execution.status: expected one of queued, running"),
+    (bad("execution.sop", "../etc"), r"execution.sop: expected an SOP name"),
+    (bad("events.1.step", "../s'; --"), r"events\[1\].step: expected a step id"),
+    (bad("events.1.attempt", 0), r"events\[1\].attempt: expected an integer >= 1 or null, got 0"),
+    (bad("events.1.kind", "child_submitted"), r"events\[1\].data.child: expected an execution id"),
+    (bad("execution.idempotency_key", "k" * 2000), "execution.idempotency_key: expected a string of at most"),
+])
+def test_every_field_of_an_imported_history_is_type_checked_before_anything_is_written(
+        change: Any, message: str) -> None:
+    doc = json.loads(dumps_history(history_of(MemoryEventLog())))
+    change(doc)
+    with tempfile.TemporaryDirectory() as directory:
+        target = SqliteEventLog(Path(directory) / "state.db")
+        with pytest.raises(StateStoreError, match=f"invalid history: {message}"):
+            import_history(target, doc)
+        assert target.stats() == {"executions": 0, "events": 0, "unfinished": 0}
+        target.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=40))
+def test_only_well_formed_execution_ids_are_accepted(text: str) -> None:
+    import re
+
+    from runtime.ids import ExecutionId
+
+    try:
+        ExecutionId(text)
+    except ValueError:
+        assert re.fullmatch(r"exe-[0-9a-f]{12}-[0-9a-f]{8}", text) is None
+    else:
+        assert re.fullmatch(r"exe-[0-9a-f]{12}-[0-9a-f]{8}", text) is not None
 
 
 # -- properties -----------------------------------------------------------------------------------------
@@ -724,7 +789,8 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=8)
 event_fields = st.tuples(  # kind, ts, step, attempt, data
-    st.sampled_from(list(EventKind)), st.floats(0, 2e9), st.none() | st.text(min_size=1, max_size=8),
+    st.sampled_from([k for k in EventKind if k != EventKind.CHILD_SUBMITTED]), st.floats(0, 2e9),
+    st.none() | st.from_regex(r"[A-Za-z_][A-Za-z0-9_\-]{0,7}", fullmatch=True),
     st.none() | st.integers(1, 50), st.dictionaries(st.text(max_size=6), json_values, max_size=3))
 
 
@@ -734,15 +800,15 @@ event_fields = st.tuples(  # kind, ts, step, attempt, data
        terminal=st.booleans())
 def test_export_then_import_into_an_empty_log_reproduces_the_events_exactly(
         backend: str, fields: list[tuple[Any, ...]], key: str | None, terminal: bool) -> None:
-    events = [Event("exe-1", i + 1, *f) for i, f in enumerate(fields)]
-    record = ExecutionRecord("exe-1", "orders", "completed" if terminal else "running", 10.0, len(events),
+    events = [Event(A, i + 1, *f) for i, f in enumerate(fields)]
+    record = ExecutionRecord(A, "orders", "completed" if terminal else "running", 10.0, len(events),
                              20.0 if terminal else None, terminal, key, None)
     with tempfile.TemporaryDirectory() as directory:
         source, target = make_log(backend, Path(directory, "src")), make_log(backend, Path(directory, "dst"))
         source.append(events, [record])
-        text = dumps_history(export_history(source, "exe-1"))
-        assert import_history(target, json.loads(text)) == "exe-1"
-        back, back_record = target.read("exe-1"), target.get("exe-1")
+        text = dumps_history(export_history(source, A))
+        assert import_history(target, json.loads(text)) == A
+        back, back_record = target.read(A), target.get(A)
         source.close()
         target.close()
     assert back == events and back_record == record
