@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ray
+from opentelemetry.trace import Status, StatusCode
 
 from runtime.handlers import StepOutcome, StepTask, run_task
+from runtime.masking import mask
 from runtime.telemetry import attached, setup_tracing, tracer
 
 
@@ -16,8 +18,9 @@ def execute_step(task: StepTask) -> StepOutcome:
                                     "sopflow.step": task.step, "sopflow.attempt": task.attempt,
                                     "sopflow.uses": task.uses}) as span:
         outcome = run_task(task)
-        if outcome.error is not None:
+        if outcome.error is not None:  # the attempt failed: so does its span, with the reason (masked)
             span.set_attribute("sopflow.error_type", outcome.error.type)
+            span.set_status(Status(StatusCode.ERROR, mask(str(outcome.error), task.secrets)[:300]))
         return outcome
 
 

@@ -156,6 +156,8 @@ def test_a_failed_execution_is_an_error_span_and_its_trace_id_is_in_status(engin
     assert root["status"]["status_code"] == "ERROR"
     assert "step 'broken' failed" in root["status"]["description"]
     assert "the ledger is locked" in root["status"]["description"]
+    handler = next(s for s in spans if s["name"] == "step.handler" and s["attributes"]["sopflow.step"] == "broken")
+    assert handler["status"]["status_code"] == "ERROR" and "the ledger is locked" in handler["status"]["description"]
     # A user can jump from `sopflow status` to the trace in their tracing tool.
     assert view.trace_id is not None and root["context"]["trace_id"] == "0x" + view.trace_id
     assert engine.status(eid).trace_id == view.trace_id
