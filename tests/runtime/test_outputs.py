@@ -56,15 +56,19 @@ NOT_DATA = [(lambda x: x, "function"), (Opaque(), "tests.runtime.test_outputs.Op
             (datetime.date(2026, 1, 1), "datetime.date")]
 
 
+EID = "exe-0123456789ab-01234567"
+"""An execution id of the real shape (imported histories are checked)."""
+
+
 def _store(value: Any, limit: int) -> tuple[SqliteEventLog, str]:
     """A finished execution whose one step returned ``value`` (capped at ``limit``), in a SQLite file."""
     log = SqliteEventLog(Path(tempfile.mkdtemp(prefix="sopflow-outputs-")) / "state.db")
     capped, spilled = cap(as_data(value), limit)
     if spilled is not None:
-        log.put_blob("exe-1", blob_kind(spilled.sha256), spilled.data)
-    events = [Event("exe-1", 1, EventKind.STEP_SUCCEEDED, 1.0, "s", 1, {"output": capped})]
-    log.append(events, [ExecutionRecord("exe-1", "t", "completed", 1.0, 1, 2.0, True)])
-    return log, "exe-1"
+        log.put_blob(EID, blob_kind(spilled.sha256), spilled.data)
+    events = [Event(EID, 1, EventKind.STEP_SUCCEEDED, 1.0, "s", 1, {"output": capped})]
+    log.append(events, [ExecutionRecord(EID, "t", "completed", 1.0, 1, 2.0, True)])
+    return log, EID
 
 
 def _stored_output(log: SqliteEventLog, eid: str) -> Any:
