@@ -30,6 +30,10 @@ def call(ref: Any, timeout: float | None = None) -> Any:
         cause = getattr(e, "cause", None)
         if isinstance(cause, SopflowError):
             raise cause from None
+        if isinstance(cause, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):
+            # An actor called another one that is gone (e.g. the coordinator its monitor): say so.
+            raise EngineUnavailable(f"sopflow's actors cannot be reached: {_creation_error(cause)}; "
+                                    "check the state file and the Ray logs (`ray status`)") from None
         raise
     except ray.exceptions.ActorDiedError as e:
         if e.actor_init_failed:  # starting again will fail the same way: say why, once

@@ -49,6 +49,7 @@ _UPSERT_RECORD = """INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON
 _RECORD_COLUMNS = "id, sop, status, submitted_at, version, ended_at, terminal, idempotency_key, parent"
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _KINDS = {k.value: k for k in EventKind}
+_FOREIGN_FIX = "point SOPFLOW_STATE (or --state) at another file, or move this one away"
 
 
 def _encode(ev: Event) -> tuple[str, str | bytes]:
@@ -117,6 +118,7 @@ class SqliteEventLog:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
+        self._empty = False
         try:
             self._open_file()
         except BaseException:
@@ -132,7 +134,8 @@ class SqliteEventLog:
         if self.readonly:
             if not os.path.exists(self.path):
                 raise StateStoreError(f"no state store at {self.path}; it is created by the first writer")
-            self._check_schema(self._conn())
+            # An empty file (pre-created, or the writer has not made the schema yet) reads as empty.
+            self._empty = not self._check_schema(self._conn())
             return
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -141,33 +144,39 @@ class SqliteEventLog:
             raise StateStoreError(f"cannot create the state store {self.path}: {e.strerror}") from e
         try:
             self._writer = self._connect()
+            self._check_schema(self._writer)  # before WAL mode: a foreign file is left as it was
             self._writer.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as e:
             raise StateStoreError(f"cannot open the state store {self.path}: {e}") from e
         self._write("create the schema", self._create_schema)
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone():
-            self._check_schema(conn)
+        if self._check_schema(conn):  # again inside the transaction: another writer may have made it
             return
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         for statement in _SCHEMA:
             conn.execute(statement)
         conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
-    def _check_schema(self, conn: sqlite3.Connection) -> None:
+    def _check_schema(self, conn: sqlite3.Connection) -> bool:
+        """True for a sopflow store, False for an empty file; raises for anything else."""
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.DatabaseError as e:
-            if "no such table" not in str(e) and "not a database" not in str(e):
-                raise StateStoreError(f"cannot open the state store {self.path}: {e}") from e
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                return False
             row = None
+            if {"meta", "events", "executions"} <= tables:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            self._refuse_foreign(e)
+            raise StateStoreError(f"cannot open the state store {self.path}: {e}") from e
         if row is None:
-            raise StateStoreError(f"{self.path} is not a sopflow state store (it has no schema version); "
-                                  "point SOPFLOW_STATE at another file")
+            raise StateStoreError(f"{self.path} is not a sopflow state store: it holds other tables "
+                                  f"({', '.join(sorted(tables)[:8])}); {_FOREIGN_FIX}")
         if int(row[0]) > SCHEMA_VERSION:
             raise StateStoreError(f"{self.path} has state-store schema version {row[0]}, newer than the "
                                   f"{SCHEMA_VERSION} this sopflow understands; upgrade sopflow to open it")
+        return True
 
     def _connect(self) -> sqlite3.Connection:
         target, uri = (f"file:{quote(self.path)}?mode=ro", True) if self.readonly else (self.path, False)
@@ -175,8 +184,18 @@ class SqliteEventLog:
                                check_same_thread=False)
         with self._conns_lock:
             self._conns.append(conn)
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        try:
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        except sqlite3.DatabaseError as e:
+            self._refuse_foreign(e)
+            raise
         return conn
+
+    def _refuse_foreign(self, e: sqlite3.DatabaseError) -> None:
+        """Raise the clear refusal when ``e`` says the file is not SQLite at all."""
+        if "not a database" in str(e) or "encrypted" in str(e):
+            raise StateStoreError(f"{self.path} is not a sopflow state store: it is not a SQLite "
+                                  f"database; {_FOREIGN_FIX}") from e
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -209,6 +228,10 @@ class SqliteEventLog:
                 raise StateStoreError(f"cannot {what} in the state store {self.path}: {e}") from e
 
     def _read(self, what: str, sql: str, args: Sequence[Any]) -> list[Any]:
+        if self._empty:  # read-only on a file without a schema yet: empty until a writer makes it
+            self._empty = not self._check_schema(self._conn())
+            if self._empty:
+                return []
         try:
             return self._conn().execute(sql, args).fetchall()
         except sqlite3.Error as e:
@@ -327,8 +350,9 @@ class SqliteEventLog:
         self._write("delete an execution", write)
 
     def stats(self) -> dict[str, int]:
-        (n, m, k), = self._read("count", "SELECT (SELECT COUNT(*) FROM executions), (SELECT COUNT(*) FROM "
-                                "events), (SELECT COUNT(*) FROM executions WHERE terminal = 0)", ())
+        rows = self._read("count", "SELECT (SELECT COUNT(*) FROM executions), (SELECT COUNT(*) FROM "
+                          "events), (SELECT COUNT(*) FROM executions WHERE terminal = 0)", ())
+        n, m, k = rows[0] if rows else (0, 0, 0)
         return {"executions": n, "events": m, "unfinished": k}
 
     def close(self) -> None:
