@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from typing import Any
 
@@ -45,11 +46,12 @@ class _Coordinator:
     """Plain class behind the Coordinator actor; see :class:`actors.Actors`."""
 
     def __init__(self, monitor: Any = None, failure_handler: Any = None,
-                 config: EngineConfig | None = None, event_log: Any = None) -> None:
+                 config: EngineConfig | None = None, event_log: Any = None, owner: str | None = None) -> None:
         setup_tracing("sopflow-coordinator")
         self.config = config or EngineConfig(state="memory://")
         self.failure_handler = failure_handler
-        self.journal = Journal(self.config, monitor, event_log)
+        # A state file has one owner: this engine's id (a coordinator restarted by Ray keeps it).
+        self.journal = Journal(self.config, monitor, event_log, owner or f"engine-{uuid.uuid4().hex}")
         self.executions: dict[str, Execution] = {}
         self.by_key: dict[str, str] = {}
         self.finished: deque[str] = deque()
@@ -294,6 +296,13 @@ class _Coordinator:
         if removed:
             log.info("purged %d executions that ended before %s", removed, time.ctime(cutoff))
         return removed
+
+    async def close_store(self) -> None:
+        """Commit what is pending and close the state store, releasing its lease (the engine stops)."""
+        try:
+            await self.journal.durable()
+        finally:
+            await asyncio.to_thread(self.journal.close)
 
     async def state_path(self) -> str:
         """Where this coordinator keeps its log (after recovering from it)."""

@@ -30,11 +30,12 @@ FLUSH_INTERVAL_S = 0.01
 """How long events may wait before a batch goes to the monitor."""
 
 
-def open_event_log(config: EngineConfig, *, readonly: bool = False) -> EventLog:
-    """The log named by ``config.state``: a SQLite file, or memory."""
+def open_event_log(config: EngineConfig, *, readonly: bool = False, owner: str | None = None) -> EventLog:
+    """The log named by ``config.state``: a SQLite file (owned by ``owner`` when it writes), or memory."""
     if not config.durable:
         return MemoryEventLog()
-    return SqliteEventLog(config.state, synchronous=config.synchronous, readonly=readonly)
+    return SqliteEventLog(config.state, synchronous=config.synchronous, readonly=readonly,
+                          owner=None if readonly else owner, lease_ttl_s=config.lease_ttl_s)
 
 
 def record_of(exe: Execution) -> ExecutionRecord:
@@ -51,9 +52,10 @@ def snapshot_of(exe: Execution) -> bytes:
 class Journal:
     """Writes events and records through a :class:`GroupCommitter`; feeds the monitor."""
 
-    def __init__(self, config: EngineConfig, monitor: Any = None, event_log: EventLog | None = None) -> None:
+    def __init__(self, config: EngineConfig, monitor: Any = None, event_log: EventLog | None = None,
+                 owner: str | None = None) -> None:
         self.config = config
-        self.log = event_log if event_log is not None else open_event_log(config)
+        self.log = event_log if event_log is not None else open_event_log(config, owner=owner)
         self.committer = GroupCommitter(self.log)
         self.monitor = monitor
         self._outbox: list[Event] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import uuid
 from typing import Any
 
 import ray
@@ -120,10 +121,21 @@ class Actors:
                               max_concurrency=1000, **placement)
         self.failure_handler = _actor(_FailureHandler, "sopflow-failure-handler", namespace,
                                       max_concurrency=1000)
+        # The owner id of the state file's lease: Ray passes the same arguments to a coordinator
+        # it restarts, so a restarted coordinator is the same owner and recovers at once.
+        owner = f"{namespace}/{uuid.uuid4().hex}"
         self.coordinator = _actor(_RecoveringCoordinator, "sopflow-coordinator", namespace, self.monitor,
-                                  self.failure_handler, config, max_concurrency=100_000, **placement)
+                                  self.failure_handler, config, None, owner, max_concurrency=100_000,
+                                  **placement)
 
     def kill(self) -> None:
-        """Remove the actors; executions resume from the event log when they are created again."""
+        """Remove the actors; executions resume from the event log when they are created again.
+
+        The coordinator first closes its state file, so another engine may take it at once.
+        """
+        try:
+            ray.get(self.coordinator.close_store.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - dead or unreachable: its lease expires, or its pid is gone
+            pass
         for handle in (self.coordinator, self.monitor, self.failure_handler):
             ray.kill(handle, no_restart=True)

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from runtime import _lease
 from runtime._log_types import ExecutionRecord, check_limit
-from runtime.errors import StateStoreError
+from runtime.errors import StateStoreError, StateStoreLostError
 from runtime.events import Event, EventKind
 
 _logger = logging.getLogger("sopflow.eventlog")
@@ -97,14 +98,21 @@ class SqliteEventLog:
         readonly: Open an existing file for reading only; writes raise
             :class:`StateStoreError`. Any number of read-only openers may run beside a writer.
         busy_timeout_s: How long a statement waits for another writer's lock.
+        owner: Take the file's lease as this holder id (an engine): every commit then
+            checks that the lease is still ours, and a thread renews it every third of
+            ``lease_ttl_s``. ``None`` (tools, tests): no lease is taken or checked.
+        lease_ttl_s: Seconds without a heartbeat after which another engine may take
+            the file over (see :mod:`runtime._lease`).
 
     Raises:
         StateStoreError: when the file cannot be created or opened, is not a
             sopflow state store, or has a newer schema than this sopflow knows.
+        StateStoreInUseError: ``owner`` is given and another live engine holds the file.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL",
-                 readonly: bool = False, busy_timeout_s: float = 10.0) -> None:
+                 readonly: bool = False, busy_timeout_s: float = 10.0, owner: str | None = None,
+                 lease_ttl_s: float = 15.0) -> None:
         self.path: str | None = os.path.abspath(os.path.expanduser(os.fspath(path)))
         self.synchronous = synchronous.upper()
         if self.synchronous not in _SYNCHRONOUS:
@@ -119,8 +127,17 @@ class SqliteEventLog:
         self._conns_lock = threading.Lock()
         self._closed = False
         self._empty = False
+        self.owner = owner
+        self.lease_ttl_s = lease_ttl_s
+        self._token: int | None = None  # our fencing token while we hold the lease
+        self.lost: StateStoreLostError | None = None
+        self._stop = threading.Event()
         try:
             self._open_file()
+            if owner is not None and not readonly:
+                self._token = self._write("take the lease", lambda c: _lease.acquire(
+                    c, self.path, owner, lease_ttl_s))
+                threading.Thread(target=self._heartbeat, name="sopflow-lease", daemon=True).start()
         except BaseException:
             self.close()
             raise
@@ -214,10 +231,19 @@ class SqliteEventLog:
         with self._write_lock:
             if self._closed or self._writer is None:
                 raise StateStoreError(f"the state store {self.path} is closed")
+            if self.lost is not None:
+                raise self.lost
             conn = self._writer
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    if self._token is not None:  # fencing: commit only while the file is ours
+                        try:
+                            _lease.renew(conn, self.path, self._token)
+                        except StateStoreLostError as e:
+                            self.lost = e
+                            _logger.error("%s", e)
+                            raise
                     result = fn(conn)
                     conn.execute("COMMIT")
                     return result
@@ -355,8 +381,34 @@ class SqliteEventLog:
         n, m, k = rows[0] if rows else (0, 0, 0)
         return {"executions": n, "events": m, "unfinished": k}
 
+    def _heartbeat(self) -> None:
+        """Renew the lease while the writer is idle (every commit renews it too)."""
+        while not self._stop.wait(self.lease_ttl_s / 3):
+            try:
+                self._write("renew the lease", lambda c: None)
+            except StateStoreLostError:
+                return
+            except StateStoreError as e:  # closed, or a failing disk: retried next beat
+                if self._closed:
+                    return
+                _logger.warning("could not renew the lease of %s: %s", self.path, e)
+
+    def lease(self) -> _lease.Lease | None:
+        """The file's lease row (who owns it), or ``None`` if it was never owned."""
+        try:
+            return _lease.read(self._conn())
+        except sqlite3.Error as e:
+            raise StateStoreError(f"cannot read the lease of the state store {self.path}: {e}") from e
+
     def close(self) -> None:
-        """Close every connection (after the commit in progress); reads in flight may fail."""
+        """Close every connection (after the commit in progress); reads in flight may fail.
+
+        An owner releases its lease first, so the next engine takes the file at once.
+        """
+        self._stop.set()
+        if self._token is not None and self.lost is None and not self._closed:
+            with contextlib.suppress(StateStoreError):
+                self._write("release the lease", lambda c: _lease.release(c, self._token))
         with self._write_lock:
             self._closed = True
         with self._conns_lock:

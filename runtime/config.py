@@ -36,6 +36,10 @@ class EngineConfig:
         max_running_steps: Step tasks the coordinator keeps in Ray at once; more wait in
             its queue, highest execution priority first. 0 means 8 per CPU of the cluster
             (at least 16). Raise it for steps that mostly wait (I/O) with a small ``cpu``.
+        lease_ttl_s: One engine owns a state file at a time. It renews its lease every
+            third of this; another engine may take the file over only after this many
+            seconds without a renewal (the owner crashed), or at once after a clean
+            shutdown or when the owner's process on the same host is gone.
     """
 
     state: str = ""
@@ -44,6 +48,7 @@ class EngineConfig:
     snapshot_every: int = 1000
     keep_finished: int = 10_000
     max_running_steps: int = 0
+    lease_ttl_s: float = 15.0
 
     def __post_init__(self) -> None:
         if not self.state:
@@ -59,6 +64,8 @@ class EngineConfig:
             raise ValueError(f"snapshot_every must be >= 10, got {self.snapshot_every}")
         if self.max_running_steps < 0:
             raise ValueError(f"max_running_steps must be >= 0 (0: automatic), got {self.max_running_steps}")
+        if not self.lease_ttl_s > 0:
+            raise ValueError(f"lease_ttl_s must be > 0, got {self.lease_ttl_s}")
         if self.keep_finished < 0:
             raise ValueError(f"keep_finished must be >= 0, got {self.keep_finished}")
 
