@@ -297,6 +297,11 @@ class _Coordinator:
             log.info("purged %d executions that ended before %s", removed, time.ctime(cutoff))
         return removed
 
+    async def store_problems(self) -> list[str]:
+        """Inconsistencies the check at start found in the state store (empty: none)."""
+        await self.ready()
+        return list((self.recovery or {}).get("store_problems") or [])
+
     async def close_store(self) -> None:
         """Commit what is pending and close the state store, releasing its lease (the engine stops)."""
         try:

@@ -35,7 +35,8 @@ def open_event_log(config: EngineConfig, *, readonly: bool = False, owner: str |
     if not config.durable:
         return MemoryEventLog()
     return SqliteEventLog(config.state, synchronous=config.synchronous, readonly=readonly,
-                          owner=None if readonly else owner, lease_ttl_s=config.lease_ttl_s)
+                          owner=None if readonly else owner, lease_ttl_s=config.lease_ttl_s,
+                          checkpoint_every_s=None if readonly else config.checkpoint_every_s)
 
 
 def record_of(exe: Execution) -> ExecutionRecord:

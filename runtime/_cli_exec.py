@@ -30,8 +30,7 @@ _ADDRESS_HELP = "Ray cluster to use (host:port or ray://host:10001); default $RA
 def _connect(address: str | None, *, start_if_missing: bool) -> Any:
     """An Engine on the given/running cluster; optionally start a local one for this command."""
     from runtime.engine import Engine
-
-    from runtime.errors import EngineStartError
+    from runtime.errors import EngineUnavailable
 
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {"logging_level": logging.ERROR}
@@ -45,7 +44,7 @@ def _connect(address: str | None, *, start_if_missing: bool) -> Any:
                     "`ray start --head --dashboard-host 127.0.0.1` or run `sopflow run FILE` to use a "
                     "temporary local cluster") from None
         return Engine.local(**quiet), True
-    except EngineStartError as e:  # a bad or busy state file: nothing ran
+    except EngineUnavailable as e:  # a bad or busy state file, actors that cannot start: nothing ran
         raise _StartError(str(e)) from None
 
 

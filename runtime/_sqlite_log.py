@@ -9,6 +9,7 @@ import os
 import pickle
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,9 @@ class SqliteEventLog:
             ``lease_ttl_s``. ``None`` (tools, tests): no lease is taken or checked.
         lease_ttl_s: Seconds without a heartbeat after which another engine may take
             the file over (see :mod:`runtime._lease`).
+        checkpoint_every_s: Move the WAL into the main file (and truncate it) this
+            often; ``None``: only on :meth:`close`. A short WAL is one a damaged disk
+            block can cost little of, and a copy of the main file alone is complete.
 
     Raises:
         StateStoreError: when the file cannot be created or opened, is not a
@@ -112,7 +116,7 @@ class SqliteEventLog:
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL",
                  readonly: bool = False, busy_timeout_s: float = 10.0, owner: str | None = None,
-                 lease_ttl_s: float = 15.0) -> None:
+                 lease_ttl_s: float = 15.0, checkpoint_every_s: float | None = None) -> None:
         self.path: str | None = os.path.abspath(os.path.expanduser(os.fspath(path)))
         self.synchronous = synchronous.upper()
         if self.synchronous not in _SYNCHRONOUS:
@@ -131,13 +135,15 @@ class SqliteEventLog:
         self.lease_ttl_s = lease_ttl_s
         self._token: int | None = None  # our fencing token while we hold the lease
         self.lost: StateStoreLostError | None = None
+        self.checkpoint_every_s = checkpoint_every_s
         self._stop = threading.Event()
         try:
             self._open_file()
             if owner is not None and not readonly:
                 self._token = self._write("take the lease", lambda c: _lease.acquire(
                     c, self.path, owner, lease_ttl_s))
-                threading.Thread(target=self._heartbeat, name="sopflow-lease", daemon=True).start()
+            if not readonly and (owner is not None or checkpoint_every_s):
+                threading.Thread(target=self._upkeep, name="sopflow-store-upkeep", daemon=True).start()
         except BaseException:
             self.close()
             raise
@@ -381,17 +387,53 @@ class SqliteEventLog:
         n, m, k = rows[0] if rows else (0, 0, 0)
         return {"executions": n, "events": m, "unfinished": k}
 
-    def _heartbeat(self) -> None:
-        """Renew the lease while the writer is idle (every commit renews it too)."""
-        while not self._stop.wait(self.lease_ttl_s / 3):
+    def _upkeep(self) -> None:
+        """Renew the lease while the writer is idle (every commit renews it too); checkpoint the WAL."""
+        beat = self.lease_ttl_s / 3 if self._token is not None else float("inf")
+        every = self.checkpoint_every_s or float("inf")
+        next_beat, next_checkpoint = time.monotonic() + beat, time.monotonic() + every
+        while not self._stop.wait(max(0.0, min(next_beat, next_checkpoint) - time.monotonic())):
+            now = time.monotonic()
             try:
-                self._write("renew the lease", lambda c: None)
+                if now >= next_beat:
+                    next_beat = now + beat
+                    self._write("renew the lease", lambda c: None)
+                if now >= next_checkpoint:
+                    next_checkpoint = now + every
+                    self.checkpoint()
             except StateStoreLostError:
                 return
-            except StateStoreError as e:  # closed, or a failing disk: retried next beat
+            except StateStoreError as e:  # closed, or a failing disk: tried again next time
                 if self._closed:
                     return
-                _logger.warning("could not renew the lease of %s: %s", self.path, e)
+                _logger.warning("upkeep of the state store %s failed: %s", self.path, e)
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the main file and truncate it; False if readers kept part of it."""
+        if self.readonly:
+            return False
+        with self._write_lock:
+            if self._closed or self._writer is None:
+                raise StateStoreError(f"the state store {self.path} is closed")
+            if self.lost is not None:
+                raise self.lost
+            try:
+                busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as e:
+                raise StateStoreError(f"cannot checkpoint the state store {self.path}: {e}") from e
+        return not busy
+
+    def check(self, *, deep: bool = True) -> list[str]:
+        """Problems found in the store (empty: clean); see :func:`runtime._store_check.problems`."""
+        from runtime._store_check import problems
+
+        self._read("open", "SELECT 1", ())  # an empty file may have become a store meanwhile
+        if self._empty:
+            return []
+        try:
+            return problems(self._conn(), deep=deep)
+        except sqlite3.Error as e:
+            raise StateStoreError(f"cannot check the state store {self.path}: {e}") from e
 
     def lease(self) -> _lease.Lease | None:
         """The file's lease row (who owns it), or ``None`` if it was never owned."""
@@ -406,9 +448,12 @@ class SqliteEventLog:
         An owner releases its lease first, so the next engine takes the file at once.
         """
         self._stop.set()
-        if self._token is not None and self.lost is None and not self._closed:
-            with contextlib.suppress(StateStoreError):
-                self._write("release the lease", lambda c: _lease.release(c, self._token))
+        if not self.readonly and self.lost is None and not self._closed and self._writer is not None:
+            if self._token is not None:
+                with contextlib.suppress(StateStoreError):
+                    self._write("release the lease", lambda c: _lease.release(c, self._token))
+            with contextlib.suppress(StateStoreError):  # leave no data in the WAL alone
+                self.checkpoint()
         with self._write_lock:
             self._closed = True
         with self._conns_lock:

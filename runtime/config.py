@@ -40,6 +40,9 @@ class EngineConfig:
             third of this; another engine may take the file over only after this many
             seconds without a renewal (the owner crashed), or at once after a clean
             shutdown or when the owner's process on the same host is gone.
+        checkpoint_every_s: How often the coordinator moves the SQLite WAL into the main
+            file and truncates it (also done on a clean shutdown), so the main file alone
+            holds nearly everything and a damaged WAL can cost little.
     """
 
     state: str = ""
@@ -49,6 +52,7 @@ class EngineConfig:
     keep_finished: int = 10_000
     max_running_steps: int = 0
     lease_ttl_s: float = 15.0
+    checkpoint_every_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not self.state:
@@ -64,6 +68,8 @@ class EngineConfig:
             raise ValueError(f"snapshot_every must be >= 10, got {self.snapshot_every}")
         if self.max_running_steps < 0:
             raise ValueError(f"max_running_steps must be >= 0 (0: automatic), got {self.max_running_steps}")
+        if not self.checkpoint_every_s > 0:
+            raise ValueError(f"checkpoint_every_s must be > 0, got {self.checkpoint_every_s}")
         if not self.lease_ttl_s > 0:
             raise ValueError(f"lease_ttl_s must be > 0, got {self.lease_ttl_s}")
         if self.keep_finished < 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import logging
 import os
 import time
 import uuid
@@ -62,6 +63,13 @@ class Engine:
             raise SubmissionError(
                 f"sopflow in namespace {namespace!r} already runs with the state file {state}, "
                 f"not {config.state}; connect without a state, or use another namespace")
+        self.store_problems: list[str] = self._call(lambda: self._actors.coordinator.store_problems.remote())
+        """Where the state file's executions and their rows disagreed at start (see ``sopflow check``)."""
+        if self.store_problems:
+            logging.getLogger("sopflow.engine").warning(
+                "the state file %s is inconsistent: %s%s; run `sopflow check --state %s` and restore a "
+                "backup if needed", state, "; ".join(self.store_problems[:5]),
+                f" (and {len(self.store_problems) - 5} more)" if len(self.store_problems) > 5 else "", state)
 
     # -- connecting -----------------------------------------------------------------------
 
