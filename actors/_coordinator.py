@@ -22,7 +22,7 @@ from actors._dispatch import Dispatcher
 from actors._execution import Execution, SubmitRequest
 from actors._journal import Journal, load_state
 from runtime.config import RESTART_GRACE_S, EngineConfig
-from runtime.errors import ExecutionError, ExecutionNotFound
+from runtime.errors import ExecutionError, ExecutionNotFound, StateStoreError
 from runtime.events import Event, EventKind
 from runtime.history import export_history, import_history
 from runtime.ids import ExecutionId
@@ -86,6 +86,7 @@ class _Coordinator:
 
     async def submit(self, request: SubmitRequest) -> str:
         await self.ready()
+        self._refuse_if_stalled()
         execution_id = self._admit(request)
         await self.journal.durable()  # answered once the submission is in the log
         return execution_id
@@ -93,9 +94,19 @@ class _Coordinator:
     async def submit_many(self, requests: list[SubmitRequest]) -> list[str]:
         """Submit a batch in one call and one commit (the fast path for thousands of executions)."""
         await self.ready()
+        self._refuse_if_stalled()
         ids = [self._admit(request) for request in requests]
         await self.journal.durable()
         return ids
+
+    def _refuse_if_stalled(self) -> None:
+        """Take no new work while the store takes no writes (a full disk): say so, and that it passes."""
+        stalled = self.journal.committer.stalled
+        if stalled is not None:
+            raise StateStoreError(
+                f"sopflow is stalled: its state store takes no writes now ({stalled}); running executions "
+                "wait, their events held in memory, and everything resumes by itself once the store takes "
+                "writes again (free disk space); submit again then")
 
     def _admit(self, request: SubmitRequest) -> str:
         key = request.idempotency_key
@@ -316,7 +327,9 @@ class _Coordinator:
 
     async def info(self) -> dict[str, Any]:
         await self.ready()
+        stalled = self.journal.committer.stalled
         return {"state": self.config.state, "durable": self.config.durable,
+                "stalled": None if stalled is None else str(stalled),
                 "in_memory": len(self.executions), "recovery": self.recovery,
                 "commits": dict(self.journal.committer.stats), **self.log.stats()}
 
