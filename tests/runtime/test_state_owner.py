@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from runtime.errors import StateStoreInUseError, StateStoreLostError
 from runtime.eventlog import SqliteEventLog
@@ -204,3 +206,48 @@ def test_another_cluster_is_refused_while_the_owner_runs_and_takes_over_once_it_
             assert runs == {"a": 1, "b": 2, "c": 1}  # only the attempt that died with the first cluster
     finally:
         second._actors.kill()
+
+
+# -- the fencing rule, for any sequence of takeovers -----------------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.sampled_from(["take", "commit"]), st.integers(0, 2)), min_size=1,
+                      max_size=12))
+def test_only_the_latest_owner_ever_commits(tmp_path_factory, steps) -> None:
+    """Owners 0..2 take the file over in any order (the holder's lease expired) and try to commit:
+    a commit lands exactly when its owner is the one that took the file last."""
+    import sqlite3
+
+    path = tmp_path_factory.mktemp("fence") / "state.db"
+    logs: dict[int, SqliteEventLog] = {}
+    holder, landed, seq = None, [], 0
+    try:
+        for op, who in steps:
+            if op == "take":
+                if holder is not None and holder != who:  # the holder stalled: its lease expires
+                    raw = sqlite3.connect(path)
+                    raw.execute("UPDATE lease SET heartbeat = 1")
+                    raw.commit()
+                    raw.close()
+                if who in logs:
+                    logs[who].close()
+                logs[who] = SqliteEventLog(path, owner=f"owner-{who}")
+                holder = who
+            elif who in logs:
+                seq += 1
+                try:
+                    logs[who].append([event(f"by-{who}", seq)])
+                    landed.append((who, seq))
+                    assert who == holder
+                except StateStoreLostError:
+                    assert who != holder
+        if not logs:
+            return
+        reader = SqliteEventLog.open_readonly(path)
+        stored = sorted((w, e.seq) for w in range(3) for e in reader.read(f"by-{w}"))
+        reader.close()
+        assert stored == sorted(landed)
+    finally:
+        for log in logs.values():
+            log.close()
