@@ -57,7 +57,7 @@ class Journal:
                  owner: str | None = None) -> None:
         self.config = config
         self.log = event_log if event_log is not None else open_event_log(config, owner=owner)
-        self.committer = GroupCommitter(self.log)
+        self.committer = GroupCommitter(self.log, on_stall=self._stall_changed)
         self.monitor = monitor
         self._outbox: list[Event] = []
         self._after_monitor: list[Callable[[], None]] = []
@@ -75,6 +75,11 @@ class Journal:
         if self.monitor is not None:
             self._outbox.append(event)
             self._wake_flusher()
+
+    def _stall_changed(self, error: Exception | None) -> None:
+        """Tell the monitor the store stopped (or resumed) taking writes: its views say ``stalled``."""
+        if self.monitor is not None:  # an actor call is safe from the writer thread
+            self.monitor.set_stalled.remote(None if error is None else str(error))
 
     def on_durable(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the loop once everything written so far is committed."""

@@ -41,6 +41,8 @@ class GroupCommitter:
         log: Where events go; the committer does not close it.
         max_batch: Most events in one commit (an ``add`` is never split).
         retry_s: The first and the longest wait between attempts of a stalled commit.
+        on_stall: Called on the writer thread with the error when the store stops
+            taking writes, and with ``None`` when it takes them again.
 
     Attributes:
         stats: ``commits``, ``events`` committed, ``max_batch`` (the largest commit
@@ -49,12 +51,14 @@ class GroupCommitter:
         stalled: Why the store takes no writes now (commits are being retried), or ``None``.
     """
 
-    def __init__(self, log: EventLog, *, max_batch: int = 5000, retry_s: tuple[float, float] = (0.05, 5.0)) -> None:
+    def __init__(self, log: EventLog, *, max_batch: int = 5000, retry_s: tuple[float, float] = (0.05, 5.0),
+                 on_stall: Callable[[StateStoreError | None], None] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.log = log
         self.max_batch = max_batch
         self.retry_s = retry_s
+        self.on_stall = on_stall
         self.stats = {"commits": 0, "events": 0, "max_batch": 0, "stalls": 0, "retries": 0}
         self.error: StateStoreError | None = None
         self.stalled: StateStoreError | None = None
@@ -178,21 +182,33 @@ class GroupCommitter:
             with self._cond:
                 if self._closing:  # nobody will wait for the store to come back
                     break
-                if self.stalled is None:
+                first = self.stalled is None
+                if first:
                     self.stats["stalls"] += 1
                     _logger.error("the state store takes no writes (%s); %d event(s) held, retrying until it "
                                   "does", error, len(events))
                 self.stalled = error
                 self.stats["retries"] += 1
+            if first:
+                self._tell(error)
             self._stop.wait(delay)  # close() cuts it short
             delay = min(delay * 2, self.retry_s[1])
-        if self.stalled is not None and error is None:
-            _logger.warning("the state store takes writes again; %d held event(s) committed", len(events))
-        self.stalled = None
+        if self.stalled is not None:
+            if error is None:
+                _logger.warning("the state store takes writes again; %d held event(s) committed", len(events))
+            self.stalled = None
+            self._tell(None)
         if error is not None:
             _logger.error("group commit of %d events failed; the log stops accepting events: %s",
                           len(events), error)
         return error
+
+    def _tell(self, error: StateStoreError | None) -> None:
+        if self.on_stall is not None:
+            try:
+                self.on_stall(error)
+            except Exception:  # noqa: BLE001 - a view of the stall; never stop committing for it
+                _logger.exception("on_stall callback failed")
 
     def _commit(self, events: list[Event], records: list[ExecutionRecord]) -> StateStoreError | None:
         try:

@@ -34,7 +34,8 @@ async def until(predicate, timeout_s: float = 30.0) -> None:
 
 def test_commits_on_a_full_disk_are_held_and_land_in_order_once_space_is_back(tmp_path) -> None:
     log = SqliteEventLog(tmp_path / "state.db")
-    committer = GroupCommitter(log, retry_s=(0.01, 0.05))
+    told: list[str | None] = []
+    committer = GroupCommitter(log, retry_s=(0.01, 0.05), on_stall=lambda e: told.append(e and str(e)))
 
     async def scenario() -> None:
         committer.add(events("a", 1, 5), [ExecutionRecord("a", "s", "running", time.time(), 5)])
@@ -52,6 +53,7 @@ def test_commits_on_a_full_disk_are_held_and_land_in_order_once_space_is_back(tm
         disk_full(log, False)
         await asyncio.wait_for(asyncio.gather(held, later), 30)
         assert committer.stalled is None and committer.stats["stalls"] == 1
+        assert len(told) == 2 and "database or disk is full" in told[0] and told[1] is None  # once each
         committer.add(events("a", 61, 1))
         await committer.barrier()
 
@@ -146,3 +148,22 @@ def test_a_stalled_coordinator_refuses_new_work_says_so_and_resumes_by_itself(tm
         assert len(log.query()) == 3 and log.check() == []
     finally:
         coordinator.journal.close()
+
+
+def test_the_monitor_shows_running_executions_as_stalled_while_the_store_takes_no_writes(tmp_path) -> None:
+    from actors._monitor import _ExecutionMonitor
+    from runtime.events import Event as E
+
+    monitor = _ExecutionMonitor()
+    submitted = E("x", 1, EventKind.SUBMITTED, time.time(), None, None,
+                  {"sop": "s", "version": "1", "mode": "system_design", "steps": ["a"], "inputs": {}})
+
+    async def scenario() -> list[str]:
+        await monitor.apply([submitted, E("x", 2, EventKind.STARTED, time.time(), None, None, {})])
+        seen = [(await monitor.status("x")).status.value]
+        await monitor.set_stalled("cannot append events in the state store: database or disk is full")
+        seen += [(await monitor.status("x")).status.value, (await monitor.list())[0].status.value]
+        await monitor.set_stalled(None)
+        return seen + [(await monitor.status("x")).status.value]
+
+    assert asyncio.run(scenario()) == ["running", "stalled", "stalled", "running"]
