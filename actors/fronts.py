@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -66,8 +68,28 @@ class _RecoveringCoordinator(_Coordinator):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         _control_plane_process()
-        # Queued behind __init__, so it also runs after Ray restarts a crashed coordinator.
-        ray.get_runtime_context().current_actor.recover.remote()
+        # Also runs after Ray restarts a crashed coordinator: nothing else would start its recovery.
+        threading.Thread(target=_recover_when_served, args=(ray.get_runtime_context().current_actor,),
+                         name="sopflow-recover", daemon=True).start()
+
+
+def _recover_when_served(handle: Any, patience_s: float = 120.0) -> None:
+    """Ask the coordinator to recover once Ray serves its calls.
+
+    A call sent from ``__init__`` of a restarted actor may fail with "the actor is
+    restarting" (Ray has not marked it alive yet): ask again until it is taken.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            ray.get(handle.recover.remote())
+            return
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError):
+            if time.monotonic() > deadline:
+                return  # not served in all that time: the first client call recovers it (ready())
+            time.sleep(0.2)  # back-off while Ray marks the actor alive
+        except Exception:  # noqa: BLE001 - recovery logs its own failures; a client call retries it
+            return
 
 
 class _Monitor(_ExecutionMonitor):
