@@ -102,7 +102,7 @@ def test_an_engine_on_a_foreign_file_fails_to_start_with_the_reason(ray_cluster,
 
 def sopflow(*args: str, state: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SOPFLOW_STATE": str(state)}
-    env.pop("RAY_ADDRESS", None)
+    env["RAY_ADDRESS"] = "local"  # a cluster of its own, never one already on this machine
     return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=timeout)
 

@@ -182,7 +182,7 @@ def test_another_cluster_is_refused_while_the_owner_runs_and_takes_over_once_it_
             Engine(namespace="sopflow-owner-second", config=config)
         cli = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(EXAMPLES / "hello-linear.yaml")],
                              capture_output=True, text=True, cwd=ROOT, timeout=240,
-                             env={**env, "SOPFLOW_STATE": str(state)})
+                             env={**env, "SOPFLOW_STATE": str(state), "RAY_ADDRESS": "local"})  # a new cluster
         assert cli.returncode == 2, cli.stderr[-3000:]
         assert "in use by another sopflow engine" in cli.stderr and "Traceback" not in cli.stderr
     finally:

@@ -192,7 +192,7 @@ def test_an_engine_starting_on_an_inconsistent_store_reports_it_and_stopping_che
 @pytest.mark.ray
 def test_sopflow_recover_warns_about_an_inconsistent_store(damaged) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SOPFLOW_STATE": str(damaged)}
-    env.pop("RAY_ADDRESS", None)
+    env["RAY_ADDRESS"] = "local"  # a cluster of its own, never one already on this machine
     done = subprocess.run([sys.executable, "-m", "runtime.cli", "recover"], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
