@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from typing import Any
 
@@ -23,7 +24,7 @@ from actors._dispatch import Dispatcher
 from actors._execution import Execution, SubmitRequest, sop_definition
 from actors._journal import Journal, load_state
 from runtime.config import RESTART_GRACE_S, EngineConfig
-from runtime.errors import ExecutionError, ExecutionNotFound, IdempotencyConflict
+from runtime.errors import ExecutionError, ExecutionNotFound, IdempotencyConflict, StateStoreError
 from runtime.events import Event, EventKind
 from runtime.history import export_history, import_history
 from runtime.idempotency import differences, fingerprint
@@ -50,11 +51,12 @@ class _Coordinator:
     """Plain class behind the Coordinator actor; see :class:`actors.Actors`."""
 
     def __init__(self, monitor: Any = None, failure_handler: Any = None,
-                 config: EngineConfig | None = None, event_log: Any = None) -> None:
+                 config: EngineConfig | None = None, event_log: Any = None, owner: str | None = None) -> None:
         setup_tracing("sopflow-coordinator")
         self.config = (config or EngineConfig(state="memory://")).on_this_node()
         self.failure_handler = failure_handler
-        self.journal = Journal(self.config, monitor, event_log)
+        # A state file has one owner: this engine's id (a coordinator restarted by Ray keeps it).
+        self.journal = Journal(self.config, monitor, event_log, owner or f"engine-{uuid.uuid4().hex}")
         self.executions: dict[str, Execution] = {}
         self.by_key: dict[str, str] = {}
         self.finished: deque[str] = deque()
@@ -90,6 +92,7 @@ class _Coordinator:
 
     async def submit(self, request: SubmitRequest) -> str:
         await self.ready()
+        self._refuse_if_stalled()
         await self.dispatcher.preflight([request])
         execution_id = self._admit(request)
         await self.journal.durable()  # answered once the submission is in the log
@@ -98,11 +101,21 @@ class _Coordinator:
     async def submit_many(self, requests: list[SubmitRequest]) -> list[str]:
         """Submit a batch in one call and one commit (the fast path for thousands of executions)."""
         await self.ready()
+        self._refuse_if_stalled()
         await self.dispatcher.preflight(requests)
         self._check_keys(requests)  # a conflict refuses the whole batch before any of it is admitted
         ids = [self._admit(request) for request in requests]
         await self.journal.durable()
         return ids
+
+    def _refuse_if_stalled(self) -> None:
+        """Take no new work while the store takes no writes (a full disk): say so, and that it passes."""
+        stalled = self.journal.committer.stalled
+        if stalled is not None:
+            raise StateStoreError(
+                f"sopflow is stalled: its state store takes no writes now ({stalled}); running executions "
+                "wait, their events held in memory, and everything resumes by itself once the store takes "
+                "writes again (free disk space); submit again then")
 
     def _admit(self, request: SubmitRequest) -> str:
         key = request.idempotency_key
@@ -359,6 +372,18 @@ class _Coordinator:
             log.info("purged %d executions that ended before %s", removed, time.ctime(cutoff))
         return removed
 
+    async def store_problems(self) -> list[str]:
+        """Inconsistencies the check at start found in the state store (empty: none)."""
+        await self.ready()
+        return list((self.recovery or {}).get("store_problems") or [])
+
+    async def close_store(self) -> None:
+        """Commit what is pending and close the state store, releasing its lease (the engine stops)."""
+        try:
+            await self.journal.durable()
+        finally:
+            await asyncio.to_thread(self.journal.close)
+
     async def state_path(self) -> str:
         """Where this coordinator keeps its log (after recovering from it)."""
         await self.ready()
@@ -366,7 +391,9 @@ class _Coordinator:
 
     async def info(self) -> dict[str, Any]:
         await self.ready()
+        stalled = self.journal.committer.stalled
         return {"state": self.config.state, "durable": self.config.durable,
+                "stalled": None if stalled is None else str(stalled),
                 "in_memory": len(self.executions), "recovery": self.recovery,
                 "commits": dict(self.journal.committer.stats), **self.log.stats()}
 

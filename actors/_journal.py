@@ -30,11 +30,13 @@ FLUSH_INTERVAL_S = 0.01
 """How long events may wait before a batch goes to the monitor."""
 
 
-def open_event_log(config: EngineConfig, *, readonly: bool = False) -> EventLog:
-    """The log named by ``config.state``: a SQLite file, or memory."""
+def open_event_log(config: EngineConfig, *, readonly: bool = False, owner: str | None = None) -> EventLog:
+    """The log named by ``config.state``: a SQLite file (owned by ``owner`` when it writes), or memory."""
     if not config.durable:
         return MemoryEventLog()
-    return SqliteEventLog(config.state, synchronous=config.synchronous, readonly=readonly)
+    return SqliteEventLog(config.state, synchronous=config.synchronous, readonly=readonly,
+                          owner=None if readonly else owner, lease_ttl_s=config.lease_ttl_s,
+                          checkpoint_every_s=None if readonly else config.checkpoint_every_s)
 
 
 def record_of(exe: Execution) -> ExecutionRecord:
@@ -52,10 +54,11 @@ def snapshot_of(exe: Execution) -> bytes | None:
 class Journal:
     """Writes events and records through a :class:`GroupCommitter`; feeds the monitor."""
 
-    def __init__(self, config: EngineConfig, monitor: Any = None, event_log: EventLog | None = None) -> None:
+    def __init__(self, config: EngineConfig, monitor: Any = None, event_log: EventLog | None = None,
+                 owner: str | None = None) -> None:
         self.config = config
-        self.log = event_log if event_log is not None else open_event_log(config)
-        self.committer = GroupCommitter(self.log)
+        self.log = event_log if event_log is not None else open_event_log(config, owner=owner)
+        self.committer = GroupCommitter(self.log, on_stall=self._stall_changed)
         self.monitor = monitor
         self._outbox: list[Event] = []
         self._after_monitor: list[Callable[[], None]] = []
@@ -74,6 +77,11 @@ class Journal:
         if self.monitor is not None:
             self._outbox.append(event)
             self._wake_flusher()
+
+    def _stall_changed(self, error: Exception | None) -> None:
+        """Tell the monitor the store stopped (or resumed) taking writes: its views say ``stalled``."""
+        if self.monitor is not None:  # an actor call is safe from the writer thread
+            self.monitor.set_stalled.remote(None if error is None else str(error))
 
     def on_durable(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the loop once everything written so far is committed."""

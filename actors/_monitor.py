@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections import deque
 from typing import Any
@@ -64,6 +65,8 @@ class _ExecutionMonitor:
         self._changed: asyncio.Condition | None = None
         self._metrics = _Metrics()
         self._log: Any = None
+        self.stalled: str | None = None
+        """Why the coordinator's store takes no writes now, if it does not."""
         if self.config.durable and os.path.exists(self.config.state):
             self._reload()
 
@@ -168,8 +171,18 @@ class _ExecutionMonitor:
         except ExecutionNotFound:
             return None
 
+    async def set_stalled(self, reason: str | None) -> None:
+        """The coordinator's store stopped taking writes (``reason``), or takes them again (``None``)."""
+        self.stalled = reason
+
+    def _shown(self, view: ExecutionView) -> ExecutionView:
+        """A running execution is shown ``stalled`` while the store takes no writes."""
+        if self.stalled is not None and view.status == ExecutionStatus.RUNNING:
+            return dataclasses.replace(view, status=ExecutionStatus.STALLED)
+        return view
+
     async def status(self, execution_id: str, with_outputs: bool = False) -> ExecutionView:
-        return self._state(execution_id).view(with_outputs=with_outputs)
+        return self._shown(self._state(execution_id).view(with_outputs=with_outputs))
 
     async def list(self, status: str | None = None, sop: str | None = None, since: float | None = None,
                    limit: int = 1000, until: float | None = None) -> list[ExecutionView]:
@@ -184,7 +197,7 @@ class _ExecutionMonitor:
                 continue
             if until is not None and state.submitted_at >= until:
                 continue
-            out.append(state.view())
+            out.append(self._shown(state.view()))
             if len(out) >= limit:
                 return out
         if self.log is not None:  # older executions, no longer in memory

@@ -46,6 +46,7 @@ log = logging.getLogger("sopflow.recovery")
 async def recover(c: _Coordinator) -> dict[str, Any]:
     """Rebuild and resume every unfinished execution in ``c``'s log; returns what was done."""
     started = time.perf_counter()
+    store_problems = check_store(c.log)
     rebuilt: list[Execution] = []
     failed: dict[str, str] = {}
     for record in c.log.unfinished():
@@ -68,8 +69,23 @@ async def recover(c: _Coordinator) -> dict[str, Any]:
     await c.journal.durable()
     if c.journal.monitor is not None:  # events on their way to it died with the old coordinator
         await c.journal.monitor.resync.remote()
-    return {"executions": len(rebuilt), **counts, "failed": failed,
+    return {"executions": len(rebuilt), **counts, "failed": failed, "store_problems": store_problems,
             "seconds": round(time.perf_counter() - started, 4)}
+
+
+def check_store(event_log: Any) -> list[str]:
+    """Executions whose events and state rows disagree (a damaged file or WAL): reported, not hidden."""
+    check = getattr(event_log, "check", None)
+    if check is None:
+        return []
+    try:
+        found = check(deep=False)
+    except Exception as e:  # noqa: BLE001 - a failed check is itself worth reporting, not fatal
+        found = [f"the consistency check could not run: {e}"]
+    if found:
+        log.warning("the state store %s is inconsistent (%d problem(s)); run `sopflow check --state %s`: %s",
+                    event_log.path, len(found), event_log.path, "; ".join(found[:10]))
+    return found
 
 
 def rebuild(event_log: Any, execution_id: str) -> Execution:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
+import time
+import uuid
 from typing import Any
 
 import ray
@@ -30,6 +33,10 @@ def call(ref: Any, timeout: float | None = None) -> Any:
         cause = getattr(e, "cause", None)
         if isinstance(cause, SopflowError):
             raise cause from None
+        if isinstance(cause, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):
+            # An actor called another one that is gone (e.g. the coordinator its monitor): say so.
+            raise EngineUnavailable(f"sopflow's actors cannot be reached: {_creation_error(cause)}; "
+                                    "check the state file and the Ray logs (`ray status`)") from None
         raise
     except ray.exceptions.ActorDiedError as e:
         if e.actor_init_failed:  # starting again will fail the same way: say why, once
@@ -61,8 +68,28 @@ class _RecoveringCoordinator(_Coordinator):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         _control_plane_process()
-        # Queued behind __init__, so it also runs after Ray restarts a crashed coordinator.
-        ray.get_runtime_context().current_actor.recover.remote()
+        # Also runs after Ray restarts a crashed coordinator: nothing else would start its recovery.
+        threading.Thread(target=_recover_when_served, args=(ray.get_runtime_context().current_actor,),
+                         name="sopflow-recover", daemon=True).start()
+
+
+def _recover_when_served(handle: Any, patience_s: float = 120.0) -> None:
+    """Ask the coordinator to recover once Ray serves its calls.
+
+    A call sent from ``__init__`` of a restarted actor may fail with "the actor is
+    restarting" (Ray has not marked it alive yet): ask again until it is taken.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            ray.get(handle.recover.remote())
+            return
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError):
+            if time.monotonic() > deadline:
+                return  # not served in all that time: the first client call recovers it (ready())
+            time.sleep(0.2)  # back-off while Ray marks the actor alive
+        except Exception:  # noqa: BLE001 - recovery logs its own failures; a client call retries it
+            return
 
 
 class _Monitor(_ExecutionMonitor):
@@ -116,10 +143,21 @@ class Actors:
                               max_concurrency=1000, **placement)
         self.failure_handler = _actor(_FailureHandler, "sopflow-failure-handler", namespace,
                                       max_concurrency=1000)
+        # The owner id of the state file's lease: Ray passes the same arguments to a coordinator
+        # it restarts, so a restarted coordinator is the same owner and recovers at once.
+        owner = f"{namespace}/{uuid.uuid4().hex}"
         self.coordinator = _actor(_RecoveringCoordinator, "sopflow-coordinator", namespace, self.monitor,
-                                  self.failure_handler, config, max_concurrency=100_000, **placement)
+                                  self.failure_handler, config, None, owner, max_concurrency=100_000,
+                                  **placement)
 
     def kill(self) -> None:
-        """Remove the actors; executions resume from the event log when they are created again."""
+        """Remove the actors; executions resume from the event log when they are created again.
+
+        The coordinator first closes its state file, so another engine may take it at once.
+        """
+        try:
+            ray.get(self.coordinator.close_store.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - dead or unreachable: its lease expires, or its pid is gone
+            pass
         for handle in (self.coordinator, self.monitor, self.failure_handler):
             ray.kill(handle, no_restart=True)

@@ -63,6 +63,7 @@ def quiet_raylet_messages() -> None:
 def _connect(address: str | None, *, start_if_missing: bool) -> Any:
     """An Engine on the given/running cluster; optionally start a local one for this command."""
     from runtime.engine import Engine
+    from runtime.errors import EngineUnavailable
 
     address = address or os.environ.get("RAY_ADDRESS")
     ctx = click.get_current_context(silent=True)
@@ -71,14 +72,23 @@ def _connect(address: str | None, *, start_if_missing: bool) -> Any:
     if not verbose:
         quiet_raylet_messages()
     try:
-        return Engine.connect(address or "auto", **quiet), False
-    except ConnectionError as e:
-        if address or not start_if_missing:
-            raise click.ClickException(
-                f"no Ray cluster at {address or 'this machine'} ({e}); start one with "
-                "`ray start --head --dashboard-host 127.0.0.1` or run `sopflow run FILE` to use a "
-                "temporary local cluster") from None
-    return Engine.local(**quiet), True
+        try:
+            return Engine.connect(address or "auto", **quiet), False
+        except ConnectionError as e:
+            if address or not start_if_missing:
+                raise click.ClickException(
+                    f"no Ray cluster at {address or 'this machine'} ({e}); start one with "
+                    "`ray start --head --dashboard-host 127.0.0.1` or run `sopflow run FILE` to use a "
+                    "temporary local cluster") from None
+        return Engine.local(**quiet), True
+    except EngineUnavailable as e:  # a bad or busy state file, actors that cannot start: nothing ran
+        raise _StartError(str(e)) from None
+
+
+class _StartError(click.ClickException):
+    """sopflow could not start (e.g. its state file): exit 2, apart from a failed run (exit 1)."""
+
+    exit_code = 2
 
 
 def _fail(e: Exception) -> None:

@@ -168,6 +168,12 @@ def register_commands(main: click.Group) -> None:
                    f"{done.get('retries', 0)} retry(ies) rescheduled")
         for execution_id, why in (done.get("failed") or {}).items():
             click.echo(f"  could not resume {execution_id}: {why}", err=True)
+        problems = done.get("store_problems") or []
+        if problems:
+            click.echo(f"warning: the state file is inconsistent ({len(problems)} problem(s)); "
+                       f"run `sopflow check --state {info['state']}`:", err=True)
+            for problem in problems:
+                click.echo(f"  {problem}", err=True)
         if temporary:
             for view in engine.list():
                 if not view.status.terminal and view.status.value != "needs_decision":

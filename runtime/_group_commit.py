@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
 from runtime._log_types import EventLog, ExecutionRecord
-from runtime.errors import StateStoreError
+from runtime.errors import StateStoreError, StateStoreLostError
 from runtime.events import Event
 
 _logger = logging.getLogger("sopflow.eventlog")
@@ -28,26 +30,38 @@ class GroupCommitter:
     window is waited out. Barriers and callbacks settle on their loop, in the
     order they were registered, with one ``call_soon_threadsafe`` per batch.
 
-    A failed commit is final: its events are lost, so later ones would leave a
-    gap. Every pending and later barrier gets the :class:`StateStoreError`, and
-    :meth:`add` raises it; the owner should restart from the log.
+    A commit the store cannot take *for now* (disk full, I/O error, a lock held
+    too long: SQLite's operational errors) is retried with backoff, its events
+    kept in order, until it lands: meanwhile :attr:`stalled` holds the error,
+    barriers wait and :meth:`add` still queues. Any other failure is final: every
+    pending and later barrier gets the :class:`StateStoreError`, and :meth:`add`
+    raises it; so does losing the state file to another engine.
 
     Args:
         log: Where events go; the committer does not close it.
         max_batch: Most events in one commit (an ``add`` is never split).
+        retry_s: The first and the longest wait between attempts of a stalled commit.
+        on_stall: Called on the writer thread with the error when the store stops
+            taking writes, and with ``None`` when it takes them again.
 
     Attributes:
-        stats: ``commits``, ``events`` committed and ``max_batch``, the largest commit seen.
+        stats: ``commits``, ``events`` committed, ``max_batch`` (the largest commit
+            seen), ``stalls`` (times the store stopped taking writes) and ``retries``.
         error: The failure that stopped the committer, if any.
+        stalled: Why the store takes no writes now (commits are being retried), or ``None``.
     """
 
-    def __init__(self, log: EventLog, *, max_batch: int = 5000) -> None:
+    def __init__(self, log: EventLog, *, max_batch: int = 5000, retry_s: tuple[float, float] = (0.05, 5.0),
+                 on_stall: Callable[[StateStoreError | None], None] | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.log = log
         self.max_batch = max_batch
-        self.stats = {"commits": 0, "events": 0, "max_batch": 0}
+        self.retry_s = retry_s
+        self.on_stall = on_stall
+        self.stats = {"commits": 0, "events": 0, "max_batch": 0, "stalls": 0, "retries": 0}
         self.error: StateStoreError | None = None
+        self.stalled: StateStoreError | None = None
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Item] = deque()
         self._waiters: deque[tuple[int, asyncio.AbstractEventLoop, _Target]] = deque()
@@ -55,6 +69,7 @@ class GroupCommitter:
         self._taken = 0
         self._durable = 0
         self._closing = False
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sopflow-group-commit", daemon=True)
         self._thread.start()
 
@@ -97,10 +112,14 @@ class GroupCommitter:
         await self.barrier()
 
     def close(self) -> None:
-        """Commit what is queued, waiting for it, and stop the writer thread. Safe to call twice."""
+        """Commit what is queued, waiting for it, and stop the writer thread. Safe to call twice.
+
+        A stalled commit is tried once more, then given up (its waiters get the error).
+        """
         with self._cond:
             self._closing = True
             self._cond.notify()
+        self._stop.set()
         self._thread.join()
 
     def _wait(self, target: _Target) -> None:
@@ -120,7 +139,7 @@ class GroupCommitter:
                 if not self._queue:
                     return
                 items = self._take()
-            error = self._commit(items)
+            error = self._commit_until_durable(items)
             with self._cond:
                 self._taken += len(items)
                 if error is None:
@@ -144,7 +163,8 @@ class GroupCommitter:
             size += len(items[-1][0])
         return items
 
-    def _commit(self, items: list[_Item]) -> StateStoreError | None:
+    def _commit_until_durable(self, items: list[_Item]) -> StateStoreError | None:
+        """Commit, retrying while the store cannot take writes for now; the final error, if any."""
         events: list[Event] = []
         latest: dict[str, ExecutionRecord] = {}
         for evs, recs in items:
@@ -153,14 +173,50 @@ class GroupCommitter:
                 old = latest.get(rec.id)
                 if old is None or rec.version > old.version:
                     latest[rec.id] = rec
+        records = list(latest.values())
+        delay = self.retry_s[0]
+        while True:
+            error = self._commit(events, records)
+            if error is None or not _transient(error):
+                break
+            with self._cond:
+                if self._closing:  # nobody will wait for the store to come back
+                    break
+                first = self.stalled is None
+                if first:
+                    self.stats["stalls"] += 1
+                    _logger.error("the state store takes no writes (%s); %d event(s) held, retrying until it "
+                                  "does", error, len(events))
+                self.stalled = error
+                self.stats["retries"] += 1
+            if first:
+                self._tell(error)
+            self._stop.wait(delay)  # close() cuts it short
+            delay = min(delay * 2, self.retry_s[1])
+        if self.stalled is not None:
+            if error is None:
+                _logger.warning("the state store takes writes again; %d held event(s) committed", len(events))
+            self.stalled = None
+            self._tell(None)
+        if error is not None:
+            _logger.error("group commit of %d events failed; the log stops accepting events: %s",
+                          len(events), error)
+        return error
+
+    def _tell(self, error: StateStoreError | None) -> None:
+        if self.on_stall is not None:
+            try:
+                self.on_stall(error)
+            except Exception:  # noqa: BLE001 - a view of the stall; never stop committing for it
+                _logger.exception("on_stall callback failed")
+
+    def _commit(self, events: list[Event], records: list[ExecutionRecord]) -> StateStoreError | None:
         try:
-            self.log.append(events, list(latest.values()))
+            self.log.append(events, records)
         except Exception as e:  # noqa: BLE001 - handed to every waiter
             error = e if isinstance(e, StateStoreError) else StateStoreError(f"commit failed: {e!r}")
             if error is not e:
                 error.__cause__ = e
-            _logger.error("group commit of %d events failed; the log stops accepting events: %s",
-                          len(events), error)
             return error
         self.stats["commits"] += 1
         self.stats["events"] += len(events)
@@ -176,6 +232,11 @@ class GroupCommitter:
         for loop, targets in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, targets, error)
+
+
+def _transient(error: StateStoreError) -> bool:
+    """A failure the store may get over by itself: disk full, I/O error, busy (SQLite's operational errors)."""
+    return not isinstance(error, StateStoreLostError) and isinstance(error.__cause__, sqlite3.OperationalError)
 
 
 def _settle(targets: list[_Target], error: StateStoreError | None) -> None:

@@ -9,13 +9,15 @@ import os
 import pickle
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from runtime import _lease
 from runtime._log_types import ExecutionRecord, check_limit
-from runtime.errors import StateStoreError
+from runtime.errors import StateStoreError, StateStoreLostError
 from runtime.events import Event, EventKind
 from runtime.masking import make_private
 
@@ -50,6 +52,7 @@ _UPSERT_RECORD = """INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON
 _RECORD_COLUMNS = "id, sop, status, submitted_at, version, ended_at, terminal, idempotency_key, parent"
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _KINDS = {k.value: k for k in EventKind}
+_FOREIGN_FIX = "point SOPFLOW_STATE (or --state) at another file, or move this one away"
 
 
 def _encode(ev: Event) -> tuple[str, str | bytes]:
@@ -97,14 +100,24 @@ class SqliteEventLog:
         readonly: Open an existing file for reading only; writes raise
             :class:`StateStoreError`. Any number of read-only openers may run beside a writer.
         busy_timeout_s: How long a statement waits for another writer's lock.
+        owner: Take the file's lease as this holder id (an engine): every commit then
+            checks that the lease is still ours, and a thread renews it every third of
+            ``lease_ttl_s``. ``None`` (tools, tests): no lease is taken or checked.
+        lease_ttl_s: Seconds without a heartbeat after which another engine may take
+            the file over (see :mod:`runtime._lease`).
+        checkpoint_every_s: Move the WAL into the main file (and truncate it) this
+            often; ``None``: only on :meth:`close`. A short WAL is one a damaged disk
+            block can cost little of, and a copy of the main file alone is complete.
 
     Raises:
         StateStoreError: when the file cannot be created or opened, is not a
             sopflow state store, or has a newer schema than this sopflow knows.
+        StateStoreInUseError: ``owner`` is given and another live engine holds the file.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL",
-                 readonly: bool = False, busy_timeout_s: float = 10.0) -> None:
+                 readonly: bool = False, busy_timeout_s: float = 10.0, owner: str | None = None,
+                 lease_ttl_s: float = 15.0, checkpoint_every_s: float | None = None) -> None:
         self.path: str | None = os.path.abspath(os.path.expanduser(os.fspath(path)))
         self.synchronous = synchronous.upper()
         if self.synchronous not in _SYNCHRONOUS:
@@ -118,8 +131,20 @@ class SqliteEventLog:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
+        self._empty = False
+        self.owner = owner
+        self.lease_ttl_s = lease_ttl_s
+        self._token: int | None = None  # our fencing token while we hold the lease
+        self.lost: StateStoreLostError | None = None
+        self.checkpoint_every_s = checkpoint_every_s
+        self._stop = threading.Event()
         try:
             self._open_file()
+            if owner is not None and not readonly:
+                self._token = self._write("take the lease", lambda c: _lease.acquire(
+                    c, self.path, owner, lease_ttl_s))
+            if not readonly and (owner is not None or checkpoint_every_s):
+                threading.Thread(target=self._upkeep, name="sopflow-store-upkeep", daemon=True).start()
         except BaseException:
             self.close()
             raise
@@ -133,7 +158,8 @@ class SqliteEventLog:
         if self.readonly:
             if not os.path.exists(self.path):
                 raise StateStoreError(f"no state store at {self.path}; it is created by the first writer")
-            self._check_schema(self._conn())
+            # An empty file (pre-created, or the writer has not made the schema yet) reads as empty.
+            self._empty = not self._check_schema(self._conn())
             return
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -143,33 +169,39 @@ class SqliteEventLog:
             raise StateStoreError(f"cannot create the state store {self.path}: {e.strerror}") from e
         try:
             self._writer = self._connect()
+            self._check_schema(self._writer)  # before WAL mode: a foreign file is left as it was
             self._writer.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as e:
             raise StateStoreError(f"cannot open the state store {self.path}: {e}") from e
         self._write("create the schema", self._create_schema)
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone():
-            self._check_schema(conn)
+        if self._check_schema(conn):  # again inside the transaction: another writer may have made it
             return
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         for statement in _SCHEMA:
             conn.execute(statement)
         conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
-    def _check_schema(self, conn: sqlite3.Connection) -> None:
+    def _check_schema(self, conn: sqlite3.Connection) -> bool:
+        """True for a sopflow store, False for an empty file; raises for anything else."""
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.DatabaseError as e:
-            if "no such table" not in str(e) and "not a database" not in str(e):
-                raise StateStoreError(f"cannot open the state store {self.path}: {e}") from e
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                return False
             row = None
+            if {"meta", "events", "executions"} <= tables:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError as e:
+            self._refuse_foreign(e)
+            raise StateStoreError(f"cannot open the state store {self.path}: {e}") from e
         if row is None:
-            raise StateStoreError(f"{self.path} is not a sopflow state store (it has no schema version); "
-                                  "point SOPFLOW_STATE at another file")
+            raise StateStoreError(f"{self.path} is not a sopflow state store: it holds other tables "
+                                  f"({', '.join(sorted(tables)[:8])}); {_FOREIGN_FIX}")
         if int(row[0]) > SCHEMA_VERSION:
             raise StateStoreError(f"{self.path} has state-store schema version {row[0]}, newer than the "
                                   f"{SCHEMA_VERSION} this sopflow understands; upgrade sopflow to open it")
+        return True
 
     def _connect(self) -> sqlite3.Connection:
         target, uri = (f"file:{quote(self.path)}?mode=ro", True) if self.readonly else (self.path, False)
@@ -177,8 +209,18 @@ class SqliteEventLog:
                                check_same_thread=False)
         with self._conns_lock:
             self._conns.append(conn)
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        try:
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        except sqlite3.DatabaseError as e:
+            self._refuse_foreign(e)
+            raise
         return conn
+
+    def _refuse_foreign(self, e: sqlite3.DatabaseError) -> None:
+        """Raise the clear refusal when ``e`` says the file is not SQLite at all."""
+        if "not a database" in str(e) or "encrypted" in str(e):
+            raise StateStoreError(f"{self.path} is not a sopflow state store: it is not a SQLite "
+                                  f"database; {_FOREIGN_FIX}") from e
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -197,10 +239,19 @@ class SqliteEventLog:
         with self._write_lock:
             if self._closed or self._writer is None:
                 raise StateStoreError(f"the state store {self.path} is closed")
+            if self.lost is not None:
+                raise self.lost
             conn = self._writer
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    if self._token is not None:  # fencing: commit only while the file is ours
+                        try:
+                            _lease.renew(conn, self.path, self._token)
+                        except StateStoreLostError as e:
+                            self.lost = e
+                            _logger.error("%s", e)
+                            raise
                     result = fn(conn)
                     conn.execute("COMMIT")
                     return result
@@ -211,6 +262,10 @@ class SqliteEventLog:
                 raise StateStoreError(f"cannot {what} in the state store {self.path}: {e}") from e
 
     def _read(self, what: str, sql: str, args: Sequence[Any]) -> list[Any]:
+        if self._empty:  # read-only on a file without a schema yet: empty until a writer makes it
+            self._empty = not self._check_schema(self._conn())
+            if self._empty:
+                return []
         try:
             return self._conn().execute(sql, args).fetchall()
         except sqlite3.Error as e:
@@ -329,12 +384,78 @@ class SqliteEventLog:
         self._write("delete an execution", write)
 
     def stats(self) -> dict[str, int]:
-        (n, m, k), = self._read("count", "SELECT (SELECT COUNT(*) FROM executions), (SELECT COUNT(*) FROM "
-                                "events), (SELECT COUNT(*) FROM executions WHERE terminal = 0)", ())
+        rows = self._read("count", "SELECT (SELECT COUNT(*) FROM executions), (SELECT COUNT(*) FROM "
+                          "events), (SELECT COUNT(*) FROM executions WHERE terminal = 0)", ())
+        n, m, k = rows[0] if rows else (0, 0, 0)
         return {"executions": n, "events": m, "unfinished": k}
 
+    def _upkeep(self) -> None:
+        """Renew the lease while the writer is idle (every commit renews it too); checkpoint the WAL."""
+        beat = self.lease_ttl_s / 3 if self._token is not None else float("inf")
+        every = self.checkpoint_every_s or float("inf")
+        next_beat, next_checkpoint = time.monotonic() + beat, time.monotonic() + every
+        while not self._stop.wait(max(0.0, min(next_beat, next_checkpoint) - time.monotonic())):
+            now = time.monotonic()
+            try:
+                if now >= next_beat:
+                    next_beat = now + beat
+                    self._write("renew the lease", lambda c: None)
+                if now >= next_checkpoint:
+                    next_checkpoint = now + every
+                    self.checkpoint()
+            except StateStoreLostError:
+                return
+            except StateStoreError as e:  # closed, or a failing disk: tried again next time
+                if self._closed:
+                    return
+                _logger.warning("upkeep of the state store %s failed: %s", self.path, e)
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the main file and truncate it; False if readers kept part of it."""
+        if self.readonly:
+            return False
+        with self._write_lock:
+            if self._closed or self._writer is None:
+                raise StateStoreError(f"the state store {self.path} is closed")
+            if self.lost is not None:
+                raise self.lost
+            try:
+                busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as e:
+                raise StateStoreError(f"cannot checkpoint the state store {self.path}: {e}") from e
+        return not busy
+
+    def check(self, *, deep: bool = True) -> list[str]:
+        """Problems found in the store (empty: clean); see :func:`runtime._store_check.problems`."""
+        from runtime._store_check import problems
+
+        self._read("open", "SELECT 1", ())  # an empty file may have become a store meanwhile
+        if self._empty:
+            return []
+        try:
+            return problems(self._conn(), deep=deep)
+        except sqlite3.Error as e:
+            raise StateStoreError(f"cannot check the state store {self.path}: {e}") from e
+
+    def lease(self) -> _lease.Lease | None:
+        """The file's lease row (who owns it), or ``None`` if it was never owned."""
+        try:
+            return _lease.read(self._conn())
+        except sqlite3.Error as e:
+            raise StateStoreError(f"cannot read the lease of the state store {self.path}: {e}") from e
+
     def close(self) -> None:
-        """Close every connection (after the commit in progress); reads in flight may fail."""
+        """Close every connection (after the commit in progress); reads in flight may fail.
+
+        An owner releases its lease first, so the next engine takes the file at once.
+        """
+        self._stop.set()
+        if not self.readonly and self.lost is None and not self._closed and self._writer is not None:
+            if self._token is not None:
+                with contextlib.suppress(StateStoreError):
+                    self._write("release the lease", lambda c: _lease.release(c, self._token))
+            with contextlib.suppress(StateStoreError):  # leave no data in the WAL alone
+                self.checkpoint()
         with self._write_lock:
             self._closed = True
         with self._conns_lock:

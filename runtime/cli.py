@@ -34,9 +34,11 @@ main.add_command(schema)
 
 from runtime._cli_exec import register_commands as _register_exec  # noqa: E402
 from runtime._cli_log import register_commands as _register_log  # noqa: E402
+from runtime._cli_store import register_commands as _register_store  # noqa: E402
 
 _register_exec(main)
 _register_log(main)
+_register_store(main)
 
 
 def _json_dump(value: object) -> None:

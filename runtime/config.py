@@ -47,6 +47,13 @@ class EngineConfig:
             this is stored once as an artifact beside its events, which hold a small
             ``{"$artifact": sha256, "size", "preview"}`` descriptor instead; expressions and
             ``Engine.result`` still see the value. Must be >= 1024.
+        lease_ttl_s: One engine owns a state file at a time. It renews its lease every
+            third of this; another engine may take the file over only after this many
+            seconds without a renewal (the owner crashed), or at once after a clean
+            shutdown or when the owner's process on the same host is gone.
+        checkpoint_every_s: How often the coordinator moves the SQLite WAL into the main
+            file and truncates it (also done on a clean shutdown), so the main file alone
+            holds nearly everything and a damaged WAL can cost little.
     """
 
     state: str = ""
@@ -56,6 +63,8 @@ class EngineConfig:
     keep_finished: int = 10_000
     max_running_steps: int = 0
     max_inline_output_bytes: int = DEFAULT_INLINE_OUTPUT_BYTES
+    lease_ttl_s: float = 15.0
+    checkpoint_every_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -71,6 +80,10 @@ class EngineConfig:
             raise ValueError(f"max_running_steps must be >= 0 (0: automatic), got {self.max_running_steps}")
         if self.max_inline_output_bytes < 1024:
             raise ValueError(f"max_inline_output_bytes must be >= 1024, got {self.max_inline_output_bytes}")
+        if not self.checkpoint_every_s > 0:
+            raise ValueError(f"checkpoint_every_s must be > 0, got {self.checkpoint_every_s}")
+        if not self.lease_ttl_s > 0:
+            raise ValueError(f"lease_ttl_s must be > 0, got {self.lease_ttl_s}")
         if self.keep_finished < 0:
             raise ValueError(f"keep_finished must be >= 0, got {self.keep_finished}")
 

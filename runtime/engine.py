@@ -8,7 +8,9 @@ because ``runtime`` must stay importable without Ray.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import logging
 import os
 import time
 import uuid
@@ -76,6 +78,7 @@ class Engine:
             raise SubmissionError("Ray is not initialised; use Engine.local() or Engine.connect(address)")
         self.namespace = namespace
         self.registry = registry or Registry()
+        self._owns_cluster = False  # set by local() when it started the cluster
         self._actors = Actors(namespace, config)
         # Also waits until the coordinator has resumed the unfinished executions in its log.
         try:
@@ -87,6 +90,13 @@ class Engine:
             raise SubmissionError(
                 f"sopflow in namespace {namespace!r} already runs with the state file {state}, "
                 f"not {config.state}; connect without a state, or use another namespace")
+        self.store_problems: list[str] = self._call(lambda: self._actors.coordinator.store_problems.remote())
+        """Where the state file's executions and their rows disagreed at start (see ``sopflow check``)."""
+        if self.store_problems:
+            logging.getLogger("sopflow.engine").warning(
+                "the state file %s is inconsistent: %s%s; run `sopflow check --state %s` and restore a "
+                "backup if needed", state, "; ".join(self.store_problems[:5]),
+                f" (and {len(self.store_problems) - 5} more)" if len(self.store_problems) > 5 else "", state)
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -105,6 +115,7 @@ class Engine:
             config = dataclasses.replace(config or EngineConfig(), state=state)
         import ray
 
+        started = not ray.is_initialized() and address in (None, "local")
         if not ray.is_initialized():
             options: dict[str, Any] = {"namespace": namespace, "log_to_driver": False}
             if address in (None, "local"):
@@ -117,7 +128,11 @@ class Engine:
                 options["address"] = address
                 use_token_auth_if_available(address)
             ray.init(**{**options, **ray_options})
-        return cls(namespace=namespace, registry=registry, config=config)
+        engine = cls(namespace=namespace, registry=registry, config=config)
+        if started:  # the cluster dies with this process: close the state file first (before Ray's own
+            engine._owns_cluster = True  # exit handler, registered earlier, stops the cluster)
+            atexit.register(engine._close_store)
+        return engine
 
     @classmethod
     def connect(cls, address: str = "auto", *, namespace: str = DEFAULT_NAMESPACE,
@@ -440,10 +455,27 @@ class Engine:
         return out
 
     def shutdown(self) -> None:
-        """Disconnect this client (executions keep running on the cluster)."""
+        """Disconnect this client (executions keep running on the cluster).
+
+        When :meth:`local` started the cluster, the cluster stops too: the coordinator
+        first commits what is pending, checkpoints and closes the state file and
+        releases its lease, so the next engine on the file starts at once.
+        """
         import ray
 
+        self._close_store()
         ray.shutdown()
+
+    def _close_store(self) -> None:
+        import ray
+
+        if not self._owns_cluster or not ray.is_initialized():
+            return
+        self._owns_cluster = False
+        try:
+            ray.get(self._actors.coordinator.close_store.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - already gone: the file's lease expires on its own
+            pass
 
 
 def _secrets(model: Sop) -> tuple[str, ...]:

@@ -85,3 +85,11 @@ class RetryableError(Exception):
 
 class PermanentError(Exception):
     """Raise from a step handler for a failure no retry can fix (bad input, 404)."""
+
+
+class StateStoreInUseError(StateStoreError):
+    """Raised when an engine starts on a state file another live engine owns."""
+
+
+class StateStoreLostError(StateStoreError):
+    """Raised on a commit of an engine whose state file was taken over by another engine."""

@@ -14,7 +14,7 @@ from runtime._group_commit import GroupCommitter
 from runtime._log_types import EventLog, ExecutionRecord, check_limit
 from runtime._sqlite_log import SCHEMA_VERSION, SqliteEventLog
 from runtime.config import DEFAULT_STATE_PATH, default_state_path
-from runtime.errors import StateStoreError
+from runtime.errors import StateStoreError, StateStoreInUseError, StateStoreLostError
 from runtime.events import Event
 
 __all__ = [
@@ -33,6 +33,8 @@ __all__ = [
     "default_state_path",
     # errors
     "StateStoreError",
+    "StateStoreInUseError",
+    "StateStoreLostError",
 ]
 
 

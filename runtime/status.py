@@ -14,6 +14,9 @@ class ExecutionStatus(StrEnum):
     CANCELLING = "cancelling"
     NEEDS_DECISION = "needs_decision"
     """A step's attempt was interrupted and the step is not safe to re-run: an operator decides."""
+    STALLED = "stalled"
+    """Running, but the state store takes no writes now (a full disk): nothing moves until it does.
+    Shown by status queries only; never logged."""
     COMPLETED = "completed"
     PARTIALLY_COMPLETED = "partially_completed"
     FAILED = "failed"

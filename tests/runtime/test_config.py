@@ -34,6 +34,8 @@ def test_the_default_state_file_is_resolved_where_the_actors_run_not_by_the_clie
     ("snapshot_every", 5, "snapshot_every must be >= 10, got 5"),
     ("keep_finished", -1, "keep_finished must be >= 0, got -1"),
     ("max_running_steps", -2, "max_running_steps must be >= 0 (0: automatic), got -2"),
+    ("lease_ttl_s", 0, "lease_ttl_s must be > 0, got 0"),
+    ("checkpoint_every_s", -1.0, "checkpoint_every_s must be > 0, got -1.0"),
 ])
 def test_a_bad_setting_names_the_rule(field, value, message) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
