@@ -69,7 +69,8 @@ def test_a_reused_key_with_other_inputs_or_another_sop_is_refused(keyed, sop_fil
         keyed.submit(path, {"amount": 11, "token": "s3cr3t-one"}, idempotency_key=key)
     err = info.value
     assert isinstance(err, SubmissionError) and err.execution_id == first and err.key == key
-    assert first in str(err) and "'amount'" in str(err) and "11" not in str(err)
+    assert first in str(err) and "'amount'" in str(err)
+    assert "11" not in str(err).replace(key, "").replace(first, "")  # names the input, never its value
     with pytest.raises(IdempotencyConflict, match="'token'") as info:  # a secret: named, never shown
         keyed.submit(path, {"amount": 10, "token": "s3cr3t-two"}, idempotency_key=key)
     assert "s3cr3t" not in str(info.value)
