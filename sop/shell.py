@@ -215,15 +215,9 @@ def _contexts(text: str) -> list[str]:
                 stack.pop()
             elif c == "`":
                 stack.append(["bq", 0])
-            elif c == "$" and text.startswith("$((", i):
-                stack.append(["arith", 0])
-                i += 2
-            elif c == "$" and text.startswith("$(", i):
-                stack.append(["cmd", 0])
-                i += 1
-            elif c == "$" and text.startswith("${", i):
-                stack.append(["param", 0])
-                i += 1
+            elif c == "$" and (opened := _substitution_at(text, i)):
+                stack.append([opened[0], 0])
+                i += opened[1]
             i += 1
             continue
         if kind == "bq":  # `...` ends at the first unescaped backquote, quotes or not
@@ -242,15 +236,9 @@ def _contexts(text: str) -> list[str]:
             stack.append(["double", 0])
         elif c == "`":
             stack.append(["bq", 0])
-        elif c == "$" and text.startswith("$((", i):
-            stack.append(["arith", 0])
-            i += 2
-        elif c == "$" and text.startswith("$(", i):
-            stack.append(["cmd", 0])
-            i += 1
-        elif c == "$" and text.startswith("${", i):
-            stack.append(["param", 0])
-            i += 1
+        elif c == "$" and (opened := _substitution_at(text, i)):
+            stack.append([opened[0], 0])
+            i += opened[1]
         elif (c == "(" and text.startswith("((", i) and kind in ("top", "cmd")
               and (i == 0 or text[i - 1] in _WORD_START)):
             stack.append(["arith", 0])  # bash's (( ... )) evaluates its text as arithmetic
@@ -320,3 +308,14 @@ def _heredoc_bodies(text: str, i: int, heredocs: list[tuple[str, bool]], out: li
                 break
             out.extend(["heredoc"] * line.count(_PLACEHOLDER))
     return i
+
+
+def _substitution_at(text: str, i: int) -> tuple[str, int] | None:
+    """The kind of ``$`` substitution opening at ``text[i]`` and how many characters past ``$`` it takes."""
+    if text.startswith("$((", i):
+        return "arith", 2
+    if text.startswith("$(", i):
+        return "cmd", 1
+    if text.startswith("${", i):
+        return "param", 1
+    return None
