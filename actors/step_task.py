@@ -12,7 +12,7 @@ from runtime.telemetry import attached, setup_tracing, tracer
 
 def execute_step(task: StepTask) -> StepOutcome:
     """Run one attempt in a worker, as a child span of the coordinator's attempt span."""
-    setup_tracing()
+    setup_tracing("sopflow-worker")
     with attached(task.trace_carrier), tracer().start_as_current_span(
         "step.handler", attributes={"sopflow.execution_id": task.execution_id,
                                     "sopflow.step": task.step, "sopflow.attempt": task.attempt,
