@@ -19,7 +19,7 @@ from opentelemetry import trace
 from actors._execution import Execution, InFlight
 from actors._preflight import ModuleCheck
 from actors._ray_errors import ray_error as _ray_error
-from actors.step_task import remote_execute_step
+from actors.step_task import StepAttemptFailed, remote_execute_step
 from runtime.errors import StateStoreError
 from runtime.events import EventKind
 from runtime.failure import Action, Decision, ErrorInfo, as_dict, clean_message, decide
@@ -220,6 +220,8 @@ class Dispatcher:
         exc = fut.exception() if not fut.cancelled() else ray.exceptions.TaskCancelledError()
         if exc is None:
             outcome = fut.result()
+        elif isinstance(getattr(exc, "cause", None), StepAttemptFailed):
+            outcome = exc.cause.outcome  # a failed attempt, raised so Ray shows the task FAILED
         else:
             error = _ray_error(exc, step.id)
         if error is None and outcome is not None and outcome.ok and outcome.spilled is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import ray
 from opentelemetry.trace import Status, StatusCode
 
@@ -10,18 +12,43 @@ from runtime.masking import mask
 from runtime.telemetry import attached, setup_tracing, tracer
 
 
+class StepAttemptFailed(Exception):
+    """Raised by a step's Ray task whose attempt failed, so Ray (and its dashboard) shows it FAILED.
+
+    The handler's failure is already data (``outcome``); raising it as well is what makes the
+    task's state FAILED, with the error as its message, instead of a FINISHED task returning a
+    failure. The coordinator takes ``outcome`` back out of Ray's wrapper and handles it exactly
+    as a returned one. The message has the execution's secrets masked.
+    """
+
+    def __init__(self, outcome: StepOutcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.outcome, str(self)))
+
+
 def execute_step(task: StepTask) -> StepOutcome:
-    """Run one attempt in a worker, as a child span of the coordinator's attempt span."""
+    """Run one attempt in a worker, as a child span of the coordinator's attempt span.
+
+    Raises:
+        StepAttemptFailed: the attempt failed (its outcome rides along).
+    """
     setup_tracing("sopflow-worker")
     with attached(task.trace_carrier), tracer().start_as_current_span(
         "step.handler", attributes={"sopflow.execution_id": task.execution_id,
                                     "sopflow.step": task.step, "sopflow.attempt": task.attempt,
                                     "sopflow.uses": task.uses}) as span:
         outcome = run_task(task)
-        if outcome.error is not None:  # the attempt failed: so does its span, with the reason (masked)
-            span.set_attribute("sopflow.error_type", outcome.error.type)
-            span.set_status(Status(StatusCode.ERROR, mask(str(outcome.error), task.secrets)[:300]))
-        return outcome
+        if outcome.error is None:
+            return outcome
+        # The attempt failed: so does its span, with the reason (masked).
+        message = mask(f"step {task.step!r} attempt {task.attempt} of {task.execution_id}: {outcome.error}",
+                       task.secrets)[:1000]
+        span.set_attribute("sopflow.error_type", outcome.error.type)
+        span.set_status(Status(StatusCode.ERROR, message[:300]))
+    raise StepAttemptFailed(outcome, message)
 
 
 # Ray's own retries stay off: the FailureHandler decides, and every attempt is an event.
