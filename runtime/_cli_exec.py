@@ -18,7 +18,7 @@ from rich.table import Table
 from runtime._cli_sop import console, print_problems
 from runtime.errors import ExecutionError
 from runtime.registry import Registry
-from runtime.status import ExecutionView, StepStatus
+from runtime.status import ExecutionStatus, ExecutionView, StepStatus
 from sop import SopflowError, SopValidationError, check_file
 
 _STEP_STYLE = {StepStatus.SUCCEEDED: "green", StepStatus.FAILED: "red", StepStatus.RUNNING: "cyan",
@@ -283,7 +283,8 @@ def register_commands(main: click.Group) -> None:
             click.argument("execution_id")(control)))
 
     @main.command(name="list")
-    @click.option("--status", "status_", default=None, help="Only executions with this status.")
+    @click.option("--status", "status_", default=None, help="Only executions with this status.",
+                  type=click.Choice([status.value for status in ExecutionStatus]))
     @click.option("--sop", default=None, help="Only executions of this SOP.")
     @click.option("--since", type=float, default=None, help="Only those submitted in the last N seconds.")
     @click.option("--address", help=_ADDRESS_HELP)

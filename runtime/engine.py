@@ -26,7 +26,7 @@ from runtime.ids import ExecutionId
 from runtime.inputs import resolve_inputs
 from runtime.outputs import descriptors
 from runtime.registry import Registry, RegistryError
-from runtime.status import ExecutionView
+from runtime.status import ExecutionStatus, ExecutionView
 from sop import Mode, Sop, check_file, check_text
 from sop.paths import SubSopPathError, resolve_sub_sop
 from sop.validate import BUILTIN_HANDLERS, ValidationReport, choose_mode
@@ -336,7 +336,13 @@ class Engine:
         """Executions newest first, by status, SOP and submission time in ``[since, until)``.
 
         Recent ones come from the monitor's memory, older ones from the state store.
+
+        Raises:
+            ValueError: ``status`` is not an execution status (the message lists them).
         """
+        statuses = [s.value for s in ExecutionStatus]
+        if status is not None and str(status) not in statuses:
+            raise ValueError(f"status must be one of {', '.join(statuses)}; got {status!r}")
         return self._call(lambda: self._actors.monitor.list.remote(status, sop, since, limit, until))
 
     def events(self, execution_id: str, *, follow: bool = True, poll_s: float = 1.0) -> Iterator[Event]:

@@ -289,3 +289,12 @@ def test_decide_with_output_that_is_not_json_is_a_usage_error(runner: CliRunner)
     result = runner.invoke(main, ["decide", "exe-x", "charge", "--succeed", "--output", "{nope"])
     assert result.exit_code == 2
     assert "--output must be JSON" in result.output
+
+
+def test_list_with_an_unknown_status_is_a_usage_error_not_a_traceback(runner: CliRunner) -> None:
+    from runtime.cli import main
+
+    result = runner.invoke(main, ["list", "--status", "bogus"])
+    assert result.exit_code == 2  # before: a traceback from the monitor
+    assert "Invalid value for '--status'" in result.output and "running" in result.output
+    assert "Traceback" not in result.output

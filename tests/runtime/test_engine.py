@@ -368,3 +368,8 @@ def test_a_state_file_that_cannot_be_created_is_a_clear_error_not_a_hang(ray_clu
 
     with pytest.raises(EngineStartError, match="cannot create the state store /proc/nope/state.db.*SOPFLOW_STATE"):
         Engine(namespace="sopflow-bad-state-tests", config=EngineConfig(state="/proc/nope/state.db"))
+
+
+def test_list_with_an_unknown_status_names_the_statuses(engine) -> None:
+    with pytest.raises(ValueError, match="status must be one of queued, running.*got 'bogus'"):
+        engine.list(status="bogus")
