@@ -249,6 +249,7 @@ class _Coordinator:
             exe.paused_retries.clear()
             if force:
                 self.dispatcher.kill_inflight(exe)
+            self.dispatcher.release_held(exe)
             self.advance(exe, [])
             await self.journal.durable()
         return exe.state.view()
@@ -268,6 +269,7 @@ class _Coordinator:
             retries, exe.paused_retries = exe.paused_retries, {}
             for sid, attempt in retries.items():
                 self.dispatcher.start(exe, exe.steps_by_id[sid], attempt)
+            self.dispatcher.release_held(exe)
             self.advance(exe, list(exe.active_graph.nodes))
             await self.journal.durable()
         return exe.state.view()

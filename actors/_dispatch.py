@@ -48,6 +48,8 @@ class Dispatcher:
         self.running = 0
         """Step tasks launched into Ray and not yet settled."""
         self._queue: list[tuple] = []
+        self._held: dict[str, list[tuple]] = {}
+        """Queued attempts of paused executions, by execution: they take no slot until resumed."""
         self._order = itertools.count()
         self._modules = ModuleCheck()
         self._starting = 0
@@ -118,6 +120,10 @@ class Dispatcher:
         """Log ``step_started`` and launch; a queued attempt of a cancelled execution never starts."""
         if exe.inflight.get(step.id) is not flight or flight.settled:
             return  # settled meanwhile (a forced cancel)
+        if exe.state.paused and not exe.state.cancel_requested:  # paused: no new attempt starts
+            self._held.setdefault(exe.id, []).append(
+                (-exe.state.priority, next(self._order), exe, step, flight, task, digest))
+            return
         if exe.state.cancel_requested:
             flight.settled = True
             error = ErrorInfo("Cancelled", "the attempt was cancelled before it started", retryable=False,
@@ -145,9 +151,21 @@ class Dispatcher:
     def _release(self) -> None:
         """A launched attempt ended: start queued ones while there is room."""
         self.running -= 1
+        self._drain()
+
+    def _drain(self) -> None:
         while self._queue and self.running + self._starting < self.max_running:
             *_, exe, step, flight, task, digest = heapq.heappop(self._queue)
             self._take_slot(exe, step, flight, task, digest)
+
+    def release_held(self, exe: Execution) -> None:
+        """The execution was resumed or cancelled: its held attempts queue again (or end, if cancelled)."""
+        for entry in self._held.pop(exe.id, ()):
+            if exe.state.cancel_requested:
+                self._take_slot(*entry[2:])  # settles it as cancelled; takes no slot
+            else:
+                heapq.heappush(self._queue, entry)
+        self._drain()
 
     @property
     def max_running(self) -> int:

@@ -128,3 +128,43 @@ def test_a_queued_step_of_a_cancelled_execution_never_starts(one_at_a_time, tmp_
     view = one_at_a_time.wait(queued, timeout=60)
     assert view.status == ExecutionStatus.CANCELLED and view.steps["s"].status == StepStatus.CANCELLED
     assert not (tmp_path / "queued.runs").exists()
+
+
+def test_a_queued_step_of_a_paused_execution_waits_for_resume(one_at_a_time, tmp_path) -> None:
+    """Pausing means no new attempt starts: not even one that was queued for a slot."""
+    from runtime.status import StepStatus
+
+    gate, second_gate = tmp_path / "gate", tmp_path / "gate2"
+    blocker = one_at_a_time.submit(one_step("blocker", tmp_path, gate))
+    wait_for(lambda: (tmp_path / "blocker.runs").exists())  # holds the only slot
+    paused = one_at_a_time.submit(one_step("paused", tmp_path))
+    wait_for(lambda: one_at_a_time.status(paused).steps["s"].status == StepStatus.QUEUED)
+    one_at_a_time.pause(paused)
+    later = one_at_a_time.submit(one_step("later", tmp_path, second_gate))  # queued behind it
+    gate.write_text("open")  # the slot frees: the paused execution's step must not take it
+    assert one_at_a_time.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
+    wait_for(lambda: (tmp_path / "later.runs").exists())  # the next one in line got the slot
+    assert not (tmp_path / "paused.runs").exists()
+    assert one_at_a_time.status(paused).steps["s"].status == StepStatus.QUEUED
+
+    one_at_a_time.resume(paused)
+    second_gate.write_text("open")
+    assert one_at_a_time.wait(paused, timeout=60).status == ExecutionStatus.COMPLETED
+    assert one_at_a_time.wait(later, timeout=60).status == ExecutionStatus.COMPLETED
+    assert (tmp_path / "paused.runs").exists()
+
+
+def test_cancelling_a_paused_execution_with_a_held_step_ends_it(one_at_a_time, tmp_path) -> None:
+    from runtime.status import StepStatus
+
+    gate = tmp_path / "gate"
+    blocker = one_at_a_time.submit(one_step("blocker", tmp_path, gate))
+    wait_for(lambda: (tmp_path / "blocker.runs").exists())
+    held = one_at_a_time.submit(one_step("held", tmp_path))
+    wait_for(lambda: one_at_a_time.status(held).steps["s"].status == StepStatus.QUEUED)
+    one_at_a_time.pause(held)
+    gate.write_text("open")
+    assert one_at_a_time.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
+    one_at_a_time.cancel(held)
+    assert one_at_a_time.wait(held, timeout=60).status == ExecutionStatus.CANCELLED
+    assert not (tmp_path / "held.runs").exists()
