@@ -145,3 +145,12 @@ def test_processes_a_shell_step_leaves_running_are_killed_when_it_ends(tmp_path)
             return True
 
     assert wait_for(gone, timeout_s=10)
+
+
+def test_a_background_child_holding_the_output_open_does_not_hold_the_step_up(tmp_path) -> None:
+    """With pipes, a child still holding stdout made the step wait for it until its timeout."""
+    task = _shell("bg-open", "sleep 60 & echo started")
+    task.timeout_s = 20
+    outcome = run_task(task)
+    assert outcome.ok, outcome.error  # not a Timeout: the command ended, its child is killed
+    assert outcome.output["stdout"].strip() == "started"
