@@ -22,6 +22,14 @@ _LAZY = {
     "RetryableError": "runtime.errors",
     "PermanentError": "runtime.errors",
     "StepContext": "runtime.handlers",
+    "SubmissionError": "runtime.errors",
+    "IdempotencyConflict": "runtime.errors",
+    "ExecutionFailed": "runtime.errors",
+    "EngineUnavailable": "runtime.errors",
+    "EngineStartError": "runtime.errors",
+    "StateStoreError": "runtime.errors",
+    "StateStoreInUseError": "runtime.errors",
+    "StateStoreLostError": "runtime.errors",
 }
 
 __all__ = [
@@ -42,6 +50,14 @@ __all__ = [
     "ExecutionTimeout",
     "RetryableError",
     "PermanentError",
+    "SubmissionError",
+    "IdempotencyConflict",
+    "ExecutionFailed",
+    "EngineUnavailable",
+    "EngineStartError",
+    "StateStoreError",
+    "StateStoreInUseError",
+    "StateStoreLostError",
 ]
 
 

@@ -52,19 +52,27 @@ SOP_NAMES = [
 
 RUNTIME_NAMES = [
     "Engine",
+    "EngineStartError",
+    "EngineUnavailable",
     "ExecutionError",
+    "ExecutionFailed",
     "ExecutionId",
     "ExecutionNotFound",
     "ExecutionStatus",
     "ExecutionTimeout",
     "ExecutionView",
+    "IdempotencyConflict",
     "PermanentError",
     "Registration",
     "Registry",
     "RegistryError",
     "RetryableError",
+    "StateStoreError",
+    "StateStoreInUseError",
+    "StateStoreLostError",
     "StepContext",
     "StepStatus",
+    "SubmissionError",
 ]
 
 
