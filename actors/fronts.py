@@ -62,8 +62,12 @@ def _actor(cls: type, name: str, namespace: str, *args: Any, **options: Any) -> 
         num_cpus=0, max_restarts=-1, max_task_retries=0, **options).remote(*args)
 
 
-class _RecoveringCoordinator(_Coordinator):
-    """The coordinator as a Ray actor: recovers from the log as soon as it (re)starts."""
+class Coordinator(_Coordinator):
+    """The coordinator as a Ray actor: recovers from the log as soon as it (re)starts.
+
+    The class name is what the Ray dashboard, ``ray list actors`` and the process title
+    (``ray::Coordinator``) show.
+    """
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -71,6 +75,9 @@ class _RecoveringCoordinator(_Coordinator):
         # Also runs after Ray restarts a crashed coordinator: nothing else would start its recovery.
         threading.Thread(target=_recover_when_served, args=(ray.get_runtime_context().current_actor,),
                          name="sopflow-recover", daemon=True).start()
+
+    def __repr__(self) -> str:  # Ray prefixes the actor's log lines with it
+        return f"Coordinator({self.config.state}, {len(self.executions)} executions)"
 
 
 def _recover_when_served(handle: Any, patience_s: float = 120.0) -> None:
@@ -92,10 +99,22 @@ def _recover_when_served(handle: Any, patience_s: float = 120.0) -> None:
             return
 
 
-class _Monitor(_ExecutionMonitor):
+class ExecutionMonitor(_ExecutionMonitor):
+    """The monitor as a Ray actor (named so in the dashboard)."""
+
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         _control_plane_process()
+
+    def __repr__(self) -> str:  # Ray prefixes the actor's log lines with it
+        return f"ExecutionMonitor({len(self.states)} executions)"
+
+
+class FailureHandler(_FailureHandler):
+    """The failure handler as a Ray actor (named so in the dashboard)."""
+
+    def __repr__(self) -> str:
+        return "FailureHandler()"
 
 
 ACTOR_PRIORITY = int(os.environ.get("SOPFLOW_ACTOR_PRIORITY", "5"))
@@ -139,14 +158,14 @@ class Actors:
         self.namespace = namespace
         config = config or EngineConfig()
         placement = {"resources": HEAD_NODE} if config.durable else {}
-        self.monitor = _actor(_Monitor, "sopflow-monitor", namespace, config,
+        self.monitor = _actor(ExecutionMonitor, "sopflow-monitor", namespace, config,
                               max_concurrency=1000, **placement)
-        self.failure_handler = _actor(_FailureHandler, "sopflow-failure-handler", namespace,
+        self.failure_handler = _actor(FailureHandler, "sopflow-failure-handler", namespace,
                                       max_concurrency=1000)
         # The owner id of the state file's lease: Ray passes the same arguments to a coordinator
         # it restarts, so a restarted coordinator is the same owner and recovers at once.
         owner = f"{namespace}/{uuid.uuid4().hex}"
-        self.coordinator = _actor(_RecoveringCoordinator, "sopflow-coordinator", namespace, self.monitor,
+        self.coordinator = _actor(Coordinator, "sopflow-coordinator", namespace, self.monitor,
                                   self.failure_handler, config, None, owner, max_concurrency=100_000,
                                   **placement)
 

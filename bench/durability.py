@@ -78,7 +78,7 @@ def _init_ray() -> None:
     start_local_ray(NAMESPACE, NUM_CPUS, STEP_CPU)
 
 
-_TITLES = ("_RecoveringCoordinator", "_Coordinator", "_ExecutionMonitor", "_Monitor")
+_TITLES = ("Coordinator", "ExecutionMonitor", "_RecoveringCoordinator", "_Coordinator", "_ExecutionMonitor", "_Monitor")
 """Class names the coordinator and monitor actors have had (their process title is ``ray::<class>``)."""
 
 
@@ -86,7 +86,7 @@ def _class_name(handle: Any) -> str:
     try:
         return handle._ray_actor_creation_function_descriptor.class_name
     except AttributeError:  # a Ray without this private attribute: guess
-        return "_RecoveringCoordinator" if "oordinator" in repr(handle) else "_ExecutionMonitor"
+        return "Coordinator" if "oordinator" in repr(handle) else "ExecutionMonitor"
 
 
 def _pids(cls_name: str) -> set[int]:

@@ -174,6 +174,10 @@ def _descendants() -> list[tuple[int, str]]:
     return out
 
 
+CONTROL_PLANE = ("Coordinator", "ExecutionMonitor", "FailureHandler")
+"""sopflow's actors, by class name (their process title is ``ray::<class>``): not step workers."""
+
+
 def _actor_pid(cls_name: str) -> int | None:
     """Pid of this cluster's actor process of class ``cls_name`` (its title is ``ray::<class>...``).
 
@@ -197,7 +201,7 @@ class _Profiler:
         if not self.out_dir or not Path(spy).exists():
             return self
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
-        for actor in ("_RecoveringCoordinator", "_Monitor"):
+        for actor in ("Coordinator", "ExecutionMonitor"):
             pid = _actor_pid(actor)
             if pid:
                 out = Path(self.out_dir) / f"{self.label}-{actor}.txt"
@@ -237,7 +241,7 @@ class _ActorCpu:
     """CPU seconds the coordinator and monitor processes use while a block runs."""
 
     def __init__(self) -> None:
-        self.pids = {"coordinator": _actor_pid("_RecoveringCoordinator"), "monitor": _actor_pid("_Monitor")}
+        self.pids = {"coordinator": _actor_pid("Coordinator"), "monitor": _actor_pid("ExecutionMonitor")}
         self.used: dict[str, float] = {}
 
     def __enter__(self) -> _ActorCpu:
@@ -252,7 +256,8 @@ def _is_worker(cmd: str) -> bool:
     """A Ray worker process that runs tasks (not one of the actors, not an agent)."""
     if "default_worker.py" in cmd:
         return True
-    return cmd.startswith("ray::") and not cmd.startswith(("ray::_", "ray::Dashboard", "ray::RuntimeEnv"))
+    return cmd.startswith("ray::") and not cmd.startswith(
+        ("ray::_", "ray::Dashboard", "ray::RuntimeEnv", *(f"ray::{name}" for name in CONTROL_PLANE)))
 
 
 class _WorkerCount:

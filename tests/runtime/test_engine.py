@@ -373,3 +373,15 @@ def test_a_state_file_that_cannot_be_created_is_a_clear_error_not_a_hang(ray_clu
 def test_list_with_an_unknown_status_names_the_statuses(engine) -> None:
     with pytest.raises(ValueError, match="status must be one of queued, running.*got 'bogus'"):
         engine.list(status="bogus")
+
+
+def test_the_actors_have_plain_names_in_ray_and_a_useful_repr(engine) -> None:
+    """What the dashboard's actor list and the process titles show (ray::Coordinator ...)."""
+    import ray
+
+    actors = engine._actors
+    assert [h._ray_actor_creation_function_descriptor.class_name
+            for h in (actors.coordinator, actors.monitor, actors.failure_handler)] == \
+        ["Coordinator", "ExecutionMonitor", "FailureHandler"]
+    described = ray.get(actors.coordinator.__ray_call__.remote(lambda self: repr(self)))
+    assert described.startswith("Coordinator(") and "executions" in described
