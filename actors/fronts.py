@@ -77,7 +77,10 @@ class Coordinator(_Coordinator):
                          name="sopflow-recover", daemon=True).start()
 
     def __repr__(self) -> str:  # Ray prefixes the actor's log lines with it
-        return f"Coordinator({self.config.state}, {len(self.executions)} executions)"
+        # Ray may ask even when __init__ failed half way (a bad state file): never raise here.
+        config, executions = getattr(self, "config", None), getattr(self, "executions", None)
+        state = config.state if config is not None else "?"
+        return f"Coordinator({state}, {len(executions) if executions is not None else 0} executions)"
 
 
 def _recover_when_served(handle: Any, patience_s: float = 120.0) -> None:
@@ -107,7 +110,7 @@ class ExecutionMonitor(_ExecutionMonitor):
         _control_plane_process()
 
     def __repr__(self) -> str:  # Ray prefixes the actor's log lines with it
-        return f"ExecutionMonitor({len(self.states)} executions)"
+        return f"ExecutionMonitor({len(getattr(self, 'states', ()))} executions)"
 
 
 class FailureHandler(_FailureHandler):
