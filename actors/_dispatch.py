@@ -125,11 +125,7 @@ class Dispatcher:
                 (-exe.state.priority, next(self._order), exe, step, flight, task, digest))
             return
         if exe.state.cancel_requested:
-            flight.settled = True
-            error = ErrorInfo("Cancelled", "the attempt was cancelled before it started", retryable=False,
-                              origin="cancel")
-            flight.task = asyncio.get_running_loop().create_task(
-                self._finish(exe, step, flight.attempt, None, error))
+            self._never_started(exe, step, flight)
             return
         c = self.coordinator
         c.emit(exe, EventKind.STEP_STARTED, step.id, flight.attempt, inputs=digest)
@@ -147,6 +143,13 @@ class Dispatcher:
             self._launch(exe, step, flight, task)
 
         c.journal.on_durable(launch)
+
+    def _never_started(self, exe: Execution, step: Step, flight: InFlight) -> None:
+        """Settle an attempt that was cancelled before it reached Ray (it was queued or held)."""
+        flight.settled = True
+        error = ErrorInfo("Cancelled", "the attempt was cancelled before it started", retryable=False,
+                          origin="cancel")
+        flight.task = asyncio.get_running_loop().create_task(self._finish(exe, step, flight.attempt, None, error))
 
     def _release(self) -> None:
         """A launched attempt ended: start queued ones while there is room."""
@@ -193,10 +196,7 @@ class Dispatcher:
         if exe.inflight.get(step.id) is not flight or flight.settled:
             return  # settled meanwhile (a forced cancel)
         if exe.state.force_cancel:
-            error = ErrorInfo("Cancelled", "the attempt was cancelled before it started", retryable=False,
-                              origin="cancel")
-            flight.task = asyncio.get_running_loop().create_task(
-                self._finish(exe, step, flight.attempt, None, error))
+            self._never_started(exe, step, flight)
             return
         self.running += 1
         flight.ref = ref = self._remote(exe, step).remote(task)
@@ -409,10 +409,7 @@ class Dispatcher:
             elif flight.child is not None:
                 loop.create_task(self.coordinator.cancel(flight.child, force=True))
             elif not flight.settled:  # still queued here: it never reached Ray
-                flight.settled = True
-                error = ErrorInfo("Cancelled", "cancelled before it started", retryable=False, origin="cancel")
-                flight.task = loop.create_task(
-                    self._finish(exe, exe.steps_by_id[sid], flight.attempt, None, error))
+                self._never_started(exe, exe.steps_by_id[sid], flight)
 
 
 def _defaults(request: Any) -> dict[str, Any]:
