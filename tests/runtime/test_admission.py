@@ -24,6 +24,18 @@ def one_step(name: str, runs, gate=None) -> str:
          "with": {"runs_dir": str(runs), "name": name, **({"gate": str(gate)} if gate else {})}}]})
 
 
+def queued_behind_a_blocker(engine, tmp_path, name: str) -> tuple:
+    """An execution holding the only slot (until its gate opens) and ``name`` queued behind it."""
+    from runtime.status import StepStatus
+
+    gate = tmp_path / "gate"
+    blocker = engine.submit(one_step("blocker", tmp_path, gate))
+    wait_for(lambda: (tmp_path / "blocker.runs").exists())  # holds the only slot
+    queued = engine.submit(one_step(name, tmp_path))
+    wait_for(lambda: engine.status(queued).steps["s"].status == StepStatus.QUEUED)
+    return blocker, gate, queued
+
+
 def test_queued_steps_start_highest_priority_first_when_a_slot_frees(one_at_a_time, tmp_path) -> None:
     gate = tmp_path / "gate"
     blocker = one_at_a_time.submit(one_step("blocker", tmp_path, gate))
@@ -117,11 +129,7 @@ def test_a_queued_step_of_a_cancelled_execution_never_starts(one_at_a_time, tmp_
     """A graceful cancel lets running steps finish; a step still queued for a slot is cancelled."""
     from runtime.status import StepStatus
 
-    gate = tmp_path / "gate"
-    blocker = one_at_a_time.submit(one_step("blocker", tmp_path, gate))
-    wait_for(lambda: (tmp_path / "blocker.runs").exists())
-    queued = one_at_a_time.submit(one_step("queued", tmp_path))
-    wait_for(lambda: one_at_a_time.status(queued).steps["s"].status == StepStatus.QUEUED)
+    blocker, gate, queued = queued_behind_a_blocker(one_at_a_time, tmp_path, "queued")
     one_at_a_time.cancel(queued)
     gate.write_text("open")
     assert one_at_a_time.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
@@ -134,11 +142,8 @@ def test_a_queued_step_of_a_paused_execution_waits_for_resume(one_at_a_time, tmp
     """Pausing means no new attempt starts: not even one that was queued for a slot."""
     from runtime.status import StepStatus
 
-    gate, second_gate = tmp_path / "gate", tmp_path / "gate2"
-    blocker = one_at_a_time.submit(one_step("blocker", tmp_path, gate))
-    wait_for(lambda: (tmp_path / "blocker.runs").exists())  # holds the only slot
-    paused = one_at_a_time.submit(one_step("paused", tmp_path))
-    wait_for(lambda: one_at_a_time.status(paused).steps["s"].status == StepStatus.QUEUED)
+    blocker, gate, paused = queued_behind_a_blocker(one_at_a_time, tmp_path, "paused")
+    second_gate = tmp_path / "gate2"
     one_at_a_time.pause(paused)
     later = one_at_a_time.submit(one_step("later", tmp_path, second_gate))  # queued behind it
     gate.write_text("open")  # the slot frees: the paused execution's step must not take it
@@ -155,13 +160,7 @@ def test_a_queued_step_of_a_paused_execution_waits_for_resume(one_at_a_time, tmp
 
 
 def test_cancelling_a_paused_execution_with_a_held_step_ends_it(one_at_a_time, tmp_path) -> None:
-    from runtime.status import StepStatus
-
-    gate = tmp_path / "gate"
-    blocker = one_at_a_time.submit(one_step("blocker", tmp_path, gate))
-    wait_for(lambda: (tmp_path / "blocker.runs").exists())
-    held = one_at_a_time.submit(one_step("held", tmp_path))
-    wait_for(lambda: one_at_a_time.status(held).steps["s"].status == StepStatus.QUEUED)
+    blocker, gate, held = queued_behind_a_blocker(one_at_a_time, tmp_path, "held")
     one_at_a_time.pause(held)
     gate.write_text("open")
     assert one_at_a_time.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
