@@ -15,14 +15,14 @@ from sop._lazy import lazy_exports
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from actors._execution import SubmitRequest
+    from runtime.request import SubmitRequest
     from actors.fronts import NAMESPACE, Actors, call
 
 _LAZY = {
     "Actors": "actors.fronts",
     "NAMESPACE": "actors.fronts",
     "call": "actors.fronts",
-    "SubmitRequest": "actors._execution",
+    "SubmitRequest": "runtime.request",
 }
 
 __all__ = ["Actors", "NAMESPACE", "SubmitRequest", "call"]

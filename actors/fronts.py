@@ -16,10 +16,11 @@ from typing import Any
 import ray
 
 from actors._coordinator import _Coordinator
-from actors._failure_handler import _FailureHandler
-from actors._monitor import _ExecutionMonitor
-from runtime.config import EngineConfig
+from actors._metrics import RayMetrics
+from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import EngineStartError, EngineUnavailable
+from runtime.failure_handler import FailureHandler as _FailureHandler
+from runtime.monitor import ExecutionMonitor as _ExecutionMonitor
 from sop.errors import SopflowError
 
 NAMESPACE = "sopflow"
@@ -103,10 +104,10 @@ def _recover_when_served(handle: Any, patience_s: float = 120.0) -> None:
 
 
 class ExecutionMonitor(_ExecutionMonitor):
-    """The monitor as a Ray actor (named so in the dashboard)."""
+    """The monitor as a Ray actor (named so in the dashboard), exporting Ray metrics."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        super().__init__(config, RayMetrics())
         _control_plane_process()
 
     def __repr__(self) -> str:  # Ray prefixes the actor's log lines with it
@@ -183,3 +184,47 @@ class Actors:
             pass
         for handle in (self.coordinator, self.monitor, self.failure_handler):
             ray.kill(handle, no_restart=True)
+
+
+class RayConnection:
+    """How an :class:`runtime.Engine` reaches sopflow's actors on a Ray cluster (``sopflow.connections``: ``ray``).
+
+    Every call is safe to repeat (submissions carry an idempotency key): one caught in a
+    coordinator crash is sent again, while Ray restarts the actor, for ``RESTART_GRACE_S``.
+    """
+
+    def __init__(self, namespace: str = NAMESPACE, config: EngineConfig | None = None) -> None:
+        if not ray.is_initialized():
+            from runtime.errors import SubmissionError
+
+            raise SubmissionError("Ray is not initialised; use Engine.local() or Engine.connect(address)")
+        self.actors = Actors(namespace, config)
+
+    def call(self, target: str, method: str, *args: Any, timeout: float | None = None) -> Any:
+        handle = getattr(getattr(self.actors, target), method)
+        deadline = time.monotonic() + RESTART_GRACE_S
+        while True:
+            try:
+                return call(handle.remote(*args), timeout)
+            except EngineStartError:
+                raise  # a restart would fail the same way
+            except EngineUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # back-off between attempts while Ray restarts the actor
+
+    def close_store(self) -> None:
+        """Have the coordinator commit, checkpoint and close the state file (the cluster stops)."""
+        if not ray.is_initialized():
+            return
+        try:
+            ray.get(self.actors.coordinator.close_store.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - already gone: the file's lease expires on its own
+            pass
+
+    def kill(self) -> None:
+        self.actors.kill()
+
+    def close(self) -> None:
+        """Disconnect this client; executions keep running on the cluster."""
+        ray.shutdown()

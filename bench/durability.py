@@ -32,7 +32,7 @@ in-memory log. Steps are the engine benchmark's no-op handler
   + commit). The executions are then force-cancelled and the actors removed.
 - Replay: a 1,000-step linear chain of no-op steps runs on the SQLite engine; its
   history (``engine.history``) is replayed whole in this process
-  (``actors._replay.replay``, no handlers, no Ray) and folded into state
+  (``runtime.replay.replay``, no handlers, no Ray) and folded into state
   (``runtime.state.apply`` over the events), with reading the events from the
   SQLite file and fetching them through the coordinator for comparison.
 
@@ -118,14 +118,14 @@ class _Backend:
         title ``ray::IDLE`` until its actor is set up).
         """
         taken = {p for b in others if b is not self for p in b.pids.values() if p}
-        actors = self.engine._actors
+        actors = self.engine._conn.actors
         for role, handle in (("coordinator", actors.coordinator), ("monitor", actors.monitor)):
             cls = _class_name(handle)
             new = _pids(cls) - self._before.get(cls, set()) - taken
             self.pids[role] = min(new) if new else None
 
     def kill(self) -> None:
-        self.engine._actors.kill()
+        self.engine._conn.actors.kill()
 
 
 def _cpu(pids: dict[str, int | None]) -> dict[str, float]:
@@ -295,11 +295,11 @@ def _recovery_rows(state_dir: Path, n: int) -> list[Result]:
 
         clock = time.perf_counter
         t_kill = clock()
-        ray.kill(engine._actors.coordinator, no_restart=False)
+        ray.kill(engine._conn.actors.coordinator, no_restart=False)
         first_new: float | None = None  # first answer from the restarted coordinator
         deadline = t_kill + 300
         while True:
-            info = _info_now(engine._actors)
+            info = _info_now(engine._conn.actors)
             now = clock()
             rec = (info or {}).get("recovery")
             if info is not None and first_new is None and (rec is None or rec.get("executions")):
@@ -346,7 +346,7 @@ def _recovery_rows(state_dir: Path, n: int) -> list[Result]:
 
 
 def _replay_rows(backend: _Backend, steps: int, repeat: int) -> list[Result]:
-    from actors._replay import replay
+    from runtime.replay import replay
     from bench.engine import _check, linear_sop
     from runtime.eventlog import SqliteEventLog
     from runtime.state import fold

@@ -126,7 +126,7 @@ def register_commands(main: click.Group) -> None:
 
         Exits 0 when the replay matches the recording, 1 when it diverged, 2 when it could not run.
         """
-        from actors._replay import replay as run_replay
+        from runtime.replay import replay as run_replay
         from runtime.history import artifacts_from_doc, events_from_doc, read_history_file
 
         try:

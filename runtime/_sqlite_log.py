@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -24,6 +25,8 @@ from runtime.masking import make_private
 _logger = logging.getLogger("sopflow.eventlog")
 
 SCHEMA_VERSION = 1
+_SETTING = "setting:"
+"""Prefix of engine-wide settings in the ``meta`` table (older stores simply have none)."""
 """The SQLite schema this module writes; a file with a newer one is refused."""
 
 
@@ -351,6 +354,20 @@ class SqliteEventLog:
     def drop_blob(self, execution_id: str, kind: str) -> None:
         sql = "DELETE FROM blobs WHERE execution_id = ? AND kind = ?"
         self._write("drop a blob", lambda c: c.execute(sql, (execution_id, kind)))
+
+    def put_setting(self, key: str, value: bytes) -> None:
+        """Keep an engine-wide setting (an escalation hook's registration) in the ``meta`` table."""
+        text = base64.b64encode(bytes(value)).decode()
+        self._write("store a setting", lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                                            (_SETTING + key, text)))
+
+    def settings(self, prefix: str = "") -> dict[str, bytes]:
+        rows = self._read("read settings", "SELECT key, value FROM meta WHERE key >= ? AND key < ? ORDER BY key",
+                          (_SETTING + prefix, _SETTING + prefix + "\uffff"))
+        return {k[len(_SETTING):]: base64.b64decode(v) for k, v in rows}
+
+    def drop_setting(self, key: str) -> None:
+        self._write("drop a setting", lambda c: c.execute("DELETE FROM meta WHERE key = ?", (_SETTING + key,)))
 
     def put_snapshot(self, execution_id: str, seq: int, state: bytes) -> None:
         sql = ("INSERT INTO snapshots VALUES (?, ?, ?) ON CONFLICT (execution_id) DO UPDATE SET "

@@ -1,9 +1,11 @@
 """The public API: start or join a cluster, submit SOPs, follow and control executions.
 
-``Engine`` is a client: every method talks to the named sopflow actors, so any
-number of engines (a notebook, the CLI, a service) see the same executions.
-The actors live in :mod:`actors`; this module imports it lazily, on connect,
-because ``runtime`` must stay importable without Ray.
+``Engine`` is a client: every method goes through its :class:`Connection` —
+to the named sopflow actors on a Ray cluster, so any number of engines (a
+notebook, the CLI, a service) see the same executions; or to an engine in
+this process (:meth:`Engine.in_process`). The Ray connection lives in
+:mod:`actors` and is found as a plugin: ``runtime`` never imports ``actors``,
+and stays importable without Ray.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import (EngineStartError, ExecutionFailed, ExecutionNotFound, ExecutionTimeout,
@@ -60,37 +62,61 @@ def use_token_auth_if_available(address: str | None) -> bool:
 
 
 
-class Engine:
-    """A connection to sopflow on a Ray cluster.
+class Connection(Protocol):
+    """How an :class:`Engine` reaches the coordinator, monitor and failure handler of one engine.
 
-    Use :meth:`local` to start (or join) a cluster on this machine and
-    :meth:`connect` to attach to a running one; both create sopflow's actors on
-    first use and find them by name afterwards.
+    ``ray`` (the actors on a Ray cluster) is found as a plugin (:mod:`runtime.plugins`);
+    the in-process engine's is :class:`runtime.local.InProcessConnection`.
+    """
+
+    def call(self, target: str, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call ``method`` of ``target`` (``coordinator``, ``monitor`` or ``failure_handler``) and return
+        its answer, re-raising sopflow's errors as themselves."""
+        ...
+
+    def close_store(self) -> None:
+        """Commit what is pending and close the state store (the engine is stopping)."""
+        ...
+
+    def kill(self) -> None:
+        """Stop the engine's parts now (they could not start)."""
+        ...
+
+    def close(self) -> None:
+        """Disconnect this client."""
+        ...
+
+
+class Engine:
+    """A connection to sopflow.
+
+    Use :meth:`local` to start (or join) a Ray cluster on this machine,
+    :meth:`connect` to attach to a running one (both create sopflow's actors on
+    first use and find them by name afterwards), or :meth:`in_process` for the
+    whole engine in this process, without Ray (tests, notebooks, a laptop).
     """
 
     def __init__(self, *, namespace: str = DEFAULT_NAMESPACE, registry: Registry | None = None,
-                 config: EngineConfig | None = None) -> None:
-        import ray
+                 config: EngineConfig | None = None, connection: Connection | None = None) -> None:
+        if connection is None:
+            from runtime.plugins import load
 
-        from actors import Actors
-
-        if not ray.is_initialized():
-            raise SubmissionError("Ray is not initialised; use Engine.local() or Engine.connect(address)")
+            connection = load("sopflow.connections", "ray")(namespace, config)
         self.namespace = namespace
         self.registry = registry or Registry()
         self._owns_cluster = False  # set by local() when it started the cluster
-        self._actors = Actors(namespace, config)
+        self._conn = connection
         # Also waits until the coordinator has resumed the unfinished executions in its log.
         try:
-            state = self._call(lambda: self._actors.coordinator.state_path.remote())
+            state = self._conn.call("coordinator", "state_path")
         except EngineStartError:
-            self._actors.kill()  # else Ray would keep restarting actors that cannot start
+            self._conn.kill()  # else Ray would keep restarting actors that cannot start
             raise
         if config is not None and config.state and config.state != state:
             raise SubmissionError(
                 f"sopflow in namespace {namespace!r} already runs with the state file {state}, "
                 f"not {config.state}; connect without a state, or use another namespace")
-        self.store_problems: list[str] = self._call(lambda: self._actors.coordinator.store_problems.remote())
+        self.store_problems: list[str] = self._conn.call("coordinator", "store_problems")
         """Where the state file's executions and their rows disagreed at start (see ``sopflow check``)."""
         if self.store_problems:
             logging.getLogger("sopflow.engine").warning(
@@ -135,6 +161,21 @@ class Engine:
         return engine
 
     @classmethod
+    def in_process(cls, *, state: str = "memory://", registry: Registry | None = None,
+                   config: EngineConfig | None = None) -> Engine:
+        """The whole engine in this process, without Ray: the same API, handlers run in threads.
+
+        For tests, notebooks and trying SOPs on a laptop. ``state`` is ``memory://``
+        (the default: gone with the process) or a SQLite file, as for :meth:`local`.
+        Resources, memory limits and a forced cancel's kill do not apply to handlers
+        running in threads; shell steps run in their own processes as on a cluster.
+        """
+        from runtime.local import InProcessConnection
+
+        config = dataclasses.replace(config or EngineConfig(), state=state)
+        return cls(registry=registry, config=config, connection=InProcessConnection(config))
+
+    @classmethod
     def connect(cls, address: str = "auto", *, namespace: str = DEFAULT_NAMESPACE,
                 registry: Registry | None = None, **ray_options: Any) -> Engine:
         """Attach to a running cluster: ``auto`` (this machine), ``host:6379`` or ``ray://head:10001``."""
@@ -144,27 +185,6 @@ class Engine:
             use_token_auth_if_available(address)
             ray.init(**{"address": address, "namespace": namespace, "log_to_driver": False, **ray_options})
         return cls(namespace=namespace, registry=registry)
-
-    def _call(self, send: Any, timeout: float | None = None) -> Any:
-        """Send a request (``send()`` returns the ObjectRef) and get its answer.
-
-        A coordinator that crashed is restarted by Ray and rebuilt from the log; a
-        request caught in the crash is sent again (every request is safe to repeat:
-        submissions carry an idempotency key) until ``RESTART_GRACE_S`` have passed.
-        """
-        from actors import call
-        from runtime.errors import EngineStartError, EngineUnavailable
-
-        deadline = time.monotonic() + RESTART_GRACE_S
-        while True:
-            try:
-                return call(send(), timeout)
-            except EngineStartError:
-                raise  # a restart would fail the same way
-            except EngineUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)  # back-off between attempts while Ray restarts the actor
 
     # -- submitting -----------------------------------------------------------------------
 
@@ -197,7 +217,7 @@ class Engine:
         request = self._request(sop, dict(inputs or {}), mode=mode, priority=priority,
                                 idempotency_key=idempotency_key or f"auto:{uuid.uuid4().hex}",
                                 inputs_from_text=inputs_from_text)
-        return ExecutionId(self._call(lambda: self._actors.coordinator.submit.remote(request)))
+        return ExecutionId(self._conn.call("coordinator", "submit", request))
 
     def submit_many(self, sop: str | os.PathLike[str] | Sop, inputs: list[Mapping[str, Any]], *,
                     mode: str | None = None, priority: int = 0,
@@ -224,12 +244,12 @@ class Engine:
         requests = [base, *(dataclasses.replace(base, inputs=resolve_inputs(model, dict(i), source=source),
                                                 idempotency_key=k) for i, k in zip(inputs[1:], keys[1:]))]
         return [ExecutionId(i) for i in
-                self._call(lambda: self._actors.coordinator.submit_many.remote(requests))]
+                self._conn.call("coordinator", "submit_many", requests)]
 
     def _request(self, sop: Any, inputs: dict[str, Any], *, mode: str | None, priority: int,
                  idempotency_key: str | None, inputs_from_text: bool = False,
                  source: str | None = None) -> Any:
-        from actors._execution import SubmitRequest, sop_definition
+        from runtime.request import SubmitRequest, sop_definition
 
         model, _, loaded_from = self.load(sop)
         source = source or loaded_from
@@ -241,7 +261,7 @@ class Engine:
                              definition=sop_definition(model))
 
     def _subsops(self, model: Sop, base: Path, stack: tuple[str, ...]) -> dict[str, Any]:
-        from actors._execution import SubmitRequest, sop_definition
+        from runtime.request import SubmitRequest, sop_definition
 
         out = {}
         for step in (*model.steps, *model.rollback):
@@ -301,10 +321,10 @@ class Engine:
             ExecutionNotFound: neither the monitor nor the coordinator knows the id.
         """
         try:
-            return self._call(lambda: self._actors.monitor.status.remote(str(execution_id)))
+            return self._conn.call("monitor", "status", str(execution_id))
         except ExecutionNotFound:
             # Submitted a moment ago: its first events may still be on their way to the monitor.
-            return self._call(lambda: self._actors.coordinator.status.remote(str(execution_id)))
+            return self._conn.call("coordinator", "status", str(execution_id))
 
     def wait(self, execution_id: str, timeout: float | None = None) -> ExecutionView:
         """Block until the execution ends; returns its final view (with outputs).
@@ -312,7 +332,7 @@ class Engine:
         Raises:
             ExecutionTimeout: it was still running after ``timeout`` seconds.
         """
-        view = self._call(lambda: self._actors.coordinator.wait.remote(str(execution_id), timeout))
+        view = self._conn.call("coordinator", "wait", str(execution_id), timeout)
         if not view.status.terminal:
             raise ExecutionTimeout(str(execution_id), timeout or 0.0, view.status.value)
         return view
@@ -328,7 +348,7 @@ class Engine:
             raise ExecutionFailed(str(execution_id), view.status.value, view.errors)
         outputs = dict(view.outputs or {})
         if next(descriptors(outputs), None) is not None:  # big values live as artifacts in the store
-            outputs = self._call(lambda: self._actors.coordinator.resolve.remote(str(execution_id), outputs))
+            outputs = self._conn.call("coordinator", "resolve", str(execution_id), outputs)
         return outputs
 
     def list(self, status: str | None = None, sop: str | None = None, since: float | None = None,
@@ -343,14 +363,14 @@ class Engine:
         statuses = [s.value for s in ExecutionStatus]
         if status is not None and str(status) not in statuses:
             raise ValueError(f"status must be one of {', '.join(statuses)}; got {status!r}")
-        return self._call(lambda: self._actors.monitor.list.remote(status, sop, since, limit, until))
+        return self._conn.call("monitor", "list", status, sop, since, limit, until)
 
     def events(self, execution_id: str, *, follow: bool = True, poll_s: float = 1.0) -> Iterator[Event]:
         """Yield the execution's events in order; with ``follow``, until it finishes."""
         seq = 0
         while True:
-            batch = self._call(lambda: self._actors.monitor.events.remote(str(execution_id), seq,
-                                                                  poll_s if follow else 0.0))
+            batch = self._conn.call("monitor", "events", str(execution_id), seq,
+                                                                  poll_s if follow else 0.0)
             for event in batch:
                 seq = event.seq
                 yield event
@@ -363,13 +383,13 @@ class Engine:
 
     def cancel(self, execution_id: str, force: bool = False) -> ExecutionView:
         """Start nothing new; with ``force``, also kill running steps."""
-        return self._call(lambda: self._actors.coordinator.cancel.remote(str(execution_id), force))
+        return self._conn.call("coordinator", "cancel", str(execution_id), force)
 
     def pause(self, execution_id: str) -> ExecutionView:
-        return self._call(lambda: self._actors.coordinator.pause.remote(str(execution_id)))
+        return self._conn.call("coordinator", "pause", str(execution_id))
 
     def resume(self, execution_id: str) -> ExecutionView:
-        return self._call(lambda: self._actors.coordinator.resume.remote(str(execution_id)))
+        return self._conn.call("coordinator", "resume", str(execution_id))
 
     def add_steps(self, execution_id: str, steps: list[dict[str, Any]]) -> ExecutionView:
         """Add steps to a running execution, validated incrementally.
@@ -379,7 +399,7 @@ class Engine:
         """
         model = Sop.model_validate({"sop": "added", "steps": steps}) if steps else None
         handlers = self._handlers(model) if model else {}
-        return self._call(lambda: self._actors.coordinator.add_steps.remote(str(execution_id), steps, handlers))
+        return self._conn.call("coordinator", "add_steps", str(execution_id), steps, handlers)
 
     # -- escalation hooks -----------------------------------------------------------------
 
@@ -391,35 +411,36 @@ class Engine:
         if (fn is None) == (url is None):
             raise SubmissionError("an escalation hook needs exactly one of fn= or url=")
         hook = PythonHook(fn) if fn is not None else WebhookHook(url, dict(headers or {}))  # type: ignore[arg-type]
-        return self._call(lambda: self._actors.failure_handler.add_hook.remote(name, hook))
+        return self._conn.call("coordinator", "add_escalation_hook", name, hook)
 
     def remove_escalation_hook(self, name: str) -> list[str]:
-        return self._call(lambda: self._actors.failure_handler.remove_hook.remote(name))
+        return self._conn.call("coordinator", "remove_escalation_hook", name)
 
     def failure_stats(self) -> dict[str, Any]:
-        return self._call(lambda: self._actors.failure_handler.stats.remote())
+        stats = self._conn.call("failure_handler", "stats")
+        return {**stats, "hooks": self._conn.call("coordinator", "hook_names")}
 
     def drain_hooks(self) -> int:
         """Wait until escalation hooks already triggered have finished."""
-        return self._call(lambda: self._actors.failure_handler.drain.remote())
+        return self._conn.call("coordinator", "drain_hooks")
 
     def flush(self) -> None:
         """Push the coordinator's pending events to the monitor now."""
-        self._call(lambda: self._actors.coordinator.flush.remote())
+        self._conn.call("coordinator", "flush")
 
     # -- the log: history, export/import, recovery, decisions, replay ---------------------
 
     def info(self) -> dict[str, Any]:
         """Where state lives, how many executions it holds, what the last recovery did."""
-        return self._call(lambda: self._actors.coordinator.info.remote())
+        return self._conn.call("coordinator", "info")
 
     def history(self, execution_id: str, after_seq: int = 0) -> list[Event]:
         """Every event of an execution, in order, from the durable log."""
-        return self._call(lambda: self._actors.coordinator.history.remote(str(execution_id), after_seq))
+        return self._conn.call("coordinator", "history", str(execution_id), after_seq)
 
     def export(self, execution_id: str) -> dict[str, Any]:
         """The execution's full history as JSON data (``sopflow export``); secrets stay behind."""
-        return self._call(lambda: self._actors.coordinator.export.remote(str(execution_id)))
+        return self._conn.call("coordinator", "export", str(execution_id))
 
     def import_history(self, doc: dict[str, Any] | str | os.PathLike[str], *, replace: bool = False) -> str:
         """Store an exported history (data, or a path to a ``.json`` file); returns its execution id."""
@@ -427,17 +448,17 @@ class Engine:
             from runtime.history import read_history_file
 
             doc = read_history_file(doc)
-        return self._call(lambda: self._actors.coordinator.import_.remote(doc, replace))
+        return self._conn.call("coordinator", "import_", doc, replace)
 
     def recover(self) -> dict[str, Any]:
         """Resume every unfinished execution in the log (done on start; returns what it did)."""
-        return self._call(lambda: self._actors.coordinator.recover.remote())
+        return self._conn.call("coordinator", "recover")
 
     def decide(self, execution_id: str, step: str, decision: str, *, reason: str = "",
                output: Any = None) -> ExecutionView:
         """Settle a step waiting for an operator: ``rerun``, ``succeed`` (with ``output``), ``fail``, ``skip``."""
-        return self._call(lambda: self._actors.coordinator.decide.remote(str(execution_id), step, decision,
-                                                                 reason, output))
+        return self._conn.call("coordinator", "decide", str(execution_id), step, decision,
+                                                                 reason, output)
 
     def replay(self, execution_id: str, from_step: str | None = None) -> Any:
         """Replay a finished execution in this process and compare it with its recording.
@@ -446,7 +467,7 @@ class Engine:
         the steps downstream of it run their handlers again. Returns a
         :class:`runtime.replay.ReplayReport` naming every divergence.
         """
-        from actors._replay import replay
+        from runtime.replay import replay
         from runtime.history import artifacts_from_doc, events_from_doc
 
         doc = self.export(execution_id)  # the events and the big outputs they refer to
@@ -467,21 +488,14 @@ class Engine:
         first commits what is pending, checkpoints and closes the state file and
         releases its lease, so the next engine on the file starts at once.
         """
-        import ray
-
         self._close_store()
-        ray.shutdown()
+        self._conn.close()
 
     def _close_store(self) -> None:
-        import ray
-
-        if not self._owns_cluster or not ray.is_initialized():
+        if not self._owns_cluster:
             return
         self._owns_cluster = False
-        try:
-            ray.get(self._actors.coordinator.close_store.remote(), timeout=30)
-        except Exception:  # noqa: BLE001 - already gone: the file's lease expires on its own
-            pass
+        self._conn.close_store()
 
 
 def _secrets(model: Sop) -> tuple[str, ...]:

@@ -77,6 +77,7 @@ class MemoryEventLog:
         self._events: dict[str, dict[int, Event]] = {}
         self._records: dict[str, ExecutionRecord] = {}
         self._blobs: dict[tuple[str, str], bytes] = {}
+        self._settings: dict[str, bytes] = {}
         self._snapshots: dict[str, tuple[int, bytes]] = {}
         self._closed = False
 
@@ -152,6 +153,21 @@ class MemoryEventLog:
         with self._lock:
             self._open()
             self._blobs.pop((execution_id, kind), None)
+
+    def put_setting(self, key: str, value: bytes) -> None:
+        with self._lock:
+            self._open()
+            self._settings[key] = bytes(value)
+
+    def settings(self, prefix: str = "") -> dict[str, bytes]:
+        with self._lock:
+            self._open()
+            return {k: v for k, v in sorted(self._settings.items()) if k.startswith(prefix)}
+
+    def drop_setting(self, key: str) -> None:
+        with self._lock:
+            self._open()
+            self._settings.pop(key, None)
 
     def put_snapshot(self, execution_id: str, seq: int, state: bytes) -> None:
         with self._lock:

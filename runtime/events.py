@@ -15,6 +15,8 @@ class EventKind(StrEnum):
     """An attempt is ready but waits for a run slot (``max_running_steps``); not running yet."""
     STEP_STARTED = "step_started"
     """An attempt got its run slot and was launched into Ray (``data["inputs"]``: their digest)."""
+    STEP_PROGRESS = "step_progress"
+    """A running attempt reported how far it is (``context.report_progress``)."""
     STEP_SUCCEEDED = "step_succeeded"
     STEP_FAILED = "step_failed"
     RETRY_SCHEDULED = "retry_scheduled"

@@ -1,8 +1,18 @@
-"""Escalation hooks: what happens when a step's retries are exhausted.
+"""Hooks: code that observes executions without being part of them (dramatiq's middleware).
 
-A hook receives one JSON-able payload (execution, SOP, step, attempt, error,
-classification, reason). Hooks run in the FailureHandler actor, off the
-coordinator's path; a failing hook is logged, never fatal.
+A :class:`Hook` overrides any of ``before_attempt``, ``after_attempt``,
+``on_retry``, ``on_escalate`` and ``on_end``; each gets one JSON-able payload
+(execution, SOP, step, attempt, and what happened). Every method does nothing
+by default. :class:`Hooks` is the chain the state machine notifies: "before"
+hooks run in the order they were added, "after" hooks (after an attempt, at
+the end) in reverse, each notification as one task off the machine's path, so
+a slow hook delays no step. A hook that raises is logged and counted, never
+fatal. Methods may be coroutines; a plain method runs on the loop and must be
+quick (do I/O in a coroutine or a thread).
+
+Escalation hooks (a Python function or a webhook, registered by name through
+the engine) are :class:`EscalationHook` objects: the coordinator keeps their
+registrations in the state store, so they survive restarts.
 """
 
 from __future__ import annotations
@@ -10,11 +20,130 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("sopflow.hooks")
+
+BEFORE = ("before_attempt", "on_retry", "on_escalate")
+"""Notifications that run hooks in the order they were added (the others run in reverse)."""
+
+
+class Hook:
+    """Base class of hooks: override the notifications you need; the rest do nothing."""
+
+    def before_attempt(self, payload: dict[str, Any]) -> Any:
+        """An attempt is handed to its runner (``step``, ``attempt``)."""
+
+    def after_attempt(self, payload: dict[str, Any]) -> Any:
+        """An attempt ended (``status``: succeeded, failed or cancelled; ``error`` (type, message ...) and
+        ``classification`` when it failed)."""
+
+    def on_retry(self, payload: dict[str, Any]) -> Any:
+        """A failed step will run again (``attempt``: the next one, ``delay_s``, ``reason``)."""
+
+    def on_escalate(self, payload: dict[str, Any]) -> Any:
+        """A step's retries are exhausted (``error`` (type, message ...), ``classification``, ``reason``)."""
+
+    def on_end(self, payload: dict[str, Any]) -> Any:
+        """The execution finished (``status``)."""
+
+
+class Hooks:
+    """The chain of hooks the state machine notifies (see the module docstring)."""
+
+    def __init__(self, hooks: dict[str, Hook] | None = None) -> None:
+        self._hooks: dict[str, Hook] = dict(hooks or {})
+        self._pending: set[asyncio.Task] = set()
+        self.failures: dict[str, int] = {}
+        """Hook name -> how many of its calls raised."""
+        self.escalations = 0
+
+    def add(self, name: str, hook: Hook) -> None:
+        """Add (or replace) a hook; a new one runs after those added before it."""
+        self._hooks.pop(name, None)
+        self._hooks[name] = hook
+
+    def remove(self, name: str) -> bool:
+        return self._hooks.pop(name, None) is not None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._hooks)
+
+    def before_attempt(self, exe: Any, step: str, attempt: int) -> None:
+        if self._hooks:
+            self._notify("before_attempt", _payload(exe, step, attempt))
+
+    def after_attempt(self, exe: Any, step: str, attempt: int, status: str, **details: Any) -> None:
+        if self._hooks:
+            self._notify("after_attempt", _payload(exe, step, attempt, status=status, **details))
+
+    def on_retry(self, exe: Any, step: str, attempt: int, delay_s: float, reason: str) -> None:
+        if self._hooks:
+            self._notify("on_retry", _payload(exe, step, attempt, delay_s=delay_s, reason=reason))
+
+    def on_escalate(self, exe: Any, step: str, attempt: int, error: dict[str, Any], classification: str,
+                    reason: str) -> None:
+        self.escalations += 1
+        if self._hooks:
+            self._notify("on_escalate", _payload(exe, step, attempt, error=error, classification=classification,
+                                                 reason=reason, escalated_at=time.time()))
+
+    def on_end(self, exe: Any, status: str) -> None:
+        if self._hooks:
+            self._notify("on_end", _payload(exe, None, None, status=status))
+
+    def _notify(self, method: str, payload: dict[str, Any]) -> None:
+        chain = [(name, hook) for name, hook in self._hooks.items()
+                 if getattr(type(hook), method, None) is not getattr(Hook, method)]
+        if not chain:
+            return
+        if method not in BEFORE:
+            chain.reverse()
+        task = asyncio.get_running_loop().create_task(self._run(chain, method, payload))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _run(self, chain: list[tuple[str, Hook]], method: str, payload: dict[str, Any]) -> None:
+        for name, hook in chain:
+            try:
+                result = getattr(hook, method)(payload)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as e:  # noqa: BLE001 - a broken hook must not break an execution
+                log.warning("hook %s failed in %s: %s", name, method, type(e).__name__)
+                self.failures[name] = self.failures.get(name, 0) + 1
+
+    async def drain(self) -> int:
+        """Wait for the notifications under way; returns how many were waited for."""
+        pending = list(self._pending)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        return len(pending)
+
+
+def _payload(exe: Any, step: str | None, attempt: int | None, **details: Any) -> dict[str, Any]:
+    payload = {"execution_id": exe.id, "sop": exe.sop.sop, "version": exe.sop.version}
+    if step is not None:
+        payload.update(step=step, attempt=attempt)
+    payload.update(details)
+    return exe.redact(payload) if exe.secret_values else payload
+
+
+class EscalationHook(Hook):
+    """Calls a :class:`PythonHook` or :class:`WebhookHook` when a step's retries are exhausted."""
+
+    def __init__(self, target: PythonHook | WebhookHook) -> None:
+        self.target = target
+
+    async def on_escalate(self, payload: dict[str, Any]) -> None:
+        await self.target(payload)
+
+    def __str__(self) -> str:
+        return str(self.target)
 
 
 @dataclass(slots=True)

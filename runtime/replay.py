@@ -1,163 +1,251 @@
-"""What a replay found: the recorded and the replayed outcome of every step, and how they differ.
+"""Deterministic replay: run a recorded execution again through the same state machine, without Ray.
 
-A replay runs an execution's SOP again through the same state machine; steps
-before the checkpoint take their recorded outcomes from the log and steps from
-the checkpoint on run their handlers again. :func:`compare` then lines the two
-runs up step by step and names the cause of every difference, so
-non-determinism is reported, never hidden.
+The replay runs in the calling process, on a private :class:`CoordinatorCore`
+with an in-memory log, its runners swapped for recorded ones: steps before the
+checkpoint take their recorded outcomes (and recorded retry decisions) from
+the history, steps from the checkpoint on run their handlers again here, fed
+the values their first run took from the step context. A replay of a whole execution runs no handler at
+all. Retry backoffs are not waited out.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import asyncio
+import concurrent.futures
+import dataclasses
+import time
 from typing import Any
 
-from runtime.state import ExecutionState
+from runtime.config import EngineConfig
+from runtime.coordinator import CoordinatorCore, LocalFailurePolicy
+from runtime.errors import ExecutionError
+from runtime.events import Event, EventKind
+from runtime.execution import Execution
+from runtime.failure import Action, Classification, Decision, ErrorInfo
+from runtime.handlers import StepOutcome
+from runtime.replay_report import ReplayReport, StepDiff, compare, normalise
+from runtime.request import request_from_log
+from runtime.runners import InProcessRunner, SubSopRunner
+from runtime.seams import AttemptReport, AttemptSpec, StepRunner
+from runtime.state import ExecutionState, fold
+from sop import Step, check_new_steps
 
-FIELDS = ("inputs", "status", "attempts", "output", "classification")
+__all__ = ["ReplayReport", "StepDiff", "replay"]
 
-
-@dataclass(frozen=True, slots=True)
-class StepDiff:
-    """One way a replayed step differs from the recording.
-
-    Attributes:
-        step: The step id.
-        field: ``inputs`` (a digest of what the handler got), ``status``, ``attempts``,
-            ``output`` or ``classification``.
-        recorded: The value in the recorded execution.
-        replayed: The value in the replay.
-        cause: Why, as far as the replay can tell.
-    """
-
-    step: str
-    field: str
-    recorded: Any
-    replayed: Any
-    cause: str
+_OUTCOMES = (EventKind.STEP_SUCCEEDED, EventKind.STEP_FAILED, EventKind.DECIDED)
 
 
-@dataclass(slots=True)
-class ReplayReport:
-    """The outcome of ``engine.replay(id, from_step=...)``."""
+class Recording:
+    """What the recorded history says about each attempt of the root execution."""
 
-    execution_id: str
-    from_step: str | None
-    rerun: list[str]
-    """Steps whose handlers ran again (the checkpoint and everything downstream of it)."""
-    recorded_status: str
-    replayed_status: str
-    outputs_match: bool
-    diffs: list[StepDiff] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    handlers_run: int = 0
-    events: int = 0
-    seconds: float = 0.0
+    def __init__(self, events: list[Event], rerun: set[str]) -> None:
+        self.rerun = rerun
+        self.outcomes: dict[tuple[str, int], Event] = {}
+        self.retry_delays: dict[tuple[str, int], float] = {}
+        for e in events:
+            if e.kind in _OUTCOMES and e.step:
+                self.outcomes[(e.step, e.attempt or 1)] = e
+            elif e.kind == EventKind.RETRY_SCHEDULED and e.step:
+                self.retry_delays[(e.step, (e.attempt or 2) - 1)] = e.data.get("delay_s", 0.0)
+        self.context_notes: dict[str, str] = {}
+        """Step -> how a handler run again asked its context for other values than recorded."""
 
-    @property
-    def deterministic(self) -> bool:
-        """True when the replay reproduced the recorded outcome exactly."""
-        return not self.diffs and self.outputs_match and self.recorded_status == self.replayed_status
+    def replays(self, exe: Execution, step: Step) -> bool:
+        """True when this attempt takes its recorded outcome (root execution, before the checkpoint)."""
+        return exe.request.parent is None and step.id not in self.rerun
 
-    @property
-    def nondeterministic_steps(self) -> list[str]:
-        return sorted({d.step for d in self.diffs})
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["deterministic"] = self.deterministic
-        return d
-
-    def render(self) -> str:
-        """A step-by-step report for ``sopflow replay``."""
-        start = f"from step '{self.from_step}'" if self.from_step else "whole execution, all outcomes recorded"
-        lines = [f"replay of {self.execution_id} ({start}): "
-                 f"{self.handlers_run} handler run(s), {self.events} events, {self.seconds * 1000:.1f} ms",
-                 f"  status: recorded {self.recorded_status}, replayed {self.replayed_status}"]
-        if self.rerun:
-            lines.append(f"  ran again: {', '.join(self.rerun)}")
-        if self.deterministic:
-            lines.append("  identical: every step and the result match the recording")
-        else:
-            lines.append(f"  DIVERGED in {len(self.nondeterministic_steps)} step(s): "
-                         f"{', '.join(self.nondeterministic_steps) or '(result only)'}")
-            for d in self.diffs:
-                lines.append(f"  - {d.step}.{d.field}: recorded {_short(d.recorded)}, "
-                             f"replayed {_short(d.replayed)}\n      cause: {d.cause}")
-            if not self.outputs_match:
-                lines.append("  - the execution's outputs differ")
-        lines.extend(f"  note: {n}" for n in self.notes)
-        return "\n".join(lines)
+    def outcome(self, spec: AttemptSpec) -> tuple[StepOutcome | None, ErrorInfo | None]:
+        event = self.outcomes.get((spec.step.id, spec.attempt))
+        key = f"{spec.execution.id}/{spec.step.id}/{spec.attempt}"
+        if event is None:
+            return None, ErrorInfo("NotRecorded", f"attempt {spec.attempt} of step '{spec.step.id}' has no "
+                                   "recorded outcome", retryable=False)
+        if event.kind == EventKind.STEP_SUCCEEDED or (
+                event.kind == EventKind.DECIDED and event.data.get("decision") == "succeed"):
+            return StepOutcome(key, True, event.data.get("output"), duration_s=event.data.get("duration_s", 0.0)), None
+        error = ErrorInfo(event.data.get("error_type") or "RecordedError",
+                          str(event.data.get("error") or event.data.get("reason") or ""), retryable=False)
+        return StepOutcome(key, False, event.data.get("output"), error), None
 
 
-def normalise(value: Any) -> Any:
-    """The value as the log stores it (JSON types), so a tuple equals the list it was logged as."""
-    try:
-        return json.loads(json.dumps(value, default=repr))
-    except (TypeError, ValueError):
-        return repr(value)
+class RecordedRunner:
+    """Settles attempts the replay takes from the recording; runs the others through ``fresh``."""
+
+    def __init__(self, recording: Recording, fresh: StepRunner) -> None:
+        self.recording = recording
+        self.fresh = fresh
+        self.needs_slot = fresh.needs_slot
+
+    def start(self, spec: AttemptSpec, report: AttemptReport) -> Any:
+        if not self.recording.replays(spec.execution, spec.step):
+            return self.fresh.start(spec, _NotingReport(report, spec, self.recording))
+        outcome, error = self.recording.outcome(spec)
+        asyncio.get_running_loop().call_soon(report.settle, outcome, error)
+        return _Recorded()
 
 
-def compare(recorded: ExecutionState, replayed: ExecutionState, *, rerun: set[str],
-            upstream: Callable[[str], set[str]], context_notes: dict[str, str],
-            inputs: dict[str, tuple[str, str]] | None = None) -> list[StepDiff]:
-    """Every step-level difference between two runs, with its most likely cause.
+class _Recorded:
+    def cancel(self, force: bool) -> None:
+        """A recorded outcome is settled already."""
+
+
+class _NotingReport:
+    """Passes a fresh run's outcome on, noting where its context values left the recording."""
+
+    def __init__(self, report: AttemptReport, spec: AttemptSpec, recording: Recording) -> None:
+        self.report, self.spec, self.recording = report, spec, recording
+
+    def settle(self, outcome: StepOutcome | None, error: ErrorInfo | None = None) -> None:
+        if outcome is not None and outcome.replay_diverged and self.spec.execution.request.parent is None:
+            self.recording.context_notes.setdefault(self.spec.step.id, outcome.replay_diverged)
+        self.report.settle(outcome, error)
+
+    def child_started(self, child_id: str) -> None:
+        self.report.child_started(child_id)
+
+
+class RecordedPolicy:
+    """Takes the recorded retry decisions for replayed attempts; decides afresh for the others."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.recording = recording
+        self.fresh = LocalFailurePolicy()
+
+    async def judge(self, exe: Execution, step: Step, attempt: int, error: ErrorInfo) -> Decision:
+        event = self.recording.outcomes.get((step.id, attempt))
+        if self.recording.replays(exe, step) and event is not None:
+            if event.kind != EventKind.STEP_FAILED:  # an operator failed it
+                return Decision(Action.FAIL, Classification.PERMANENT, "failed by an operator")
+            return Decision(Action(event.data.get("action") or "fail"),
+                            Classification(event.data.get("classification") or "permanent"),
+                            event.data.get("reason") or "", self.recording.retry_delays.get((step.id, attempt), 0.0))
+        return await self.fresh.judge(exe, step, attempt, error)
+
+
+def _feed_recorded(recording: Recording) -> Any:
+    """Gives a root attempt run again the values its first run took from the step context."""
+
+    def prepare(spec: AttemptSpec) -> Any:
+        task = spec.task
+        if spec.execution.request.parent is None:
+            recorded = recording.outcomes.get((spec.step.id, spec.attempt))
+            if recorded is not None:
+                task = dataclasses.replace(task, recorded=tuple(
+                    tuple(pair) for pair in recorded.data.get("recorded") or ()))
+        return task
+
+    return prepare
+
+
+def replay(events: list[Event], from_step: str | None = None, *, handlers: dict[str, Any] | None = None,
+           timeout: float = 600.0, artifacts: dict[str, bytes] | None = None) -> ReplayReport:
+    """Replay a recorded history (whole, or from ``from_step`` on) and compare it with the recording.
 
     Args:
-        recorded: The state folded from the recorded history.
-        replayed: The state the replay reached.
-        rerun: Steps whose handlers ran again.
-        upstream: Step -> all steps it transitively depends on (called only for diverged steps).
-        context_notes: Step -> how its context values diverged (from the step context).
-        inputs: Step -> (recorded, replayed) digest of the inputs its last attempt started with.
+        artifacts: The history's artifacts (big outputs) by SHA-256, for steps run again that read
+            them (``runtime.history.artifacts_from_doc`` of an export).
+
+    Raises:
+        ExecutionError: the history is not a finished execution, or ``from_step`` is not one of its steps.
     """
-    diffs: list[StepDiff] = []
-    diverged: set[str] = set()
-    for sid in recorded.steps.keys() | replayed.steps.keys():
-        a, b = recorded.steps.get(sid), replayed.steps.get(sid)
-        if a is None or b is None:
-            diffs.append(StepDiff(sid, "status", a.status.value if a else None, b.status.value if b else None,
-                                  "the step exists in only one of the runs"))
-            diverged.add(sid)
-            continue
-        pairs = {"inputs": (inputs or {}).get(sid, (None, None)),
-                 "status": (a.status.value, b.status.value), "attempts": (a.attempts, b.attempts),
-                 "output": (normalise(a.output), normalise(b.output)),
-                 "classification": (a.classification, b.classification)}
-        for name in FIELDS:
-            x, y = pairs[name]
-            if x != y:
-                diffs.append(StepDiff(sid, name, x, y, ""))
-                diverged.add(sid)
-    changed_inputs = {d.step for d in diffs if d.field == "inputs"}
-    return [_with_cause(d, rerun, upstream, diverged, context_notes, changed_inputs) for d in
-            sorted(diffs, key=lambda d: (d.step, FIELDS.index(d.field) if d.field in FIELDS else 9))]
+    coro = _replay(events, from_step, dict(handlers or {}), timeout, dict(artifacts or {}))
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # Called from a running loop (a notebook): run on a private loop in another thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
-def _with_cause(d: StepDiff, rerun: set[str], upstream: Callable[[str], set[str]], diverged: set[str],
-                context_notes: dict[str, str], changed_inputs: set[str]) -> StepDiff:
-    if d.cause:
-        return d
-    before = sorted(upstream(d.step) & diverged)
-    if before:
-        cause = f"its inputs changed: upstream step(s) {', '.join(before)} diverged first"
-    elif d.step in changed_inputs:
-        cause = ("its inputs differ from the recording although every upstream outcome matches: the "
-                 "history was edited, or this version of sopflow renders the step's expressions differently")
-    elif d.step in context_notes:
-        cause = f"non-deterministic handler: {context_notes[d.step]}"
-    elif d.step in rerun:
-        cause = ("non-deterministic handler: same inputs, different result. It reads time, randomness "
-                 "or outside state directly; take them from the step context (context.now(), "
-                 "context.random(), context.uuid4()) so replays see the recorded values")
-    else:
-        cause = ("the engine decided differently from the recording with the same recorded outcomes "
-                 "(a change in sopflow's scheduling or retry rules, or a history edited by hand)")
-    return StepDiff(d.step, d.field, d.recorded, d.replayed, cause)
+async def _replay(events: list[Event], from_step: str | None, handlers: dict[str, Any],
+                  timeout: float, artifacts: dict[str, bytes]) -> ReplayReport:
+    started = time.perf_counter()
+    if not events or events[0].kind != EventKind.SUBMITTED:
+        raise ExecutionError("a replay needs a history that starts with execution_submitted")
+    execution_id = events[0].execution_id
+    submitted = events[0].data
+    missing = [k for k in ("sop", "version", "mode", "steps", "request") if k not in submitted]
+    if missing or not isinstance(submitted.get("request"), dict) or \
+            not isinstance(submitted["request"].get("definition"), dict):
+        raise ExecutionError(
+            f"the execution_submitted event of {execution_id} lacks what a replay needs "
+            f"({', '.join(missing) or 'request.definition'}); was the history recorded by sopflow >= 0.2?")
+    try:
+        recorded = fold(events)
+        request = request_from_log(submitted, dict(submitted.get("inputs") or {}))
+    except (KeyError, TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        raise ExecutionError(f"the history of {execution_id} cannot be replayed: {type(e).__name__}: {e}") from e
+    if not recorded.status.terminal:
+        raise ExecutionError(f"execution {execution_id} is still {recorded.status.value}; "
+                             "replay it once it has finished")
+    request.idempotency_key, request.parent = None, None
+    added = [e for e in events if e.kind == EventKind.STEPS_ADDED]
+    for e in added:
+        request.handlers.update(e.data.get("handlers") or {})
+    request.handlers.update(handlers)
+    probe = Execution("probe", request)  # the graph with added steps, to pick what runs again
+    for e in added:
+        probe.add_steps(check_new_steps(probe.sop, probe.graph, list(e.data.get("specs", ()))))
+    rerun: set[str] = set()
+    if from_step is not None:
+        if from_step not in probe.graph:
+            raise ExecutionError(f"step {from_step!r} is not a step of execution {execution_id} "
+                                 f"(steps: {', '.join(probe.graph.nodes)})")
+        rerun = {from_step, *probe.graph.descendants(from_step)}
+    recording = Recording(events, rerun)
+    handlers_here = InProcessRunner(prepare=_feed_recorded(recording))
+    coordinator = CoordinatorCore(EngineConfig(state="memory://"), task_runner=RecordedRunner(recording, handlers_here),
+                                  policy=RecordedPolicy(recording), capacity=lambda: 1 << 30,
+                                  service_name="sopflow-replay")
+    coordinator.machine.runners["sop"] = RecordedRunner(recording, SubSopRunner(coordinator))
+    coordinator.recovery = {}  # a private, empty log: nothing to recover
+    coordinator.machine.backoff_scale = 0.0  # retry backoffs are not waited out
+    coordinator.artifacts.extra.update(artifacts)
+    try:
+        rid = await coordinator.submit(request)
+        for e in added:
+            await coordinator.add_steps(rid, list(e.data.get("specs", ())), {})
+        view = await coordinator.wait(rid, timeout)
+        replayed = coordinator.executions[rid].state
+        await coordinator.journal.durable()
+        replayed_inputs = _inputs(coordinator.log.read(rid))
+    finally:
+        coordinator.journal.close()
+    notes = _notes(recorded, events)
+    if not view.status.terminal:
+        notes.append(f"the replay did not finish within {timeout:g} s")
+    graph = probe.graph
+
+    def upstream(sid: str) -> set[str]:  # asked only for steps that diverged
+        return graph.ancestors(sid) if sid in graph else set()
+
+    recorded_inputs = _inputs(events)
+    inputs = {sid: (recorded_inputs[sid], replayed_inputs[sid])
+              for sid in recorded_inputs.keys() & replayed_inputs.keys()}
+    diffs = compare(recorded, replayed, rerun=rerun, upstream=upstream, context_notes=recording.context_notes,
+                    inputs=inputs)
+    outputs_match = normalise((recorded.outputs or {}).get("outputs")) == normalise(
+        (replayed.outputs or {}).get("outputs"))
+    order = [sid for sid in probe.graph.topological_order() if sid in rerun]
+    return ReplayReport(execution_id, from_step, order, recorded.status.value, replayed.status.value,
+                        outputs_match, diffs, notes, handlers_here.runs, replayed.last_seq,
+                        time.perf_counter() - started)
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value, default=repr) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _inputs(events: list[Event]) -> dict[str, str]:
+    """Step -> digest of the inputs its last attempt started with (histories from before digests: none)."""
+    return {e.step: e.data["inputs"] for e in events
+            if e.kind == EventKind.STEP_STARTED and e.step and "inputs" in e.data}
+
+
+def _notes(recorded: ExecutionState, events: list[Event]) -> list[str]:
+    notes = []
+    kinds = {e.kind for e in events}
+    if EventKind.CANCEL_REQUESTED in kinds:
+        notes.append("the recorded execution was cancelled by a user; a replay does not repeat the cancel")
+    if EventKind.RECOVERED in kinds:
+        notes.append("the recorded execution was recovered after a coordinator restart")
+    if any(v == "***" for v in (events[0].data.get("inputs") or {}).values()):
+        notes.append("secret inputs are not in the log; steps that run again see them as '***'")
+    return notes

@@ -74,3 +74,17 @@ def unpack_callables(blob: bytes, execution_id: str) -> dict[str, Any]:
         raise HandlersUnloadable(f"execution {execution_id}: the stored handlers are damaged "
                                  f"(a {type(handlers).__name__}, expected a dict)")
     return handlers
+
+
+def pack_hook(hook: Any) -> bytes:
+    """An escalation hook (a ``PythonHook`` or ``WebhookHook``), cloudpickled like shipped handlers."""
+    return pack_callables({"hook": hook})
+
+
+def unpack_hook(blob: bytes, name: str) -> Any:
+    """The hook stored by :func:`pack_hook`.
+
+    Raises:
+        HandlersUnloadable: it cannot be loaded by this process (the message says why).
+    """
+    return unpack_callables(blob, f"(escalation hook {name})")["hook"]

@@ -9,7 +9,7 @@ the events instead.
 
 The encoding is JSON with a format name and a schema version::
 
-    {"format": "sopflow.snapshot", "version": 1, "state": {...}, "aux": {...}}
+    {"format": "sopflow.snapshot", "version": 2, "state": {...}}
 
 Fields a reader does not know are ignored and fields a writer did not know get
 their defaults, so adding a field to :class:`ExecutionState` or
@@ -32,10 +32,22 @@ from runtime.status import ExecutionStatus, StepStatus
 log = logging.getLogger("sopflow.snapshots")
 
 FORMAT = "sopflow.snapshot"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 """The schema version this sopflow writes (and reads without upcasting)."""
 
-_UPCASTERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept what recovery needs beyond the state (added steps, raised memory, retries
+    due, children) in a separate ``aux`` part; version 2 folds it into the state."""
+    aux = doc.get("aux") or {}
+    state = dict(doc.get("state") or {})
+    state.update(added=list(aux.get("added") or ()), memory_mb=dict(aux.get("memory_mb") or {}),
+                 retry_due={k: list(v) for k, v in (aux.get("retry_due") or {}).items()},
+                 children=dict(aux.get("children") or {}))
+    return {"format": FORMAT, "version": 2, "state": state}
+
+
+_UPCASTERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 """Version N -> a function turning a version-N document into a version-(N+1) one."""
 
 
@@ -43,15 +55,14 @@ class SnapshotUnreadable(ValueError):
     """Raised when a snapshot cannot be read by this version (the caller folds from the events)."""
 
 
-def encode_snapshot(state: ExecutionState, aux: dict[str, Any] | None = None) -> bytes | None:
-    """``state`` (and the coordinator's extra recovery data) as a versioned JSON document.
+def encode_snapshot(state: ExecutionState) -> bytes | None:
+    """``state`` as a versioned JSON document.
 
     Returns None when the state holds a value JSON cannot carry exactly (say, a step
     output that is not JSON data): no snapshot is better than one that reads back
     different, and recovery then folds the execution from its events.
     """
-    doc = {"format": FORMAT, "version": SNAPSHOT_VERSION, "state": _state_to_data(state),
-           "aux": aux or {}}
+    doc = {"format": FORMAT, "version": SNAPSHOT_VERSION, "state": _state_to_data(state)}
     try:
         text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -63,8 +74,8 @@ def encode_snapshot(state: ExecutionState, aux: dict[str, Any] | None = None) ->
     return text.encode()
 
 
-def decode_snapshot(blob: bytes) -> tuple[ExecutionState, dict[str, Any]]:
-    """The state and extra recovery data saved by :func:`encode_snapshot`, upcast to this version.
+def decode_snapshot(blob: bytes) -> ExecutionState:
+    """The state saved by :func:`encode_snapshot`, upcast to this version.
 
     Raises:
         SnapshotUnreadable: the blob is not a snapshot this version can read (a pickle
@@ -89,12 +100,12 @@ def decode_snapshot(blob: bytes) -> tuple[ExecutionState, dict[str, Any]]:
             raise SnapshotUnreadable(f"no upcaster from snapshot version {version}")
         doc, version = upcast(doc), version + 1
     try:
-        return _state_from_data(doc["state"]), dict(doc.get("aux") or {})
+        return _state_from_data(doc["state"])
     except (KeyError, TypeError, ValueError) as e:
         raise SnapshotUnreadable(f"damaged snapshot: {e!r}") from e
 
 
-def read_snapshot(blob: bytes, execution_id: str) -> tuple[ExecutionState, dict[str, Any]] | None:
+def read_snapshot(blob: bytes, execution_id: str) -> ExecutionState | None:
     """:func:`decode_snapshot`, or None (with a warning naming why) when it cannot be read."""
     try:
         return decode_snapshot(blob)

@@ -47,6 +47,16 @@ class ExecutionState:
     last_seq: int = 0
     trace_id: str | None = None
     """The OpenTelemetry trace of the execution (32 hex digits), when tracing was on at submit."""
+    added: list[dict[str, Any]] = field(default_factory=list)
+    """Specs of steps added while running (``add_steps``), in order: recovery adds them again."""
+    memory_mb: dict[str, int] = field(default_factory=dict)
+    """Memory raised for a retry after an out-of-memory failure, per step."""
+    retry_due: dict[str, list[float]] = field(default_factory=dict)
+    """Step -> ``[next attempt, wall-clock time it is due]`` while it waits out a backoff."""
+    children: dict[str, str] = field(default_factory=dict)
+    """``sop:`` step -> its child execution."""
+    progress: dict[str, list[Any]] = field(default_factory=dict)
+    """Running step -> ``[fraction done, message]`` it last reported (``context.report_progress``)."""
 
     def view(self, *, with_outputs: bool = False) -> ExecutionView:
         main = [s for k, s in self.steps.items() if k not in self.rollback_steps or self.rolling_back]
@@ -82,20 +92,33 @@ def apply(state: ExecutionState, event: Event) -> None:
     elif kind == EventKind.STEPS_ADDED:
         for s in d["steps"]:
             state.steps.setdefault(s, StepState())
+        state.added.extend(d.get("specs", ()))
     elif kind == EventKind.STEP_QUEUED and step is not None:
         step.status, step.attempts = StepStatus.QUEUED, event.attempt or step.attempts + 1
+        state.retry_due.pop(event.step, None)
     elif kind == EventKind.STEP_STARTED and step is not None:
         step.status, step.attempts = StepStatus.RUNNING, event.attempt or step.attempts + 1
         step.started_at = step.started_at or event.ts
+        state.retry_due.pop(event.step, None)
+    elif kind == EventKind.STEP_PROGRESS and step is not None:
+        state.progress[event.step] = [d.get("fraction"), d.get("message", "")]
     elif kind == EventKind.STEP_SUCCEEDED and step is not None:
         step.status, step.output, step.error = StepStatus.SUCCEEDED, d.get("output"), None
         step.ended_at = event.ts
+        state.progress.pop(event.step, None)
     elif kind == EventKind.STEP_FAILED and step is not None:
         step.error, step.classification = d.get("error"), d.get("classification")
+        state.progress.pop(event.step, None)
         if d.get("final", True):
             step.status, step.ended_at = StepStatus.FAILED, event.ts
         else:
             step.status = StepStatus.RETRYING
+    elif kind == EventKind.RETRY_SCHEDULED and event.step:
+        state.retry_due[event.step] = [event.attempt or 1, event.ts + d.get("delay_s", 0.0)]
+        if d.get("memory_mb"):
+            state.memory_mb[event.step] = d["memory_mb"]
+    elif kind == EventKind.CHILD_SUBMITTED and event.step:
+        state.children[event.step] = d["child"]
     elif kind == EventKind.STEP_SKIPPED and step is not None:
         step.status, step.ended_at = StepStatus.SKIPPED, event.ts
     elif kind == EventKind.STEP_HALTED and step is not None:
@@ -153,22 +176,19 @@ def fold(events: Iterable[Event], state: ExecutionState | None = None) -> Execut
     return state if state is not None else ExecutionState("")
 
 
-def final_status(statuses: dict[str, StepStatus], *, cancelled: bool, rolled_back: bool,
+def final_status(statuses: dict[str, StepStatus],
                  tolerated: set[str] = frozenset()) -> ExecutionStatus:  # type: ignore[assignment]
-    """How an execution ended, from how its (main) steps ended.
+    """How an execution that ran to its end ended, from how its main steps ended.
 
-    - cancelled if a cancel was requested before everything finished;
-    - completed if every step succeeded or was skipped (and failures marked
+    - completed if every step succeeded or was skipped (failures marked
       ``on_failure: continue`` are tolerated);
-    - failed if a rollback ran or nothing succeeded;
-    - partially_completed otherwise (some branches finished, some failed or were halted).
+    - partially_completed if some steps succeeded and others failed or were halted;
+    - failed if nothing succeeded.
+
+    A cancelled execution, or one whose rollback ran, ends cancelled or failed without asking.
     """
-    if cancelled:
-        return ExecutionStatus.CANCELLED
     bad = {k for k, s in statuses.items()
            if s in (StepStatus.FAILED, StepStatus.UPSTREAM_FAILED, StepStatus.CANCELLED)} - tolerated
-    if rolled_back:
-        return ExecutionStatus.FAILED
     if not bad:
         return ExecutionStatus.COMPLETED
     if any(s == StepStatus.SUCCEEDED for s in statuses.values()):

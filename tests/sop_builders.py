@@ -49,4 +49,4 @@ def own_engine(namespace: str, state_dir: Path, **config: Any) -> Iterator[Any]:
     try:
         yield engine
     finally:
-        engine._actors.kill()
+        engine._conn.actors.kill()

@@ -1,16 +1,16 @@
 """A big output that the state store cannot take fails the attempt (and is retried), instead of
-leaving the step running forever. In-process coordinator, real SQLite file, no Ray: the replay
-dispatcher runs the step's handler in this process through the same ``_finish`` path."""
+leaving the step running forever. In-process coordinator, real SQLite file, no Ray: the in-process
+runner runs the step's handler here, and its outcome takes the same path as a Ray task's."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from actors._coordinator import _Coordinator
-from actors._execution import SubmitRequest
-from actors._replay import ReplayDispatcher
 from runtime.config import EngineConfig
+from runtime.coordinator import CoordinatorCore
+from runtime.request import SubmitRequest
+from runtime.runners import InProcessRunner
 from runtime.eventlog import SqliteEventLog
 from sop import Sop
 
@@ -20,9 +20,8 @@ def test_an_output_the_state_store_cannot_take_fails_the_attempt_as_transient(tm
         "id": "big", "uses": "python:tests.handlers_for_tests:big_output", "with": {"n": 400_000},
         "retry": {"max_attempts": 2, "initial_delay_s": 0.01}}]})
     log = SqliteEventLog(tmp_path / "state.db")
-    coordinator = _Coordinator(config=EngineConfig(state="memory://"), event_log=log)
+    coordinator = CoordinatorCore(EngineConfig(state="memory://"), task_runner=InProcessRunner(), event_log=log)
     coordinator.recovery = {}
-    coordinator.dispatcher = ReplayDispatcher(coordinator, [], rerun={"big"})
     pages = log._writer.execute("PRAGMA page_count").fetchone()[0]
     log._writer.execute(f"PRAGMA max_page_count = {pages + 30}")  # room for events, not for 400 KB
 

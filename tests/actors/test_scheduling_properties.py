@@ -70,7 +70,7 @@ def check_run(deps: dict[int, list[int]], ok: list[bool], statuses: dict[str, St
             want = StepStatus.SUCCEEDED if ok[i] else StepStatus.FAILED
             assert statuses[name[i]] == want, (i, statuses)
     # 3. how the execution ended follows from how its steps ended
-    got = final_status(statuses, cancelled=False, rolled_back=False)
+    got = final_status(statuses)
     assert got == expected_final(statuses)
 
 
@@ -117,9 +117,7 @@ def test_a_scheduler_driven_by_verdict_respects_dependencies_and_failures(dag, r
                        st.sampled_from([StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED,
                                         StepStatus.UPSTREAM_FAILED]), min_size=1))
 def test_final_status_follows_the_rule(statuses) -> None:
-    assert final_status(statuses, cancelled=False, rolled_back=False) == expected_final(statuses)
-    assert final_status(statuses, cancelled=True, rolled_back=False) == ExecutionStatus.CANCELLED
-    assert final_status(statuses, cancelled=False, rolled_back=True) == ExecutionStatus.FAILED
+    assert final_status(statuses) == expected_final(statuses)
 
 
 @given(st.lists(st.sampled_from(list(StepStatus)), min_size=1, max_size=5), st.sampled_from(list(TriggerRule)))

@@ -8,11 +8,11 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors._coordinator import _Coordinator
-from actors._execution import Recoverable
-from actors._journal import load_state
-from actors._monitor import _ExecutionMonitor
 from runtime.config import EngineConfig
+from runtime.coordinator import CoordinatorCore
+from runtime.journal import load_state
+from runtime.monitor import ExecutionMonitor
+from runtime.runners import InProcessRunner
 from runtime.eventlog import ExecutionRecord, MemoryEventLog, SqliteEventLog
 from runtime.events import Event, EventKind
 from runtime.snapshots import encode_snapshot
@@ -53,7 +53,7 @@ def test_the_monitor_answers_for_executions_it_no_longer_holds_from_the_store(tm
     for i in range(5):
         store(log, history(f"exe-{i}", "billing" if i % 2 else "hr", at=now - 100 + i, fail_last=i == 3))
     store(log, history("exe-running", "hr", at=now, finished=False))
-    monitor = _ExecutionMonitor(EngineConfig(state=str(path), keep_finished=2))
+    monitor = ExecutionMonitor(EngineConfig(state=str(path), keep_finished=2))
 
     async def scenario() -> None:
         assert set(monitor.states) == {"exe-3", "exe-4", "exe-running"}  # newest finished + unfinished
@@ -74,7 +74,7 @@ def test_a_monitor_that_missed_events_refills_the_gap_from_the_store(tmp_path) -
     log = SqliteEventLog(path)
     events = history("exe-gap", "hr", at=time.time())
     store(log, events)
-    monitor = _ExecutionMonitor(EngineConfig(state=str(path)))
+    monitor = ExecutionMonitor(EngineConfig(state=str(path)))
     monitor.states.clear()
     monitor.history.clear()
 
@@ -94,7 +94,8 @@ def test_the_coordinator_purges_finished_executions_older_than_the_retention() -
     store(log, history("exe-old", "hr", at=time.time() - 100 * day))
     store(log, history("exe-recent", "hr", at=time.time() - 10 * day))
     store(log, history("exe-old-running", "hr", at=time.time() - 100 * day, finished=False))
-    coordinator = _Coordinator(config=EngineConfig(state="memory://", retention_days=90), event_log=log)
+    coordinator = CoordinatorCore(EngineConfig(state="memory://", retention_days=90), task_runner=InProcessRunner(),
+                                  event_log=log)
     coordinator.recovery = {}  # keep the unfinished one unrecovered: this test is about the store only
 
     async def scenario() -> int:
@@ -116,7 +117,7 @@ def test_for_any_snapshot_point_snapshot_plus_tail_folds_to_the_same_state(steps
     partial = ExecutionState("exe-snap")
     for e in events[:at]:
         apply(partial, e)
-    log.put_snapshot("exe-snap", at, encode_snapshot(partial, Recoverable().to_data()))
+    log.put_snapshot("exe-snap", at, encode_snapshot(partial))
     full = ExecutionState("exe-snap")
     for e in events:
         apply(full, e)

@@ -79,7 +79,7 @@ def test_a_step_waiting_for_a_slot_is_queued_not_running(one_at_a_time, tmp_path
     import ray
 
     def monitor_counts() -> dict:  # what a dashboard reads (the monitor gets events in batches)
-        steps = ray.get(one_at_a_time._actors.monitor.counts.remote())["steps_by_status"]
+        steps = ray.get(one_at_a_time._conn.actors.monitor.counts.remote())["steps_by_status"]
         return steps if steps.get("queued", 0) >= 1 else {}
 
     assert wait_for(monitor_counts, timeout_s=30).get("running", 0) >= 1
@@ -112,7 +112,7 @@ def test_a_queued_step_is_queued_again_after_a_coordinator_restart_not_interrupt
     doc["steps"][0]["idempotent"] = False  # interrupted, it would wait for an operator
     waiting = one_at_a_time.submit(json.dumps(doc))
     wait_for(lambda: one_at_a_time.status(waiting).steps["s"].status == StepStatus.QUEUED)
-    ray.kill(one_at_a_time._actors.coordinator, no_restart=False)
+    ray.kill(one_at_a_time._conn.actors.coordinator, no_restart=False)
     gate.write_text("open")
     assert one_at_a_time.wait(waiting, timeout=90).status == ExecutionStatus.COMPLETED
     assert one_at_a_time.wait(blocker, timeout=90).status == ExecutionStatus.COMPLETED

@@ -379,7 +379,7 @@ def test_the_actors_have_plain_names_in_ray_and_a_useful_repr(engine) -> None:
     """What the dashboard's actor list and the process titles show (ray::Coordinator ...)."""
     import ray
 
-    actors = engine._actors
+    actors = engine._conn.actors
     assert [h._ray_actor_creation_function_descriptor.class_name
             for h in (actors.coordinator, actors.monitor, actors.failure_handler)] == \
         ["Coordinator", "ExecutionMonitor", "FailureHandler"]

@@ -86,7 +86,7 @@ def test_a_reused_key_is_checked_against_the_log_after_a_restart(keyed, sop_file
     path = _sop(sop_file)
     first = keyed.submit(path, {"amount": 5}, idempotency_key=key)
     keyed.wait(first, timeout=60)
-    ray.kill(keyed._actors.coordinator, no_restart=False)  # the new one knows the key from the log only
+    ray.kill(keyed._conn.actors.coordinator, no_restart=False)  # the new one knows the key from the log only
     wait_for(lambda: keyed.submit(path, {"amount": 5}, idempotency_key=key) == first, timeout_s=90)
     with pytest.raises(IdempotencyConflict, match="'amount'") as info:
         keyed.submit(path, {"amount": 6}, idempotency_key=key)

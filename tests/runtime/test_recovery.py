@@ -36,7 +36,7 @@ def kill_coordinator(engine) -> None:
     """Crash the coordinator; Ray restarts it and it rebuilds from the log."""
     import ray
 
-    ray.kill(engine._actors.coordinator, no_restart=False)
+    ray.kill(engine._conn.actors.coordinator, no_restart=False)
 
 
 def dag_sop(name: str, deps: dict[int, list[int]], ok: list[bool], runs: Path, work: list[float],

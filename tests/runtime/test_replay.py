@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors._replay import replay
+from runtime.replay import replay
 from runtime.errors import ExecutionError
 from runtime.eventlog import SqliteEventLog
 from runtime.events import Event, EventKind

@@ -11,11 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors._execution import Recoverable
-from actors._journal import load_state
-from actors._recovery import rebuild
 from runtime.eventlog import MemoryEventLog, SqliteEventLog
 from runtime.events import Event
+from runtime.journal import load_state
+from runtime.recovery import rebuild
 from runtime.shipped import HandlersUnloadable, pack_callables, unpack_callables
 from runtime.snapshots import SNAPSHOT_VERSION, SnapshotUnreadable, decode_snapshot, encode_snapshot
 from runtime.state import ExecutionState, StepState, fold
@@ -47,22 +46,35 @@ states = st.builds(ExecutionState, id=st.text(min_size=1, max_size=12), sop=st.t
                    outputs=st.none() | st.dictionaries(st.text(max_size=5), json_data, max_size=3),
                    idempotency_key=st.none() | st.text(max_size=10), paused=st.booleans(),
                    cancel_requested=st.booleans(), force_cancel=st.booleans(), rolling_back=st.booleans(),
-                   last_seq=st.integers(0, 10**6))
-auxes = st.builds(Recoverable, added=st.lists(st.dictionaries(st.text(max_size=4), st.text(max_size=4)), max_size=2),
-                  memory_mb=st.dictionaries(st.text(max_size=4), st.integers(1, 10**5), max_size=2),
-                  retry_due=st.dictionaries(st.text(max_size=4), st.tuples(st.integers(1, 9), st.floats(0, 2e9)),
-                                            max_size=2),
-                  children=st.dictionaries(st.text(max_size=4), st.text(max_size=8), max_size=2))
+                   last_seq=st.integers(0, 10**6),
+                   added=st.lists(st.dictionaries(st.text(max_size=4), st.text(max_size=4)), max_size=2),
+                   memory_mb=st.dictionaries(st.text(max_size=4), st.integers(1, 10**5), max_size=2),
+                   retry_due=st.dictionaries(st.text(max_size=4),
+                                             st.tuples(st.integers(1, 9), st.floats(0, 2e9)).map(list), max_size=2),
+                   children=st.dictionaries(st.text(max_size=4), st.text(max_size=8), max_size=2))
 
 
-@given(states, auxes)
+@given(states)
 @settings(max_examples=300)
-def test_for_any_state_a_snapshot_reads_back_equal(state: ExecutionState, aux: Recoverable) -> None:
-    blob = encode_snapshot(state, aux.to_data())
+def test_for_any_state_a_snapshot_reads_back_equal(state: ExecutionState) -> None:
+    blob = encode_snapshot(state)
     assert blob is not None
-    back, back_aux = decode_snapshot(blob)
-    assert back == state
-    assert Recoverable.from_data(back_aux) == aux
+    assert decode_snapshot(blob) == state
+
+
+def test_a_version_1_snapshot_with_its_separate_recovery_part_is_upcast_into_the_state() -> None:
+    """Version 1 (sopflow before the state machine moved to runtime/) kept added steps, raised
+    memory, retries due and children beside the state; they are part of the state now."""
+    events = recorded_events(upto=10)
+    v2 = json.loads(encode_snapshot(fold(events)))
+    state = {k: v for k, v in v2["state"].items() if k not in ("added", "memory_mb", "retry_due", "children")}
+    v1 = {"format": "sopflow.snapshot", "version": 1, "state": state,
+          "aux": {"added": [{"id": "late", "run": "true"}], "memory_mb": {"b": 512},
+                  "retry_due": {"b": [2, 1234.5]}, "children": {"sub": "exe-child"}}}
+    back = decode_snapshot(json.dumps(v1).encode())
+    assert back.added == [{"id": "late", "run": "true"}] and back.memory_mb == {"b": 512}
+    assert back.retry_due == {"b": [2, 1234.5]} and back.children == {"sub": "exe-child"}
+    assert back.steps == fold(events).steps and back.last_seq == events[-1].seq
 
 
 def test_a_state_json_cannot_carry_exactly_gets_no_snapshot_rather_than_a_wrong_one() -> None:
@@ -77,7 +89,7 @@ def test_a_snapshot_of_the_old_shape_still_recovers_after_the_state_changed() ->
     events = recorded_events(upto=10)
     at = 6
     partial = fold(events[:at])
-    doc = json.loads(encode_snapshot(partial, Recoverable().to_data()))
+    doc = json.loads(encode_snapshot(partial))
     del doc["state"]["priority"]
     for step in doc["state"]["steps"].values():
         del step["classification"]
@@ -99,7 +111,7 @@ def test_a_snapshot_of_the_old_shape_still_recovers_after_the_state_changed() ->
 
 
 @pytest.mark.parametrize("blob, why", [
-    (pickle.dumps((ExecutionState("x"), Recoverable())), "not a JSON snapshot"),
+    (pickle.dumps((ExecutionState("x"), {})), "not a JSON snapshot"),
     (json.dumps({"format": "sopflow.snapshot", "version": SNAPSHOT_VERSION + 1, "state": {}}).encode(), "newer"),
     (json.dumps({"format": "sopflow.snapshot", "version": 1, "state": {"steps": {}}}).encode(), "damaged"),
     (b'{"format": "sopflow.snap', "not a JSON snapshot"),
@@ -116,7 +128,7 @@ def test_an_unreadable_snapshot_is_skipped_and_the_state_folded_from_the_events(
     events = recorded_events(upto=12)
     eid, at = events[0].execution_id, 8
     partial = fold(events[:at])
-    blob = {"legacy pickle": pickle.dumps((partial, Recoverable()), protocol=pickle.HIGHEST_PROTOCOL),
+    blob = {"legacy pickle": pickle.dumps((partial, {}), protocol=pickle.HIGHEST_PROTOCOL),
             "future version": json.dumps({"format": "sopflow.snapshot", "version": 99, "state": {}}).encode(),
             "damaged": b"\x00\x01garbage"}[kind]
     log = SqliteEventLog(tmp_path / "state.db")

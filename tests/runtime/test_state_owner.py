@@ -205,7 +205,7 @@ def test_another_cluster_is_refused_while_the_owner_runs_and_takes_over_once_it_
             runs = {s: len((work / str(n) / f"{s}.runs").read_text().splitlines()) for s in "abc"}
             assert runs == {"a": 1, "b": 2, "c": 1}  # only the attempt that died with the first cluster
     finally:
-        second._actors.kill()
+        second._conn.actors.kill()
 
 
 # -- the fencing rule, for any sequence of takeovers -----------------------------------------------

@@ -102,7 +102,7 @@ steps:
 
 
 def request():
-    from actors._execution import SubmitRequest, sop_definition
+    from runtime.request import SubmitRequest, sop_definition
     from sop import check_text
 
     model = check_text(SKIPPED_ONLY).raise_for_problems()
@@ -111,12 +111,13 @@ def request():
 
 
 def test_a_stalled_coordinator_refuses_new_work_says_so_and_resumes_by_itself(tmp_path) -> None:
-    from actors._coordinator import _Coordinator
     from runtime.config import EngineConfig
+    from runtime.coordinator import CoordinatorCore
     from runtime.errors import StateStoreError
+    from runtime.runners import InProcessRunner
 
     log = SqliteEventLog(tmp_path / "state.db")
-    coordinator = _Coordinator(config=EngineConfig(state="memory://"), event_log=log)
+    coordinator = CoordinatorCore(EngineConfig(state="memory://"), task_runner=InProcessRunner(), event_log=log)
     coordinator.journal.committer.retry_s = (0.01, 0.05)
     coordinator.recovery = {}  # a fresh store: nothing to recover
 
@@ -151,7 +152,7 @@ def test_a_stalled_coordinator_refuses_new_work_says_so_and_resumes_by_itself(tm
 
 
 def test_the_monitor_shows_running_executions_as_stalled_while_the_store_takes_no_writes(tmp_path) -> None:
-    from actors._monitor import _ExecutionMonitor
+    from runtime.monitor import ExecutionMonitor as _ExecutionMonitor
     from runtime.events import Event as E
 
     monitor = _ExecutionMonitor()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime.config import EngineConfig
 from runtime.eventlog import EventLog, ExecutionRecord, GroupCommitter, MemoryEventLog, SqliteEventLog
@@ -22,7 +23,7 @@ from runtime.snapshots import encode_snapshot, read_snapshot
 from runtime.state import ExecutionState, fold
 
 if TYPE_CHECKING:
-    from actors._execution import Execution
+    from runtime.execution import Execution
 
 log = logging.getLogger("sopflow.journal")
 
@@ -48,14 +49,30 @@ def record_of(exe: Execution) -> ExecutionRecord:
 
 def snapshot_of(exe: Execution) -> bytes | None:
     """The execution's state as a versioned JSON snapshot, or None when it cannot be one."""
-    return encode_snapshot(exe.state, exe.aux.to_data())
+    return encode_snapshot(exe.state)
+
+
+class MonitorFeed(Protocol):
+    """Where the journal sends committed events (the ExecutionMonitor, in whatever process it lives)."""
+
+    def apply(self, batch: list[Event]) -> Awaitable[Any]:
+        """Fold a batch of committed events into the monitor's views."""
+        ...
+
+    def set_stalled(self, reason: str | None) -> None:
+        """The store stopped taking writes (``reason``) or takes them again; called from any thread."""
+        ...
+
+    def resync(self) -> Awaitable[Any]:
+        """Re-read unfinished executions from the log (events sent before a restart may be lost)."""
+        ...
 
 
 class Journal:
     """Writes events and records through a :class:`GroupCommitter`; feeds the monitor."""
 
-    def __init__(self, config: EngineConfig, monitor: Any = None, event_log: EventLog | None = None,
-                 owner: str | None = None) -> None:
+    def __init__(self, config: EngineConfig, monitor: MonitorFeed | None = None,
+                 event_log: EventLog | None = None, owner: str | None = None) -> None:
         self.config = config
         self.log = event_log if event_log is not None else open_event_log(config, owner=owner)
         self.committer = GroupCommitter(self.log, on_stall=self._stall_changed)
@@ -80,8 +97,8 @@ class Journal:
 
     def _stall_changed(self, error: Exception | None) -> None:
         """Tell the monitor the store stopped (or resumed) taking writes: its views say ``stalled``."""
-        if self.monitor is not None:  # an actor call is safe from the writer thread
-            self.monitor.set_stalled.remote(None if error is None else str(error))
+        if self.monitor is not None:
+            self.monitor.set_stalled(None if error is None else str(error))
 
     def on_durable(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the loop once everything written so far is committed."""
@@ -133,7 +150,7 @@ class Journal:
         if batch and self.monitor is not None:
             try:
                 await self.committer.barrier()  # the monitor shows only what the log holds
-                await self.monitor.apply.remote(batch)
+                await self.monitor.apply(batch)
             except Exception:  # noqa: BLE001 - the monitor is a view; never stop dispatch for it
                 log.exception("could not forward %d events to the monitor", len(batch))
         for callback in callbacks:
@@ -147,7 +164,7 @@ def load_state(event_log: Any, execution_id: str) -> ExecutionState:
     after = 0
     loaded = read_snapshot(snap[1], execution_id) if snap is not None else None
     if snap is not None and loaded is not None:
-        after, state = snap[0], loaded[0]
+        after, state = snap[0], loaded
     events = event_log.read(execution_id, after)
     if not events and snap is None:
         raise ExecutionNotFound(execution_id)

@@ -1,4 +1,4 @@
-"""The ExecutionMonitor: folds the coordinator's events into views and answers queries."""
+"""The ExecutionMonitor: folds the coordinator's events into views and answers status and list queries."""
 
 from __future__ import annotations
 
@@ -15,47 +15,15 @@ from runtime.state import ExecutionState, apply, fold
 from runtime.status import ExecutionStatus, ExecutionView
 
 
-class _Metrics:
-    """Ray metrics for the dashboard / Prometheus; absent outside a Ray worker."""
-
-    def __init__(self) -> None:
-        try:
-            from ray.util.metrics import Counter, Gauge, Histogram
-
-            self.steps = Counter("sopflow_step_attempts_total", "Step attempts by outcome",
-                                 tag_keys=("sop", "outcome"))
-            self.executions = Counter("sopflow_executions_total", "Finished executions by status",
-                                      tag_keys=("sop", "status"))
-            self.running = Gauge("sopflow_executions_running", "Executions not yet finished")
-            self.duration = Histogram("sopflow_execution_seconds", "Execution wall time",
-                                      boundaries=[0.05, 0.1, 0.5, 1, 5, 30, 120, 600, 3600],
-                                      tag_keys=("sop",))
-        except Exception:  # noqa: BLE001 - metrics are best-effort
-            self.steps = None
-
-    def record(self, state: ExecutionState, event: Event, running: int) -> None:
-        if self.steps is None:
-            return
-        if event.kind in (EventKind.STEP_SUCCEEDED, EventKind.STEP_FAILED):
-            outcome = "succeeded" if event.kind == EventKind.STEP_SUCCEEDED else "failed"
-            self.steps.inc(tags={"sop": state.sop, "outcome": outcome})
-        elif event.kind == EventKind.FINISHED:
-            self.executions.inc(tags={"sop": state.sop, "status": event.data["status"]})
-            self.duration.observe(event.ts - state.submitted_at, tags={"sop": state.sop})
-            self.running.set(running)
-        elif event.kind == EventKind.SUBMITTED:
-            self.running.set(running)
-
-
-class _ExecutionMonitor:
-    """Plain class behind the ExecutionMonitor actor.
+class ExecutionMonitor:
+    """Plain class behind the ExecutionMonitor actor (and the in-process engine's monitor).
 
     Holds unfinished and recently finished executions in memory, folded from the
     coordinator's events; anything older is read from the event log (when the log
     is a file this process can open), and so is everything after a restart.
     """
 
-    def __init__(self, config: EngineConfig | None = None) -> None:
+    def __init__(self, config: EngineConfig | None = None, metrics: Any = None) -> None:
         self.config = (config or EngineConfig(state="memory://")).on_this_node()
         self.states: dict[str, ExecutionState] = {}
         self.history: dict[str, list[Event]] = {}
@@ -63,7 +31,8 @@ class _ExecutionMonitor:
         self._retired: set[str] = set()
         self.running = 0
         self._changed: asyncio.Condition | None = None
-        self._metrics = _Metrics()
+        self._metrics = metrics
+        """Exports counts (``record(state, event, running)``): Ray metrics in the actor, else none."""
         self._log: Any = None
         self.stalled: str | None = None
         """Why the coordinator's store takes no writes now, if it does not."""
@@ -74,7 +43,7 @@ class _ExecutionMonitor:
     def log(self) -> Any:
         """The event log, read-only; ``None`` when it lives in the coordinator's memory."""
         if self._log is None and self.config.durable and os.path.exists(self.config.state):
-            from actors._journal import open_event_log
+            from runtime.journal import open_event_log
 
             self._log = open_event_log(self.config, readonly=True)
         return self._log
@@ -145,7 +114,8 @@ class _ExecutionMonitor:
             elif event.kind == EventKind.FINISHED:
                 self.running -= 1
                 self._retire(event.execution_id)
-            self._metrics.record(state, event, self.running)
+            if self._metrics is not None:
+                self._metrics.record(state, event, self.running)
         if self._changed is None:
             self._changed = asyncio.Condition()
         async with self._changed:
@@ -164,7 +134,7 @@ class _ExecutionMonitor:
         """An execution no longer (or not yet) in memory, folded from the log without caching it."""
         if self.log is None:
             return None
-        from actors._journal import load_state
+        from runtime.journal import load_state
 
         try:
             return load_state(self.log, execution_id)

@@ -19,7 +19,6 @@ A step whose success is in the log is never run again.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -27,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
-from actors._execution import Execution, InFlight, Recoverable, request_from_log
 from runtime.events import Event, EventKind
+from runtime.execution import Execution
+from runtime.request import request_from_log
 from runtime.outputs import blob_kind
 from runtime.shipped import unpack_callables
 from runtime.snapshots import read_snapshot
@@ -38,12 +38,12 @@ from sop import check_new_steps
 from sop.model import OnFailure
 
 if TYPE_CHECKING:
-    from actors._coordinator import _Coordinator
+    from runtime.coordinator import CoordinatorCore
 
 log = logging.getLogger("sopflow.recovery")
 
 
-async def recover(c: _Coordinator) -> dict[str, Any]:
+async def recover(c: CoordinatorCore) -> dict[str, Any]:
     """Rebuild and resume every unfinished execution in ``c``'s log; returns what was done."""
     started = time.perf_counter()
     store_problems = check_store(c.log)
@@ -58,9 +58,7 @@ async def recover(c: _Coordinator) -> dict[str, Any]:
             log.exception("cannot rebuild execution %s from the log", record.id)
             failed[record.id] = f"{type(e).__name__}: {e}"
             continue
-        c.executions[exe.id] = exe
-        if exe.state.idempotency_key:
-            c.by_key[exe.state.idempotency_key] = exe.id
+        c.adopt(exe)
         rebuilt.append(exe)
     counts = {"redispatched": 0, "requeued": 0, "reattached": 0, "awaiting_decision": 0, "retries": 0}
     for exe in rebuilt:
@@ -68,7 +66,7 @@ async def recover(c: _Coordinator) -> dict[str, Any]:
             counts[what] += n
     await c.journal.durable()
     if c.journal.monitor is not None:  # events on their way to it died with the old coordinator
-        await c.journal.monitor.resync.remote()
+        await c.journal.monitor.resync()
     return {"executions": len(rebuilt), **counts, "failed": failed, "store_problems": store_problems,
             "seconds": round(time.perf_counter() - started, 4)}
 
@@ -109,7 +107,7 @@ def rebuild(event_log: Any, execution_id: str) -> Execution:
     loaded = read_snapshot(snap[1], execution_id) if snap is not None else None
     if snap is not None and loaded is not None:
         after = snap[0]
-        exe.state, exe.aux = loaded[0], Recoverable.from_data(loaded[1])
+        exe.state = loaded
         exe.forget_derived()
     for event in event_log.read(execution_id, after):
         exe.fold(event)
@@ -123,14 +121,14 @@ def rebuild(event_log: Any, execution_id: str) -> Execution:
 
 
 def _restore_added_steps(exe: Execution, event_log: Any) -> None:
-    if not exe.aux.added:
+    if not exe.state.added:
         return
     handlers: dict[str, Any] = {}
     for event in event_log.read(exe.id):
         if event.kind == EventKind.STEPS_ADDED:
             handlers.update(event.data.get("handlers") or {})
     exe.request.handlers = {**exe.request.handlers, **handlers}  # the dict may be shared by a batch
-    exe.add_steps(check_new_steps(exe.sop, exe.graph, exe.aux.added))
+    exe.add_steps(check_new_steps(exe.sop, exe.graph, exe.state.added))
 
 
 def _recovered_span(exe: Execution, submitted: Event) -> Any:
@@ -143,7 +141,7 @@ def _recovered_span(exe: Execution, submitted: Event) -> Any:
                         "sopflow.version": exe.sop.version, "sopflow.recovered": True})
 
 
-def resume(c: _Coordinator, exe: Execution) -> dict[str, int]:
+def resume(c: CoordinatorCore, exe: Execution) -> dict[str, int]:
     """Pick up an execution where the log left it; returns counts of what was done."""
     state = exe.state
     counts = {"redispatched": 0, "requeued": 0, "reattached": 0, "awaiting_decision": 0, "retries": 0}
@@ -151,22 +149,20 @@ def resume(c: _Coordinator, exe: Execution) -> dict[str, int]:
     queued = [sid for sid, st in state.steps.items() if st.status == StepStatus.QUEUED]
     waiting = [sid for sid, st in state.steps.items() if st.status == StepStatus.NEEDS_DECISION]
     c.emit(exe, EventKind.RECOVERED, in_flight=running, queued=queued, awaiting_decision=waiting,
-           retrying=[sid for sid in exe.aux.retry_due if state.steps[sid].status == StepStatus.RETRYING])
-    loop = asyncio.get_running_loop()
+           retrying=[sid for sid in state.retry_due if state.steps[sid].status == StepStatus.RETRYING])
+    machine = c.machine
     for sid in queued:  # never reached Ray: queue the same attempt again, nothing was interrupted
         if state.cancel_requested:
             c.emit(exe, EventKind.STEP_CANCELLED, sid, reason="execution cancelled")
         else:
-            c.dispatcher.start(exe, exe.steps_by_id[sid], state.steps[sid].attempts or 1)
+            machine.start(exe, exe.steps_by_id[sid], state.steps[sid].attempts or 1)
             counts["requeued"] += 1
     for sid in running:
         step = exe.steps_by_id[sid]
         attempt = state.steps[sid].attempts or 1
-        child = exe.aux.children.get(sid)
+        child = state.children.get(sid)
         if child is not None:
-            exe.inflight[sid] = InFlight(attempt, child=child)
-            exe.inflight[sid].task = loop.create_task(c.dispatcher.watch_child(
-                exe, step, attempt, child, exe.sop.effective_timeout(step)))
+            machine.reattach(exe, step, attempt, child)
             counts["reattached"] += 1
             continue
         c.emit(exe, EventKind.ATTEMPT_INTERRUPTED, sid, attempt,
@@ -174,27 +170,27 @@ def resume(c: _Coordinator, exe: Execution) -> dict[str, int]:
         if state.cancel_requested:
             c.emit(exe, EventKind.STEP_CANCELLED, sid, attempt, reason="execution cancelled")
         elif step.idempotent or step.recovery == "rerun":
-            c.dispatcher.start(exe, step, attempt)
+            machine.start(exe, step, attempt)
             counts["redispatched"] += 1
         elif step.recovery == "fail":
             c.emit(exe, EventKind.STEP_FAILED, sid, attempt, error="interrupted by a coordinator restart; "
                    "the step is not idempotent and its SOP says recovery: fail", error_type="Interrupted",
                    classification="crash", final=True, action="fail", reason="recovery: fail")
-            c.step_finished(exe, sid)
+            machine.step_ended(exe, sid)
         else:
             c.emit(exe, EventKind.DECISION_REQUIRED, sid, attempt, reason=(
                 f"step '{sid}' is not idempotent and attempt {attempt} may have run; decide with "
                 f"`sopflow decide {exe.id} {sid} --rerun|--succeed|--fail|--skip`"))
             counts["awaiting_decision"] += 1
-    for sid, (attempt, due) in list(exe.aux.retry_due.items()):
+    for sid, (attempt, due) in list(state.retry_due.items()):
         if state.steps[sid].status != StepStatus.RETRYING or state.cancel_requested:
             continue
         if state.paused:
-            exe.paused_retries[sid] = attempt
+            exe.paused_retries[sid] = int(attempt)
         else:
-            exe.waiting_retry[sid] = loop.call_later(max(0.0, due - time.time()), c.dispatcher.retry,
-                                                     exe, exe.steps_by_id[sid], attempt)
+            exe.waiting_retry[sid] = c.call_later(max(0.0, due - time.time()), machine.retry,
+                                                  exe, exe.steps_by_id[sid], int(attempt))
         counts["retries"] += 1
-    c.advance(exe, list(exe.active_graph.nodes))
+    machine.advance(exe, list(exe.active_graph.nodes))
     return counts
 

@@ -1,0 +1,472 @@
+"""The coordinator's logic, free of Ray: owns executions and hosts their state machine.
+
+:class:`CoordinatorCore` keeps every running execution in memory, appends its
+events through the :class:`runtime.journal.Journal` (the event log, group
+commits, the monitor feed), and implements :class:`runtime.seams.ExecutionHost`
+for the :class:`runtime.machine.StateMachine` that decides what happens next.
+It is the Coordinator actor's class (``actors.fronts`` adds Ray: the task
+runner, the failure handler, the monitor), the in-process engine's
+(:mod:`runtime.local`), and a replay's (:mod:`runtime.replay`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from runtime.admission import LocalAdmission
+from runtime.config import RESTART_GRACE_S, EngineConfig
+from runtime.errors import ExecutionError, ExecutionNotFound, IdempotencyConflict, StateStoreError
+from runtime.events import Event, EventKind
+from runtime.execution import Execution
+from runtime.failure import Decision, ErrorInfo, decide
+from runtime.history import export_history, import_history
+from runtime.hooks import EscalationHook, Hooks
+from runtime.idempotency import differences, fingerprint
+from runtime.ids import ExecutionId
+from runtime.journal import Journal, MonitorFeed, load_state
+from runtime.machine import StateMachine
+from runtime.outputs import Artifacts, resolve
+from runtime.request import SubmitRequest, sop_definition
+from runtime.runners import SubSopRunner
+from runtime.seams import Cancellable, FailurePolicy, StepRunner
+from runtime.shipped import pack_callables
+from runtime.state import ExecutionState
+from runtime.status import ExecutionView
+from runtime.telemetry import carrier_for, setup_tracing, tracer
+from sop import Step, check_new_steps
+
+log = logging.getLogger("sopflow.coordinator")
+
+PURGE_EVERY_S = 3600.0
+AUTO_KEY_WINDOW_S = 2 * RESTART_GRACE_S
+"""How long after a (re)start a submission's automatic key is also looked up in the log."""
+
+
+class LocalFailurePolicy:
+    """The :class:`runtime.seams.FailurePolicy` of :func:`runtime.failure.decide`, in this process."""
+
+    async def judge(self, exe: Execution, step: Step, attempt: int, error: ErrorInfo) -> Decision:
+        memory = exe.memory_mb.get(step.id, exe.sop.effective_resources(step).memory_mb)
+        return decide(error, attempt, exe.sop.effective_retry(step), memory)
+
+
+class CoordinatorCore:
+    """Owns executions; see the module docstring.
+
+    Args:
+        config: The engine's configuration (the state store, limits).
+        task_runner: Runs handler steps (``python:``, registered handlers, ``shell``).
+        runners: Further runners by kind (``mcp``, agents); ``sop`` steps get a sub-SOP runner.
+        policy: What a failed attempt means (default: :class:`LocalFailurePolicy`).
+        monitor: Where committed events go (the ExecutionMonitor), if anywhere.
+        capacity: How many attempts may run at once (``max_running_steps`` overrides it).
+        event_log: The log to use instead of opening ``config.state``.
+        owner: The state file's lease holder id (a coordinator restarted by Ray keeps it).
+        service_name: The OpenTelemetry service name of this process's spans.
+    """
+
+    def __init__(self, config: EngineConfig | None = None, *, task_runner: StepRunner,
+                 runners: Mapping[str, StepRunner] | None = None, policy: FailurePolicy | None = None,
+                 monitor: MonitorFeed | None = None, capacity: Callable[[], int] | None = None,
+                 event_log: Any = None, owner: str | None = None,
+                 service_name: str = "sopflow-coordinator") -> None:
+        setup_tracing(service_name)
+        self.config = (config or EngineConfig(state="memory://")).on_this_node()
+        self.journal = Journal(self.config, monitor, event_log, owner or f"engine-{uuid.uuid4().hex}")
+        self.executions: dict[str, Execution] = {}
+        self.by_key: dict[str, str] = {}
+        self.finished_ids: deque[str] = deque()
+        """Finished executions still held in memory, oldest first (see ``keep_finished``)."""
+        self.artifacts = Artifacts(lambda: self.log)
+        self.hooks = Hooks()
+        all_runners = {"task": task_runner, "sop": SubSopRunner(self), **(runners or {})}
+        admission = LocalAdmission(lambda: self.config.max_running_steps or (capacity or _default_capacity)())
+        self.machine = StateMachine(self, all_runners, admission, policy or LocalFailurePolicy(), self.hooks)
+        self.recovery: dict[str, Any] | None = None
+        self.started = time.monotonic()
+        self._recovering: asyncio.Task | None = None
+
+    @property
+    def log(self) -> Any:
+        """The event log (the journal's)."""
+        return self.journal.log
+
+    # -- ExecutionHost ----------------------------------------------------------------------
+
+    def emit(self, exe: Execution, kind: EventKind, step: str | None = None,
+             attempt: int | None = None, **data: Any) -> Event:
+        """Append an event and fold it into the execution's state: the only way state changes."""
+        event = Event(exe.id, exe.state.last_seq + 1, kind, time.time(), step, attempt,
+                      exe.redact(data) if exe.secret_values else data)
+        before = exe.state.status
+        exe.fold(event)
+        self.journal.write(exe, event, exe.state.status is not before or kind == EventKind.SUBMITTED)
+        return event
+
+    def on_durable(self, callback: Callable[[], None]) -> None:
+        self.journal.on_durable(callback)
+
+    def call_later(self, delay_s: float, callback: Callable[..., None], *args: Any) -> Cancellable:
+        return asyncio.get_running_loop().call_later(delay_s, callback, *args)
+
+    async def submit_child(self, request: SubmitRequest) -> str:
+        return await self.submit(request)
+
+    async def cancel_child(self, child_id: str, force: bool) -> None:
+        await self.cancel(child_id, force=force)
+
+    async def wait_child(self, child_id: str) -> ExecutionState:
+        child = self.executions.get(child_id)
+        if child is not None:
+            await child.done.wait()
+        return self.state_of(child_id)
+
+    def finished(self, exe: Execution) -> None:
+        """The end is durable: tell waiters (once the monitor knows too), drop secrets, trim memory."""
+        self.journal.after_monitor(exe.done.set)
+        if exe.secret_values:
+            self.log.drop_blob(exe.id, "secrets")
+        self.finished_ids.append(exe.id)
+        while len(self.finished_ids) > self.config.keep_finished:
+            old = self.executions.pop(self.finished_ids.popleft(), None)
+            if old is not None and old.state.idempotency_key:
+                self.by_key.pop(old.state.idempotency_key, None)
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    async def submit(self, request: SubmitRequest) -> str:
+        await self.ready()
+        self._refuse_if_stalled()
+        await self._preflight([request])
+        execution_id = self._create(request)
+        await self.journal.durable()  # answered once the submission is in the log
+        return execution_id
+
+    async def submit_many(self, requests: list[SubmitRequest]) -> list[str]:
+        """Submit a batch in one call and one commit (the fast path for thousands of executions)."""
+        await self.ready()
+        self._refuse_if_stalled()
+        await self._preflight(requests)
+        self._check_keys(requests)  # a conflict refuses the whole batch before any of it is created
+        ids = [self._create(request) for request in requests]
+        await self.journal.durable()
+        return ids
+
+    async def _preflight(self, requests: list[SubmitRequest]) -> None:
+        """Let each runner refuse requests it cannot run (say, handlers that do not import on the workers)."""
+        for runner in self.machine.runners.values():
+            check = getattr(runner, "preflight", None)
+            if check is not None:
+                await check(requests)
+
+    def _refuse_if_stalled(self) -> None:
+        """Take no new work while the store takes no writes (a full disk): say so, and that it passes."""
+        stalled = self.journal.committer.stalled
+        if stalled is not None:
+            raise StateStoreError(
+                f"sopflow is stalled: its state store takes no writes now ({stalled}); running executions "
+                "wait, their events held in memory, and everything resumes by itself once the store takes "
+                "writes again (free disk space); submit again then")
+
+    def _create(self, request: SubmitRequest) -> str:
+        """Create and begin an execution for ``request`` (or find the one its idempotency key made)."""
+        key = request.idempotency_key
+        if key:
+            known = self.by_key.get(key) or (self._key_in_log(key) and self.log.find_key(key))
+            if known:
+                if not key.startswith("auto:"):  # an automatic key is only ever resent as is
+                    self._check_same_request(key, known, request)
+                return known
+        exe = Execution(ExecutionId.new(), request)
+        self.adopt(exe)
+        sop = request.sop
+        exe.span = tracer().start_span(f"execution {sop.sop}", attributes={
+            "sopflow.execution_id": exe.id, "sopflow.sop": sop.sop, "sopflow.version": sop.version,
+            "sopflow.mode": request.mode, "sopflow.priority": request.priority})
+        if request.secrets:  # kept apart from the events, dropped when the execution ends
+            secret = {k: request.inputs[k] for k in request.secrets if k in request.inputs}
+            self.log.put_blob(exe.id, "secrets", json.dumps(secret).encode())
+        if request.has_callables:
+            self.log.put_blob(exe.id, "handlers", pack_callables(request.handlers))
+        public_inputs = {k: ("***" if k in request.secrets else v) for k, v in request.inputs.items()}
+        self.emit(exe, EventKind.SUBMITTED, sop=sop.sop, version=sop.version, mode=request.mode,
+                  priority=request.priority, steps=[s.id for s in sop.steps],
+                  rollback=[s.id for s in sop.rollback], inputs=public_inputs,
+                  idempotency_key=key, parent=request.parent, source=request.source,
+                  request=request.describe(),
+                  **({"fingerprint": _fingerprint(request)} if key and not key.startswith("auto:") else {}),
+                  trace=carrier_for(exe.span) if exe.span.is_recording() else {})
+        self.machine.begin(exe)
+        return exe.id
+
+    def adopt(self, exe: Execution) -> None:
+        """Hold ``exe`` in memory as a running execution (a new one, or one rebuilt from the log)."""
+        exe.load_artifact = self.artifacts.loader(exe.id)
+        self.executions[exe.id] = exe
+        key = exe.request.idempotency_key or exe.state.idempotency_key
+        if key:
+            self.by_key[key] = exe.id
+
+    def _check_keys(self, requests: list[SubmitRequest]) -> None:
+        """Refuse a batch in which a key is reused for a different request (earlier or in the batch)."""
+        first: dict[str, SubmitRequest] = {}
+        for request in requests:
+            key = request.idempotency_key
+            if not key or key.startswith("auto:"):
+                continue
+            known = self.by_key.get(key) or (self._key_in_log(key) and self.log.find_key(key))
+            if known:
+                self._check_same_request(key, known, request)
+            elif key in first:
+                found = differences(_fingerprint(first[key], with_secrets=True),
+                                    _fingerprint(request, with_secrets=True))
+                if found:
+                    raise IdempotencyConflict(key, "another request of this batch", found)
+            else:
+                first[key] = request
+
+    def _check_same_request(self, key: str, known: str, request: SubmitRequest) -> None:
+        """Refuse a reused key whose request differs from the first one (see :mod:`runtime.idempotency`).
+
+        Raises:
+            IdempotencyConflict: naming the first execution and what differs.
+        """
+        first = self.executions.get(known)
+        if first is not None:
+            earlier = _fingerprint(first.request, with_secrets=True)
+        else:
+            submitted = self.log.read(known, 0, 1)
+            earlier = submitted[0].data.get("fingerprint") if submitted else None
+            if earlier is None:
+                return  # submitted before fingerprints were logged: nothing to compare with
+        found = differences(earlier, _fingerprint(request, with_secrets=first is not None))
+        if found:
+            raise IdempotencyConflict(key, known, found)
+
+    def _key_in_log(self, key: str) -> bool:
+        """Whether a key missing from memory may still be in the log (a read off the hot path).
+
+        A user's key may be any age. An automatic key (``auto:``) is only ever sent again by a
+        client retrying across a coordinator restart, within ``RESTART_GRACE_S`` of it: later
+        than that, every automatic key this coordinator knows is in memory.
+        """
+        return not key.startswith("auto:") or time.monotonic() - self.started < AUTO_KEY_WINDOW_S
+
+    # -- following and controlling ------------------------------------------------------------
+
+    def _running(self, execution_id: str) -> Execution:
+        exe = self.executions.get(execution_id)
+        if exe is None:
+            if self.log.get(execution_id) is None:
+                raise ExecutionNotFound(execution_id)
+            raise ExecutionError(f"execution {execution_id} has finished; it can no longer be changed")
+        return exe
+
+    def state_of(self, execution_id: str) -> ExecutionState:
+        """The execution's state: from memory, else folded from the log."""
+        exe = self.executions.get(execution_id)
+        if exe is not None:
+            return exe.state
+        return load_state(self.log, execution_id)
+
+    async def wait(self, execution_id: str, timeout: float | None = None) -> ExecutionView:
+        await self.ready()
+        exe = self.executions.get(execution_id)
+        if exe is not None:
+            try:
+                await asyncio.wait_for(exe.done.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return self.state_of(execution_id).view(with_outputs=True)
+
+    async def resolve(self, execution_id: str, value: Any) -> Any:
+        """``value`` (outputs of ``execution_id``) with its artifact descriptors replaced by their values.
+
+        Raises:
+            ExecutionError: an artifact is no longer in the state store.
+        """
+        try:
+            return await asyncio.to_thread(resolve, value, self.artifacts.loader(execution_id))
+        except LookupError as e:
+            raise ExecutionError(f"execution {execution_id}: {e}") from None
+
+    async def status(self, execution_id: str) -> ExecutionView:
+        return self.state_of(execution_id).view(with_outputs=True)
+
+    async def cancel(self, execution_id: str, force: bool = False) -> ExecutionView:
+        exe = self.executions.get(execution_id)
+        if exe is None:
+            return self.state_of(execution_id).view()  # already finished: nothing to cancel
+        self.machine.cancel(exe, force)
+        await self.journal.durable()
+        return exe.state.view()
+
+    async def pause(self, execution_id: str) -> ExecutionView:
+        exe = self._running(execution_id)
+        self.machine.pause(exe)
+        await self.journal.durable()
+        return exe.state.view()
+
+    async def resume(self, execution_id: str) -> ExecutionView:
+        exe = self._running(execution_id)
+        self.machine.resume(exe)
+        await self.journal.durable()
+        return exe.state.view()
+
+    async def add_steps(self, execution_id: str, steps: list[dict[str, Any]],
+                        handlers: dict[str, Any]) -> ExecutionView:
+        exe = self._running(execution_id)
+        exe.require_running("add steps to")
+        parsed = check_new_steps(exe.sop, exe.graph, steps)  # raises SopValidationError; graph untouched
+        self.machine.add_steps(exe, parsed, steps, handlers)
+        await self.journal.durable()
+        return exe.state.view()
+
+    async def decide(self, execution_id: str, step_id: str, decision: str, reason: str = "",
+                     output: Any = None) -> ExecutionView:
+        """Settle a step that waits for an operator after an interrupted attempt."""
+        exe = self._running(execution_id)
+        self.machine.decide(exe, step_id, decision, reason, output)
+        await self.journal.durable()
+        return exe.state.view()
+
+    async def list_ids(self) -> list[str]:
+        return list(self.executions)
+
+    async def flush(self) -> None:
+        """Make everything durable and send pending events to the monitor now."""
+        await self.journal.durable()
+        await self.journal.flush_monitor()
+
+    # -- escalation hooks ----------------------------------------------------------------------
+
+    async def add_escalation_hook(self, name: str, target: Any) -> list[str]:
+        """Call ``target`` (a PythonHook or WebhookHook) when a step escalates; kept in the state store."""
+        await self.ready()
+        from runtime.shipped import pack_hook
+
+        await asyncio.to_thread(self.log.put_setting, f"hook:{name}", pack_hook(target))
+        self.hooks.add(name, EscalationHook(target))
+        return self.hooks.names
+
+    async def remove_escalation_hook(self, name: str) -> list[str]:
+        await self.ready()
+        await asyncio.to_thread(self.log.drop_setting, f"hook:{name}")
+        self.hooks.remove(name)
+        return self.hooks.names
+
+    async def hook_names(self) -> list[str]:
+        await self.ready()
+        return self.hooks.names
+
+    async def drain_hooks(self) -> int:
+        """Wait for the hook calls under way; returns how many were waited for."""
+        return await self.hooks.drain()
+
+    def _load_hooks(self) -> None:
+        """Register the escalation hooks kept in the state store (after a start or restart)."""
+        from runtime.shipped import unpack_hook
+
+        for key, blob in self.log.settings("hook:").items():
+            try:
+                self.hooks.add(key[len("hook:"):], EscalationHook(unpack_hook(blob, key)))
+            except Exception as e:  # noqa: BLE001 - one hook that cannot load must not stop the engine
+                log.warning("escalation hook %s cannot be loaded here: %s", key[len("hook:"):], e)
+
+    # -- the log --------------------------------------------------------------------------------
+
+    async def history(self, execution_id: str, after_seq: int = 0) -> list[Event]:
+        await self.journal.durable()
+        events = self.log.read(execution_id, after_seq)
+        if not events and after_seq == 0 and self.log.get(execution_id) is None:
+            raise ExecutionNotFound(execution_id)
+        return events
+
+    async def export(self, execution_id: str) -> dict[str, Any]:
+        await self.journal.durable()
+        return export_history(self.log, execution_id)
+
+    async def import_(self, doc: dict[str, Any], replace: bool = False) -> str:
+        execution_id = str(doc.get("execution", {}).get("id", "")) if isinstance(doc, dict) else ""
+        if execution_id in self.executions and not self.executions[execution_id].state.status.terminal:
+            raise ExecutionError(f"execution {execution_id} is running here; it cannot be replaced")
+        imported = import_history(self.log, doc, replace=replace, require_finished=True)
+        if self.executions.pop(imported, None) is not None and imported in self.finished_ids:
+            self.finished_ids.remove(imported)  # replaced: forget the old copy in memory
+        return imported
+
+    async def recover(self) -> dict[str, Any]:
+        """Rebuild every unfinished execution from the log and resume it (at most once per start)."""
+        await self.ready()
+        return dict(self.recovery or {})
+
+    async def ready(self) -> None:
+        """Recover from the log before the first request is served."""
+        if self.recovery is not None:
+            return
+        if self._recovering is None:
+            from runtime.recovery import recover
+
+            self._load_hooks()
+            self._recovering = asyncio.get_running_loop().create_task(recover(self))
+        self.recovery = await asyncio.shield(self._recovering)
+        self._schedule_purge(PURGE_EVERY_S)
+
+    def _schedule_purge(self, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(self.purge()))
+
+    async def purge(self) -> int:
+        """Remove finished executions older than the retention period from the store."""
+        cutoff = time.time() - self.config.retention_s
+        try:
+            removed = await asyncio.to_thread(self.log.purge, ended_before=cutoff)
+        finally:
+            self._schedule_purge(PURGE_EVERY_S)
+        if removed:
+            log.info("purged %d executions that ended before %s", removed, time.ctime(cutoff))
+        return removed
+
+    async def store_problems(self) -> list[str]:
+        """Inconsistencies the check at start found in the state store (empty: none)."""
+        await self.ready()
+        return list((self.recovery or {}).get("store_problems") or [])
+
+    async def close_store(self) -> None:
+        """Commit what is pending and close the state store, releasing its lease (the engine stops)."""
+        try:
+            await self.journal.durable()
+        finally:
+            await asyncio.to_thread(self.journal.close)
+
+    async def state_path(self) -> str:
+        """Where this coordinator keeps its log (after recovering from it)."""
+        await self.ready()
+        return self.config.state
+
+    async def info(self) -> dict[str, Any]:
+        await self.ready()
+        stalled = self.journal.committer.stalled
+        return {"state": self.config.state, "durable": self.config.durable,
+                "stalled": None if stalled is None else str(stalled),
+                "in_memory": len(self.executions), "recovery": self.recovery,
+                "commits": dict(self.journal.committer.stats), **self.log.stats()}
+
+
+def _default_capacity() -> int:
+    import os
+
+    return max(16, (os.cpu_count() or 2) * 8)
+
+
+def _fingerprint(request: SubmitRequest, *, with_secrets: bool = False) -> dict[str, Any]:
+    sop = request.sop
+    return fingerprint(sop.sop, sop.version, request.definition or sop_definition(sop), request.mode,
+                       request.inputs, request.secrets, with_secrets=with_secrets)
+

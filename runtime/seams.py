@@ -1,0 +1,161 @@
+"""The seams of the execution state machine: where runners, admission, failure policy and hooks plug in.
+
+The state machine (:mod:`runtime.machine`) is plain Python: it decides what
+happens next and talks to the world only through these interfaces.
+
+- :class:`ExecutionHost` — what owns the executions (the Coordinator actor, the
+  in-process engine, a replay): appends events, makes them durable, keeps
+  timers, starts and stops child executions.
+- :class:`StepRunner` — runs one attempt of a step of one kind (a Ray task, a
+  handler in this process, a sub-SOP, a recorded outcome in a replay; MCP and
+  agent runners plug in the same way) and reports its outcome.
+- :class:`Admission` — gives out run slots, highest priority first.
+- :class:`FailurePolicy` — says what a failed attempt means: retry, fail, escalate.
+- Hooks (:mod:`runtime.hooks`) — observe attempts, retries, escalations and ends.
+
+Every interface has an in-process implementation in ``runtime``; the Ray ones
+live in ``actors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from runtime.failure import Decision, ErrorInfo
+from runtime.handlers import StepOutcome, StepTask
+
+if TYPE_CHECKING:
+    from runtime.config import EngineConfig
+    from runtime.events import Event, EventKind
+    from runtime.execution import Execution
+    from runtime.outputs import Artifacts
+    from runtime.request import SubmitRequest
+    from runtime.state import ExecutionState
+    from sop import Step
+
+
+@runtime_checkable
+class Cancellable(Protocol):
+    """A timer or an attempt that can be called off."""
+
+    def cancel(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSpec:
+    """Everything a runner needs to run one attempt of one step.
+
+    Attributes:
+        execution: The execution (read-only for runners).
+        step: The step.
+        attempt: The attempt number, from 1.
+        task: The attempt as a step task (rendered arguments, command, environment, handler,
+            timeout, trace carrier) for runners that call a handler; ``None`` for a sub-SOP.
+        args: The step's rendered ``with:`` arguments.
+    """
+
+    execution: Execution
+    step: Step
+    attempt: int
+    task: StepTask | None
+    args: dict[str, Any]
+
+
+class AttemptReport(Protocol):
+    """How a runner reports back; every method may be called from the state machine's loop only."""
+
+    def settle(self, outcome: StepOutcome | None, error: ErrorInfo | None = None) -> None:
+        """The attempt ended: with an outcome (ok or failed), or with an error of the runner."""
+
+    def child_started(self, child_id: str) -> None:
+        """A sub-SOP attempt started its child execution."""
+
+
+class AttemptHandle(Protocol):
+    """A started attempt."""
+
+    def cancel(self, force: bool) -> None:
+        """Stop the attempt (``force``: kill it now). Its outcome is still reported through ``settle``."""
+
+
+@runtime_checkable
+class StepRunner(Protocol):
+    """Runs attempts of one kind of step.
+
+    Attributes:
+        needs_slot: Whether an attempt takes a run slot of the :class:`Admission` while it runs
+            (a sub-SOP does not: its child's steps take theirs).
+    """
+
+    needs_slot: bool
+
+    def start(self, spec: AttemptSpec, report: AttemptReport) -> AttemptHandle:
+        """Start the attempt; its outcome arrives later through ``report.settle``."""
+        ...
+
+
+class Admission(Protocol):
+    """Run slots: how many attempts may run at once, and who goes next."""
+
+    def acquire(self, priority: int, grant: Callable[[], None]) -> bool:
+        """Take a slot now (True), or queue for one (False): ``grant()`` is called when it is taken."""
+        ...
+
+    def release(self) -> None:
+        """Give a slot back (the next queued caller gets it)."""
+        ...
+
+    def withdraw(self, grant: Callable[[], None]) -> bool:
+        """Leave the queue without a slot; False when ``grant`` was not queued."""
+        ...
+
+    @property
+    def capacity(self) -> int:
+        """How many slots there are now."""
+        ...
+
+
+class FailurePolicy(Protocol):
+    """Decides what a failed attempt means."""
+
+    def decide(self, spec: AttemptSpec, error: ErrorInfo) -> Awaitable[Decision]:
+        """Retry (with a delay), fail, or escalate; never raises."""
+        ...
+
+
+class ExecutionHost(Protocol):
+    """What the state machine asks of whoever owns the executions."""
+
+    config: EngineConfig
+    artifacts: Artifacts
+
+    def emit(self, exe: Execution, kind: EventKind, step: str | None = None, attempt: int | None = None,
+             **data: Any) -> Event:
+        """Append an event to the log and fold it into ``exe``'s state (the only way state changes)."""
+        ...
+
+    def on_durable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the loop once every event appended so far is durable."""
+        ...
+
+    def call_later(self, delay_s: float, callback: Callable[..., None], *args: Any) -> Cancellable:
+        """Call ``callback(*args)`` on the loop after ``delay_s`` seconds (a backoff, a timeout)."""
+        ...
+
+    async def submit_child(self, request: SubmitRequest) -> str:
+        """Start a child execution (a sub-SOP); returns its id."""
+        ...
+
+    async def cancel_child(self, child_id: str, force: bool) -> None:
+        """Cancel a child execution."""
+        ...
+
+    async def wait_child(self, child_id: str) -> ExecutionState:
+        """Wait until a child execution has ended; returns its final state."""
+        ...
+
+    def finished(self, exe: Execution) -> None:
+        """``exe``'s end is durable: forget what the host keeps for running executions."""
+        ...
