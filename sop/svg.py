@@ -21,19 +21,22 @@ from dataclasses import dataclass, field
 from sop.graph import Graph, GraphError, format_cycle
 from sop.model import OnFailure, Sop, Step, TriggerRule
 
-BOX_W = 220
+BOX_W = 260
 LINE_H = 14
 PAD = 8
 COL_GAP = 56
 ROW_GAP = 16
 MARGIN = 12
 HEADER_H = 18
-CHAR_W = 7.0  # monospace at 12px: what bounds the characters a line can hold
+CHAR_W = 7.25  # monospace at 12px: what bounds the characters a line can hold
 MAX_CHARS = int((BOX_W - 2 * PAD) / CHAR_W)
 FONT = "font-family=\"ui-monospace,SFMono-Regular,Menlo,Consolas,monospace\" font-size=\"12\""
 
 # XML 1.0 refuses these even as character references: replace them rather than fail.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+# Whitespace as references too: an XML parser would otherwise normalise it inside attributes.
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;",
+                          "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"})
 _COLOUR = re.compile(r"^(#[0-9A-Fa-f]{3,8}|[a-z]{3,20})$")
 
 
@@ -44,8 +47,7 @@ def clean(text: object) -> str:
 
 def escape(text: object) -> str:
     """``text`` escaped for XML/HTML text and attribute values (quotes included)."""
-    return (clean(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace('"', "&quot;").replace("'", "&#39;"))
+    return clean(text).translate(_ESCAPES)
 
 
 def shorten(text: object, limit: int = MAX_CHARS) -> str:
