@@ -50,7 +50,7 @@ EXECUTION_COLOURS: dict[ExecutionStatus, str] = {
 MAX_TEXT = 2000
 """Longest error or outputs text shown; the rest is cut (the full value is in ``view``)."""
 
-_CELL = 'style="padding:2px 8px;text-align:left;vertical-align:top;border-bottom:1px solid #e5e7eb"'
+_CELL = 'style="padding:2px 8px;white-space:nowrap;text-align:left;vertical-align:top;border-bottom:1px solid #e5e7eb"'
 _FONT = "font-family:-apple-system,BlinkMacSystemFont,'Segoe UI',sans-serif;font-size:13px"
 
 

@@ -75,9 +75,10 @@ def test_quickstart_results_history_replay_and_list_are_tables_with_the_expected
 def test_operations_steers_executions_and_lists_them_by_status(operations) -> None:
     assert stream(cell(operations, "submit")).startswith("12 submitted; first: exe-")
     control = cell(operations, "control")
-    assert stream(control).splitlines() == [
-        "pause: paused", "cancel: cancelled", "cancelled run ends as: cancelled",
-        "resume: running", "resumed run ends as: completed"]
+    lines = stream(control).splitlines()
+    assert lines[1] in ("cancel: cancelling", "cancel: cancelled")  # cancelling while its step is killed
+    assert lines[:1] + lines[2:] == ["pause: paused", "cancelled run ends as: cancelled",
+                                     "resume: running", "resumed run ends as: completed"]
     [paused] = html_outputs(control)  # the paused execution displayed itself
     assert "paused" in paused and "slow-chain" in paused
 
