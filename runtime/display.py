@@ -18,7 +18,7 @@ from typing import Any
 
 from runtime.errors import OptionalDependencyMissing
 from runtime.status import ExecutionStatus, ExecutionView, StepStatus, StepView
-from sop.svg import Box, Mark, dag_svg, escape, step_box
+from sop.svg import Box, Mark, dag_svg, drawable, escape, sop_svg_or_note, step_box
 
 # (fill, border) per step state: greys waiting, blue moving, green done, reds failed.
 STEP_COLOURS: dict[StepStatus, tuple[str, str]] = {
@@ -49,6 +49,8 @@ EXECUTION_COLOURS: dict[ExecutionStatus, str] = {
 
 MAX_TEXT = 2000
 """Longest error or outputs text shown; the rest is cut (the full value is in ``view``)."""
+MAX_ROWS = 500
+"""Most rows a table shows (steps of one execution, executions of a list); a last row counts the rest."""
 
 _CELL = 'style="padding:2px 8px;white-space:nowrap;text-align:left;vertical-align:top;border-bottom:1px solid #e5e7eb"'
 _FONT = "font-family:-apple-system,BlinkMacSystemFont,'Segoe UI',sans-serif;font-size:13px"
@@ -115,10 +117,14 @@ def _progress_bar(progress: float) -> str:
             f'width:{pct:.0f}%;background:#2563eb;border-radius:4px"></span></span> {pct:.0f}%')
 
 
-def _table(head: Iterable[str], rows: Iterable[Iterable[str]], css_class: str) -> str:
-    """Cells are HTML already: callers escape what they put in."""
+def _table(head: list[str], rows: list[list[str]], css_class: str, total: int = 0, more: str = "") -> str:
+    """Cells are HTML already: callers escape what they put in. When ``total`` exceeds the rows
+    given, a last row says how many were left out and where they are (``more``)."""
     th = "".join(f"<th {_CELL}>{h}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td {_CELL}>{c}</td>" for c in row) + "</tr>" for row in rows)
+    if total > len(rows):
+        body += (f'<tr><td {_CELL} colspan="{len(head)}">\u2026 and {total - len(rows)} more'
+                 f"{escape(more)}</td></tr>")
     return (f'<table class="{css_class}" style="border-collapse:collapse;{_FONT}">'
             f"<thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>")
 
@@ -131,11 +137,12 @@ def _pre(text: str) -> str:
 def steps_table(view: ExecutionView, now: float | None = None) -> str:
     """One row per step: state, attempts, start, duration and the error (escaped)."""
     rows = []
-    for step in view.steps.values():
+    for step in list(view.steps.values())[:MAX_ROWS]:
         rows.append([escape(step.id), _chip(step.status, STEP_COLOURS), str(step.attempts),
                      escape(_when(step.started_at)), escape(_seconds(step_duration(step, now))),
                      _pre(step.error) if step.error else ""])
-    return _table(["step", "state", "attempts", "started", "duration", "error"], rows, "sopflow-steps")
+    return _table(["step", "state", "attempts", "started", "duration", "error"], rows, "sopflow-steps",
+                  len(view.steps), " (the view's steps have them all)")
 
 
 def _header(view: ExecutionView, now: float | None) -> str:
@@ -191,8 +198,11 @@ def execution_html(view: ExecutionView, sop: Any = None, *, now: float | None = 
     """
     parts = [_header(view, now)]
     if sop is not None:
-        parts.append(f'<div style="overflow-x:auto">{dag_of(view, sop, now)}</div>')
-        parts.append(legend())
+        if drawable(sop):
+            parts.append(f'<div style="overflow-x:auto">{dag_of(view, sop, now)}</div>')
+            parts.append(legend())
+        else:
+            parts.append(sop_svg_or_note(sop))
     parts.append(steps_table(view, now))
     parts.append(_outputs(view))
     return f'<div class="sopflow-execution" style="{_FONT}">{"".join(parts)}</div>'
@@ -210,13 +220,14 @@ class ExecutionList(list):
     def _repr_html_(self) -> str:
         now = time.time()
         rows = []
-        for v in self:
+        for v in self[:MAX_ROWS]:
             took = ((v.ended_at if v.ended_at is not None else now) - v.submitted_at) if v.submitted_at else None
             rows.append([f"<code>{escape(v.id)}</code>", escape(v.sop), _chip(v.status, EXECUTION_COLOURS),
                          f"{float(v.progress or 0.0) * 100:.0f}%", escape(_when(v.submitted_at)),
                          escape(_seconds(took))])
         caption = f'<div style="{_FONT};color:#6b7280">{len(self)} execution{"s" if len(self) != 1 else ""}</div>'
-        return f'<div class="sopflow-executions">{caption}{_table(LIST_COLUMNS, rows, "sopflow-list")}</div>'
+        table = _table(list(LIST_COLUMNS), rows, "sopflow-list", len(self), " (to_pandas() has them all)")
+        return f'<div class="sopflow-executions">{caption}{table}</div>'
 
     def to_pandas(self) -> Any:
         """A ``pandas.DataFrame``: id, sop, version, mode, status, progress, priority, submitted,

@@ -263,6 +263,9 @@ class Sop(_Model):
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         """HTML for notebooks, and the bare SVG for front ends and exporters that take no HTML."""
-        from sop.svg import sop_html, sop_svg
+        from sop.svg import drawable, sop_html, sop_svg
 
-        return {"text/html": sop_html(self), "image/svg+xml": sop_svg(self)}
+        bundle = {"text/html": sop_html(self)}
+        if drawable(self):
+            bundle["image/svg+xml"] = sop_svg(self)
+        return bundle

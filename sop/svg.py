@@ -30,6 +30,8 @@ MARGIN = 12
 HEADER_H = 18
 CHAR_W = 7.25  # monospace at 12px: what bounds the characters a line can hold
 MAX_CHARS = int((BOX_W - 2 * PAD) / CHAR_W)
+MAX_DRAWN_STEPS = 400
+"""Larger SOPs are summarised, not drawn: thousands of boxes help no one and weigh megabytes."""
 FONT = "font-family=\"ui-monospace,SFMono-Regular,Menlo,Consolas,monospace\" font-size=\"12\""
 
 # XML 1.0 refuses these even as character references: replace them rather than fail.
@@ -255,4 +257,18 @@ def sop_html(sop: Sop) -> str:
             f'{escape("; ".join(facts))}</span></div>')
     if sop.description:
         head += f'<div style="font-family:sans-serif;color:#374151">{escape(shorten(sop.description, 300))}</div>'
-    return f'<div class="sopflow-sop">{head}<div style="overflow-x:auto">{sop_svg(sop)}</div></div>'
+    return f'<div class="sopflow-sop">{head}<div style="overflow-x:auto">{sop_svg_or_note(sop)}</div></div>'
+
+
+def drawable(sop: Sop) -> bool:
+    """Whether the SOP is small enough to draw (at most :data:`MAX_DRAWN_STEPS` steps, rollback included)."""
+    return len(sop.steps) + len(sop.rollback) <= MAX_DRAWN_STEPS
+
+
+def sop_svg_or_note(sop: Sop, marks: Mapping[str, Mark] | None = None) -> str:
+    """The SVG of :func:`sop_svg`, or for an SOP too large to draw a line saying how to draw it."""
+    if drawable(sop):
+        return sop_svg(sop, marks)
+    return (f'<div style="font-family:sans-serif;color:#6b7280">{len(sop.steps) + len(sop.rollback)} steps: '
+            f'too many to draw here (the limit is {MAX_DRAWN_STEPS}); <code>sopflow graph FILE --format dot'
+            f'</code> gives a Graphviz picture</div>')

@@ -163,3 +163,25 @@ def test_without_pandas_to_pandas_says_what_to_install() -> None:
     assert done.stdout.strip() == ("OptionalDependencyMissing | ExecutionList.to_pandas() needs pandas, which is "
                                    "not installed; install it with `pip install pandas`")
     assert issubclass(OptionalDependencyMissing, ImportError)
+
+
+def test_long_lists_and_big_sops_are_cut_with_a_note_saying_where_the_rest_is() -> None:
+    from runtime.display import MAX_ROWS
+    from sop import loads
+    from sop.svg import MAX_DRAWN_STEPS
+
+    many = ExecutionList(view_with({}, id=f"exe-{k:012x}-00000000") for k in range(MAX_ROWS + 7))
+    rows = [tr for tr in ET.fromstring(many._repr_html_()).iter("tr") if tr.findall("td")]
+    assert len(rows) == MAX_ROWS + 1
+    assert all_text(rows[-1]) == "\u2026 and 7 more (to_pandas() has them all)"
+    assert len(many.to_pandas()) == MAX_ROWS + 7
+
+    n = max(MAX_DRAWN_STEPS, MAX_ROWS) + 3
+    big = loads("sop: big\nsteps:\n" + "".join(f"  - {{id: s{k}, run: 'true'}}\n" for k in range(n)))
+    html = big._repr_html_()
+    assert "<svg" not in html and f"{n} steps: too many to draw here" in html
+    assert "image/svg+xml" not in big._repr_mimebundle_()
+    steps = {f"s{k}": StepView(f"s{k}", StepStatus.SUCCEEDED, 1) for k in range(n)}
+    root = ET.fromstring(execution_html(view_with(steps), big))
+    assert root.find(f".//{SVG}svg") is None
+    assert len([tr for tr in root.iter("tr") if tr.findall("td")]) == MAX_ROWS + 1
