@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = ROOT / "notebooks"
+from tests.notebooks.outputs import NOTEBOOKS
+
+ROOT = NOTEBOOKS.parent
 
 
 def notebook_env(state_dir: Path) -> dict[str, str]:

@@ -7,6 +7,7 @@ import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 def cell(nb, tag: str):
     """The one code cell tagged ``tag``."""

@@ -13,8 +13,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.notebooks.conftest import NOTEBOOKS
-from tests.notebooks.outputs import cell, frame_rows, html_outputs, stream, tables
+from tests.notebooks.outputs import NOTEBOOKS, cell, frame_rows, html_outputs, stream, tables
 
 SVG = "{http://www.w3.org/2000/svg}"
 REGION_HEALTH_STEPS = {"probe_eu", "probe_us", "probe_ap", "merge", "page", "report"}
@@ -31,6 +30,13 @@ def test_the_committed_notebooks_have_their_outputs_cleared(name: str) -> None:
     for c in doc["cells"]:
         if c["cell_type"] == "code":
             assert c["outputs"] == [] and c["execution_count"] is None, c["source"][:80]
+
+
+@pytest.mark.parametrize("name", ["quickstart", "operations"])
+def test_each_notebook_ran_on_the_state_file_the_environment_gave_it(name: str, request) -> None:
+    # Its own state file (and so its own cluster's engine), never the test session's or ~/.sopflow.
+    line = stream(cell(request.getfixturevalue(name), "connect")).strip().splitlines()[-1]
+    assert line.startswith("state file: ") and "/sopflow-nb-" in line and line.endswith("/state.db")
 
 
 def test_quickstart_draws_the_sop_as_a_dag_of_its_steps(quickstart) -> None:
