@@ -11,6 +11,7 @@ anything a handler raised or returned. No Ray here.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
@@ -60,12 +61,17 @@ def _when(ts: float | None) -> str:
     """A UTC timestamp to the second; empty when unknown."""
     if not ts:
         return ""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):  # a damaged record: show it rather than fail the display
+        return str(ts)
 
 
 def _seconds(s: float | None) -> str:
     if s is None:
         return ""
+    if not math.isfinite(s) or s < 0:
+        return str(s)
     if s < 60:
         return f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
     minutes, sec = divmod(int(s), 60)
@@ -90,7 +96,7 @@ def _status(value: Any) -> StepStatus | None:
 def step_mark(step: StepView, now: float | None = None) -> Mark:
     """A step's state as the DAG draws it: its colours, a state line and the error as tooltip."""
     state = _status(step.status)
-    fill, stroke = STEP_COLOURS.get(state, ("#ffffff", "#4b5563")) if state else ("#ffffff", "#4b5563")
+    fill, stroke = STEP_COLOURS.get(state, ("#ffffff", "#4b5563"))
     facts = [str(step.status)]
     if step.attempts:
         facts.append(f"{step.attempts} attempt{'s' if step.attempts != 1 else ''}")
@@ -111,7 +117,7 @@ def _chip(status: Any, colours: Mapping[Any, Any]) -> str:
 
 
 def _progress_bar(progress: float) -> str:
-    pct = max(0.0, min(float(progress or 0.0), 1.0)) * 100
+    pct = max(0.0, min(float(progress or 0.0), 1.0)) * 100  # NaN ends up 0
     return (f'<span style="display:inline-block;width:120px;height:8px;background:#e5e7eb;'
             f'border-radius:4px;vertical-align:middle"><span style="display:block;height:8px;'
             f'width:{pct:.0f}%;background:#2563eb;border-radius:4px"></span></span> {pct:.0f}%')

@@ -49,15 +49,16 @@ def all_text(root: ET.Element) -> str:
 def views(draw):
     ids = draw(st.lists(ANY_TEXT, min_size=1, max_size=5, unique_by=clean))
     steps = {}
+    # Times and progress as a sane engine reports them, or as a damaged record might hold them.
+    times = st.floats(T0, T0 + 100) | st.floats(allow_nan=True, allow_infinity=True)
     for sid in ids:
-        started = draw(st.none() | st.floats(T0, T0 + 100))
+        started = draw(st.none() | times)
         steps[sid] = StepView(sid, draw(st.sampled_from(list(StepStatus))), draw(st.integers(0, 9)),
-                              draw(st.none() | ANY_TEXT), None, started,
-                              None if started is None else draw(st.none() | st.floats(started, started + 50)))
-    outputs = draw(st.none() | st.dictionaries(ANY_TEXT, ANY_TEXT, max_size=3))
+                              draw(st.none() | ANY_TEXT), None, started, draw(st.none() | times))
+    outputs = draw(st.none() | st.dictionaries(ANY_TEXT, ANY_TEXT | st.floats(), max_size=3))
     return view_with(steps, draw(st.sampled_from(list(ExecutionStatus))), id=draw(ANY_TEXT), sop=draw(ANY_TEXT),
-                     progress=draw(st.floats(0, 1)), outputs=outputs, trace_id=draw(st.none() | ANY_TEXT),
-                     ended_at=draw(st.none() | st.floats(T0, T0 + 200)))
+                     progress=draw(st.floats(0, 1) | st.floats()), outputs=outputs,
+                     trace_id=draw(st.none() | ANY_TEXT), ended_at=draw(st.none() | times))
 
 
 @settings(max_examples=150, deadline=None)
