@@ -223,6 +223,10 @@ class ExecutionList(list):
     ``to_pandas()`` gives a DataFrame, one row per execution.
     """
 
+    def __getitem__(self, index: Any) -> Any:
+        got = super().__getitem__(index)
+        return ExecutionList(got) if isinstance(index, slice) else got  # engine.list()[:10] still displays
+
     def _repr_html_(self) -> str:
         now = time.time()
         rows = []

@@ -138,6 +138,7 @@ def test_a_list_of_executions_is_a_table_with_one_row_each() -> None:
                        "3.50 s"]
     assert rows[1][:4] == ["exe-000000000002-00000002", "other", "running", "50%"]
     assert isinstance(executions(), list) and executions()[0].id == "exe-000000000001-00000001"
+    assert isinstance(executions()[:1], ExecutionList) and len(executions()[:1]) == 1  # a slice displays too
 
 
 def test_a_list_of_executions_becomes_a_dataframe() -> None:
