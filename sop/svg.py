@@ -163,8 +163,8 @@ class _Canvas:
             for r, sid in enumerate(stage):
                 self.pos[sid] = (MARGIN + c * (BOX_W + COL_GAP), top + HEADER_H + r * (box_h + ROW_GAP))
         rows = max((len(s) for s in self.columns), default=0)
-        self.width = MARGIN * 2 + len(self.columns) * (BOX_W + COL_GAP) - COL_GAP
-        self.height = HEADER_H + rows * (box_h + ROW_GAP) - ROW_GAP + (LINE_H if self.note else 0)
+        self.width = MARGIN * 2 + max(len(self.columns) * (BOX_W + COL_GAP) - COL_GAP, 0)
+        self.height = HEADER_H + max(rows * (box_h + ROW_GAP) - ROW_GAP, 0) + (LINE_H if self.note else 0)
 
     def headers(self, prefix: str) -> Iterable[str]:
         for c in range(len(self.columns) if prefix else 0):

@@ -136,6 +136,11 @@ def test_a_cycle_or_an_unknown_dependency_is_drawn_with_a_note_not_raised() -> N
     assert any("not drawn as a DAG: " in (t.text or "") for t in root.iter(f"{SVG}text"))
 
 
+def test_no_steps_at_all_is_an_empty_picture_not_a_negative_one() -> None:
+    root = parse(dag_svg([]))
+    assert float(root.get("width")) > 0 and float(root.get("height")) > 0 and not steps_of(root)
+
+
 def test_long_text_is_cut_in_the_box_and_whole_in_the_tooltip() -> None:
     long_when = " or ".join(f"steps.a.output.mismatches > {k}" for k in range(6))
     sop = loads(f"""
