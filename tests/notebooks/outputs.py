@@ -66,5 +66,6 @@ def run_chromium(binary: str, page: Path, *args: str, timeout: float = 60) -> su
     """Headless chromium on a local file, with a profile of its own (parallel runs do not share one)."""
     with tempfile.TemporaryDirectory(prefix="sopflow-chromium-") as profile:
         return subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                               f"--user-data-dir={profile}", "--no-first-run", *args, page.as_uri()],
+                               "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--no-first-run",
+                               *args, page.as_uri()],
                               capture_output=True, text=True, timeout=timeout)
