@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runtime.config import RESTART_GRACE_S, EngineConfig
+from runtime.display import ExecutionList
 from runtime.errors import (EngineStartError, ExecutionFailed, ExecutionNotFound, ExecutionTimeout,
                             SubmissionError)
 from runtime.events import Event
@@ -363,7 +364,7 @@ class Engine:
         statuses = [s.value for s in ExecutionStatus]
         if status is not None and str(status) not in statuses:
             raise ValueError(f"status must be one of {', '.join(statuses)}; got {status!r}")
-        return self._conn.call("monitor", "list", status, sop, since, limit, until)
+        return ExecutionList(self._conn.call("monitor", "list", status, sop, since, limit, until))
 
     def events(self, execution_id: str, *, follow: bool = True, poll_s: float = 1.0) -> Iterator[Event]:
         """Yield the execution's events in order; with ``follow``, until it finishes."""

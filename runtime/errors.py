@@ -93,3 +93,16 @@ class StateStoreInUseError(StateStoreError):
 
 class StateStoreLostError(StateStoreError):
     """Raised on a commit of an engine whose state file was taken over by another engine."""
+
+
+class OptionalDependencyMissing(SopflowError, ImportError):
+    """Raised when a feature needs a package sopflow does not install by default (e.g. pandas)."""
+
+    def __init__(self, feature: str, package: str) -> None:
+        super().__init__(f"{feature} needs {package}, which is not installed; "
+                         f"install it with `pip install {package}`")
+        self.feature = feature
+        self.package = package
+
+    def __reduce__(self) -> tuple:  # rebuilt from its arguments, not its message
+        return (type(self), (self.feature, self.package))

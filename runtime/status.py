@@ -97,3 +97,10 @@ class ExecutionView:
     @property
     def errors(self) -> dict[str, str]:
         return {s.id: s.error for s in self.steps.values() if s.error and s.status == StepStatus.FAILED}
+
+    def _repr_html_(self) -> str:
+        """Notebooks show the status, progress and a table of steps; see ``runtime.display``
+        (``execution_html(view, sop)`` adds the DAG coloured by state)."""
+        from runtime.display import execution_html
+
+        return execution_html(self)

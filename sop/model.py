@@ -254,3 +254,18 @@ class Sop(_Model):
 
     def effective_timeout(self, step: Step) -> float | None:
         return step.timeout_s if step.timeout_s is not None else self.defaults.timeout_s
+
+    def _repr_html_(self) -> str:
+        """Notebooks show the SOP as its DAG (see :mod:`sop.svg`)."""
+        from sop.svg import sop_html
+
+        return sop_html(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """HTML for notebooks, and the bare SVG for front ends and exporters that take no HTML."""
+        from sop.svg import drawable, sop_html, sop_svg
+
+        bundle = {"text/html": sop_html(self)}
+        if drawable(self):
+            bundle["image/svg+xml"] = sop_svg(self)
+        return bundle
