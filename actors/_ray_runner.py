@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
+from collections import deque
 from typing import Any
 
 import ray
@@ -30,17 +32,39 @@ class RayTaskRunner:
     def __init__(self) -> None:
         self._remote_fns: dict[tuple, Any] = {}
         self._modules = ModuleCheck()
+        self._finished: deque[tuple[AttemptReport, str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def preflight(self, requests: list[Any]) -> None:
         """Refuse requests whose ``python:`` modules do not import on the workers (:mod:`actors._preflight`)."""
         await self._modules.check(requests)
 
     def start(self, spec: AttemptSpec, report: AttemptReport) -> _RayAttempt:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         ref = self._remote(spec.execution, spec.step).remote(spec.task)
-        # A callback, not a task per attempt: the outcome arrives on the loop when the ref resolves.
-        asyncio.wrap_future(ref.future(), loop=asyncio.get_running_loop()).add_done_callback(
-            functools.partial(_settle, report, spec.step.id))
+        ref.future().add_done_callback(functools.partial(self._finished_in_ray, report, spec.step.id))
         return _RayAttempt(ref)
+
+    def _finished_in_ray(self, report: AttemptReport, step_id: str, future: Any) -> None:
+        """On Ray's thread: queue the outcome; wake the loop once for every batch, not once per task."""
+        with self._lock:
+            wake = not self._finished
+            self._finished.append((report, step_id, future))
+        if wake:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._settle_finished)
+
+    def _settle_finished(self) -> None:
+        """On the loop: report every outcome that arrived since the last wake-up."""
+        with self._lock:
+            batch, self._finished = self._finished, deque()
+        for report, step_id, future in batch:
+            try:
+                _settle(report, step_id, future)
+            except Exception:  # noqa: BLE001 - one outcome must not keep the rest of the batch back
+                log.exception("settling an attempt of step %s failed", step_id)
 
     def _remote(self, exe: Execution, step: Step) -> Any:
         res = exe.sop.effective_resources(step)
@@ -69,7 +93,7 @@ class _RayAttempt:
         ray.cancel(self.ref, force=force)
 
 
-def _settle(report: AttemptReport, step_id: str, fut: asyncio.Future) -> None:
+def _settle(report: AttemptReport, step_id: str, fut: Any) -> None:
     """The attempt's Ray task ended (or was cancelled): report its outcome."""
     exc = fut.exception() if not fut.cancelled() else ray.exceptions.TaskCancelledError()
     if exc is None:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from runtime._pickle import positional_pickle
+
 
 class EventKind(StrEnum):
     SUBMITTED = "execution_submitted"
@@ -42,6 +44,7 @@ class EventKind(StrEnum):
     FINISHED = "execution_finished"
 
 
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class Event:
     """One transition of one execution.
@@ -63,11 +66,6 @@ class Event:
     step: str | None = None
     attempt: int | None = None
     data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        """Idempotency key: appending the same key twice is a no-op."""
-        return f"{self.execution_id}:{self.seq}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from runtime._pickle import positional_pickle
+
 if TYPE_CHECKING:  # the model pulls in pydantic, which a step's worker never needs
     from sop.model import RetryPolicy
 
@@ -32,6 +34,7 @@ class Action(StrEnum):
     ESCALATE = "escalate"
 
 
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """A step failure as plain data (it crosses process boundaries and lands in events).

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime._pickle import positional_pickle
 from runtime._shell_output import ShellCapture
 from runtime.failure import ErrorInfo, error_from_exception
 from runtime.isolation import Attempt
@@ -33,6 +34,7 @@ from runtime.registry import import_object
 log = logging.getLogger("sopflow.step")
 
 
+@positional_pickle
 @dataclass(slots=True)
 class StepTask:
     """Everything a worker needs to run one attempt; built by the coordinator."""
@@ -66,6 +68,7 @@ class StepTask:
         return f"{self.execution_id}/{self.step}/{self.attempt}"
 
 
+@positional_pickle
 @dataclass(slots=True)
 class StepOutcome:
     """The result of one attempt, as plain data."""

@@ -78,13 +78,29 @@ class Journal:
         self.committer = GroupCommitter(self.log, on_stall=self._stall_changed)
         self.monitor = monitor
         self._outbox: list[Event] = []
+        self._events: list[Event] = []
+        self._records: list[ExecutionRecord] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handover_due = False
         self._after_monitor: list[Callable[[], None]] = []
         self._outbox_ready: asyncio.Event | None = None
         self._urgent: asyncio.Event | None = None
         self._flusher: asyncio.Task | None = None
 
     def write(self, exe: Execution, event: Event, status_changed: bool) -> None:
-        self.committer.add((event,), (record_of(exe),) if status_changed else ())
+        """Queue an event (and the execution's record, when its status changed) for the next commit.
+
+        Events written in one turn of the loop reach the committer together, at the end of the
+        turn (or earlier, when someone waits for durability): one hand-over instead of one per event.
+        """
+        self._events.append(event)
+        if status_changed:
+            self._records.append(record_of(exe))
+        if not self._handover_due:
+            self._handover_due = True
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self.hand_over)
         exe.since_snapshot += 1
         if exe.since_snapshot >= self.config.snapshot_every:
             exe.since_snapshot = 0
@@ -100,15 +116,26 @@ class Journal:
         if self.monitor is not None:
             self.monitor.set_stalled(None if error is None else str(error))
 
+    def hand_over(self) -> None:
+        """Give the events written so far to the committer (see :meth:`write`)."""
+        self._handover_due = False
+        if self._events or self._records:
+            events, records, self._events, self._records = self._events, self._records, [], []
+            self.committer.add(events, records)
+
     def on_durable(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the loop once everything written so far is committed."""
+        self.hand_over()
         self.committer.on_durable(callback)
 
     async def durable(self) -> None:
         """Wait until everything written so far is committed."""
+        self.hand_over()
         await self.committer.barrier()
 
     def close(self) -> None:
+        """Commit what is written and close the log (from any thread, once the loop writes no more)."""
+        self.hand_over()
         self.committer.close()
         self.log.close()
 
@@ -149,7 +176,7 @@ class Journal:
         callbacks, self._after_monitor = self._after_monitor, []
         if batch and self.monitor is not None:
             try:
-                await self.committer.barrier()  # the monitor shows only what the log holds
+                await self.durable()  # the monitor shows only what the log holds
                 await self.monitor.apply(batch)
             except Exception:  # noqa: BLE001 - the monitor is a view; never stop dispatch for it
                 log.exception("could not forward %d events to the monitor", len(batch))

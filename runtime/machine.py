@@ -316,6 +316,10 @@ class StateMachine:
         """The runner reported the attempt's end (a result, a failure, or its own error)."""
         if flight.settled:
             return  # the timeout came first
+        if outcome is not None and outcome.key != f"{exe.id}/{flight.step.id}/{flight.number}":
+            log.warning("ignoring the outcome of attempt %s delivered to attempt %s/%s/%s", outcome.key,
+                        exe.id, flight.step.id, flight.number)  # at-least-once: only its own result counts
+            return
         flight.settled = True
         self._give_back(flight)
         if flight.timer is not None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from runtime._pickle import positional_pickle
+
 
 class ExecutionStatus(StrEnum):
     QUEUED = "queued"
@@ -58,6 +60,7 @@ _TERMINAL_STEP = {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED,
                   StepStatus.UPSTREAM_FAILED, StepStatus.CANCELLED}
 
 
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class StepView:
     id: str
@@ -69,6 +72,7 @@ class StepView:
     ended_at: float | None = None
 
 
+@positional_pickle
 @dataclass(frozen=True, slots=True)
 class ExecutionView:
     """A snapshot of one execution, as ``status``/``wait``/``list`` return it."""
