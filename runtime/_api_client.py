@@ -87,6 +87,10 @@ class ApiClient:
         except ValueError:
             raise ApiError(response.status, f"sopflow's API at {self.url} answered HTTP {response.status} "
                                             "with something that is not JSON") from None
+        if response.status == 401:
+            raise ApiError(401, f"sopflow's API at {self.url} refused this client's token; give it the head "
+                                "node's Ray token ($RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH) or $SOPFLOW_API_TOKEN, "
+                                "or set SOPFLOW_API=off to go through Ray")
         if response.status >= 400:
             raise error_from_dict(response.status, payload)
         return payload

@@ -85,6 +85,22 @@ def _connect(address: str | None, *, start_if_missing: bool) -> Any:
         raise _StartError(str(e)) from None
 
 
+def _client(address: str | None) -> Any:
+    """What a read or control command talks to: sopflow's HTTP API when one answers for this
+    cluster (one loopback round trip), else an Engine over a Ray driver connection.
+
+    ``SOPFLOW_API=off`` always takes Ray; ``SOPFLOW_API=URL`` names the API (a forwarded port).
+    """
+    from runtime._api_client import ApiClient
+    from runtime.engine import DEFAULT_NAMESPACE
+
+    client = ApiClient.discover(DEFAULT_NAMESPACE, address or os.environ.get("RAY_ADDRESS"))
+    if client is not None:
+        return client
+    engine, _ = _connect(address, start_if_missing=False)
+    return engine
+
+
 class _StartError(click.ClickException):
     """sopflow could not start (e.g. its state file): exit 2, apart from a failed run (exit 1)."""
 
@@ -223,7 +239,7 @@ def register_commands(main: click.Group) -> None:
     @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
     def status(execution_id: str, address: str | None, fmt: str) -> None:
         """Show an execution's status, progress and steps."""
-        engine, _ = _connect(address, start_if_missing=False)
+        engine = _client(address)
         try:
             _print_view(engine.status(execution_id), fmt)
         except SopflowError as e:
@@ -236,7 +252,7 @@ def register_commands(main: click.Group) -> None:
     @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
     def wait(execution_id: str, address: str | None, timeout: float | None, fmt: str) -> None:
         """Wait for an execution to end; exit 0 only if it completed."""
-        engine, _ = _connect(address, start_if_missing=False)
+        engine = _client(address)
         try:
             view = engine.wait(execution_id, timeout)
         except SopflowError as e:
@@ -249,7 +265,7 @@ def register_commands(main: click.Group) -> None:
     @click.option("--address", help=_ADDRESS_HELP)
     def result(execution_id: str, address: str | None) -> None:
         """Print a completed execution's outputs as JSON."""
-        engine, _ = _connect(address, start_if_missing=False)
+        engine = _client(address)
         try:
             click.echo(json.dumps(engine.result(execution_id), indent=2, default=str))
         except SopflowError as e:
@@ -261,7 +277,7 @@ def register_commands(main: click.Group) -> None:
     @click.option("--address", help=_ADDRESS_HELP)
     def cancel(execution_id: str, force: bool, address: str | None) -> None:
         """Cancel an execution: start nothing new (and with --force, kill running steps)."""
-        engine, _ = _connect(address, start_if_missing=False)
+        engine = _client(address)
         try:
             view = engine.cancel(execution_id, force=force)
         except SopflowError as e:
@@ -270,7 +286,7 @@ def register_commands(main: click.Group) -> None:
 
     for verb in ("pause", "resume"):
         def control(execution_id: str, address: str | None, _verb: str = verb) -> None:
-            engine, _ = _connect(address, start_if_missing=False)
+            engine = _client(address)
             try:
                 view = getattr(engine, _verb)(execution_id)
             except SopflowError as e:
@@ -291,8 +307,11 @@ def register_commands(main: click.Group) -> None:
     @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
     def list_(status_: str | None, sop: str | None, since: float | None, address: str | None, fmt: str) -> None:
         """List executions, newest first."""
-        engine, _ = _connect(address, start_if_missing=False)
-        views = engine.list(status=status_, sop=sop, since=time.time() - since if since else None)
+        engine = _client(address)
+        try:
+            views = engine.list(status=status_, sop=sop, since=time.time() - since if since else None)
+        except SopflowError as e:
+            _fail(e)
         if fmt == "json":
             click.echo(json.dumps([_view_dict(v) for v in views], indent=2, default=str))
             return
