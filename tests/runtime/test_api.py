@@ -316,3 +316,159 @@ def test_engine_config_refuses_a_bad_api_port() -> None:
             EngineConfig(api_port=bad)
     with pytest.raises(ValueError, match="api_host must be a host name"):
         EngineConfig(api_host="127.0.0.1 evil")
+
+
+# -- every endpoint against the real coordinator and monitor ------------------------------------
+
+
+def test_status_list_history_and_result_equal_what_the_engine_returns(engine, client, finished) -> None:
+    assert client.status(finished) == engine.status(finished)
+    assert client.history(finished) == engine.history(finished)
+    assert client.history(finished, after_seq=3) == engine.history(finished, 3)
+    assert client.result(finished) == engine.result(finished)
+    assert client.wait(finished) == engine.wait(finished)
+    assert client.list(limit=5) == engine.list(limit=5)
+    assert [v.id for v in client.list(status="completed", sop="hello-linear")] == \
+        [v.id for v in engine.list(status="completed", sop="hello-linear")]
+    assert finished in [v.id for v in client.list(sop="hello-linear")]
+    submitted = engine.status(finished).submitted_at
+    assert finished in [v.id for v in client.list(since=submitted, until=submitted + 0.001)]
+    assert finished not in [v.id for v in client.list(until=submitted)]
+    assert len(client.list(limit=1)) == 1
+
+
+def test_events_follow_an_execution_to_its_end(engine, client, finished) -> None:
+    events = list(client.events(finished, follow=True))
+    assert events == list(engine.events(finished, follow=False))
+    assert events[-1].kind.value == "execution_finished"
+    assert list(client.events(finished, follow=False)) == events
+    status, _, answer = request(client.url, "GET",
+                                f"/v1/executions/{finished}/events?after={events[-1].seq}&wait=0.2")
+    assert status == 200 and answer == {"events": []}
+
+
+def test_pause_resume_and_cancel_a_running_execution(engine, client, tmp_path) -> None:
+    eid, gate = gated(engine, tmp_path)
+    assert client.pause(eid).status == ExecutionStatus.PAUSED
+    assert client.resume(eid).status == ExecutionStatus.RUNNING
+    with pytest.raises(ExecutionTimeout, match=f"execution {eid} is still running after 0.2 s"):
+        client.wait(eid, timeout=0.2)
+    with pytest.raises(ExecutionTimeout):
+        client.result(eid, timeout=0.1)
+    client.cancel(eid, force=True)
+    assert client.wait(eid, timeout=60).status == ExecutionStatus.CANCELLED
+    with pytest.raises(ExecutionError, match=f"cannot pause execution {eid}|execution {eid} has finished"):
+        client.pause(eid)  # 409: the execution's state forbids it
+    status, _, answer = request(client.url, "GET", f"/v1/executions/{eid}/result")
+    assert status == 409 and answer["error"]["type"] == "ExecutionFailed" and answer["error"]["status"] == "cancelled"
+
+
+def test_a_gate_opened_lets_a_waiting_client_see_the_outputs(engine, client, tmp_path) -> None:
+    eid, gate = gated(engine, tmp_path, name="opened")
+    gate.write_text("opened")
+    assert client.result(eid, timeout=60)["steps"]["hold"] == "opened"
+
+
+def test_decide_on_a_step_that_waits_for_nothing_says_which_wait(client, finished) -> None:
+    with pytest.raises(ExecutionError, match="not waiting for a decision|has finished; it can no longer be"):
+        client.decide(finished, "greet", "skip", reason="test")
+    status, _, answer = request(client.url, "POST", f"/v1/executions/{finished}/decide",
+                                body=json.dumps({"step": "greet", "decision": "skip"}).encode())
+    assert status == 409 and answer["error"]["type"] == "ExecutionError"
+
+
+def test_an_unknown_id_raises_execution_not_found_in_the_client(client) -> None:
+    for call in (lambda: client.status(UNKNOWN), lambda: client.history(UNKNOWN),
+                 lambda: client.cancel(UNKNOWN), lambda: client.status("not-an-id")):
+        with pytest.raises(ExecutionNotFound):
+            call()
+
+
+def test_the_openapi_document_is_valid_and_lists_every_route(server) -> None:
+    from openapi_spec_validator import validate
+
+    status, _, doc = request(server.url, "GET", "/openapi.json")
+    assert status == 200
+    validate(doc)
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    served = {(m, p.replace(UNKNOWN, "{id}")) for m, p in ROUTES if "nowhere" not in p} | {("GET", "/v1/health")}
+    assert documented == served
+    assert doc["paths"]["/v1/health"]["get"]["security"] == []
+
+
+def test_the_engine_starts_the_api_actor_on_loopback_and_it_answers_with_rays_token(engine, finished) -> None:
+    import ray
+
+    from actors._api import ray_auth_token
+
+    info = ray.get(engine._actors.api.ready.remote(), timeout=60)
+    assert info["error"] is None and urlsplit(info["url"]).hostname == "127.0.0.1"
+    token = ray_auth_token()
+    if token is None:
+        pytest.skip("this Ray runs without token auth")
+    assert ApiClient(Endpoint(info["url"], token)).status(finished) == engine.status(finished)
+    assert request(info["url"], "GET", "/v1/executions", token="wrong")[0] == 401
+
+
+# -- discovery ------------------------------------------------------------------------------------
+
+
+def test_a_client_finds_the_api_through_the_discovery_file(server, monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("SOPFLOW_API", raising=False)
+    monkeypatch.setenv("SOPFLOW_API_TOKEN", TOKEN)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the client looks in ~/.sopflow
+    path = discovery_path(NAMESPACE, tmp_path / ".sopflow")
+    path.parent.mkdir()
+    path.write_bytes(server.api.discovery.read_bytes())
+    assert find_endpoint(NAMESPACE) == Endpoint(server.url, TOKEN)
+    assert ApiClient.discover(NAMESPACE) is not None
+    monkeypatch.setenv("SOPFLOW_API", "off")
+    assert find_endpoint(NAMESPACE) is None
+    monkeypatch.setenv("SOPFLOW_API", "http://127.0.0.1:1")
+    assert ApiClient.discover(NAMESPACE) is None  # nothing answers there: the CLI uses Ray
+
+
+def test_a_discovery_file_of_a_dead_process_or_another_cluster_is_ignored(monkeypatch, tmp_path) -> None:
+    from runtime._api_discovery import write_discovery
+
+    monkeypatch.delenv("SOPFLOW_API", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = discovery_path("ns", tmp_path / ".sopflow")
+    write_discovery(path, {"url": "http://127.0.0.1:9", "pid": 2**22 + 12345, "gcs_address": "10.0.0.1:6379"})
+    assert find_endpoint("ns") is None  # no such process
+    write_discovery(path, {"url": "http://127.0.0.1:9", "pid": os.getpid(), "gcs_address": "10.0.0.1:6379"})
+    assert find_endpoint("ns") is not None
+    assert find_endpoint("ns", "10.0.0.1:6379") is not None
+    assert find_endpoint("ns", "127.0.0.1:6379") is not None  # loopback names this machine
+    assert find_endpoint("ns", "10.0.0.2:6379") is None
+    assert find_endpoint("ns", "10.0.0.1:6380") is None
+    assert find_endpoint("ns", "ray://10.0.0.1:10001") is None
+    path.write_text("{not json")
+    assert find_endpoint("ns") is None
+    assert discovery_path("../../etc", tmp_path).parent == tmp_path  # a namespace cannot leave the directory
+
+
+# -- the wire format --------------------------------------------------------------------------------
+
+_floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
+_text = st.text(max_size=20)
+_json = st.recursive(st.none() | st.booleans() | st.integers(-2**53, 2**53) | _floats | _text,
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+                     max_leaves=8)
+_steps = st.lists(st.builds(StepView, id=_text, status=st.sampled_from(StepStatus),
+                            attempts=st.integers(0, 100), error=st.none() | _text,
+                            classification=st.none() | _text, started_at=st.none() | _floats,
+                            ended_at=st.none() | _floats), max_size=6, unique_by=lambda s: s.id)
+_views = st.builds(lambda steps, **kw: ExecutionView(steps={s.id: s for s in steps}, **kw),
+                   steps=_steps, id=_text, sop=_text, version=_text, mode=_text,
+                   status=st.sampled_from(ExecutionStatus), progress=st.floats(0, 1),
+                   submitted_at=_floats, ended_at=st.none() | _floats,
+                   outputs=st.none() | st.dictionaries(_text, _json, max_size=4),
+                   priority=st.integers(-100, 100), trace_id=st.none() | _text)
+
+
+@given(_views)
+def test_for_any_view_json_round_trip_gives_the_same_view_and_step_order(view: ExecutionView) -> None:
+    again = view_from_dict(json.loads(json.dumps(view_to_dict(view))))
+    assert again == view
+    assert list(again.steps) == list(view.steps)
