@@ -10,21 +10,23 @@ import time
 from typing import Any
 
 import click
-from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from runtime._cli_sop import console, print_problems
+from runtime._console import console
 from runtime.errors import ExecutionError
-from runtime.registry import Registry
 from runtime.status import ExecutionStatus, ExecutionView, StepStatus
-from sop import SopflowError, SopValidationError, check_file
+from sop.errors import SopflowError, SopValidationError
+
+# Only `run` needs the SOP model, the registry and the live display: they are imported there,
+# so `status`, `list` and the other commands over the HTTP API start fast.
 
 _STEP_STYLE = {StepStatus.SUCCEEDED: "green", StepStatus.FAILED: "red", StepStatus.RUNNING: "cyan",
                StepStatus.QUEUED: "blue", StepStatus.RETRYING: "yellow", StepStatus.SKIPPED: "dim",
                StepStatus.UPSTREAM_FAILED: "red",
                StepStatus.CANCELLED: "magenta", StepStatus.PENDING: "white"}
+CLI_NAMESPACE = "sopflow"
+"""The namespace the CLI's commands use (``runtime.engine.DEFAULT_NAMESPACE``, not imported: it is heavy)."""
 _ADDRESS_HELP = "Ray cluster to use (host:port or ray://host:10001); default $RAY_ADDRESS, else this machine's."
 
 
@@ -92,9 +94,8 @@ def _client(address: str | None) -> Any:
     ``SOPFLOW_API=off`` always takes Ray; ``SOPFLOW_API=URL`` names the API (a forwarded port).
     """
     from runtime._api_client import ApiClient
-    from runtime.engine import DEFAULT_NAMESPACE
 
-    client = ApiClient.discover(DEFAULT_NAMESPACE, address or os.environ.get("RAY_ADDRESS"))
+    client = ApiClient.discover(CLI_NAMESPACE, address or os.environ.get("RAY_ADDRESS"))
     if client is not None:
         return client
     engine, _ = _connect(address, start_if_missing=False)
@@ -165,6 +166,9 @@ def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def _follow(engine: Any, execution_id: str) -> ExecutionView:
     """Live progress bar and step table until the execution ends."""
+    from rich.live import Live
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     out = console()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                         TimeElapsedColumn(), console=out, transient=False)
@@ -203,6 +207,10 @@ def register_commands(main: click.Group) -> None:
 
         Exits 0 only when the execution completed.
         """
+        from runtime._cli_sop import print_problems
+        from runtime.registry import Registry
+        from sop import check_file
+
         report = check_file(file, handlers=Registry())
         if not report.ok:
             print_problems(report, console(stderr=True))

@@ -122,3 +122,31 @@ def test_the_cli_sends_a_json_body_the_api_accepts_for_decide(api_env, finished)
     assert got.returncode == 1
     assert "is not waiting for a decision" in got.stderr or "can no longer be changed" in got.stderr
     assert "Traceback" not in got.stderr
+
+
+def test_a_command_over_the_api_imports_neither_ray_nor_the_sop_model(api_env, finished) -> None:
+    code = ("import sys; sys.argv = ['sopflow', 'status', sys.argv[1]]\n"
+            "from runtime.cli import main\n"
+            "try: main()\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in ('ray', 'pydantic', 'yaml', 'jinja2', 'sop.model') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, finished], env=api_env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert finished in done.stdout and done.stdout.splitlines()[-1] == "[]", done.stdout
+
+
+def test_the_cli_namespace_is_the_engines_default() -> None:
+    from runtime._cli_exec import CLI_NAMESPACE
+    from runtime.engine import DEFAULT_NAMESPACE
+
+    assert CLI_NAMESPACE == DEFAULT_NAMESPACE
+
+
+def test_help_still_lists_every_command() -> None:
+    from runtime.cli import _COMMANDS, main
+
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    listed = {line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()}
+    assert listed == set(_COMMANDS)
