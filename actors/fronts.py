@@ -121,7 +121,7 @@ class FailureHandler(_FailureHandler):
         return "FailureHandler()"
 
 
-class Api(_Api):
+class HttpApi(_Api):
     """The HTTP API as a Ray actor: it starts serving on the actor's event loop as soon as it exists
     (again after Ray restarts it)."""
 
@@ -137,7 +137,7 @@ class Api(_Api):
         return await self.info()
 
     def __repr__(self) -> str:
-        return f"Api({getattr(self, 'url', None) or 'not listening'})"
+        return f"HttpApi({getattr(self, 'url', None) or 'not listening'})"
 
 
 ACTOR_PRIORITY = int(os.environ.get("SOPFLOW_ACTOR_PRIORITY", "5"))
@@ -191,7 +191,7 @@ class Actors:
         self.coordinator = _actor(Coordinator, "sopflow-coordinator", namespace, self.monitor,
                                   self.failure_handler, config, None, owner, max_concurrency=100_000,
                                   **placement)
-        self.api = _actor(Api, "sopflow-api", namespace, namespace, config, resources=HEAD_NODE)
+        self.api = _actor(HttpApi, "sopflow-api", namespace, namespace, config, resources=HEAD_NODE)
 
     def kill(self) -> None:
         """Remove the actors; executions resume from the event log when they are created again.
