@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from runtime._api_client import ApiClient
 from runtime._api_discovery import Endpoint, discovery_path, find_endpoint, read_discovery
 from runtime._wire import DECISIONS, STATUSES, view_from_dict, view_to_dict
-from runtime.errors import ExecutionError, ExecutionNotFound, ExecutionTimeout
+from runtime.errors import (EngineUnavailable, ExecutionError, ExecutionFailed, ExecutionNotFound,
+                            ExecutionTimeout, IdempotencyConflict, StateStoreError)
 from runtime.status import ExecutionStatus, ExecutionView, StepStatus, StepView
 from tests.conftest import NAMESPACE
 from tests.sop_builders import H, sop_text, wait_for
@@ -472,3 +473,22 @@ def test_for_any_view_json_round_trip_gives_the_same_view_and_step_order(view: E
     again = view_from_dict(json.loads(json.dumps(view_to_dict(view))))
     assert again == view
     assert list(again.steps) == list(view.steps)
+
+
+_ids = st.from_regex(r"exe-[0-9a-f]{12}-[0-9a-f]{8}", fullmatch=True)
+_errors = st.one_of(
+    st.builds(ExecutionNotFound, _ids),
+    st.builds(ExecutionTimeout, _ids, st.floats(0, 1e6), st.sampled_from(STATUSES)),
+    st.builds(ExecutionFailed, _ids, st.sampled_from(STATUSES), st.dictionaries(_text, _text, max_size=3)),
+    st.builds(IdempotencyConflict, _text, _ids, st.lists(_text, max_size=3)),
+    st.builds(ExecutionError, _text), st.builds(EngineUnavailable, _text), st.builds(StateStoreError, _text))
+
+
+@given(_errors)
+def test_for_any_sopflow_error_the_client_raises_the_same_class_and_message(error: Exception) -> None:
+    from runtime._wire import error_from_dict, error_to_dict, http_status
+
+    body = json.loads(json.dumps({"error": error_to_dict(error)}))
+    again = error_from_dict(http_status(error), body)
+    assert type(again) is type(error) and str(again) == str(error)
+    assert 400 <= http_status(error) < 600
