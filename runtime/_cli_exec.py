@@ -94,10 +94,15 @@ def _client(address: str | None) -> Any:
     ``SOPFLOW_API=off`` always takes Ray; ``SOPFLOW_API=URL`` names the API (a forwarded port).
     """
     from runtime._api_client import ApiClient
+    from runtime._api_discovery import API_ENV, OFF
 
     client = ApiClient.discover(CLI_NAMESPACE, address or os.environ.get("RAY_ADDRESS"))
     if client is not None:
         return client
+    named = os.environ.get(API_ENV, "").strip()
+    if named and named.lower() not in OFF:  # asked for that API: going through Ray instead would surprise
+        raise click.ClickException(f"sopflow's API at {named} (${API_ENV}) does not answer; check the port "
+                                   f"forward (ssh -L), or unset {API_ENV} to go through Ray")
     engine, _ = _connect(address, start_if_missing=False)
     return engine
 

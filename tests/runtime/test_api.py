@@ -309,6 +309,48 @@ def test_a_port_in_use_leaves_the_api_off_with_a_reason(engine, tmp_path) -> Non
     assert not discovery_path(NAMESPACE, tmp_path).exists()
 
 
+def listening_address(port: int) -> str | None:
+    """The IPv4 address a TCP socket on ``port`` listens on, from /proc/net/tcp."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        host, hex_port = local.split(":")
+        if int(hex_port, 16) == port and state == "0A":  # 0A: LISTEN
+            return ".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0))
+    return None
+
+
+def test_a_configured_host_and_port_are_used(engine, tmp_path, monkeypatch) -> None:
+    from actors._api import _Api
+    from runtime.config import EngineConfig
+
+    with socket.socket() as probe:  # a port free right now
+        probe.bind(("127.0.0.2", 0))
+        port = probe.getsockname()[1]
+    api = _Api(NAMESPACE, EngineConfig(api_host="127.0.0.2", api_port=port), token=TOKEN,
+               discovery_dir=str(tmp_path))
+    s = Server.__new__(Server)  # the same loop thread as Server, around this instance
+    s.loop = asyncio.new_event_loop()
+    s.thread = threading.Thread(target=s.loop.run_forever, daemon=True)
+    s.thread.start()
+    s.api = api
+    try:
+        assert s.run(api.start()) == f"http://127.0.0.2:{port}"
+        assert listening_address(port) == "127.0.0.2"
+        assert request(api.url, "GET", "/v1/health")[0] == 200
+    finally:
+        s.close()
+    monkeypatch.setenv("SOPFLOW_API_HOST", "127.0.0.3")
+    monkeypatch.setenv("SOPFLOW_API_PORT", "8470")
+    assert EngineConfig().api_address() == ("127.0.0.3", 8470)  # the head's environment
+    assert EngineConfig(api_port=0).api_address() == ("127.0.0.3", 0)
+    monkeypatch.setenv("SOPFLOW_API_PORT", "eighty")
+    with pytest.raises(ValueError, match="SOPFLOW_API_PORT must be a port number"):
+        EngineConfig().api_address()
+    monkeypatch.delenv("SOPFLOW_API_HOST")
+    assert _Api(NAMESPACE, None, token=TOKEN).error == "$SOPFLOW_API_PORT must be a port number (0: any free " \
+        "port), got 'eighty'"
+
+
 def test_engine_config_refuses_a_bad_api_port() -> None:
     from runtime.config import EngineConfig
 
@@ -404,6 +446,7 @@ def test_the_engine_starts_the_api_actor_on_loopback_and_it_answers_with_rays_to
 
     info = ray.get(engine._actors.api.ready.remote(), timeout=60)
     assert info["error"] is None and urlsplit(info["url"]).hostname == "127.0.0.1"
+    assert listening_address(urlsplit(info["url"]).port) == "127.0.0.1"
     token = ray_auth_token()
     if token is None:
         pytest.skip("this Ray runs without token auth")

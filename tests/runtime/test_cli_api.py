@@ -150,3 +150,10 @@ def test_help_still_lists_every_command() -> None:
     assert result.exit_code == 0
     listed = {line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()}
     assert listed == set(_COMMANDS)
+
+
+def test_an_api_named_by_sopflow_api_that_does_not_answer_is_an_error_not_a_silent_fallback(api_env) -> None:
+    got = sopflow({**api_env, "SOPFLOW_API": "http://127.0.0.1:1"}, "status", UNKNOWN)
+    assert got.returncode == 1
+    assert "sopflow's API at http://127.0.0.1:1 ($SOPFLOW_API) does not answer" in got.stderr
+    assert "Traceback" not in got.stderr
