@@ -43,18 +43,14 @@ UNKNOWN = "exe-000000000000-00000000"
 class Server:
     """An ``_Api`` serving on its own event loop thread in this process."""
 
-    def __init__(self, discovery_dir: Path, token: str | None = TOKEN) -> None:
+    def __init__(self, discovery_dir: Path, token: str | None = TOKEN, config: Any = None) -> None:
         from actors._api import _Api
 
+        self.api = _Api(NAMESPACE, config, token=token, discovery_dir=str(discovery_dir))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-api", daemon=True)
         self.thread.start()
-        self.api = self.run(self._create(_Api, discovery_dir, token))
         self.url = self.run(self.api.start())
-        assert self.url is not None, self.api.error
-
-    async def _create(self, cls: Any, discovery_dir: Path, token: str | None) -> Any:
-        return cls(NAMESPACE, None, token=token, discovery_dir=str(discovery_dir))
 
     def run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
@@ -68,6 +64,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(engine, tmp_path_factory) -> Iterator[Server]:
     s = Server(tmp_path_factory.mktemp("api-discovery"))
+    assert s.url is not None, s.api.error
     yield s
     s.close()
 
@@ -326,17 +323,11 @@ def test_a_configured_host_and_port_are_used(engine, tmp_path, monkeypatch) -> N
     with socket.socket() as probe:  # a port free right now
         probe.bind(("127.0.0.2", 0))
         port = probe.getsockname()[1]
-    api = _Api(NAMESPACE, EngineConfig(api_host="127.0.0.2", api_port=port), token=TOKEN,
-               discovery_dir=str(tmp_path))
-    s = Server.__new__(Server)  # the same loop thread as Server, around this instance
-    s.loop = asyncio.new_event_loop()
-    s.thread = threading.Thread(target=s.loop.run_forever, daemon=True)
-    s.thread.start()
-    s.api = api
+    s = Server(tmp_path, config=EngineConfig(api_host="127.0.0.2", api_port=port))
     try:
-        assert s.run(api.start()) == f"http://127.0.0.2:{port}"
+        assert s.url == f"http://127.0.0.2:{port}"
         assert listening_address(port) == "127.0.0.2"
-        assert request(api.url, "GET", "/v1/health")[0] == 200
+        assert request(s.url, "GET", "/v1/health")[0] == 200
     finally:
         s.close()
     monkeypatch.setenv("SOPFLOW_API_HOST", "127.0.0.3")
