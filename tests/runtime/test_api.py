@@ -526,3 +526,32 @@ def test_for_any_sopflow_error_the_client_raises_the_same_class_and_message(erro
     again = error_from_dict(http_status(error), body)
     assert type(again) is type(error) and str(again) == str(error)
     assert 400 <= http_status(error) < 600
+
+
+def test_ray_restarts_a_killed_api_actor_and_it_serves_again(engine, finished) -> None:
+    import ray
+
+    from actors._api import ray_auth_token
+
+    api = engine._actors.api
+    ray.get(api.ready.remote(), timeout=60)
+    pid = ray.get(api.__ray_call__.remote(lambda self: os.getpid()))
+    ray.kill(api, no_restart=False)  # as if its process crashed
+    after = wait_for(lambda: _ready_again(api, pid), timeout_s=120)
+    assert after["error"] is None and urlsplit(after["url"]).hostname == "127.0.0.1"
+    token = ray_auth_token()
+    if token is not None:
+        assert ApiClient(Endpoint(after["url"], token)).status(finished) == engine.status(finished)
+
+
+def _ready_again(api: Any, old_pid: int) -> dict | None:
+    """The restarted actor's ``info()`` (None while Ray restarts it). The shared discovery file is not
+    read here: another test session's cluster may write the same one."""
+    import ray
+
+    try:
+        info = ray.get(api.ready.remote(), timeout=10)
+        pid = ray.get(api.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return None
+    return info if pid != old_pid else None
