@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from runtime._console import console  # noqa: F401 - also imported from here
+from runtime._console import console
 from runtime.registry import Registry
 from sop import Sop, ValidationReport, check_file
 from sop.report import RENDERERS
