@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 
+from actors._api import _Api
 from actors._coordinator import _Coordinator
 from actors._metrics import RayMetrics
 from runtime.config import RESTART_GRACE_S, EngineConfig
@@ -121,6 +122,25 @@ class FailureHandler(_FailureHandler):
         return "FailureHandler()"
 
 
+class HttpApi(_Api):
+    """The HTTP API as a Ray actor: it starts serving on the actor's event loop as soon as it exists
+    (again after Ray restarts it)."""
+
+    def __init__(self, *args: Any) -> None:
+        import asyncio
+
+        super().__init__(*args)
+        self._serving = asyncio.get_running_loop().create_task(self.start())  # Ray runs __init__ in the loop
+
+    async def ready(self) -> dict[str, Any]:
+        """``info()`` once the server has started (or failed to)."""
+        await self._serving
+        return await self.info()
+
+    def __repr__(self) -> str:
+        return f"HttpApi({getattr(self, 'url', None) or 'not listening'})"
+
+
 ACTOR_PRIORITY = int(os.environ.get("SOPFLOW_ACTOR_PRIORITY", "5"))
 """How far above normal CPU priority the coordinator and monitor ask to run (``0``: normal)."""
 
@@ -172,6 +192,7 @@ class Actors:
         self.coordinator = _actor(Coordinator, "sopflow-coordinator", namespace, self.monitor,
                                   self.failure_handler, config, None, owner, max_concurrency=100_000,
                                   **placement)
+        self.api = _actor(HttpApi, "sopflow-api", namespace, namespace, config, resources=HEAD_NODE)
 
     def kill(self) -> None:
         """Remove the actors; executions resume from the event log when they are created again.
@@ -182,7 +203,11 @@ class Actors:
             ray.get(self.coordinator.close_store.remote(), timeout=30)
         except Exception:  # noqa: BLE001 - dead or unreachable: its lease expires, or its pid is gone
             pass
-        for handle in (self.coordinator, self.monitor, self.failure_handler):
+        try:  # removes its discovery file
+            ray.get(self.api.stop.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - already gone: a stale file names a dead pid, which clients skip
+            pass
+        for handle in (self.coordinator, self.monitor, self.failure_handler, self.api):
             ray.kill(handle, no_restart=True)
 
 

@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "validation": "bench.validation",
     "engine": "bench.engine",
     "durability": "bench.durability",
+    "cli": "bench.cli",
 }
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

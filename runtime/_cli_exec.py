@@ -10,21 +10,23 @@ import time
 from typing import Any
 
 import click
-from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from runtime._cli_sop import console, print_problems
+from runtime._console import console
 from runtime.errors import ExecutionError
-from runtime.registry import Registry
 from runtime.status import ExecutionStatus, ExecutionView, StepStatus
-from sop import SopflowError, SopValidationError, check_file
+from sop.errors import SopflowError, SopValidationError
+
+# Only `run` needs the SOP model, the registry and the live display: they are imported there,
+# so `status`, `list` and the other commands over the HTTP API start fast.
 
 _STEP_STYLE = {StepStatus.SUCCEEDED: "green", StepStatus.FAILED: "red", StepStatus.RUNNING: "cyan",
                StepStatus.QUEUED: "blue", StepStatus.RETRYING: "yellow", StepStatus.SKIPPED: "dim",
                StepStatus.UPSTREAM_FAILED: "red",
                StepStatus.CANCELLED: "magenta", StepStatus.PENDING: "white"}
+CLI_NAMESPACE = "sopflow"
+"""The namespace the CLI's commands use (``runtime.engine.DEFAULT_NAMESPACE``, not imported: it is heavy)."""
 _ADDRESS_HELP = "Ray cluster to use (host:port or ray://host:10001); default $RAY_ADDRESS, else this machine's."
 
 
@@ -83,6 +85,26 @@ def _connect(address: str | None, *, start_if_missing: bool) -> Any:
         return Engine.local(**quiet), True
     except EngineUnavailable as e:  # a bad or busy state file, actors that cannot start: nothing ran
         raise _StartError(str(e)) from None
+
+
+def _client(address: str | None) -> Any:
+    """What a read or control command talks to: sopflow's HTTP API when one answers for this
+    cluster (one loopback round trip), else an Engine over a Ray driver connection.
+
+    ``SOPFLOW_API=off`` always takes Ray; ``SOPFLOW_API=URL`` names the API (a forwarded port).
+    """
+    from runtime._api_client import ApiClient
+    from runtime._api_discovery import API_ENV, OFF
+
+    client = ApiClient.discover(CLI_NAMESPACE, address or os.environ.get("RAY_ADDRESS"))
+    if client is not None:
+        return client
+    named = os.environ.get(API_ENV, "").strip()
+    if named and named.lower() not in OFF:  # asked for that API: going through Ray instead would surprise
+        raise click.ClickException(f"sopflow's API at {named} (${API_ENV}) does not answer; check the port "
+                                   f"forward (ssh -L), or unset {API_ENV} to go through Ray")
+    engine, _ = _connect(address, start_if_missing=False)
+    return engine
 
 
 class _StartError(click.ClickException):
@@ -149,6 +171,9 @@ def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def _follow(engine: Any, execution_id: str) -> ExecutionView:
     """Live progress bar and step table until the execution ends."""
+    from rich.live import Live
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     out = console()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                         TimeElapsedColumn(), console=out, transient=False)
@@ -187,6 +212,10 @@ def register_commands(main: click.Group) -> None:
 
         Exits 0 only when the execution completed.
         """
+        from runtime._cli_sop import print_problems
+        from runtime.registry import Registry
+        from sop import check_file
+
         report = check_file(file, handlers=Registry())
         if not report.ok:
             print_problems(report, console(stderr=True))
@@ -223,7 +252,7 @@ def register_commands(main: click.Group) -> None:
     @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
     def status(execution_id: str, address: str | None, fmt: str) -> None:
         """Show an execution's status, progress and steps."""
-        engine, _ = _connect(address, start_if_missing=False)
+        engine = _client(address)
         try:
             _print_view(engine.status(execution_id), fmt)
         except SopflowError as e:
@@ -236,7 +265,7 @@ def register_commands(main: click.Group) -> None:
     @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
     def wait(execution_id: str, address: str | None, timeout: float | None, fmt: str) -> None:
         """Wait for an execution to end; exit 0 only if it completed."""
-        engine, _ = _connect(address, start_if_missing=False)
+        engine = _client(address)
         try:
             view = engine.wait(execution_id, timeout)
         except SopflowError as e:
@@ -249,7 +278,7 @@ def register_commands(main: click.Group) -> None:
     @click.option("--address", help=_ADDRESS_HELP)
     def result(execution_id: str, address: str | None) -> None:
         """Print a completed execution's outputs as JSON."""
-        engine, _ = _connect(address, start_if_missing=False)
+        engine = _client(address)
         try:
             click.echo(json.dumps(engine.result(execution_id), indent=2, default=str))
         except SopflowError as e:
@@ -261,7 +290,7 @@ def register_commands(main: click.Group) -> None:
     @click.option("--address", help=_ADDRESS_HELP)
     def cancel(execution_id: str, force: bool, address: str | None) -> None:
         """Cancel an execution: start nothing new (and with --force, kill running steps)."""
-        engine, _ = _connect(address, start_if_missing=False)
+        engine = _client(address)
         try:
             view = engine.cancel(execution_id, force=force)
         except SopflowError as e:
@@ -270,7 +299,7 @@ def register_commands(main: click.Group) -> None:
 
     for verb in ("pause", "resume"):
         def control(execution_id: str, address: str | None, _verb: str = verb) -> None:
-            engine, _ = _connect(address, start_if_missing=False)
+            engine = _client(address)
             try:
                 view = getattr(engine, _verb)(execution_id)
             except SopflowError as e:
@@ -291,8 +320,11 @@ def register_commands(main: click.Group) -> None:
     @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
     def list_(status_: str | None, sop: str | None, since: float | None, address: str | None, fmt: str) -> None:
         """List executions, newest first."""
-        engine, _ = _connect(address, start_if_missing=False)
-        views = engine.list(status=status_, sop=sop, since=time.time() - since if since else None)
+        engine = _client(address)
+        try:
+            views = engine.list(status=status_, sop=sop, since=time.time() - since if since else None)
+        except SopflowError as e:
+            _fail(e)
         if fmt == "json":
             click.echo(json.dumps([_view_dict(v) for v in views], indent=2, default=str))
             return

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from runtime._cli_exec import _ADDRESS_HELP, _connect, _fail, _print_view
+from runtime._cli_exec import _ADDRESS_HELP, _client, _connect, _fail, _print_view
 from runtime.events import Event
 from sop import SopflowError
 
@@ -39,8 +39,7 @@ def _events(execution_id: str, state: str | None, address: str | None) -> list[E
         if not events:
             raise click.ClickException(f"no execution {execution_id!r} in {state}")
         return events
-    engine, _ = _connect(address, start_if_missing=False)
-    return engine.history(execution_id)
+    return _client(address).history(execution_id)
 
 
 def _export(execution_id: str, state: str | None, address: str | None) -> dict[str, Any]:
@@ -199,7 +198,7 @@ def register_commands(main: click.Group) -> None:
             value = json.loads(output) if output is not None else None
         except json.JSONDecodeError as e:
             raise click.UsageError(f"--output must be JSON: {e.msg} at column {e.colno}") from None
-        engine, _ = _connect(address, start_if_missing=False)
+        engine = _client(address)
         try:
             view = engine.decide(execution_id, step, decision, reason=reason, output=value)
         except SopflowError as e:

@@ -9,14 +9,10 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from runtime._console import console
 from runtime.registry import Registry
 from sop import Sop, ValidationReport, check_file
 from sop.report import RENDERERS
-
-
-def console(stderr: bool = False) -> Console:
-    """Colour on a terminal, plain text in a pipe (rich decides from isatty and NO_COLOR)."""
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 def print_problems(report: ValidationReport, out: Console) -> None:

@@ -1,21 +1,66 @@
 """The ``sopflow`` command line.
 
 SOP-only commands (``validate``, ``graph``, ``schema``) never import Ray; the
-execution commands live in :mod:`runtime._cli_exec` and import it on demand.
+execution commands live in :mod:`runtime._cli_exec` and import it on demand. A
+command imports only the module that defines it (see ``_COMMANDS``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
 
 import click
 
-from runtime._cli_sop import graph, schema, validate
+
+_COMMANDS = {
+    **dict.fromkeys(("validate", "graph", "schema"), "runtime._cli_sop"),
+    **dict.fromkeys(("run", "status", "wait", "result", "cancel", "pause", "resume", "list"), "runtime._cli_exec"),
+    **dict.fromkeys(("history", "export", "import", "replay", "recover", "decide"), "runtime._cli_log"),
+    **dict.fromkeys(("backup", "check"), "runtime._cli_store"),
+}
+"""Which module defines each command: a command imports only its own module, so ``sopflow status``
+does not pay for the SOP model (pydantic, YAML, jinja2) it never uses."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """A group that imports a command's module when the command is asked for.
+
+    A name missing from ``_COMMANDS`` (a command added without an entry there) loads every
+    module, so it is found anyway, only slower; ``--help`` loads them all to list them.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in dict.fromkeys(_COMMANDS.values()):
+            self._load(module)
+        return sorted(self.commands)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands:
+            for module in [_COMMANDS[name]] if name in _COMMANDS else dict.fromkeys(_COMMANDS.values()):
+                self._load(module)
+        return self.commands.get(name)
+
+    def _load(self, module_name: str) -> None:
+        if module_name in self._loaded:
+            return
+        self._loaded.add(module_name)
+        module = importlib.import_module(module_name)
+        if hasattr(module, "register_commands"):
+            module.register_commands(self)
+        else:  # runtime._cli_sop: its commands are module attributes
+            for name, owner in _COMMANDS.items():
+                if owner == module_name:
+                    self.add_command(getattr(module, name))
+
+    @property
+    def _loaded(self) -> set[str]:
+        return self.__dict__.setdefault("_loaded_modules", set())
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sopflow")
 @click.option("--verbose", "-v", is_flag=True,
               help="Also show Ray's own messages (worker logs, raylet warnings such as 'A worker died').")
@@ -26,19 +71,6 @@ def main(ctx: click.Context, verbose: bool) -> None:
     # Like `python -m`, resolve `python:<module>:<function>` handlers from the current directory.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-
-
-main.add_command(validate)
-main.add_command(graph)
-main.add_command(schema)
-
-from runtime._cli_exec import register_commands as _register_exec  # noqa: E402
-from runtime._cli_log import register_commands as _register_log  # noqa: E402
-from runtime._cli_store import register_commands as _register_store  # noqa: E402
-
-_register_exec(main)
-_register_log(main)
-_register_store(main)
 
 
 def _json_dump(value: object) -> None:

@@ -51,6 +51,13 @@ class EngineConfig:
             third of this; another engine may take the file over only after this many
             seconds without a renewal (the owner crashed), or at once after a clean
             shutdown or when the owner's process on the same host is gone.
+        api_host: Where the HTTP API (used by the CLI) listens on the head node. Empty
+            (the default): ``$SOPFLOW_API_HOST`` in the head's environment, else
+            ``127.0.0.1``; reach it from elsewhere with ``ssh -L`` rather than binding
+            ``0.0.0.0``.
+        api_port: Its TCP port; 0 picks a free one (written to the discovery file
+            ``~/.sopflow/api-<namespace>.json`` on the head). None (the default):
+            ``$SOPFLOW_API_PORT`` in the head's environment, else 0.
         checkpoint_every_s: How often the coordinator moves the SQLite WAL into the main
             file and truncates it (also done on a clean shutdown), so the main file alone
             holds nearly everything and a damaged WAL can cost little.
@@ -65,6 +72,8 @@ class EngineConfig:
     max_inline_output_bytes: int = DEFAULT_INLINE_OUTPUT_BYTES
     lease_ttl_s: float = 15.0
     checkpoint_every_s: float = 300.0
+    api_host: str = ""
+    api_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -86,10 +95,28 @@ class EngineConfig:
             raise ValueError(f"lease_ttl_s must be > 0, got {self.lease_ttl_s}")
         if self.keep_finished < 0:
             raise ValueError(f"keep_finished must be >= 0, got {self.keep_finished}")
+        if self.api_port is not None and not (isinstance(self.api_port, int) and 0 <= self.api_port <= 65535):
+            raise ValueError(f"api_port must be 0 (any free port) to 65535, got {self.api_port!r}")
+        if not isinstance(self.api_host, str) or any(c.isspace() for c in self.api_host):
+            raise ValueError(f"api_host must be a host name or IP address, got {self.api_host!r}")
 
     def on_this_node(self) -> EngineConfig:
         """This config with an empty ``state`` resolved in the calling process (an actor on the head)."""
         return self if self.state else dataclasses.replace(self, state=default_state_path())
+
+    def api_address(self) -> tuple[str, int]:
+        """``(host, port)`` the API listens on, resolved in the calling process (the API actor)."""
+        host = self.api_host or os.environ.get("SOPFLOW_API_HOST", "").strip() or "127.0.0.1"
+        if self.api_port is not None:
+            return host, self.api_port
+        raw = os.environ.get("SOPFLOW_API_PORT", "").strip() or "0"
+        try:
+            port = int(raw)
+        except ValueError:
+            raise ValueError(f"$SOPFLOW_API_PORT must be a port number (0: any free port), got {raw!r}") from None
+        if not 0 <= port <= 65535:
+            raise ValueError(f"$SOPFLOW_API_PORT must be 0 (any free port) to 65535, got {port}")
+        return host, port
 
     @property
     def retention_s(self) -> float:

@@ -1,0 +1,142 @@
+"""The OpenAPI 3 document of sopflow's HTTP API (served at ``GET /openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime._wire import DECISIONS, STATUSES
+from runtime.events import EventKind
+from runtime.status import StepStatus
+
+_ID = {"name": "id", "in": "path", "required": True, "description": "An execution id.",
+       "schema": {"type": "string", "pattern": "^exe-[0-9a-f]{12}-[0-9a-f]{8}$"}}
+_NUMBER = {"type": "number", "minimum": 0}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    """References to the shared error responses: every call may get 401 and 503."""
+    return {str(c): {"$ref": f"#/components/responses/E{c}"} for c in sorted({401, 503, *codes})}
+
+
+def _operation(summary: str, ok: dict[str, Any], *, params: tuple[dict[str, Any], ...] = (),
+               body: dict[str, Any] | None = None, errors: tuple[int, ...] = (400, 404)) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "parameters": list(params),
+                          "responses": {"200": ok, **_errors(*errors)}}
+    if body is not None:
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        out["required"] = list(required)
+    return out
+
+
+_SCHEMAS = {
+    "StepView": {"type": "object", "required": ["id", "status", "attempts"], "properties": {
+        "id": {"type": "string"}, "status": {"type": "string", "enum": [s.value for s in StepStatus]},
+        "attempts": {"type": "integer"}, "error": {"type": ["string", "null"]},
+        "classification": {"type": ["string", "null"]}, "started_at": {"type": ["number", "null"]},
+        "ended_at": {"type": ["number", "null"]}}},
+    "ExecutionView": {"type": "object", "required": ["id", "sop", "status", "progress", "steps"], "properties": {
+        "id": {"type": "string"}, "sop": {"type": "string"}, "version": {"type": "string"},
+        "mode": {"type": "string"}, "status": {"type": "string", "enum": list(STATUSES)},
+        "progress": {"type": "number", "minimum": 0, "maximum": 1},
+        "steps": {"type": "array", "items": _ref("StepView"), "description": "In the SOP's order."},
+        "submitted_at": {"type": "number", "description": "Seconds since the epoch."},
+        "ended_at": {"type": ["number", "null"]}, "outputs": {"type": ["object", "null"]},
+        "priority": {"type": "integer"}, "trace_id": {"type": ["string", "null"]}}},
+    "Event": {"type": "object", "required": ["execution_id", "seq", "kind", "ts"], "properties": {
+        "execution_id": {"type": "string"}, "seq": {"type": "integer", "minimum": 1},
+        "kind": {"type": "string", "enum": [k.value for k in EventKind]}, "ts": {"type": "number"},
+        "step": {"type": ["string", "null"]}, "attempt": {"type": ["integer", "null"]},
+        "data": {"type": "object"}}},
+    "Events": _object({"events": {"type": "array", "items": _ref("Event")}}, ("events",)),
+    "Error": _object({"error": {"type": "object", "required": ["type", "message"], "properties": {
+        "type": {"type": "string", "description": "The sopflow error's class, e.g. ExecutionNotFound."},
+        "message": {"type": "string"}}}}, ("error",)),
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The whole document; every path but ``/v1/health`` needs the bearer token."""
+    view = _json(_ref("ExecutionView"), "The execution.")
+    execution = "/v1/executions/{id}"
+    after = _query("after", {"type": "integer", "minimum": 0}, "Only events with a larger seq.")
+    paths = {
+        "/v1/health": {"get": {"summary": "Whether the API is up (no token needed).", "security": [],
+                               "responses": {"200": _json(_object({"ok": {"type": "boolean"},
+                                                                   "service": {"type": "string"},
+                                                                   "api": {"type": "string"}}), "Up.")}}},
+        "/openapi.json": {"get": {"summary": "This document.", "responses": {
+            "200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}, **_errors()}}},
+        "/v1/executions": {"get": _operation(
+            "Executions, newest first.",
+            _json(_object({"executions": {"type": "array", "items": _ref("ExecutionView")}}), "Found."),
+            params=(_query("status", {"type": "string", "enum": list(STATUSES)}, "Only with this status."),
+                    _query("sop", {"type": "string", "maxLength": 1000}, "Only of this SOP."),
+                    _query("since", _NUMBER, "Submitted at or after (seconds since the epoch)."),
+                    _query("until", _NUMBER, "Submitted before (seconds since the epoch)."),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 1000},
+                           "At most this many.")), errors=(400,))},
+        execution: {"get": _operation("An execution's status, progress and steps.", view, params=(_ID,))},
+        execution + "/events": {"get": _operation(
+            "The execution's events after a seq (from the monitor); waits for new ones up to `wait` s.",
+            _json(_ref("Events"), "Events in seq order (maybe none)."),
+            params=(_ID, after, _query("wait", {"type": "number", "minimum": 0, "maximum": 30},
+                                       "Long-poll up to this many seconds when there are none yet.")))},
+        execution + "/history": {"get": _operation(
+            "Every event of the execution from the durable log, in order.",
+            _json(_ref("Events"), "Events in seq order."), params=(_ID, after))},
+        execution + "/result": {"get": _operation(
+            "The outputs of a completed execution (waits for it to end).",
+            _json({"type": "object"}, "`outputs` and per-step `steps`."),
+            params=(_ID, _query("timeout", _NUMBER, "Give up after this many seconds (408).")),
+            errors=(400, 404, 408, 409))},
+        execution + "/wait": {"post": _operation(
+            "Wait for the execution to end; its final view, with outputs.", view, params=(_ID,),
+            body=_object({"timeout": {"type": ["number", "null"], "minimum": 0}}), errors=(400, 404, 408, 413))},
+        execution + "/cancel": {"post": _operation(
+            "Start nothing new; with force, also kill running steps.", view, params=(_ID,),
+            body=_object({"force": {"type": "boolean", "default": False}}), errors=(400, 404, 409, 413))},
+        execution + "/pause": {"post": _operation(
+            "Running steps finish, nothing new starts.", view, params=(_ID,), body=_object({}),
+            errors=(400, 404, 409, 413))},
+        execution + "/resume": {"post": _operation(
+            "Resume a paused execution.", view, params=(_ID,), body=_object({}), errors=(400, 404, 409, 413))},
+        execution + "/decide": {"post": _operation(
+            "Settle a step waiting for an operator (status needs_decision).", view, params=(_ID,),
+            body=_object({"step": {"type": "string"}, "decision": {"type": "string", "enum": list(DECISIONS)},
+                          "reason": {"type": "string"}, "output": {"description": "JSON output for succeed."}},
+                         ("step", "decision")), errors=(400, 404, 409, 413))},
+    }
+    responses = {f"E{code}": _json(_ref("Error"), text) for code, text in {
+        400: "A bad argument; the message names what was expected.", 401: "No token, or a wrong one.",
+        404: "No such execution.", 408: "Still running when the timeout passed.",
+        409: "The execution's state forbids it, or it did not complete.",
+        413: "The request body is larger than 1 MiB.", 503: "sopflow's actors cannot be reached."}.items()}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sopflow", "version": "1",
+                 "description": "Follow and control SOP executions on a Ray cluster. Send Ray's auth token "
+                                "(or the API's own, from its discovery file) as `Authorization: Bearer`."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {"schemas": _SCHEMAS, "responses": responses,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
