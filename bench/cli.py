@@ -58,7 +58,7 @@ def run(quick: bool = False) -> list[Result]:
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
     try:
         engine = Engine(namespace=DEFAULT_NAMESPACE, config=EngineConfig(state=str(state)))
-        ray.get(engine._actors.api.ready.remote())
+        ray.get(engine._conn.actors.api.ready.remote())
         eid = engine.submit(str(REPO_ROOT / "examples" / "hello-linear.yaml"), {"name": "bench"})
         engine.wait(eid, timeout=120)
         base = {k: v for k, v in os.environ.items() if k != "SOPFLOW_API"}
@@ -89,7 +89,7 @@ def run(quick: bool = False) -> list[Result]:
         results.append(Result("sopflow --version (start-up alone, no cluster)",
                               {"n": repeat, "p50 ms": _nearest_rank(startup, 50),
                                "p95 ms": _nearest_rank(startup, 95), "min ms": min(startup)}))
-        engine._actors.kill()  # removes the API's discovery file
+        engine._conn.actors.kill()  # removes the API's discovery file
         return results
     finally:
         ray.shutdown()

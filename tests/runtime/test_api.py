@@ -435,7 +435,7 @@ def test_the_engine_starts_the_api_actor_on_loopback_and_it_answers_with_rays_to
 
     from actors._api import ray_auth_token
 
-    info = ray.get(engine._actors.api.ready.remote(), timeout=60)
+    info = ray.get(engine._conn.actors.api.ready.remote(), timeout=60)
     assert info["error"] is None and urlsplit(info["url"]).hostname == "127.0.0.1"
     assert listening_address(urlsplit(info["url"]).port) == "127.0.0.1"
     token = ray_auth_token()
@@ -533,7 +533,7 @@ def test_ray_restarts_a_killed_api_actor_and_it_serves_again(engine, finished) -
 
     from actors._api import ray_auth_token
 
-    api = engine._actors.api
+    api = engine._conn.actors.api
     ray.get(api.ready.remote(), timeout=60)
     pid = ray.get(api.__ray_call__.remote(lambda self: os.getpid()))
     ray.kill(api, no_restart=False)  # as if its process crashed

@@ -30,7 +30,7 @@ def api_env(engine) -> dict[str, str]:
 
     from actors._api import ray_auth_token
 
-    info = ray.get(engine._actors.api.ready.remote(), timeout=60)
+    info = ray.get(engine._conn.actors.api.ready.remote(), timeout=60)
     assert info["error"] is None, info["error"]
     token = ray_auth_token()
     if token is None:
