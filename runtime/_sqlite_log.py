@@ -19,15 +19,19 @@ from urllib.parse import quote
 from runtime import _lease
 from runtime._log_types import ExecutionRecord, check_limit
 from runtime.errors import StateStoreError, StateStoreLostError
-from runtime.events import Event, EventKind
+from runtime.events import Event, EventKind, upcast
 from runtime.masking import make_private
 
 _logger = logging.getLogger("sopflow.eventlog")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The SQLite schema this module writes; a file with a newer one is refused, an older one upgraded.
+
+2: an event's ``encoding`` names its payload schema too (``json;2``); a bare ``json`` or ``pickle``
+is a schema-1 payload, upcast when read (:func:`runtime.events.upcast`).
+"""
 _SETTING = "setting:"
 """Prefix of engine-wide settings in the ``meta`` table (older stores simply have none)."""
-"""The SQLite schema this module writes; a file with a newer one is refused."""
 
 
 _SCHEMA = (
@@ -59,6 +63,19 @@ _FOREIGN_FIX = "point SOPFLOW_STATE (or --state) at another file, or move this o
 
 
 def _encode(ev: Event) -> tuple[str, str | bytes]:
+    """The ``encoding`` (format and payload schema, ``json;2``) and the encoded payload."""
+    fmt, data = _encode_data(ev)
+    return f"{fmt};{ev.schema}", data
+
+
+def _decode(ev_kind: EventKind, encoding: str, data: Any) -> dict[str, Any]:
+    """The payload of a stored event, upcast to this sopflow's schema (see ``SCHEMA_VERSION``)."""
+    fmt, _, schema = encoding.partition(";")
+    value = json.loads(data) if fmt == "json" else pickle.loads(data)
+    return upcast(ev_kind, value, int(schema or 1))
+
+
+def _encode_data(ev: Event) -> tuple[str, str | bytes]:
     """JSON when it reads back equal; pickle otherwise (tuples, int keys, NaN, objects).
 
     "Equal" is ``==``: an enum member or a float subclass comes back as its plain value.
@@ -180,6 +197,9 @@ class SqliteEventLog:
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         if self._check_schema(conn):  # again inside the transaction: another writer may have made it
+            # An older store: its rows read as they are; stamp the version it is written with now.
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND CAST(value AS INTEGER) < ?",
+                         (str(SCHEMA_VERSION), SCHEMA_VERSION))
             return
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         for statement in _SCHEMA:
@@ -299,7 +319,10 @@ class SqliteEventLog:
             if kind not in _KINDS:
                 raise StateStoreError(f"event #{seq} of {execution_id} has kind {kind!r}, unknown to this "
                                       "sopflow; upgrade sopflow to read it")
-            value = json.loads(data) if encoding == "json" else pickle.loads(data)
+            try:
+                value = _decode(_KINDS[kind], encoding, data)
+            except ValueError as e:  # a newer payload schema
+                raise StateStoreError(f"event #{seq} of {execution_id}: {e}") from e
             out.append(Event(execution_id, seq, _KINDS[kind], ts, step, attempt, value))
         return out
 

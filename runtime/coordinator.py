@@ -23,6 +23,7 @@ from typing import Any
 from runtime.admission import LocalAdmission
 from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import ExecutionError, ExecutionNotFound, IdempotencyConflict, StateStoreError
+from runtime import events as ev
 from runtime.events import Event, EventKind
 from runtime.execution import Execution
 from runtime.failure import Decision, ErrorInfo, decide
@@ -100,14 +101,15 @@ class CoordinatorCore:
 
     # -- ExecutionHost ----------------------------------------------------------------------
 
-    def emit(self, exe: Execution, kind: EventKind, step: str | None = None,
-             attempt: int | None = None, **data: Any) -> Event:
+    def emit(self, exe: Execution, payload: ev.Payload, step: str | None = None,
+             attempt: int | None = None) -> Event:
         """Append an event and fold it into the execution's state: the only way state changes."""
-        event = Event(exe.id, exe.state.last_seq + 1, kind, time.time(), step, attempt,
+        data = payload.to_data()
+        event = Event(exe.id, exe.state.last_seq + 1, payload.kind, time.time(), step, attempt,
                       exe.redact(data) if exe.secret_values else data)
         before = exe.state.status
         exe.fold(event)
-        self.journal.write(exe, event, exe.state.status is not before or kind == EventKind.SUBMITTED)
+        self.journal.write(exe, event, exe.state.status is not before or payload.kind == EventKind.SUBMITTED)
         return event
 
     def on_durable(self, callback: Callable[[], None]) -> None:
@@ -196,13 +198,12 @@ class CoordinatorCore:
         if request.has_callables:
             self.log.put_blob(exe.id, "handlers", pack_callables(request.handlers))
         public_inputs = {k: ("***" if k in request.secrets else v) for k, v in request.inputs.items()}
-        self.emit(exe, EventKind.SUBMITTED, sop=sop.sop, version=sop.version, mode=request.mode,
-                  priority=request.priority, steps=[s.id for s in sop.steps],
-                  rollback=[s.id for s in sop.rollback], inputs=public_inputs,
-                  idempotency_key=key, parent=request.parent, source=request.source,
-                  request=request.describe(),
-                  **({"fingerprint": _fingerprint(request)} if key and not key.startswith("auto:") else {}),
-                  trace=carrier_for(exe.span) if exe.span.is_recording() else {})
+        fingerprinted = {"fingerprint": _fingerprint(request)} if key and not key.startswith("auto:") else {}
+        self.emit(exe, ev.Submitted(sop=sop.sop, version=sop.version, mode=request.mode, priority=request.priority,
+                                    steps=[s.id for s in sop.steps], rollback=[s.id for s in sop.rollback],
+                                    inputs=public_inputs, idempotency_key=key, parent=request.parent,
+                                    source=request.source, request=request.describe(),
+                                    trace=carrier_for(exe.span) if exe.span.is_recording() else {}, **fingerprinted))
         self.machine.begin(exe)
         return exe.id
 

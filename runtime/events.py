@@ -1,11 +1,24 @@
-"""The events every execution is made of. State is a fold over them (see :mod:`runtime.state`)."""
+"""The events every execution is made of. State is a fold over them (see :mod:`runtime.state`).
+
+An :class:`Event` is the envelope the log stores: which execution, its position,
+its kind, when, which step and attempt, and the kind's payload as JSON-like
+data. Each kind's payload is a class below (:class:`StepSucceeded` ...) with
+its fields and what they mean; the coordinator builds events from them
+(:func:`new_event`) and the fold reads them back (:meth:`Event.payload`).
+
+Payloads are versioned (:data:`EVENT_SCHEMA`). An event written by an older
+sopflow is upcast when it is read (:func:`upcast`), so stored logs and saved
+histories keep loading; unknown fields (from a newer writer) are ignored.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from runtime._pickle import positional_pickle
 
@@ -44,6 +57,10 @@ class EventKind(StrEnum):
     FINISHED = "execution_finished"
 
 
+EVENT_SCHEMA = 2
+"""The payload schema this sopflow writes. 1: sopflow <= 0.3, payloads without a version."""
+
+
 @positional_pickle
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -56,7 +73,8 @@ class Event:
         ts: Wall-clock time (seconds since the epoch).
         step: The step it concerns, if any.
         attempt: The step attempt it concerns, if any.
-        data: Kind-specific details (output, error, classification, delay ...).
+        data: The kind's payload as data (see :meth:`payload` for it typed).
+        schema: The payload schema it was written with (:data:`EVENT_SCHEMA`; read ones are upcast).
     """
 
     execution_id: str
@@ -66,33 +84,352 @@ class Event:
     step: str | None = None
     attempt: int | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    schema: int = EVENT_SCHEMA
+
+    @property
+    def payload(self) -> Payload:
+        """The payload as its kind's class (missing fields get their defaults)."""
+        return PAYLOADS[self.kind].from_data(self.data)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["kind"] = self.kind.value
-        return d
+        return {"execution_id": self.execution_id, "seq": self.seq, "kind": self.kind.value, "ts": self.ts,
+                "step": self.step, "attempt": self.attempt, "data": self.data, "schema": self.schema}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
-        return cls(d["execution_id"], d["seq"], EventKind(d["kind"]), d["ts"], d.get("step"),
-                   d.get("attempt"), d.get("data") or {})
+        """An event from :meth:`to_dict`'s data (an older schema's is upcast)."""
+        kind = EventKind(d["kind"])
+        schema = d.get("schema", 1)
+        return cls(d["execution_id"], d["seq"], kind, d["ts"], d.get("step"), d.get("attempt"),
+                   upcast(kind, d.get("data") or {}, schema), max(schema, EVENT_SCHEMA))
 
     def describe(self) -> str:
         """One line for ``sopflow history`` / progress output."""
         who = f" {self.step}" if self.step else ""
         att = f" (attempt {self.attempt})" if self.attempt else ""
-        extra = ""
-        if self.kind == EventKind.STEP_FAILED:
-            extra = f": [{self.data.get('classification')}] {self.data.get('error')}"
-        elif self.kind == EventKind.RETRY_SCHEDULED:
-            extra = f": in {self.data.get('delay_s', 0):.2f} s"
-        elif self.kind in (EventKind.STEP_SKIPPED, EventKind.STEP_HALTED, EventKind.ESCALATED,
-                           EventKind.ATTEMPT_INTERRUPTED, EventKind.DECISION_REQUIRED, EventKind.STEP_QUEUED):
-            extra = f": {self.data.get('reason', '')}"
-        elif self.kind == EventKind.FINISHED:
-            extra = f": {self.data.get('status')}"
-        elif self.kind == EventKind.DECIDED:
-            extra = f": {self.data.get('decision')} ({self.data.get('reason') or 'no reason given'})"
-        elif self.kind == EventKind.CHILD_SUBMITTED:
-            extra = f": {self.data.get('child')}"
-        return f"#{self.seq} {self.kind.value}{who}{att}{extra}"
+        extra = self.payload.summary()
+        return f"#{self.seq} {self.kind.value}{who}{att}{': ' + extra if extra else ''}"
+
+
+# -- payloads -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """Base of the payload classes: one per :class:`EventKind`."""
+
+    kind: ClassVar[EventKind]
+
+    def to_data(self) -> dict[str, Any]:
+        """The payload as the log stores it: every field that is not None."""
+        return {name: value for name in _NAMES_IN_ORDER[type(self)]
+                if (value := getattr(self, name)) is not None}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Payload:
+        names = _NAMES[cls]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def summary(self) -> str:
+        """The part of ``sopflow history``'s line that says what happened."""
+        reason = getattr(self, "reason", None)
+        return str(reason) if reason else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted(Payload):
+    """An execution was submitted: everything needed to run it again (secret values masked)."""
+
+    kind: ClassVar[EventKind] = EventKind.SUBMITTED
+    sop: str = ""
+    version: str = ""
+    mode: str = "system_design"
+    priority: int = 0
+    steps: list[str] = field(default_factory=list)
+    """The main steps, in SOP order."""
+    rollback: list[str] = field(default_factory=list)
+    """The rollback steps, in SOP order."""
+    inputs: dict[str, Any] = field(default_factory=dict)
+    """Resolved inputs; secret ones as ``***``."""
+    idempotency_key: str | None = None
+    parent: str | None = None
+    """The execution whose ``sop:`` step started this one."""
+    source: str = ""
+    """Where the SOP came from (a path, ``<string>``, ``<object>``)."""
+    request: dict[str, Any] = field(default_factory=dict)
+    """The request as data (the SOP definition, handler references, sub-SOPs): what replay rebuilds."""
+    fingerprint: dict[str, Any] | None = None
+    """What a reused idempotency key is compared with (user keys only)."""
+    trace: dict[str, str] = field(default_factory=dict)
+    """The W3C trace context of the execution's span."""
+
+
+@dataclass(frozen=True, slots=True)
+class Started(Payload):
+    """The execution started (right after it was submitted)."""
+
+    kind: ClassVar[EventKind] = EventKind.STARTED
+
+
+@dataclass(frozen=True, slots=True)
+class StepQueued(Payload):
+    """An attempt is ready but waits for a run slot; it is not running yet."""
+
+    kind: ClassVar[EventKind] = EventKind.STEP_QUEUED
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StepStarted(Payload):
+    """An attempt got its run slot and was handed to its runner."""
+
+    kind: ClassVar[EventKind] = EventKind.STEP_STARTED
+    inputs: str | None = None
+    """A digest of what the handler gets (arguments, command, environment; secrets masked)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepProgress(Payload):
+    """A running attempt reported how far it is (``context.report_progress``)."""
+
+    kind: ClassVar[EventKind] = EventKind.STEP_PROGRESS
+    fraction: float | None = None
+    """0.0-1.0, or None when the step says only a message."""
+    message: str = ""
+
+    def summary(self) -> str:
+        done = "" if self.fraction is None else f"{self.fraction:.0%}"
+        return " ".join(p for p in (done, self.message) if p)
+
+
+@dataclass(frozen=True, slots=True)
+class StepSucceeded(Payload):
+    """An attempt succeeded."""
+
+    kind: ClassVar[EventKind] = EventKind.STEP_SUCCEEDED
+    output: Any = None
+    """The output (JSON data), or the descriptor of an artifact holding it."""
+    duration_s: float = 0.0
+    recorded: list[list[Any]] | None = None
+    """Values the handler took from its context (time, randomness, ids), for an exact replay."""
+    replay_diverged: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailed(Payload):
+    """An attempt failed; ``final`` says whether the step failed for good or will be retried."""
+
+    kind: ClassVar[EventKind] = EventKind.STEP_FAILED
+    error: str | None = None
+    error_type: str | None = None
+    classification: str | None = None
+    """transient, permanent, resource, crash (or operator)."""
+    final: bool = True
+    action: str | None = None
+    """What the failure policy decided: retry, fail or escalate."""
+    reason: str | None = None
+    output: Any = None
+    """What a failed shell step printed, if anything."""
+    recorded: list[list[Any]] | None = None
+    replay_diverged: str | None = None
+
+    def summary(self) -> str:
+        return f"[{self.classification}] {self.error}"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled(Payload):
+    """The next attempt (the event's ``attempt``) runs after a backoff."""
+
+    kind: ClassVar[EventKind] = EventKind.RETRY_SCHEDULED
+    delay_s: float = 0.0
+    memory_mb: int | None = None
+    """Memory for the next attempt, when an out-of-memory failure raised it."""
+
+    def summary(self) -> str:
+        return f"in {self.delay_s:.2f} s"
+
+
+@dataclass(frozen=True, slots=True)
+class StepSkipped(Payload):
+    """A step was skipped: its condition was false, or its trigger rule said so."""
+
+    kind: ClassVar[EventKind] = EventKind.STEP_SKIPPED
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StepHalted(Payload):
+    """A step will not run because a dependency failed (its status is upstream_failed)."""
+
+    kind: ClassVar[EventKind] = EventKind.STEP_HALTED
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StepCancelled(Payload):
+    """A step ended cancelled (the execution was cancelled, or a rollback started)."""
+
+    kind: ClassVar[EventKind] = EventKind.STEP_CANCELLED
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Escalated(Payload):
+    """A step's retries are exhausted; escalation hooks were told."""
+
+    kind: ClassVar[EventKind] = EventKind.ESCALATED
+    reason: str = ""
+    classification: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepsAdded(Payload):
+    """Steps were added to the running execution (``add_steps``)."""
+
+    kind: ClassVar[EventKind] = EventKind.STEPS_ADDED
+    steps: list[str] = field(default_factory=list)
+    specs: list[dict[str, Any]] = field(default_factory=list)
+    """The steps as the user gave them: recovery and replay add them again."""
+    handlers: dict[str, str] = field(default_factory=dict)
+    """Registered handlers they use, as importable references."""
+
+
+@dataclass(frozen=True, slots=True)
+class Paused(Payload):
+    """No new attempt starts until the execution is resumed."""
+
+    kind: ClassVar[EventKind] = EventKind.PAUSED
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed(Payload):
+    """A paused execution goes on."""
+
+    kind: ClassVar[EventKind] = EventKind.RESUMED
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested(Payload):
+    """Start nothing new; with ``force``, running attempts are killed."""
+
+    kind: ClassVar[EventKind] = EventKind.CANCEL_REQUESTED
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackStarted(Payload):
+    """The SOP's rollback steps run (a step asked for it, or the execution failed)."""
+
+    kind: ClassVar[EventKind] = EventKind.ROLLBACK_STARTED
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSubmitted(Payload):
+    """A ``sop:`` step started its sub-SOP as the child execution ``child``."""
+
+    kind: ClassVar[EventKind] = EventKind.CHILD_SUBMITTED
+    child: str = ""
+
+    def summary(self) -> str:
+        return self.child
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered(Payload):
+    """A restarted coordinator rebuilt the execution from the log and resumed it."""
+
+    kind: ClassVar[EventKind] = EventKind.RECOVERED
+    in_flight: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+    awaiting_decision: list[str] = field(default_factory=list)
+    retrying: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInterrupted(Payload):
+    """An attempt was running when the coordinator stopped; its outcome is unknown."""
+
+    kind: ClassVar[EventKind] = EventKind.ATTEMPT_INTERRUPTED
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRequired(Payload):
+    """An interrupted attempt of a non-idempotent step waits for an operator's decision."""
+
+    kind: ClassVar[EventKind] = EventKind.DECISION_REQUIRED
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decided(Payload):
+    """An operator settled a step awaiting decision."""
+
+    kind: ClassVar[EventKind] = EventKind.DECIDED
+    decision: str = ""
+    """rerun, succeed, fail or skip."""
+    reason: str = ""
+    output: Any = None
+    """The step's output, when the decision is succeed."""
+
+    def summary(self) -> str:
+        return f"{self.decision} ({self.reason or 'no reason given'})"
+
+
+@dataclass(frozen=True, slots=True)
+class Finished(Payload):
+    """The execution ended."""
+
+    kind: ClassVar[EventKind] = EventKind.FINISHED
+    status: str = ""
+    """completed, partially_completed, failed or cancelled."""
+    outputs: dict[str, Any] | None = None
+    """``{"outputs": the SOP's outputs, "steps": each succeeded step's output}``."""
+    output_errors: dict[str, str] = field(default_factory=dict)
+    """SOP outputs that could not be rendered, and why."""
+
+    def summary(self) -> str:
+        return self.status
+
+
+PAYLOADS: dict[EventKind, type[Payload]] = {cls.kind: cls for cls in Payload.__subclasses__()}
+"""Event kind -> its payload class."""
+_FIELDS = {cls: dataclasses.fields(cls) for cls in PAYLOADS.values()}
+_NAMES_IN_ORDER = {cls: tuple(f.name for f in fields) for cls, fields in _FIELDS.items()}
+_NAMES = {cls: frozenset(names) for cls, names in _NAMES_IN_ORDER.items()}
+assert set(PAYLOADS) == set(EventKind), f"kinds without a payload: {set(EventKind) - set(PAYLOADS)}"
+
+
+def new_event(execution_id: str, seq: int, payload: Payload, step: str | None = None,
+              attempt: int | None = None, ts: float | None = None) -> Event:
+    """The event carrying ``payload`` (its kind is the payload's)."""
+    return Event(execution_id, seq, payload.kind, time.time() if ts is None else ts, step, attempt,
+                 payload.to_data())
+
+
+def _v1_to_v2(kind: EventKind, data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 left some fields implicit; schema 2 reads a missing field as its default, except these."""
+    if kind == EventKind.STEP_FAILED and "final" not in data:
+        return {**data, "final": True}  # schema 1 wrote no "final" on a failure that was never retried
+    return data
+
+
+_UPCASTERS: dict[int, Callable[[EventKind, dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+"""Schema N -> a function turning a schema-N payload into a schema-(N+1) one."""
+
+
+def upcast(kind: EventKind, data: dict[str, Any], schema: int) -> dict[str, Any]:
+    """``data`` of an event written with ``schema``, as this sopflow's schema has it.
+
+    Raises:
+        ValueError: the schema is newer than this sopflow's, or not a positive integer.
+    """
+    if not isinstance(schema, int) or schema < 1:
+        raise ValueError(f"event schema must be a positive integer, got {schema!r}")
+    if schema > EVENT_SCHEMA:
+        raise ValueError(f"event schema {schema} is newer than this sopflow's {EVENT_SCHEMA}; upgrade sopflow")
+    while schema < EVENT_SCHEMA:
+        data, schema = _UPCASTERS[schema](kind, data), schema + 1
+    return data

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.eventlog import EventLog, ExecutionRecord, StateStoreError
-from runtime.events import Event, EventKind
+from runtime.events import EVENT_SCHEMA, Event, EventKind
 from runtime.ids import ExecutionId
 from runtime.outputs import blob_kind, descriptors
 from runtime.status import ExecutionStatus
@@ -29,7 +29,8 @@ from sop.model import NAME_PATTERN, STEP_ID_PATTERN
 FORMAT = "sopflow.history/1"
 """The ``format`` value of the documents this module writes and reads."""
 
-_EVENT_FIELDS = ("execution_id", "seq", "kind", "ts", "step", "attempt", "data")
+_EVENT_FIELDS = ("execution_id", "seq", "kind", "ts", "step", "attempt", "data", "schema")
+"""An event's fields in an export; ``schema`` (its payload schema) is absent in sopflow <= 0.3's: 1."""
 _KINDS = {k.value for k in EventKind}
 
 
@@ -92,8 +93,8 @@ def dumps_history(doc: dict[str, Any]) -> str:
     Raises:
         StateStoreError: naming the event whose data JSON cannot encode.
     """
-    events = [{**{f: e.get(f) for f in _EVENT_FIELDS}, "data": _sorted(e.get("data") or {})}
-              for e in doc.get("events", [])]
+    events = [{**{f: e.get(f) for f in _EVENT_FIELDS if f in e or f != "schema"},
+               "data": _sorted(e.get("data") or {})} for e in doc.get("events", [])]
     out = {**doc, "events": events}
     try:
         return json.dumps(out, indent=1, allow_nan=False)
@@ -190,6 +191,8 @@ def _parse_events(doc: dict[str, Any], execution_id: str, id_from: str = "execut
         _check(ev.get("attempt") is None or (_is_int(ev["attempt"]) and ev["attempt"] >= 1), f"{at}.attempt",
                "an integer >= 1 or null", ev.get("attempt"))
         _check(isinstance(ev.get("data", {}), dict), f"{at}.data", "an object", ev.get("data"))
+        _check(_is_int(ev.get("schema", 1)) and 1 <= ev.get("schema", 1) <= EVENT_SCHEMA, f"{at}.schema",
+               f"an event schema from 1 to {EVENT_SCHEMA} (a newer one needs a newer sopflow)", ev.get("schema"))
         if ev["kind"] == EventKind.CHILD_SUBMITTED:
             _check(_is_execution_id((ev.get("data") or {}).get("child")), f"{at}.data.child", _EXECUTION_ID,
                    (ev.get("data") or {}).get("child"))

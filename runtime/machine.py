@@ -26,7 +26,7 @@ from typing import Any
 from opentelemetry import trace
 
 from runtime.errors import ExecutionError, StateStoreError
-from runtime.events import EventKind
+from runtime import events as ev
 from runtime.execution import Execution, InFlight
 from runtime.failure import Action, Decision, ErrorInfo, as_dict, clean_message
 from runtime.handlers import StepOutcome, StepTask
@@ -80,7 +80,7 @@ class StateMachine:
 
     def begin(self, exe: Execution) -> None:
         """Start a submitted execution: its root steps run (or wait for slots)."""
-        self.host.emit(exe, EventKind.STARTED)
+        self.host.emit(exe, ev.Started())
         self.advance(exe, exe.graph.roots())
 
     def advance(self, exe: Execution, candidates: list[str]) -> None:
@@ -111,12 +111,11 @@ class StateMachine:
                     self.start(exe, step, 1)  # folds step_started or step_queued: statuses sees it
                     continue
                 if what == Verdict.SKIP:
-                    self.host.emit(exe, EventKind.STEP_SKIPPED, sid, reason=reason)
+                    self.host.emit(exe, ev.StepSkipped(reason=reason), sid)
                 elif what == Verdict.HALT:
-                    self.host.emit(exe, EventKind.STEP_HALTED, sid, reason=reason)
+                    self.host.emit(exe, ev.StepHalted(reason=reason), sid)
                 else:  # the condition could not be evaluated
-                    self.host.emit(exe, EventKind.STEP_FAILED, sid, 0, error=reason,
-                                   classification="permanent", final=True)
+                    self.host.emit(exe, ev.StepFailed(error=reason, classification="permanent"), sid, 0)
                 todo.extend(graph.dependents(sid))
         self._maybe_finish(exe)
 
@@ -145,7 +144,7 @@ class StateMachine:
         if state.cancel_requested:
             for sid in graph.nodes:
                 if not state.steps[sid].status.terminal:
-                    self.host.emit(exe, EventKind.STEP_CANCELLED, sid, reason="execution cancelled")
+                    self.host.emit(exe, ev.StepCancelled(reason="execution cancelled"), sid)
             self._finish(exe, ExecutionStatus.CANCELLED)
             return
         if state.paused or exe.paused_retries:
@@ -155,21 +154,21 @@ class StateMachine:
                 return  # waiting on something that has not been decided yet
             for sid in graph.nodes:
                 if not state.steps[sid].status.terminal:
-                    self.host.emit(exe, EventKind.STEP_CANCELLED, sid, reason="rollback started")
+                    self.host.emit(exe, ev.StepCancelled(reason="rollback started"), sid)
         if state.rolling_back:
             self._finish(exe, ExecutionStatus.FAILED)
             return
         status = final_status({s.id: state.steps[s.id].status for s in exe.sop.steps}, exe.tolerated)
         if exe.sop.rollback and (exe.rollback_requested or status == ExecutionStatus.FAILED):
-            self.host.emit(exe, EventKind.ROLLBACK_STARTED,
-                           reason="a step asked for rollback" if exe.rollback_requested else "execution failed")
+            why = "a step asked for rollback" if exe.rollback_requested else "execution failed"
+            self.host.emit(exe, ev.RollbackStarted(reason=why))
             self.advance(exe, exe.rollback_graph.roots())
             return
         self._finish(exe, status)
 
     def _finish(self, exe: Execution, status: ExecutionStatus) -> None:
         outputs, problems = self._outputs(exe)
-        self.host.emit(exe, EventKind.FINISHED, status=status.value, outputs=outputs, output_errors=problems)
+        self.host.emit(exe, ev.Finished(status=status.value, outputs=outputs, output_errors=problems))
         if exe.span is not None:
             exe.span.set_attribute("sopflow.status", status.value)
             if status in (ExecutionStatus.FAILED, ExecutionStatus.PARTIALLY_COMPLETED):
@@ -210,7 +209,7 @@ class StateMachine:
             run = render_command(step.run, ctx, step=step.id) if step.run else None  # values quoted as data
             env = render_env(step.env, ctx, step=step.id) if step.env else {}
         except ExpressionError as e:
-            self.host.emit(exe, EventKind.STEP_STARTED, step.id, attempt)
+            self.host.emit(exe, ev.StepStarted(), step.id, attempt)
             self._spawn(self._conclude(exe, flight, None, ErrorInfo("ExpressionError", str(e), retryable=False)))
             return
         # The digest of what the handler gets lets a replay tell changed inputs from a changed
@@ -219,7 +218,7 @@ class StateMachine:
         kind = runner_kind(step)
         runner = self.runners.get(kind)
         if runner is None:
-            self.host.emit(exe, EventKind.STEP_STARTED, step.id, attempt, inputs=digest)
+            self.host.emit(exe, ev.StepStarted(inputs=digest), step.id, attempt)
             self._spawn(self._conclude(exe, flight, None, ErrorInfo(
                 "NoRunner", f"this engine has no runner for {kind!r} steps (step {step.id!r} uses "
                 f"{step.handler})", retryable=False)))
@@ -232,15 +231,15 @@ class StateMachine:
             memory_mb=exe.memory_mb.get(step.id, exe.sop.effective_resources(step).memory_mb))
         spec = AttemptSpec(exe, step, attempt, task, args)
         if not runner.needs_slot:
-            self.host.emit(exe, EventKind.STEP_STARTED, step.id, attempt, inputs=digest)
+            self.host.emit(exe, ev.StepStarted(inputs=digest), step.id, attempt)
             self._launch(exe, flight, runner, spec)
             return
         flight.launch = functools.partial(self._granted, exe, flight, runner, spec, digest)
         if self.admission.acquire(exe.state.priority, flight.launch):
             flight.launch()
         else:
-            self.host.emit(exe, EventKind.STEP_QUEUED, step.id, attempt,
-                           reason=f"waiting for a run slot (max_running_steps={self.admission.capacity})")
+            why = f"waiting for a run slot (max_running_steps={self.admission.capacity})"
+            self.host.emit(exe, ev.StepQueued(reason=why), step.id, attempt)
 
     def _attempt_span(self, exe: Execution, step: Step, attempt: int) -> Any:
         return tracer().start_span(f"step {step.id}", context=trace.set_span_in_context(exe.span),
@@ -262,7 +261,7 @@ class StateMachine:
         if exe.state.cancel_requested:
             self._never_started(exe, flight)
             return
-        self.host.emit(exe, EventKind.STEP_STARTED, flight.step.id, flight.number, inputs=digest)
+        self.host.emit(exe, ev.StepStarted(inputs=digest), flight.step.id, flight.number)
         if flight.step.idempotent:
             # step_started is appended (the group commit is under way); should the coordinator die
             # before it is durable, recovery runs the step again, as it would after the commit.
@@ -350,7 +349,7 @@ class StateMachine:
 
     def _child_started(self, exe: Execution, flight: InFlight, child_id: str) -> None:
         flight.child = child_id
-        self.host.emit(exe, EventKind.CHILD_SUBMITTED, flight.step.id, flight.number, child=child_id)
+        self.host.emit(exe, ev.ChildSubmitted(child=child_id), flight.step.id, flight.number)
 
     async def _conclude(self, exe: Execution, flight: InFlight, outcome: StepOutcome | None,
                         error: ErrorInfo | None) -> None:
@@ -368,7 +367,7 @@ class StateMachine:
         if exe.state.cancel_requested and error is not None and error.origin in ("cancel", "crash"):
             del exe.inflight[step.id]
             _end(flight.span, "cancelled")
-            self.host.emit(exe, EventKind.STEP_CANCELLED, step.id, attempt, reason="execution cancelled (forced)")
+            self.host.emit(exe, ev.StepCancelled(reason="execution cancelled (forced)"), step.id, attempt)
             self.hooks.after_attempt(exe, step.id, attempt, "cancelled")
             self.step_ended(exe, step.id)
             return
@@ -390,25 +389,25 @@ class StateMachine:
         decision = await self.policy.judge(exe, step, attempt, error)
         del exe.inflight[step.id]
         _end(flight.span, "failed", error, decision)
-        self.host.emit(exe, EventKind.STEP_FAILED, step.id, attempt, error=str(error),
-                       error_type=error.type, classification=decision.classification.value,
-                       final=decision.action != Action.RETRY, action=decision.action.value,
-                       reason=decision.reason, output=outcome.output if outcome is not None else None,
-                       **(_replay_data(outcome) if outcome is not None else {}))
+        self.host.emit(exe, ev.StepFailed(error=str(error), error_type=error.type,
+                                          classification=decision.classification.value,
+                                          final=decision.action != Action.RETRY, action=decision.action.value,
+                                          reason=decision.reason, output=outcome.output if outcome is not None else None,
+                                          **(_replay_data(outcome) if outcome is not None else {})), step.id, attempt)
         self.hooks.after_attempt(exe, step.id, attempt, "failed", error=as_dict(error),
                                  classification=decision.classification.value)
         if decision.action == Action.RETRY and not exe.state.cancel_requested:
-            self.host.emit(exe, EventKind.RETRY_SCHEDULED, step.id, attempt + 1, delay_s=decision.delay_s,
-                           memory_mb=decision.memory_mb)
+            self.host.emit(exe, ev.RetryScheduled(delay_s=decision.delay_s, memory_mb=decision.memory_mb),
+                           step.id, attempt + 1)
             self.hooks.on_retry(exe, step.id, attempt + 1, decision.delay_s, decision.reason)
             exe.waiting_retry[step.id] = self.host.call_later(decision.delay_s * self.backoff_scale, self.retry,
                                                               exe, step, attempt + 1)
             return
         if decision.action == Action.RETRY:  # cancelled meanwhile: no further attempts
-            self.host.emit(exe, EventKind.STEP_CANCELLED, step.id, attempt, reason="execution cancelled")
+            self.host.emit(exe, ev.StepCancelled(reason="execution cancelled"), step.id, attempt)
         elif decision.action == Action.ESCALATE:
-            self.host.emit(exe, EventKind.ESCALATED, step.id, attempt, reason=decision.reason,
-                           classification=decision.classification.value)
+            self.host.emit(exe, ev.Escalated(reason=decision.reason, classification=decision.classification.value),
+                           step.id, attempt)
             self.hooks.on_escalate(exe, step.id, attempt, as_dict(error), decision.classification.value,
                                    decision.reason)
         self.step_ended(exe, step.id)
@@ -432,8 +431,8 @@ class StateMachine:
             return  # a late or duplicate result for an attempt already settled: ignore it
         del exe.inflight[step.id]
         _end(flight.span, "succeeded")
-        self.host.emit(exe, EventKind.STEP_SUCCEEDED, step.id, flight.number, output=outcome.output,
-                       duration_s=round(outcome.duration_s, 6), **_replay_data(outcome))
+        self.host.emit(exe, ev.StepSucceeded(output=outcome.output, duration_s=round(outcome.duration_s, 6),
+                                             **_replay_data(outcome)), step.id, flight.number)
         self.hooks.after_attempt(exe, step.id, flight.number, "succeeded")
         self.step_ended(exe, step.id)
 
@@ -467,11 +466,11 @@ class StateMachine:
         state = exe.state
         if state.status.terminal or (state.cancel_requested and not force):
             return
-        self.host.emit(exe, EventKind.CANCEL_REQUESTED, force=force)
+        self.host.emit(exe, ev.CancelRequested(force=force))
         for timer in exe.waiting_retry.values():
             timer.cancel()
         for sid in [*exe.waiting_retry, *exe.paused_retries]:
-            self.host.emit(exe, EventKind.STEP_CANCELLED, sid, reason="cancelled while waiting to retry")
+            self.host.emit(exe, ev.StepCancelled(reason="cancelled while waiting to retry"), sid)
         exe.waiting_retry.clear()
         exe.paused_retries.clear()
         if force:
@@ -483,12 +482,12 @@ class StateMachine:
         """Start no new attempt until :meth:`resume`; running ones finish."""
         exe.require_running("pause")
         if not exe.state.paused:
-            self.host.emit(exe, EventKind.PAUSED)
+            self.host.emit(exe, ev.Paused())
 
     def resume(self, exe: Execution) -> None:
         if not exe.state.paused:
             return
-        self.host.emit(exe, EventKind.RESUMED)
+        self.host.emit(exe, ev.Resumed())
         retries, exe.paused_retries = exe.paused_retries, {}
         for sid, attempt in retries.items():
             self.start(exe, exe.steps_by_id[sid], attempt)
@@ -503,8 +502,8 @@ class StateMachine:
             raise ExecutionError(f"execution {exe.id} is rolling back; steps cannot be added now")
         exe.request.handlers = {**exe.request.handlers, **handlers}  # the dict may be shared by a batch
         exe.add_steps(steps)
-        self.host.emit(exe, EventKind.STEPS_ADDED, steps=[s.id for s in steps], specs=specs,
-                       handlers={k: v for k, v in handlers.items() if isinstance(v, str)})
+        references = {k: v for k, v in handlers.items() if isinstance(v, str)}
+        self.host.emit(exe, ev.StepsAdded(steps=[s.id for s in steps], specs=specs, handlers=references))
         self.advance(exe, [s.id for s in steps])
 
     def decide(self, exe: Execution, step_id: str, decision: str, reason: str = "", output: Any = None) -> None:
@@ -527,8 +526,8 @@ class StateMachine:
             except OutputNotData as e:
                 raise ExecutionError(f"the output given for step {step_id!r} is not JSON data: {e}; give a "
                                      "dict with str keys, a list, a str, a number, a bool or None") from None
-        self.host.emit(exe, EventKind.DECIDED, step_id, st.attempts, decision=decision, reason=reason,
-                       output=output if decision == "succeed" else None)
+        self.host.emit(exe, ev.Decided(decision=decision, reason=reason, output=output if decision == "succeed" else None),
+                       step_id, st.attempts)
         if decision == "rerun" and not exe.state.cancel_requested:
             self.start(exe, exe.steps_by_id[step_id], st.attempts + 1)
         else:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
+from runtime import events as ev
 from runtime.events import Event, EventKind
 from runtime.execution import Execution
 from runtime.request import request_from_log
@@ -148,12 +149,12 @@ def resume(c: CoordinatorCore, exe: Execution) -> dict[str, int]:
     running = [sid for sid, st in state.steps.items() if st.status == StepStatus.RUNNING]
     queued = [sid for sid, st in state.steps.items() if st.status == StepStatus.QUEUED]
     waiting = [sid for sid, st in state.steps.items() if st.status == StepStatus.NEEDS_DECISION]
-    c.emit(exe, EventKind.RECOVERED, in_flight=running, queued=queued, awaiting_decision=waiting,
-           retrying=[sid for sid in state.retry_due if state.steps[sid].status == StepStatus.RETRYING])
+    retrying = [sid for sid in state.retry_due if state.steps[sid].status == StepStatus.RETRYING]
+    c.emit(exe, ev.Recovered(in_flight=running, queued=queued, awaiting_decision=waiting, retrying=retrying))
     machine = c.machine
     for sid in queued:  # never reached Ray: queue the same attempt again, nothing was interrupted
         if state.cancel_requested:
-            c.emit(exe, EventKind.STEP_CANCELLED, sid, reason="execution cancelled")
+            c.emit(exe, ev.StepCancelled(reason="execution cancelled"), sid)
         else:
             machine.start(exe, exe.steps_by_id[sid], state.steps[sid].attempts or 1)
             counts["requeued"] += 1
@@ -165,22 +166,22 @@ def resume(c: CoordinatorCore, exe: Execution) -> dict[str, int]:
             machine.reattach(exe, step, attempt, child)
             counts["reattached"] += 1
             continue
-        c.emit(exe, EventKind.ATTEMPT_INTERRUPTED, sid, attempt,
-               reason="the coordinator restarted while this attempt ran; its outcome is unknown")
+        c.emit(exe, ev.AttemptInterrupted(
+            reason="the coordinator restarted while this attempt ran; its outcome is unknown"), sid, attempt)
         if state.cancel_requested:
-            c.emit(exe, EventKind.STEP_CANCELLED, sid, attempt, reason="execution cancelled")
+            c.emit(exe, ev.StepCancelled(reason="execution cancelled"), sid, attempt)
         elif step.idempotent or step.recovery == "rerun":
             machine.start(exe, step, attempt)
             counts["redispatched"] += 1
         elif step.recovery == "fail":
-            c.emit(exe, EventKind.STEP_FAILED, sid, attempt, error="interrupted by a coordinator restart; "
-                   "the step is not idempotent and its SOP says recovery: fail", error_type="Interrupted",
-                   classification="crash", final=True, action="fail", reason="recovery: fail")
+            c.emit(exe, ev.StepFailed(error="interrupted by a coordinator restart; the step is not idempotent "
+                                      "and its SOP says recovery: fail", error_type="Interrupted",
+                                      classification="crash", action="fail", reason="recovery: fail"), sid, attempt)
             machine.step_ended(exe, sid)
         else:
-            c.emit(exe, EventKind.DECISION_REQUIRED, sid, attempt, reason=(
+            c.emit(exe, ev.DecisionRequired(reason=(
                 f"step '{sid}' is not idempotent and attempt {attempt} may have run; decide with "
-                f"`sopflow decide {exe.id} {sid} --rerun|--succeed|--fail|--skip`"))
+                f"`sopflow decide {exe.id} {sid} --rerun|--succeed|--fail|--skip`")), sid, attempt)
             counts["awaiting_decision"] += 1
     for sid, (attempt, due) in list(state.retry_due.items()):
         if state.steps[sid].status != StepStatus.RETRYING or state.cancel_requested:

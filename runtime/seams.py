@@ -28,7 +28,7 @@ from runtime.handlers import StepOutcome, StepTask
 
 if TYPE_CHECKING:
     from runtime.config import EngineConfig
-    from runtime.events import Event, EventKind
+    from runtime.events import Event, Payload
     from runtime.execution import Execution
     from runtime.outputs import Artifacts
     from runtime.request import SubmitRequest
@@ -131,9 +131,8 @@ class ExecutionHost(Protocol):
     config: EngineConfig
     artifacts: Artifacts
 
-    def emit(self, exe: Execution, kind: EventKind, step: str | None = None, attempt: int | None = None,
-             **data: Any) -> Event:
-        """Append an event to the log and fold it into ``exe``'s state (the only way state changes)."""
+    def emit(self, exe: Execution, payload: Payload, step: str | None = None, attempt: int | None = None) -> Event:
+        """Append the event carrying ``payload`` and fold it into ``exe``'s state (the only way state changes)."""
         ...
 
     def on_durable(self, callback: Callable[[], None]) -> None:

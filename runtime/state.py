@@ -8,9 +8,10 @@ log through the same function. Nothing else changes an :class:`ExecutionState`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from runtime import events as ev
 from runtime.events import Event, EventKind
 from runtime.status import ExecutionStatus, ExecutionView, StepStatus, StepView
 
@@ -77,94 +78,159 @@ def apply(state: ExecutionState, event: Event) -> None:
     if event.seq <= state.last_seq:
         return
     state.last_seq = event.seq
-    kind, d = event.kind, event.data
+    apply_kind = _APPLY.get(event.kind)
+    if apply_kind is None:
+        return  # an event that changes no state (escalated, recovered, interrupted, retry noted ...)
     step = state.steps.get(event.step) if event.step else None
-    if kind == EventKind.SUBMITTED:
-        state.sop, state.version, state.mode = d["sop"], d["version"], d["mode"]
-        state.priority = d.get("priority", 0)
-        state.submitted_at = event.ts
-        state.trace_id = trace_id_of(d.get("trace"))
-        state.idempotency_key = d.get("idempotency_key")
-        state.rollback_steps = list(d.get("rollback", []))
-        state.steps = {s: StepState() for s in [*d["steps"], *state.rollback_steps]}
-    elif kind == EventKind.STARTED:
-        state.status = ExecutionStatus.PAUSED if state.paused else ExecutionStatus.RUNNING
-    elif kind == EventKind.STEPS_ADDED:
-        for s in d["steps"]:
-            state.steps.setdefault(s, StepState())
-        state.added.extend(d.get("specs", ()))
-    elif kind == EventKind.STEP_QUEUED and step is not None:
+    apply_kind(state, event, step, event.payload)
+
+
+def _submitted(state: ExecutionState, event: Event, _: StepState | None, p: ev.Submitted) -> None:
+    state.sop, state.version, state.mode, state.priority = p.sop, p.version, p.mode, p.priority
+    state.submitted_at = event.ts
+    state.trace_id = trace_id_of(p.trace)
+    state.idempotency_key = p.idempotency_key
+    state.rollback_steps = list(p.rollback)
+    state.steps = {s: StepState() for s in [*p.steps, *state.rollback_steps]}
+
+
+def _started(state: ExecutionState, *_: Any) -> None:
+    state.status = ExecutionStatus.PAUSED if state.paused else ExecutionStatus.RUNNING
+
+
+def _steps_added(state: ExecutionState, _: Event, __: StepState | None, p: ev.StepsAdded) -> None:
+    for sid in p.steps:
+        state.steps.setdefault(sid, StepState())
+    state.added.extend(p.specs)
+
+
+def _step_queued(state: ExecutionState, event: Event, step: StepState | None, _: ev.StepQueued) -> None:
+    if step is not None:
         step.status, step.attempts = StepStatus.QUEUED, event.attempt or step.attempts + 1
-        state.retry_due.pop(event.step, None)
-    elif kind == EventKind.STEP_STARTED and step is not None:
+        state.retry_due.pop(event.step, None)  # type: ignore[arg-type]
+
+
+def _step_started(state: ExecutionState, event: Event, step: StepState | None, _: ev.StepStarted) -> None:
+    if step is not None:
         step.status, step.attempts = StepStatus.RUNNING, event.attempt or step.attempts + 1
         step.started_at = step.started_at or event.ts
-        state.retry_due.pop(event.step, None)
-    elif kind == EventKind.STEP_PROGRESS and step is not None:
-        state.progress[event.step] = [d.get("fraction"), d.get("message", "")]
-    elif kind == EventKind.STEP_SUCCEEDED and step is not None:
-        step.status, step.output, step.error = StepStatus.SUCCEEDED, d.get("output"), None
-        step.ended_at = event.ts
-        state.progress.pop(event.step, None)
-    elif kind == EventKind.STEP_FAILED and step is not None:
-        step.error, step.classification = d.get("error"), d.get("classification")
-        state.progress.pop(event.step, None)
-        if d.get("final", True):
+        state.retry_due.pop(event.step, None)  # type: ignore[arg-type]
+
+
+def _step_progress(state: ExecutionState, event: Event, step: StepState | None, p: ev.StepProgress) -> None:
+    if step is not None and step.status == StepStatus.RUNNING:
+        state.progress[event.step] = [p.fraction, p.message]  # type: ignore[index]
+
+
+def _step_succeeded(state: ExecutionState, event: Event, step: StepState | None, p: ev.StepSucceeded) -> None:
+    if step is not None:
+        step.status, step.output, step.error, step.ended_at = StepStatus.SUCCEEDED, p.output, None, event.ts
+        state.progress.pop(event.step, None)  # type: ignore[arg-type]
+
+
+def _step_failed(state: ExecutionState, event: Event, step: StepState | None, p: ev.StepFailed) -> None:
+    if step is not None:
+        step.error, step.classification = p.error, p.classification
+        state.progress.pop(event.step, None)  # type: ignore[arg-type]
+        if p.final:
             step.status, step.ended_at = StepStatus.FAILED, event.ts
         else:
             step.status = StepStatus.RETRYING
-    elif kind == EventKind.RETRY_SCHEDULED and event.step:
-        state.retry_due[event.step] = [event.attempt or 1, event.ts + d.get("delay_s", 0.0)]
-        if d.get("memory_mb"):
-            state.memory_mb[event.step] = d["memory_mb"]
-    elif kind == EventKind.CHILD_SUBMITTED and event.step:
-        state.children[event.step] = d["child"]
-    elif kind == EventKind.STEP_SKIPPED and step is not None:
-        step.status, step.ended_at = StepStatus.SKIPPED, event.ts
-    elif kind == EventKind.STEP_HALTED and step is not None:
-        step.status, step.ended_at = StepStatus.UPSTREAM_FAILED, event.ts
-    elif kind == EventKind.STEP_CANCELLED and step is not None:
-        step.status, step.ended_at = StepStatus.CANCELLED, event.ts
-    elif kind == EventKind.PAUSED:
-        state.paused = True
-        if not state.status.terminal:
-            state.status = ExecutionStatus.PAUSED
-    elif kind == EventKind.RESUMED:
-        state.paused = False
-        if state.status == ExecutionStatus.PAUSED and any(
-                s.status == StepStatus.NEEDS_DECISION for s in state.steps.values()):
-            state.status = ExecutionStatus.NEEDS_DECISION
-        elif state.status == ExecutionStatus.PAUSED:
-            state.status = ExecutionStatus.RUNNING
-    elif kind == EventKind.CANCEL_REQUESTED:
-        state.cancel_requested, state.force_cancel = True, bool(d.get("force"))
-        if not state.status.terminal:
-            state.status = ExecutionStatus.CANCELLING
-    elif kind == EventKind.ROLLBACK_STARTED:
-        state.rolling_back = True
-    elif kind == EventKind.DECISION_REQUIRED and step is not None:
+
+
+def _retry_scheduled(state: ExecutionState, event: Event, _: StepState | None, p: ev.RetryScheduled) -> None:
+    if event.step:
+        state.retry_due[event.step] = [event.attempt or 1, event.ts + p.delay_s]
+        if p.memory_mb:
+            state.memory_mb[event.step] = p.memory_mb
+
+
+def _ended_as(status: StepStatus) -> Any:
+    def apply_end(_: ExecutionState, event: Event, step: StepState | None, __: ev.Payload) -> None:
+        if step is not None:
+            step.status, step.ended_at = status, event.ts
+    return apply_end
+
+
+def _paused(state: ExecutionState, *_: Any) -> None:
+    state.paused = True
+    if not state.status.terminal:
+        state.status = ExecutionStatus.PAUSED
+
+
+def _resumed(state: ExecutionState, *_: Any) -> None:
+    state.paused = False
+    if state.status == ExecutionStatus.PAUSED:
+        waiting = any(s.status == StepStatus.NEEDS_DECISION for s in state.steps.values())
+        state.status = ExecutionStatus.NEEDS_DECISION if waiting else ExecutionStatus.RUNNING
+
+
+def _cancel_requested(state: ExecutionState, _: Event, __: StepState | None, p: ev.CancelRequested) -> None:
+    state.cancel_requested, state.force_cancel = True, p.force
+    if not state.status.terminal:
+        state.status = ExecutionStatus.CANCELLING
+
+
+def _rollback_started(state: ExecutionState, *_: Any) -> None:
+    state.rolling_back = True
+
+
+def _child_submitted(state: ExecutionState, event: Event, _: StepState | None, p: ev.ChildSubmitted) -> None:
+    if event.step:
+        state.children[event.step] = p.child
+
+
+def _decision_required(state: ExecutionState, _: Event, step: StepState | None, __: ev.DecisionRequired) -> None:
+    if step is not None:
         step.status = StepStatus.NEEDS_DECISION
         if state.status in (ExecutionStatus.RUNNING, ExecutionStatus.PAUSED):
             state.status = ExecutionStatus.NEEDS_DECISION
-    elif kind == EventKind.DECIDED and step is not None:
-        decision = d["decision"]
-        if decision == "rerun":
-            step.status = StepStatus.PENDING
-        elif decision == "succeed":
-            step.status, step.output, step.error = StepStatus.SUCCEEDED, d.get("output"), None
-            step.ended_at = event.ts
-        elif decision == "fail":
-            step.status, step.error, step.classification = StepStatus.FAILED, d.get("reason"), "operator"
-            step.ended_at = event.ts
-        else:  # skip
-            step.status, step.ended_at = StepStatus.SKIPPED, event.ts
-        if state.status == ExecutionStatus.NEEDS_DECISION and not any(
-                s.status == StepStatus.NEEDS_DECISION for s in state.steps.values()):
-            state.status = ExecutionStatus.PAUSED if state.paused else ExecutionStatus.RUNNING
-    elif kind == EventKind.FINISHED:
-        state.status = ExecutionStatus(d["status"])
-        state.outputs = d.get("outputs")
-        state.ended_at = event.ts
+
+
+def _decided(state: ExecutionState, event: Event, step: StepState | None, p: ev.Decided) -> None:
+    if step is None:
+        return
+    if p.decision == "rerun":
+        step.status = StepStatus.PENDING
+    elif p.decision == "succeed":
+        step.status, step.output, step.error, step.ended_at = StepStatus.SUCCEEDED, p.output, None, event.ts
+    elif p.decision == "fail":
+        step.status, step.error, step.classification = StepStatus.FAILED, p.reason, "operator"
+        step.ended_at = event.ts
+    else:  # skip
+        step.status, step.ended_at = StepStatus.SKIPPED, event.ts
+    if state.status == ExecutionStatus.NEEDS_DECISION and not any(
+            s.status == StepStatus.NEEDS_DECISION for s in state.steps.values()):
+        state.status = ExecutionStatus.PAUSED if state.paused else ExecutionStatus.RUNNING
+
+
+def _finished(state: ExecutionState, event: Event, _: StepState | None, p: ev.Finished) -> None:
+    state.status, state.outputs, state.ended_at = ExecutionStatus(p.status), p.outputs, event.ts
+
+
+_APPLY: dict[EventKind, Callable[[ExecutionState, Event, StepState | None, Any], None]] = {
+    EventKind.SUBMITTED: _submitted,
+    EventKind.STARTED: _started,
+    EventKind.STEPS_ADDED: _steps_added,
+    EventKind.STEP_QUEUED: _step_queued,
+    EventKind.STEP_STARTED: _step_started,
+    EventKind.STEP_PROGRESS: _step_progress,
+    EventKind.STEP_SUCCEEDED: _step_succeeded,
+    EventKind.STEP_FAILED: _step_failed,
+    EventKind.RETRY_SCHEDULED: _retry_scheduled,
+    EventKind.STEP_SKIPPED: _ended_as(StepStatus.SKIPPED),
+    EventKind.STEP_HALTED: _ended_as(StepStatus.UPSTREAM_FAILED),
+    EventKind.STEP_CANCELLED: _ended_as(StepStatus.CANCELLED),
+    EventKind.PAUSED: _paused,
+    EventKind.RESUMED: _resumed,
+    EventKind.CANCEL_REQUESTED: _cancel_requested,
+    EventKind.ROLLBACK_STARTED: _rollback_started,
+    EventKind.CHILD_SUBMITTED: _child_submitted,
+    EventKind.DECISION_REQUIRED: _decision_required,
+    EventKind.DECIDED: _decided,
+    EventKind.FINISHED: _finished,
+}
+"""Event kind -> how it changes the state (kinds that change nothing are absent)."""
 
 
 def fold(events: Iterable[Event], state: ExecutionState | None = None) -> ExecutionState:

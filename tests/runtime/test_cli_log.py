@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from runtime.cli import main
+from runtime.events import EVENT_SCHEMA
 from runtime.eventlog import SqliteEventLog
 from runtime.history import import_history
 
@@ -99,15 +100,19 @@ def test_a_missing_state_file_is_named(runner: CliRunner, tmp_path: Path) -> Non
 @pytest.mark.parametrize("saved", [LINEAR, FANOUT, NONDET], ids=lambda p: p.stem)
 def test_export_gives_back_the_saved_history_in_a_stable_order(runner: CliRunner, state: str,
                                                                saved: Path) -> None:
+    """The saved histories were recorded with event schema 1 (no ``schema`` field): they come
+    back as the same history at this sopflow's schema, upcast, in the same stable order."""
     first = runner.invoke(main, ["export", execution_id(saved), "--state", state])
     again = runner.invoke(main, ["export", execution_id(saved), "--state", state])
     assert first.exit_code == 0, first.output
-    assert json.loads(first.output) == json.loads(saved.read_text())
+    exported, recorded = json.loads(first.output), json.loads(saved.read_text())
+    assert all("schema" not in e for e in recorded["events"])
+    assert all(e.pop("schema") == EVENT_SCHEMA for e in exported["events"])
+    assert exported == recorded
     assert first.output == again.output
-    assert first.output == saved.read_text()  # the generator wrote dumps_history's text too
     assert list(json.loads(first.output)) == ["format", "execution", "events"]
     assert list(json.loads(first.output)["events"][0]) == ["execution_id", "seq", "kind", "ts", "step",
-                                                             "attempt", "data"]
+                                                             "attempt", "data", "schema"]
 
 
 def test_export_of_an_unknown_execution_says_so(runner: CliRunner, state: str) -> None:
@@ -133,8 +138,10 @@ def test_import_prints_the_id_and_refuses_to_import_twice(runner: CliRunner, tmp
 
     third = runner.invoke(main, ["import", str(LINEAR), "--state", target, "--replace"])
     assert third.exit_code == 0, third.output
-    exported = runner.invoke(main, ["export", eid, "--state", target])
-    assert exported.output == LINEAR.read_text()
+    exported = json.loads(runner.invoke(main, ["export", eid, "--state", target]).output)
+    for e in exported["events"]:
+        assert e.pop("schema") == EVENT_SCHEMA  # upcast from the saved schema-1 history
+    assert exported == json.loads(LINEAR.read_text())
 
 
 def test_import_refuses_a_history_that_had_not_finished(runner: CliRunner, tmp_path: Path) -> None:

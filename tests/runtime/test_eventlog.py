@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.eventlog import (
+    SCHEMA_VERSION,
     DEFAULT_STATE_PATH,
     EventLog,
     ExecutionRecord,
@@ -305,7 +306,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.close()
-    with pytest.raises(StateStoreError, match="schema version 99, newer than the 1") as err:
+    with pytest.raises(StateStoreError, match=f"schema version 99, newer than the {SCHEMA_VERSION}") as err:
         SqliteEventLog(path)
     assert isinstance(err.value, SopflowError)
     with pytest.raises(StateStoreError, match="schema version 99"):
@@ -598,7 +599,7 @@ def test_export_writes_the_record_and_events_in_a_stable_order(log: EventLog) ->
     assert doc["execution"] == {"id": A, "sop": "orders", "status": "running", "submitted_at": 100.0,
                                 "version": 2, "ended_at": None, "terminal": False, "idempotency_key": "k",
                                 "parent": None}
-    assert list(doc["events"][0]) == ["execution_id", "seq", "kind", "ts", "step", "attempt", "data"]
+    assert list(doc["events"][0]) == ["execution_id", "seq", "kind", "ts", "step", "attempt", "data", "schema"]
     text = dumps_history(doc)
     assert text.index('"alpha"') < text.index('"zeta"') and text.index('"a": 1') < text.index('"b": 2')
     assert text.index('"execution_id"') < text.index('"seq"') < text.index('"kind"')
