@@ -29,6 +29,30 @@ class StepAttemptFailed(Exception):
         return (type(self), (self.outcome, str(self)))
 
 
+COORDINATOR_NAME = "sopflow-coordinator"
+"""The coordinator actor's name, in the namespace of the job that runs the step (the coordinator's)."""
+
+
+class ProgressToCoordinator:
+    """Sends an attempt's ``context.report_progress`` calls to the coordinator, without waiting.
+
+    The coordinator is looked up by name on the first report, so attempts that report no
+    progress cost nothing.
+    """
+
+    _coordinator: Any = None
+
+    def __init__(self, execution_id: str, step: str, attempt: int) -> None:
+        self.execution_id, self.step, self.attempt = execution_id, step, attempt
+
+    def __call__(self, fraction: float | None, message: str) -> None:
+        if ProgressToCoordinator._coordinator is None:
+            ProgressToCoordinator._coordinator = ray.get_actor(
+                COORDINATOR_NAME, namespace=ray.get_runtime_context().namespace)
+        ProgressToCoordinator._coordinator.step_progress.remote(self.execution_id, self.step, self.attempt,
+                                                                fraction, message)
+
+
 def execute_step(task: StepTask) -> StepOutcome:
     """Run one attempt in a worker, as a child span of the coordinator's attempt span.
 
@@ -36,6 +60,8 @@ def execute_step(task: StepTask) -> StepOutcome:
         StepAttemptFailed: the attempt failed (its outcome rides along).
     """
     setup_tracing("sopflow-worker")
+    if task.progress_to is None:
+        task.progress_to = ProgressToCoordinator(task.execution_id, task.step, task.attempt)
     with attached(task.trace_carrier), tracer().start_as_current_span(
         "step.handler", attributes={"sopflow.execution_id": task.execution_id,
                                     "sopflow.step": task.step, "sopflow.attempt": task.attempt,

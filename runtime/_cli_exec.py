@@ -123,10 +123,16 @@ def _steps_table(view: ExecutionView) -> Table:
     table.add_column("status")
     table.add_column("attempts", justify="right")
     table.add_column("error", overflow="fold")
+    reporting = any(step.progress is not None or step.message for step in view.steps.values())
+    if reporting:  # steps that call context.report_progress say how far they are
+        table.add_column("progress", overflow="fold")
     for sid, step in view.steps.items():
         style = _STEP_STYLE.get(step.status, "white")
-        table.add_row(escape(sid), f"[{style}]{step.status.value}[/{style}]", str(step.attempts),
-                      escape(step.error or ""))
+        row = [escape(sid), f"[{style}]{step.status.value}[/{style}]", str(step.attempts), escape(step.error or "")]
+        if reporting:
+            done = "" if step.progress is None else f"{step.progress:.0%} "
+            row.append(escape(done + step.message))
+        table.add_row(*row)
     return table
 
 
@@ -155,7 +161,9 @@ def _view_dict(view: ExecutionView) -> dict[str, Any]:
             "status": view.status.value, "progress": view.progress,
             "submitted_at": view.submitted_at, "ended_at": view.ended_at,
             "steps": {k: {"status": s.status.value, "attempts": s.attempts, "error": s.error,
-                          "classification": s.classification} for k, s in view.steps.items()},
+                          "classification": s.classification,
+                          **({"progress": s.progress, "message": s.message} if s.progress is not None or s.message
+                             else {})} for k, s in view.steps.items()},
             "outputs": view.outputs, "trace_id": view.trace_id}
 
 

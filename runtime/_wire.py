@@ -32,13 +32,15 @@ def dumps(value: Any) -> str:
 
 def step_to_dict(step: StepView) -> dict[str, Any]:
     return {"id": step.id, "status": step.status.value, "attempts": step.attempts, "error": step.error,
-            "classification": step.classification, "started_at": step.started_at, "ended_at": step.ended_at}
+            "classification": step.classification, "started_at": step.started_at, "ended_at": step.ended_at,
+            "progress": step.progress, "message": step.message}
 
 
 def step_from_dict(d: dict[str, Any]) -> StepView:
     return StepView(id=d["id"], status=StepStatus(d["status"]), attempts=d.get("attempts", 0),
                     error=d.get("error"), classification=d.get("classification"),
-                    started_at=d.get("started_at"), ended_at=d.get("ended_at"))
+                    started_at=d.get("started_at"), ended_at=d.get("ended_at"), progress=d.get("progress"),
+                    message=d.get("message") or "")
 
 
 def view_to_dict(view: ExecutionView) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from runtime.status import ExecutionView
 from runtime.telemetry import carrier_for, setup_tracing, tracer
 from sop import Step, check_new_steps
 
-log = logging.getLogger("sopflow.coordinator")
+logger = logging.getLogger("sopflow.coordinator")
 
 PURGE_EVERY_S = 3600.0
 AUTO_KEY_WINDOW_S = 2 * RESTART_GRACE_S
@@ -85,7 +85,7 @@ class CoordinatorCore:
         self.by_key: dict[str, str] = {}
         self.finished_ids: deque[str] = deque()
         """Finished executions still held in memory, oldest first (see ``keep_finished``)."""
-        self.artifacts = Artifacts(lambda: self.log)
+        self.artifacts = Artifacts(lambda: self.event_log)
         self.hooks = Hooks()
         all_runners = {"task": task_runner, "sop": SubSopRunner(self), **(runners or {})}
         admission = LocalAdmission(lambda: self.config.max_running_steps or (capacity or _default_capacity)())
@@ -95,7 +95,7 @@ class CoordinatorCore:
         self._recovering: asyncio.Task | None = None
 
     @property
-    def log(self) -> Any:
+    def event_log(self) -> Any:
         """The event log (the journal's)."""
         return self.journal.log
 
@@ -134,7 +134,7 @@ class CoordinatorCore:
         """The end is durable: tell waiters (once the monitor knows too), drop secrets, trim memory."""
         self.journal.after_monitor(exe.done.set)
         if exe.secret_values:
-            self.log.drop_blob(exe.id, "secrets")
+            self.event_log.drop_blob(exe.id, "secrets")
         self.finished_ids.append(exe.id)
         while len(self.finished_ids) > self.config.keep_finished:
             old = self.executions.pop(self.finished_ids.popleft(), None)
@@ -181,7 +181,7 @@ class CoordinatorCore:
         """Create and begin an execution for ``request`` (or find the one its idempotency key made)."""
         key = request.idempotency_key
         if key:
-            known = self.by_key.get(key) or (self._key_in_log(key) and self.log.find_key(key))
+            known = self.by_key.get(key) or (self._key_in_log(key) and self.event_log.find_key(key))
             if known:
                 if not key.startswith("auto:"):  # an automatic key is only ever resent as is
                     self._check_same_request(key, known, request)
@@ -194,9 +194,9 @@ class CoordinatorCore:
             "sopflow.mode": request.mode, "sopflow.priority": request.priority})
         if request.secrets:  # kept apart from the events, dropped when the execution ends
             secret = {k: request.inputs[k] for k in request.secrets if k in request.inputs}
-            self.log.put_blob(exe.id, "secrets", json.dumps(secret).encode())
+            self.event_log.put_blob(exe.id, "secrets", json.dumps(secret).encode())
         if request.has_callables:
-            self.log.put_blob(exe.id, "handlers", pack_callables(request.handlers))
+            self.event_log.put_blob(exe.id, "handlers", pack_callables(request.handlers))
         public_inputs = {k: ("***" if k in request.secrets else v) for k, v in request.inputs.items()}
         fingerprinted = {"fingerprint": _fingerprint(request)} if key and not key.startswith("auto:") else {}
         self.emit(exe, ev.Submitted(sop=sop.sop, version=sop.version, mode=request.mode, priority=request.priority,
@@ -222,7 +222,7 @@ class CoordinatorCore:
             key = request.idempotency_key
             if not key or key.startswith("auto:"):
                 continue
-            known = self.by_key.get(key) or (self._key_in_log(key) and self.log.find_key(key))
+            known = self.by_key.get(key) or (self._key_in_log(key) and self.event_log.find_key(key))
             if known:
                 self._check_same_request(key, known, request)
             elif key in first:
@@ -243,7 +243,7 @@ class CoordinatorCore:
         if first is not None:
             earlier = _fingerprint(first.request, with_secrets=True)
         else:
-            submitted = self.log.read(known, 0, 1)
+            submitted = self.event_log.read(known, 0, 1)
             earlier = submitted[0].data.get("fingerprint") if submitted else None
             if earlier is None:
                 return  # submitted before fingerprints were logged: nothing to compare with
@@ -265,7 +265,7 @@ class CoordinatorCore:
     def _running(self, execution_id: str) -> Execution:
         exe = self.executions.get(execution_id)
         if exe is None:
-            if self.log.get(execution_id) is None:
+            if self.event_log.get(execution_id) is None:
                 raise ExecutionNotFound(execution_id)
             raise ExecutionError(f"execution {execution_id} has finished; it can no longer be changed")
         return exe
@@ -275,7 +275,7 @@ class CoordinatorCore:
         exe = self.executions.get(execution_id)
         if exe is not None:
             return exe.state
-        return load_state(self.log, execution_id)
+        return load_state(self.event_log, execution_id)
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> ExecutionView:
         await self.ready()
@@ -338,6 +338,14 @@ class CoordinatorCore:
         await self.journal.durable()
         return exe.state.view()
 
+    async def step_progress(self, execution_id: str, step_id: str, attempt: int, fraction: float | None,
+                            message: str = "") -> None:
+        """A step's worker reported progress (``context.report_progress``); late or stray reports are dropped."""
+        exe = self.executions.get(execution_id)
+        flight = exe.inflight.get(step_id) if exe is not None else None
+        if exe is not None and flight is not None and flight.number == attempt:
+            self.machine.progress(exe, flight, fraction, message)
+
     async def list_ids(self) -> list[str]:
         return list(self.executions)
 
@@ -353,13 +361,13 @@ class CoordinatorCore:
         await self.ready()
         from runtime.shipped import pack_hook
 
-        await asyncio.to_thread(self.log.put_setting, f"hook:{name}", pack_hook(target))
+        await asyncio.to_thread(self.event_log.put_setting, f"hook:{name}", pack_hook(target))
         self.hooks.add(name, EscalationHook(target))
         return self.hooks.names
 
     async def remove_escalation_hook(self, name: str) -> list[str]:
         await self.ready()
-        await asyncio.to_thread(self.log.drop_setting, f"hook:{name}")
+        await asyncio.to_thread(self.event_log.drop_setting, f"hook:{name}")
         self.hooks.remove(name)
         return self.hooks.names
 
@@ -375,30 +383,30 @@ class CoordinatorCore:
         """Register the escalation hooks kept in the state store (after a start or restart)."""
         from runtime.shipped import unpack_hook
 
-        for key, blob in self.log.settings("hook:").items():
+        for key, blob in self.event_log.settings("hook:").items():
             try:
                 self.hooks.add(key[len("hook:"):], EscalationHook(unpack_hook(blob, key)))
             except Exception as e:  # noqa: BLE001 - one hook that cannot load must not stop the engine
-                log.warning("escalation hook %s cannot be loaded here: %s", key[len("hook:"):], e)
+                logger.warning("escalation hook %s cannot be loaded here: %s", key[len("hook:"):], e)
 
     # -- the log --------------------------------------------------------------------------------
 
     async def history(self, execution_id: str, after_seq: int = 0) -> list[Event]:
         await self.journal.durable()
-        events = self.log.read(execution_id, after_seq)
-        if not events and after_seq == 0 and self.log.get(execution_id) is None:
+        events = self.event_log.read(execution_id, after_seq)
+        if not events and after_seq == 0 and self.event_log.get(execution_id) is None:
             raise ExecutionNotFound(execution_id)
         return events
 
     async def export(self, execution_id: str) -> dict[str, Any]:
         await self.journal.durable()
-        return export_history(self.log, execution_id)
+        return export_history(self.event_log, execution_id)
 
     async def import_(self, doc: dict[str, Any], replace: bool = False) -> str:
         execution_id = str(doc.get("execution", {}).get("id", "")) if isinstance(doc, dict) else ""
         if execution_id in self.executions and not self.executions[execution_id].state.status.terminal:
             raise ExecutionError(f"execution {execution_id} is running here; it cannot be replaced")
-        imported = import_history(self.log, doc, replace=replace, require_finished=True)
+        imported = import_history(self.event_log, doc, replace=replace, require_finished=True)
         if self.executions.pop(imported, None) is not None and imported in self.finished_ids:
             self.finished_ids.remove(imported)  # replaced: forget the old copy in memory
         return imported
@@ -427,11 +435,11 @@ class CoordinatorCore:
         """Remove finished executions older than the retention period from the store."""
         cutoff = time.time() - self.config.retention_s
         try:
-            removed = await asyncio.to_thread(self.log.purge, ended_before=cutoff)
+            removed = await asyncio.to_thread(self.event_log.purge, ended_before=cutoff)
         finally:
             self._schedule_purge(PURGE_EVERY_S)
         if removed:
-            log.info("purged %d executions that ended before %s", removed, time.ctime(cutoff))
+            logger.info("purged %d executions that ended before %s", removed, time.ctime(cutoff))
         return removed
 
     async def store_problems(self) -> list[str]:
@@ -457,7 +465,7 @@ class CoordinatorCore:
         return {"state": self.config.state, "durable": self.config.durable,
                 "stalled": None if stalled is None else str(stalled),
                 "in_memory": len(self.executions), "recovery": self.recovery,
-                "commits": dict(self.journal.committer.stats), **self.log.stats()}
+                "commits": dict(self.journal.committer.stats), **self.event_log.stats()}
 
 
 def _default_capacity() -> int:

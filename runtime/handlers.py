@@ -33,6 +33,11 @@ from runtime.registry import import_object
 
 log = logging.getLogger("sopflow.step")
 
+PROGRESS_EVERY_S = 0.5
+"""The shortest time between two progress reports of one attempt that reach the engine."""
+MAX_PROGRESS_MESSAGE = 200
+"""Characters of a progress message kept."""
+
 
 @positional_pickle
 @dataclass(slots=True)
@@ -62,6 +67,8 @@ class StepTask:
     :mod:`runtime.isolation`."""
     secrets: tuple[str, ...] = field(default=(), repr=False)
     """The execution's secret input values, so ``context.logger`` can mask them in the worker."""
+    progress_to: Any = field(default=None, repr=False)
+    """Where ``context.report_progress`` sends: a callable ``(fraction, message)`` set by the runner."""
 
     @property
     def key(self) -> str:
@@ -125,6 +132,8 @@ class StepContext:
     logger: logging.LoggerAdapter
     workdir: str = ""
     _progress: float | None = None
+    _progress_to: Any = None
+    _progress_sent: float = 0.0
     _replay: tuple[tuple[str, Any], ...] = ()
     _recorded: list[tuple[str, Any]] = field(default_factory=list)
     _diverged_at: str | None = None
@@ -132,9 +141,23 @@ class StepContext:
     _extra: list[tuple[int, str]] = field(default_factory=list)
     """Calls past the end of a non-empty recording: (call number, kind)."""
 
-    def report_progress(self, fraction: float) -> None:
-        """Tell the monitor how far this step is (0.0-1.0); the last value is kept."""
-        self._progress = max(0.0, min(1.0, float(fraction)))
+    def report_progress(self, fraction: float | None, message: str = "") -> None:
+        """Say how far this attempt is: ``fraction`` from 0.0 to 1.0 (or None), and a short message.
+
+        It shows in ``status`` (the step's ``progress`` and ``message``) and is logged as a
+        ``step_progress`` event. At most ``PROGRESS_EVERY_S`` apart reach the engine (the
+        others are dropped; a report of 1.0 always goes), so calling it in a tight loop is cheap.
+        """
+        value = None if fraction is None else max(0.0, min(1.0, float(fraction)))
+        self._progress = value
+        now = time.monotonic()
+        if self._progress_to is None or (now - self._progress_sent < PROGRESS_EVERY_S and value != 1.0):
+            return
+        self._progress_sent = now
+        try:
+            self._progress_to(value, str(message)[:MAX_PROGRESS_MESSAGE])
+        except Exception:  # noqa: BLE001 - a progress report must never fail the step
+            log.debug("progress report of %s/%s dropped", self.execution_id, self.step, exc_info=True)
 
     @property
     def idempotency_key(self) -> str:
@@ -266,7 +289,7 @@ def run_task(task: StepTask) -> StepOutcome:
     ctx = StepContext(task.execution_id, task.step, task.attempt,
                       MaskingLoggerAdapter(log, {"execution_id": task.execution_id, "step": task.step},
                                            task.secrets),
-                      place.workdir, _replay=_as_recording(task.recorded))
+                      place.workdir, _progress_to=task.progress_to, _replay=_as_recording(task.recorded))
     try:
         if task.uses == "shell":
             output, error = _run_shell(task, place)

@@ -25,7 +25,7 @@ from runtime.state import ExecutionState, fold
 if TYPE_CHECKING:
     from runtime.execution import Execution
 
-log = logging.getLogger("sopflow.journal")
+logger = logging.getLogger("sopflow.journal")
 
 FLUSH_INTERVAL_S = 0.01
 """How long events may wait before a batch goes to the monitor."""
@@ -179,7 +179,7 @@ class Journal:
                 await self.durable()  # the monitor shows only what the log holds
                 await self.monitor.apply(batch)
             except Exception:  # noqa: BLE001 - the monitor is a view; never stop dispatch for it
-                log.exception("could not forward %d events to the monitor", len(batch))
+                logger.exception("could not forward %d events to the monitor", len(batch))
         for callback in callbacks:
             callback()
 

@@ -347,6 +347,15 @@ class StateMachine:
                           origin="cancel")
         self._spawn(self._conclude(exe, flight, None, error))
 
+    def progress(self, exe: Execution, flight: InFlight, fraction: float | None, message: str) -> None:
+        """A running attempt reported progress: log it (it shows in status) while the attempt is live."""
+        if flight.settled or exe.inflight.get(flight.step.id) is not flight or exe.state.status.terminal:
+            return  # late: the attempt has ended
+        if fraction is not None and not (isinstance(fraction, (int, float)) and 0.0 <= fraction <= 1.0):
+            return  # not from our StepContext: ignore rather than log nonsense
+        self.host.emit(exe, ev.StepProgress(fraction=fraction, message=str(message)[:200]),
+                       flight.step.id, flight.number)
+
     def _child_started(self, exe: Execution, flight: InFlight, child_id: str) -> None:
         flight.child = child_id
         self.host.emit(exe, ev.ChildSubmitted(child=child_id), flight.step.id, flight.number)
@@ -547,6 +556,9 @@ class _Report:
 
     def child_started(self, child_id: str) -> None:
         self.machine._child_started(self.exe, self.flight, child_id)
+
+    def progress(self, fraction: float | None, message: str = "") -> None:
+        self.machine.progress(self.exe, self.flight, fraction, message)
 
 
 def _digest_run(exe: Execution, step: Step, ctx: dict[str, Any], run: str | None) -> str | None:

@@ -41,22 +41,22 @@ from sop.model import OnFailure
 if TYPE_CHECKING:
     from runtime.coordinator import CoordinatorCore
 
-log = logging.getLogger("sopflow.recovery")
+logger = logging.getLogger("sopflow.recovery")
 
 
 async def recover(c: CoordinatorCore) -> dict[str, Any]:
     """Rebuild and resume every unfinished execution in ``c``'s log; returns what was done."""
     started = time.perf_counter()
-    store_problems = check_store(c.log)
+    store_problems = check_store(c.event_log)
     rebuilt: list[Execution] = []
     failed: dict[str, str] = {}
-    for record in c.log.unfinished():
+    for record in c.event_log.unfinished():
         if record.id in c.executions:
             continue
         try:
-            exe = rebuild(c.log, record.id)
+            exe = rebuild(c.event_log, record.id)
         except Exception as e:  # noqa: BLE001 - one unreadable history must not block the others
-            log.exception("cannot rebuild execution %s from the log", record.id)
+            logger.exception("cannot rebuild execution %s from the log", record.id)
             failed[record.id] = f"{type(e).__name__}: {e}"
             continue
         c.adopt(exe)
@@ -82,7 +82,7 @@ def check_store(event_log: Any) -> list[str]:
     except Exception as e:  # noqa: BLE001 - a failed check is itself worth reporting, not fatal
         found = [f"the consistency check could not run: {e}"]
     if found:
-        log.warning("the state store %s is inconsistent (%d problem(s)); run `sopflow check --state %s`: %s",
+        logger.warning("the state store %s is inconsistent (%d problem(s)); run `sopflow check --state %s`: %s",
                     event_log.path, len(found), event_log.path, "; ".join(found[:10]))
     return found
 

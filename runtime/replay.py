@@ -209,7 +209,7 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
         view = await coordinator.wait(rid, timeout)
         replayed = coordinator.executions[rid].state
         await coordinator.journal.durable()
-        replayed_inputs = _inputs(coordinator.log.read(rid))
+        replayed_inputs = _inputs(coordinator.event_log.read(rid))
     finally:
         coordinator.journal.close()
     notes = _notes(recorded, events)

@@ -35,7 +35,9 @@ class InProcessRunner:
         assert spec.task is not None
         task = spec.task if self.prepare is None else self.prepare(spec)
         # Every handler here shares this process: its memory is no one attempt's to limit.
-        task = dataclasses.replace(task, memory_mb=None)
+        loop = asyncio.get_running_loop()
+        task = dataclasses.replace(task, memory_mb=None, progress_to=lambda fraction, message: (
+            loop.call_soon_threadsafe(report.progress, fraction, message)))
         attempt = _ThreadAttempt(report)
         attempt.task = asyncio.get_running_loop().create_task(self._run(task, attempt))
         return attempt

@@ -72,6 +72,9 @@ class AttemptReport(Protocol):
     def child_started(self, child_id: str) -> None:
         """A sub-SOP attempt started its child execution."""
 
+    def progress(self, fraction: float | None, message: str = "") -> None:
+        """The running attempt reported how far it is (``context.report_progress``)."""
+
 
 class AttemptHandle(Protocol):
     """A started attempt."""

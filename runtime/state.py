@@ -67,7 +67,7 @@ class ExecutionState:
             id=self.id, sop=self.sop, version=self.version, mode=self.mode, status=self.status,
             progress=progress,
             steps={k: StepView(k, s.status, s.attempts, s.error, s.classification, s.started_at,
-                               s.ended_at) for k, s in self.steps.items()},
+                               s.ended_at, *self.progress.get(k, (None, ""))) for k, s in self.steps.items()},
             submitted_at=self.submitted_at, ended_at=self.ended_at,
             outputs=self.outputs if with_outputs else None, priority=self.priority,
             trace_id=self.trace_id)

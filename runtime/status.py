@@ -70,6 +70,10 @@ class StepView:
     classification: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    progress: float | None = None
+    """How far a running attempt said it is (0.0-1.0), if it reports progress."""
+    message: str = ""
+    """What a running attempt last said with its progress."""
 
 
 @positional_pickle

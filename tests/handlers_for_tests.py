@@ -245,3 +245,12 @@ class Unshippable:
 
     def __reduce__(self) -> tuple:
         return (_rebuild_unshippable, ())
+
+
+def report_then_wait(gate: str, context: Any) -> str:
+    """Report half-way progress, then wait (bounded) for the test to open ``gate``; report done."""
+    context.report_progress(0.5, "half way")
+    if not _wait_until(lambda: os.path.exists(gate), 60.0):
+        raise TimeoutError(f"{gate} did not appear")
+    context.report_progress(1.0, "done")
+    return "reported"
