@@ -63,7 +63,7 @@ def test_an_output_that_is_not_data_fails_the_step_permanently_naming_where_and_
     assert_readable(step.error)
     assert view.steps["consume"].status != StepStatus.SUCCEEDED  # nothing live went downstream
     [failed] = failed_events(engine, eid, "produce")
-    assert failed.data["error_type"] == "OutputNotData" and failed.data["output"] is None
+    assert failed.data["error_type"] == "OutputNotData" and failed.payload.output is None
     dumps_history(engine.export(eid))  # the history stays exportable
 
 
