@@ -22,7 +22,8 @@ from sop import Sop
 @pytest.fixture
 def plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An installed distribution (a ``.dist-info`` on sys.path) announcing two step runners."""
-    (tmp_path / "echo_runner.py").write_text(textwrap.dedent('''
+    module = f"echo_runner_{tmp_path.name.replace('-', '_')}"  # a fresh module for every test
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent('''
         import asyncio
         
         class EchoRunner:
@@ -43,10 +44,10 @@ def plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-runner\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(
-        "[sopflow.step_runners]\nmcp = echo_runner:EchoRunner\nbroken = echo_runner:broken\n")
+        f"[sopflow.step_runners]\nmcp = {module}:EchoRunner\nbroken = {module}:broken\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
-    sys.modules.pop("echo_runner", None)
+    sys.modules.pop(module, None)
 
 
 def test_installed_step_runners_are_found_by_kind_and_a_broken_one_is_left_out(plugin_dist: Path,
@@ -54,7 +55,7 @@ def test_installed_step_runners_are_found_by_kind_and_a_broken_one_is_left_out(p
     runners = step_runners(host="the host")
     assert set(runners) == {"mcp"} and runners["mcp"].host == "the host"
     assert isinstance(runners["mcp"], StepRunner)
-    assert "the step runner plugin broken (echo_runner:broken) cannot be loaded" in caplog.text
+    assert "the step runner plugin broken (echo_runner_" in caplog.text and "cannot be loaded" in caplog.text
 
 
 def test_a_step_of_a_plugged_in_kind_runs_through_its_runner(plugin_dist: Path) -> None:
