@@ -25,7 +25,8 @@ def plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     module = f"echo_runner_{tmp_path.name.replace('-', '_')}"  # a fresh module for every test
     (tmp_path / f"{module}.py").write_text(textwrap.dedent('''
         import asyncio
-        
+        from runtime.handlers import StepOutcome
+
         class EchoRunner:
             needs_slot = True
             def __init__(self, host):
