@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sopflow.journal")
 
-FLUSH_INTERVAL_S = 0.01
-"""How long events may wait before a batch goes to the monitor."""
+FLUSH_INTERVAL_S = 0.025
+"""How long events may wait before a batch goes to the monitor: status lags by at most this much
+(a waiter is answered at once), and under load each call to the monitor carries more events."""
 
 
 def open_event_log(config: EngineConfig, *, readonly: bool = False, owner: str | None = None) -> EventLog:
