@@ -14,13 +14,12 @@ import atexit
 import dataclasses
 import logging
 import os
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from runtime.config import RESTART_GRACE_S, EngineConfig
+from runtime.config import EngineConfig
 from runtime.display import ExecutionList
 from runtime.errors import (EngineStartError, ExecutionFailed, ExecutionNotFound, ExecutionTimeout,
                             SubmissionError)
