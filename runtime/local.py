@@ -77,8 +77,13 @@ class InProcessConnection:
             self.close_store()
         finally:
             self._closed = True
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+            try:
+                self._run(_cancel_pending(), timeout=10)
+            finally:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(timeout=10)
+                if not self._thread.is_alive():
+                    self._loop.close()  # its selector's file descriptors; abandoned threads find it closed
 
 
 class _LocalFeed:
@@ -95,6 +100,14 @@ class _LocalFeed:
 
     def resync(self) -> Awaitable[Any]:
         return self.monitor.resync()
+
+
+async def _cancel_pending() -> None:
+    """Cancel the loop's tasks (a monitor flush, an attempt's wait for its thread): none outlives the engine."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _copied(args: tuple[Any, ...]) -> tuple[Any, ...]:
