@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 from typing import Any
 
-from runtime.failure import ErrorInfo
+from runtime.failure import ErrorInfo, error_from_exception
 from runtime.handlers import StepOutcome, StepTask, run_task
 from runtime.masking import secret_problems
 from runtime.seams import AttemptReport, AttemptSpec, ExecutionHost
@@ -75,13 +75,15 @@ class SubSopRunner:
 
     def start(self, spec: AttemptSpec, report: AttemptReport) -> _ChildAttempt:
         attempt = _ChildAttempt(self.host, report)
-        attempt.task = asyncio.get_running_loop().create_task(self._start_child(spec, attempt))
+        run = _settle_on_error(self._start_child(spec, attempt), attempt)
+        attempt.task = asyncio.get_running_loop().create_task(run)
         return attempt
 
     def reattach(self, spec: AttemptSpec, child_id: str, report: AttemptReport) -> _ChildAttempt:
         """Follow a child started before a restart."""
         attempt = _ChildAttempt(self.host, report, child_id)
-        attempt.task = asyncio.get_running_loop().create_task(self._watch(spec, attempt, child_id))
+        run = _settle_on_error(self._watch(spec, attempt, child_id), attempt)
+        attempt.task = asyncio.get_running_loop().create_task(run)
         return attempt
 
     async def _start_child(self, spec: AttemptSpec, attempt: _ChildAttempt) -> None:
@@ -128,6 +130,15 @@ class _ChildAttempt:
             self.cancel_requested = force
             return
         asyncio.get_running_loop().create_task(self.host.cancel_child(self.child, force))
+
+
+async def _settle_on_error(run: Any, attempt: _ChildAttempt) -> None:
+    """Run a sub-SOP attempt; should starting or following its child raise (the state store is stalled
+    and takes no new execution, say), the attempt fails with that error instead of never ending."""
+    try:
+        await run
+    except Exception as e:  # noqa: BLE001 - any failure here is the attempt's, reported as data
+        attempt.report.settle(None, error_from_exception(e))
 
 
 def _defaults(request: Any) -> dict[str, Any]:

@@ -261,6 +261,42 @@ def test_runner_never_settles_inside_start(runner_kind, tmp_path) -> None:
     run_contract(runner_kind, tmp_path, scenario)
 
 
+def test_sub_sop_runner_settles_with_the_error_when_its_child_cannot_be_submitted(tmp_path) -> None:
+    """A child refused at submission (here: the state store is full, so nothing new is taken) is a
+    failed attempt, not an attempt that never ends."""
+    from runtime.coordinator import CoordinatorCore
+    from runtime.runners import InProcessRunner
+    from tests.runtime.test_store_stall import disk_full
+
+    async def main() -> None:
+        core = CoordinatorCore(EngineConfig(state=str(tmp_path / "full.db")), task_runner=InProcessRunner(),
+                               service_name="sopflow-tests")
+        await core.ready()
+        child = sop_of("child", [{"id": "c", "uses": f"{H}:echo", "with": {"value": 1}}])
+        parent = sop_of("parent", [{"id": "sub", "uses": "sop:child.yaml"}])
+        exe = Execution("full-parent", SubmitRequest(parent, subsops={"child.yaml": SubmitRequest(child)}))
+        core.adopt(exe)
+        try:
+            await core.journal.durable()
+            core.log.checkpoint()
+            disk_full(core.log, True)
+            core.emit(exe, EventKind.SUBMITTED, sop="parent", version="1", mode="system_design", steps=["sub"],
+                      pad="x" * 200_000)  # more than the file has room for
+            await until(lambda: core.journal.committer.stalled is not None, 30)  # the store takes no writes
+            subject = RunnerSubject(core.machine.runners["sop"], exe, None, "", lambda name: True, lambda: True)
+            report = Recorder()
+            subject.start("sub", report)
+            await until(lambda: report.settles, 30)
+            error = report.error()
+            assert error is not None and error.type == "StateStoreError", report.settles
+            assert "stalled" in error.message and report.children == []
+        finally:
+            disk_full(core.log, False)
+            await core.close_store()
+
+    asyncio.run(main())
+
+
 # -- Admission ------------------------------------------------------------------------------------
 
 ADMISSION_OPS = st.lists(st.one_of(
