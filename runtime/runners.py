@@ -7,7 +7,9 @@ The Ray task runner lives in :mod:`actors`; a replay's recorded runner in
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
+import threading
 from typing import Any
 
 from runtime.failure import ErrorInfo, error_from_exception
@@ -41,9 +43,41 @@ class InProcessRunner:
         return attempt
 
     async def _run(self, task: StepTask, attempt: _ThreadAttempt) -> None:
-        outcome = await asyncio.to_thread(run_task, task)
+        outcome = await _in_own_thread(run_task, task)
         self.runs += 1
         attempt.done(outcome)
+
+
+async def _in_own_thread(fn: Any, arg: Any) -> Any:
+    """``fn(arg)`` in a thread of its own: every attempt holding a run slot really runs (a shared pool
+    would cap them at its size, and starve the engine's own work behind blocked handlers). The
+    thread is a daemon: one abandoned by a forced cancel never holds up the process's exit."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def deliver(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        result, error = None, None
+        try:
+            result = fn(arg)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+            error = e
+        try:
+            loop.call_soon_threadsafe(deliver, result, error)
+        except RuntimeError:  # the engine was shut down meanwhile: no one waits for this any more
+            pass
+
+    context = contextvars.copy_context()  # as asyncio.to_thread does (the trace context)
+    threading.Thread(target=context.run, args=(work,), name=f"sopflow-step-{getattr(arg, 'key', '')}",
+                     daemon=True).start()
+    return await future
 
 
 class _ThreadAttempt:

@@ -28,3 +28,24 @@ def test_shutting_down_an_in_process_engine_closes_its_loop_and_leaves_no_task_p
         assert not [t for t in asyncio.all_tasks(loop) if not t.done()]
     finally:
         gate.write_text("open")  # the abandoned thread ends; its result finds a closed loop and is dropped
+
+
+def test_as_many_steps_run_at_once_as_there_are_run_slots(inproc, sop_file, tmp_path) -> None:
+    """Every step shown running really runs: ten steps that only pass a barrier together all pass it
+    (handler threads are not capped below the run slots, nor shared with the engine's own work)."""
+    from runtime.status import ExecutionStatus
+
+    parties = 10
+    barrier = tmp_path / "barrier"
+    steps = "".join(f"""
+          - id: p{i}
+            uses: {H}:barrier
+            retry: {{max_attempts: 1}}
+            with: {{directory: "{barrier}", name: "p{i}", parties: {parties}, timeout_s: 10}}"""
+                    for i in range(parties))
+    eid = inproc.submit(sop_file(sop_text(f"""\
+        steps:{steps}
+        """, name="wide")))
+    view = inproc.wait(eid, timeout=60)
+    assert view.status == ExecutionStatus.COMPLETED, view.errors
+    assert max(s.started_at for s in view.steps.values()) < min(s.ended_at for s in view.steps.values())
