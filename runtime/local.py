@@ -30,8 +30,8 @@ _TARGETS = ("coordinator", "monitor", "failure_handler")
 class InProcessConnection:
     """An engine on a private event loop in this process; see the module docstring.
 
-    Arguments cross into the engine as copies, as they would to an actor: changing a
-    dict after passing it changes nothing in the engine.
+    Arguments and answers cross as copies, as they would to and from an actor: changing a
+    dict after passing it, or a result or event received, changes nothing in the engine.
     """
 
     def __init__(self, config: EngineConfig | None = None) -> None:
@@ -60,7 +60,8 @@ class InProcessConnection:
             from runtime.errors import EngineUnavailable
 
             raise EngineUnavailable("this in-process engine was shut down; create another with Engine.in_process()")
-        return self._run(getattr(getattr(self, target), method)(*_copied(args)), timeout)
+        # Copies both ways, as across an actor boundary: the caller's objects and the engine's stay apart.
+        return _copied((self._run(getattr(getattr(self, target), method)(*_copied(args)), timeout),))[0]
 
     def close_store(self) -> None:
         if not self._closed:

@@ -49,3 +49,24 @@ def test_as_many_steps_run_at_once_as_there_are_run_slots(inproc, sop_file, tmp_
     view = inproc.wait(eid, timeout=60)
     assert view.status == ExecutionStatus.COMPLETED, view.errors
     assert max(s.started_at for s in view.steps.values()) < min(s.ended_at for s in view.steps.values())
+
+
+def test_what_the_engine_returns_is_a_copy_changing_it_changes_nothing_in_the_engine(inproc) -> None:
+    """As from an actor: results, histories and events are the caller's own, like the arguments it sends."""
+    import json
+
+    eid = inproc.submit(json.dumps({
+        "sop": "copies", "steps": [{"id": "a", "uses": f"{H}:echo", "with": {"value": {"k": [1, 2]}}}],
+        "outputs": {"v": "${{ steps.a.output }}"}}))
+    inproc.wait(eid, timeout=30)
+    result = inproc.result(eid)
+    result["outputs"]["v"]["k"].append("changed")
+    result["steps"]["a"]["k"].append("changed")
+    history = inproc.history(eid)
+    history[-1].data["status"] = "failed"
+    events = list(inproc.events(eid, follow=False))
+    events[-1].data["outputs"] = None
+
+    assert inproc.result(eid) == {"outputs": {"v": {"k": [1, 2]}}, "steps": {"a": {"k": [1, 2]}}}
+    assert inproc.history(eid)[-1].data["status"] == "completed"
+    assert list(inproc.events(eid, follow=False))[-1].data["outputs"] is not None
