@@ -41,7 +41,11 @@ class InProcessConnection:
         self._thread.start()
         self.monitor = ExecutionMonitor(self.config)
         self.failure_handler = FailureHandler()
-        self.coordinator: CoordinatorCore = self._run(self._build())
+        try:
+            self.coordinator: CoordinatorCore = self._run(self._build())
+        except BaseException:  # the state file is in use, say: the loop and its thread go too
+            self._stop_loop()
+            raise
         self._closed = False
 
     async def _build(self) -> CoordinatorCore:
@@ -81,10 +85,13 @@ class InProcessConnection:
             try:
                 self._run(_cancel_pending(), timeout=10)
             finally:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._thread.join(timeout=10)
-                if not self._thread.is_alive():
-                    self._loop.close()  # its selector's file descriptors; abandoned threads find it closed
+                self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()  # its selector's file descriptors; abandoned threads find it closed
 
 
 class _LocalFeed:

@@ -1,8 +1,10 @@
-"""The in-process engine itself (``Engine.in_process``): what shutting it down leaves behind."""
+"""The in-process engine itself (``Engine.in_process``): threads, copies, and what stopping it leaves behind."""
 
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 
 from runtime.status import StepStatus
 from tests.sop_builders import H, sop_text, wait_for
@@ -70,3 +72,24 @@ def test_what_the_engine_returns_is_a_copy_changing_it_changes_nothing_in_the_en
     assert inproc.result(eid) == {"outputs": {"v": {"k": [1, 2]}}, "steps": {"a": {"k": [1, 2]}}}
     assert inproc.history(eid)[-1].data["status"] == "completed"
     assert list(inproc.events(eid, follow=False))[-1].data["outputs"] is not None
+
+
+def test_an_engine_refused_its_state_file_leaves_no_thread_behind(tmp_path) -> None:
+    import threading
+
+    from runtime import Engine
+    from runtime.errors import StateStoreInUseError
+
+    def loops() -> int:
+        return sum(t.name == "sopflow-in-process" and t.is_alive() for t in threading.enumerate())
+
+    state = str(tmp_path / "state.db")
+    holder = Engine.in_process(state=state)
+    try:
+        before = loops()
+        for _ in range(3):
+            with pytest.raises(StateStoreInUseError, match="in use by another sopflow engine"):
+                Engine.in_process(state=state)
+        assert loops() == before
+    finally:
+        holder.shutdown()
