@@ -53,6 +53,16 @@ class LocalAdmission:
         self.used -= 1
         self._drain()
 
+    def withdraw(self, grant: Callable[[], None]) -> bool:
+        """Leave the queue without a slot; False when ``grant`` was not queued (say, granted already)."""
+        for i, entry in enumerate(self._queue):
+            if entry[2] is grant:
+                self._queue[i] = self._queue[-1]
+                self._queue.pop()
+                heapq.heapify(self._queue)  # O(n): withdrawing is rare (a cancel), acquiring is not
+                return True
+        return False
+
     def _drain(self) -> None:
         if self._draining:  # a grant gave its slot straight back: the loop below goes on
             return

@@ -30,8 +30,8 @@ _TARGETS = ("coordinator", "monitor", "failure_handler")
 class InProcessConnection:
     """An engine on a private event loop in this process; see the module docstring.
 
-    Arguments cross into the engine as copies, as they would to an actor: changing a
-    dict after passing it changes nothing in the engine.
+    Arguments and answers cross as copies, as they would to and from an actor: changing a
+    dict after passing it, or a result or event received, changes nothing in the engine.
     """
 
     def __init__(self, config: EngineConfig | None = None) -> None:
@@ -41,7 +41,11 @@ class InProcessConnection:
         self._thread.start()
         self.monitor = ExecutionMonitor(self.config)
         self.failure_handler = FailureHandler()
-        self.coordinator: CoordinatorCore = self._run(self._build())
+        try:
+            self.coordinator: CoordinatorCore = self._run(self._build())
+        except BaseException:  # the state file is in use, say: the loop and its thread go too
+            self._stop_loop()
+            raise
         self._closed = False
 
     async def _build(self) -> CoordinatorCore:
@@ -60,7 +64,8 @@ class InProcessConnection:
             from runtime.errors import EngineUnavailable
 
             raise EngineUnavailable("this in-process engine was shut down; create another with Engine.in_process()")
-        return self._run(getattr(getattr(self, target), method)(*_copied(args)), timeout)
+        # Copies both ways, as across an actor boundary: the caller's objects and the engine's stay apart.
+        return _copied((self._run(getattr(getattr(self, target), method)(*_copied(args)), timeout),))[0]
 
     def close_store(self) -> None:
         if not self._closed:
@@ -77,8 +82,16 @@ class InProcessConnection:
             self.close_store()
         finally:
             self._closed = True
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+            try:
+                self._run(_cancel_pending(), timeout=10)
+            finally:
+                self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()  # its selector's file descriptors; abandoned threads find it closed
 
 
 class _LocalFeed:
@@ -95,6 +108,14 @@ class _LocalFeed:
 
     def resync(self) -> Awaitable[Any]:
         return self.monitor.resync()
+
+
+async def _cancel_pending() -> None:
+    """Cancel the loop's tasks (a monitor flush, an attempt's wait for its thread): none outlives the engine."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _copied(args: tuple[Any, ...]) -> tuple[Any, ...]:

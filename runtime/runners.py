@@ -7,10 +7,12 @@ The Ray task runner lives in :mod:`actors`; a replay's recorded runner in
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
+import threading
 from typing import Any
 
-from runtime.failure import ErrorInfo
+from runtime.failure import ErrorInfo, error_from_exception
 from runtime.handlers import StepOutcome, StepTask, run_task
 from runtime.masking import secret_problems
 from runtime.seams import AttemptReport, AttemptSpec, ExecutionHost
@@ -43,9 +45,41 @@ class InProcessRunner:
         return attempt
 
     async def _run(self, task: StepTask, attempt: _ThreadAttempt) -> None:
-        outcome = await asyncio.to_thread(run_task, task)
+        outcome = await _in_own_thread(run_task, task)
         self.runs += 1
         attempt.done(outcome)
+
+
+async def _in_own_thread(fn: Any, arg: Any) -> Any:
+    """``fn(arg)`` in a thread of its own: every attempt holding a run slot really runs (a shared pool
+    would cap them at its size, and starve the engine's own work behind blocked handlers). The
+    thread is a daemon: one abandoned by a forced cancel never holds up the process's exit."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def deliver(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        result, error = None, None
+        try:
+            result = fn(arg)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+            error = e
+        try:
+            loop.call_soon_threadsafe(deliver, result, error)
+        except RuntimeError:  # the engine was shut down meanwhile: no one waits for this any more
+            pass
+
+    context = contextvars.copy_context()  # as asyncio.to_thread does (the trace context)
+    threading.Thread(target=context.run, args=(work,), name=f"sopflow-step-{getattr(arg, 'key', '')}",
+                     daemon=True).start()
+    return await future
 
 
 class _ThreadAttempt:
@@ -77,13 +111,15 @@ class SubSopRunner:
 
     def start(self, spec: AttemptSpec, report: AttemptReport) -> _ChildAttempt:
         attempt = _ChildAttempt(self.host, report)
-        attempt.task = asyncio.get_running_loop().create_task(self._start_child(spec, attempt))
+        run = _settle_on_error(self._start_child(spec, attempt), attempt)
+        attempt.task = asyncio.get_running_loop().create_task(run)
         return attempt
 
     def reattach(self, spec: AttemptSpec, child_id: str, report: AttemptReport) -> _ChildAttempt:
         """Follow a child started before a restart."""
         attempt = _ChildAttempt(self.host, report, child_id)
-        attempt.task = asyncio.get_running_loop().create_task(self._watch(spec, attempt, child_id))
+        run = _settle_on_error(self._watch(spec, attempt, child_id), attempt)
+        attempt.task = asyncio.get_running_loop().create_task(run)
         return attempt
 
     async def _start_child(self, spec: AttemptSpec, attempt: _ChildAttempt) -> None:
@@ -130,6 +166,15 @@ class _ChildAttempt:
             self.cancel_requested = force
             return
         asyncio.get_running_loop().create_task(self.host.cancel_child(self.child, force))
+
+
+async def _settle_on_error(run: Any, attempt: _ChildAttempt) -> None:
+    """Run a sub-SOP attempt; should starting or following its child raise (the state store is stalled
+    and takes no new execution, say), the attempt fails with that error instead of never ending."""
+    try:
+        await run
+    except Exception as e:  # noqa: BLE001 - any failure here is the attempt's, reported as data
+        attempt.report.settle(None, error_from_exception(e))
 
 
 def _defaults(request: Any) -> dict[str, Any]:

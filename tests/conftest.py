@@ -67,3 +67,33 @@ def read_spans() -> list[dict]:
     if not TRACE_FILE.exists():
         return []
     return [json.loads(line) for line in TRACE_FILE.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def inproc():
+    """A fresh in-process engine (``Engine.in_process()``: no Ray, state in memory), shut down after the test.
+
+    The state machine runs on a private event loop of this process and handlers in its
+    threads, so ``python:tests.handlers_for_tests`` must (and does) import here. Limits: a
+    force-cancelled or timed-out handler thread runs on to its end (only its result is
+    dropped), and memory limits are not enforced; tests of those stay on Ray.
+    """
+    from runtime import Engine, Registry
+
+    engine = Engine.in_process(registry=Registry())
+    try:
+        yield engine
+    finally:
+        engine.shutdown()
+
+
+@pytest.fixture
+def inproc_file(tmp_path: Path):
+    """Like ``inproc``, with the state in a SQLite file (``tmp_path / "state.db"``: read it in the test)."""
+    from runtime import Engine, Registry
+
+    engine = Engine.in_process(state=str(tmp_path / "state.db"), registry=Registry())
+    try:
+        yield engine
+    finally:
+        engine.shutdown()

@@ -1,16 +1,15 @@
 """Scheduling properties over generated DAGs and outcomes.
 
 The pure properties drive :func:`runtime.scheduling.verdict` and
-:func:`runtime.state.final_status` with a simulated scheduler (no Ray); one
-property runs a few generated SOPs on the shared Ray cluster and checks the
-same things on the real run.
+:func:`runtime.state.final_status` with a simulated scheduler; one property
+runs generated SOPs through the real state machine (the in-process engine) and
+checks the same things on the real run.
 """
 
 from __future__ import annotations
 
 import json
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -127,15 +126,16 @@ def test_verdict_waits_while_any_dependency_is_unfinished(dep_statuses, rule) ->
     assert (what == Verdict.WAIT) == (not all(s.terminal for s in dep_statuses))
 
 
-# -- on the cluster -----------------------------------------------------------------------------
+# -- on the engine ------------------------------------------------------------------------------
 
 H = "python:tests.handlers_for_tests"
 
 
-@pytest.mark.ray
-@given(dags(max_steps=5))
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_a_generated_dag_runs_on_ray_respecting_dependencies_and_failures(engine, dag) -> None:
+@given(dags(max_steps=6))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_generated_dag_runs_respecting_dependencies_and_failures(inproc, dag) -> None:
+    """For any DAG of steps that succeed or fail, run by the state machine (in-process inproc): no step
+    starts before its dependencies ended, failures halt exactly their dependents, the status follows."""
     deps, ok = dag
     steps = [{"id": f"s{i}", "uses": f"{H}:outcome", "depends_on": [f"s{d}" for d in ds],
               "with": {"ok": ok[i], "name": f"s{i}"}} for i, ds in deps.items()]
@@ -143,14 +143,14 @@ def test_a_generated_dag_runs_on_ray_respecting_dependencies_and_failures(engine
                        "defaults": {"retry": {"max_attempts": 1}, "timeout_s": 60,
                                     "resources": {"cpu": 0.25}},
                        "steps": steps})
-    eid = engine.submit(text)
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(text)
+    view = inproc.wait(eid, timeout=60)
 
     statuses = {sid: s.status for sid, s in view.steps.items()}
     started_after: dict[str, set[str]] = {}
     terminal: set[str] = set()
     ends = {EventKind.STEP_SUCCEEDED, EventKind.STEP_HALTED, EventKind.STEP_SKIPPED, EventKind.STEP_CANCELLED}
-    for event in engine.events(eid, follow=False):
+    for event in inproc.events(eid, follow=False):
         if event.kind == EventKind.STEP_STARTED:
             started_after[event.step] = set(terminal)
         elif event.kind in ends or (event.kind == EventKind.STEP_FAILED and event.data.get("final")):

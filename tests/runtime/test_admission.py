@@ -1,4 +1,8 @@
-"""The coordinator keeps at most ``max_running_steps`` step tasks in Ray; the rest wait by priority."""
+"""The coordinator keeps at most ``max_running_steps`` step attempts running; the rest wait by priority.
+
+The queue's rules run on an in-process engine with one run slot (``one_slot``); a monitor's view
+for the dashboard and a coordinator actor's restart are Ray's, tested on a Ray engine of its own.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,17 @@ import pytest
 from runtime.status import ExecutionStatus
 from tests.sop_builders import H, own_engine, wait_for
 
-pytestmark = pytest.mark.ray
+@pytest.fixture
+def one_slot():
+    """An in-process engine with a single run slot (``max_running_steps=1``)."""
+    from runtime import Engine
+    from runtime.config import EngineConfig
+
+    engine = Engine.in_process(config=EngineConfig(max_running_steps=1))
+    try:
+        yield engine
+    finally:
+        engine.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -36,33 +50,34 @@ def queued_behind_a_blocker(engine, tmp_path, name: str) -> tuple:
     return blocker, gate, queued
 
 
-def test_queued_steps_start_highest_priority_first_when_a_slot_frees(one_at_a_time, tmp_path) -> None:
+def test_queued_steps_start_highest_priority_first_when_a_slot_frees(one_slot, tmp_path) -> None:
     gate = tmp_path / "gate"
-    blocker = one_at_a_time.submit(one_step("blocker", tmp_path, gate))
+    blocker = one_slot.submit(one_step("blocker", tmp_path, gate))
     wait_for(lambda: (tmp_path / "blocker.runs").exists())  # holds the only slot
-    low = one_at_a_time.submit(one_step("low", tmp_path), priority=0)
-    high = one_at_a_time.submit(one_step("high", tmp_path), priority=10)
+    low = one_slot.submit(one_step("low", tmp_path), priority=0)
+    high = one_slot.submit(one_step("high", tmp_path), priority=10)
     assert not (tmp_path / "low.runs").exists() and not (tmp_path / "high.runs").exists()
     gate.write_text("open")
 
     for eid in (blocker, low, high):
-        assert one_at_a_time.wait(eid, timeout=60).status == ExecutionStatus.COMPLETED
+        assert one_slot.wait(eid, timeout=60).status == ExecutionStatus.COMPLETED
     started = {n: float((tmp_path / f"{n}.runs").read_text().split()[3]) for n in ("low", "high")}
     assert started["high"] < started["low"]
 
 
-def test_a_queued_step_of_a_force_cancelled_execution_never_starts(one_at_a_time, tmp_path) -> None:
+def test_a_queued_step_of_a_force_cancelled_execution_never_starts(one_slot, tmp_path) -> None:
     gate = tmp_path / "gate"
-    blocker = one_at_a_time.submit(one_step("blocker", tmp_path, gate))
+    blocker = one_slot.submit(one_step("blocker", tmp_path, gate))
     wait_for(lambda: (tmp_path / "blocker.runs").exists())
-    queued = one_at_a_time.submit(one_step("queued", tmp_path))
-    view = one_at_a_time.cancel(queued, force=True)
-    assert one_at_a_time.wait(queued, timeout=60).status == ExecutionStatus.CANCELLED
+    queued = one_slot.submit(one_step("queued", tmp_path))
+    view = one_slot.cancel(queued, force=True)
+    assert one_slot.wait(queued, timeout=60).status == ExecutionStatus.CANCELLED
     gate.write_text("open")
-    assert one_at_a_time.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
+    assert one_slot.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
     assert not (tmp_path / "queued.runs").exists(), view
 
 
+@pytest.mark.ray
 def test_a_step_waiting_for_a_slot_is_queued_not_running(one_at_a_time, tmp_path) -> None:
     """Status tells the truth: a step held back by max_running_steps is queued, and says so."""
     from runtime.events import EventKind
@@ -96,6 +111,7 @@ def test_a_step_waiting_for_a_slot_is_queued_not_running(one_at_a_time, tmp_path
     assert EventKind.STEP_QUEUED not in [e.kind for e in events_of(one_at_a_time, blocker)]
 
 
+@pytest.mark.ray
 def test_a_queued_step_is_queued_again_after_a_coordinator_restart_not_interrupted(one_at_a_time,
                                                                                       tmp_path) -> None:
     """A step that never reached Ray is re-queued on recovery, even when it is not idempotent."""
@@ -125,45 +141,45 @@ def test_a_queued_step_is_queued_again_after_a_coordinator_restart_not_interrupt
     assert len((tmp_path / "careful.runs").read_text().splitlines()) == 1  # ran once
 
 
-def test_a_queued_step_of_a_cancelled_execution_never_starts(one_at_a_time, tmp_path) -> None:
+def test_a_queued_step_of_a_cancelled_execution_never_starts(one_slot, tmp_path) -> None:
     """A graceful cancel lets running steps finish; a step still queued for a slot is cancelled."""
     from runtime.status import StepStatus
 
-    blocker, gate, queued = queued_behind_a_blocker(one_at_a_time, tmp_path, "queued")
-    one_at_a_time.cancel(queued)
+    blocker, gate, queued = queued_behind_a_blocker(one_slot, tmp_path, "queued")
+    one_slot.cancel(queued)
     gate.write_text("open")
-    assert one_at_a_time.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
-    view = one_at_a_time.wait(queued, timeout=60)
+    assert one_slot.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
+    view = one_slot.wait(queued, timeout=60)
     assert view.status == ExecutionStatus.CANCELLED and view.steps["s"].status == StepStatus.CANCELLED
     assert not (tmp_path / "queued.runs").exists()
 
 
-def test_a_queued_step_of_a_paused_execution_waits_for_resume(one_at_a_time, tmp_path) -> None:
+def test_a_queued_step_of_a_paused_execution_waits_for_resume(one_slot, tmp_path) -> None:
     """Pausing means no new attempt starts: not even one that was queued for a slot."""
     from runtime.status import StepStatus
 
-    blocker, gate, paused = queued_behind_a_blocker(one_at_a_time, tmp_path, "paused")
+    blocker, gate, paused = queued_behind_a_blocker(one_slot, tmp_path, "paused")
     second_gate = tmp_path / "gate2"
-    one_at_a_time.pause(paused)
-    later = one_at_a_time.submit(one_step("later", tmp_path, second_gate))  # queued behind it
+    one_slot.pause(paused)
+    later = one_slot.submit(one_step("later", tmp_path, second_gate))  # queued behind it
     gate.write_text("open")  # the slot frees: the paused execution's step must not take it
-    assert one_at_a_time.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
+    assert one_slot.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
     wait_for(lambda: (tmp_path / "later.runs").exists())  # the next one in line got the slot
     assert not (tmp_path / "paused.runs").exists()
-    assert one_at_a_time.status(paused).steps["s"].status == StepStatus.QUEUED
+    assert one_slot.status(paused).steps["s"].status == StepStatus.QUEUED
 
-    one_at_a_time.resume(paused)
+    one_slot.resume(paused)
     second_gate.write_text("open")
-    assert one_at_a_time.wait(paused, timeout=60).status == ExecutionStatus.COMPLETED
-    assert one_at_a_time.wait(later, timeout=60).status == ExecutionStatus.COMPLETED
+    assert one_slot.wait(paused, timeout=60).status == ExecutionStatus.COMPLETED
+    assert one_slot.wait(later, timeout=60).status == ExecutionStatus.COMPLETED
     assert (tmp_path / "paused.runs").exists()
 
 
-def test_cancelling_a_paused_execution_with_a_held_step_ends_it(one_at_a_time, tmp_path) -> None:
-    blocker, gate, held = queued_behind_a_blocker(one_at_a_time, tmp_path, "held")
-    one_at_a_time.pause(held)
+def test_cancelling_a_paused_execution_with_a_held_step_ends_it(one_slot, tmp_path) -> None:
+    blocker, gate, held = queued_behind_a_blocker(one_slot, tmp_path, "held")
+    one_slot.pause(held)
     gate.write_text("open")
-    assert one_at_a_time.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
-    one_at_a_time.cancel(held)
-    assert one_at_a_time.wait(held, timeout=60).status == ExecutionStatus.CANCELLED
+    assert one_slot.wait(blocker, timeout=60).status == ExecutionStatus.COMPLETED
+    one_slot.cancel(held)
+    assert one_slot.wait(held, timeout=60).status == ExecutionStatus.CANCELLED
     assert not (tmp_path / "held.runs").exists()

@@ -1,4 +1,9 @@
-"""The System Design Run end to end on the shared local Ray cluster: shapes, rules, the API."""
+"""The System Design Run end to end: shapes, rules, the API.
+
+The state machine and the client API run on the in-process engine (``inproc``); what is
+Ray's (a second client finding the actors, the actors' names, their state file) on the
+shared cluster.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,6 @@ from runtime.status import ExecutionStatus, StepStatus
 from sop import SopValidationError
 from tests.sop_builders import H, events_of, sop_text
 
-pytestmark = pytest.mark.ray
-
 
 def statuses(view) -> dict[str, str]:
     return {sid: s.status.value for sid, s in view.steps.items()}
@@ -24,7 +27,7 @@ def statuses(view) -> dict[str, str]:
 # -- shapes --------------------------------------------------------------------------------------
 
 
-def test_a_linear_sop_runs_its_steps_in_order_and_returns_its_outputs(engine, sop_file) -> None:
+def test_a_linear_sop_runs_its_steps_in_order_and_returns_its_outputs(inproc, sop_file) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: greet
@@ -41,23 +44,23 @@ def test_a_linear_sop_runs_its_steps_in_order_and_returns_its_outputs(engine, so
           greeting: "${{{{ steps.shout.output }}}}"
           letters: "${{{{ steps.count.output.stdout | trim | int }}}}"
         """, name="linear", inputs="inputs:\n  name: {type: string, default: world}\n"))
-    eid = engine.submit(path, {"name": "ray"})
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path, {"name": "ray"})
+    view = inproc.wait(eid, timeout=60)
 
     assert view.status == ExecutionStatus.COMPLETED
     assert statuses(view) == {"greet": "succeeded", "shout": "succeeded", "count": "succeeded"}
     assert all(s.attempts == 1 for s in view.steps.values())
-    started = [e.step for e in events_of(engine, eid) if e.kind == EventKind.STEP_STARTED]
+    started = [e.step for e in events_of(inproc, eid) if e.kind == EventKind.STEP_STARTED]
     assert started == ["greet", "shout", "count"]
     assert view.steps["greet"].ended_at <= view.steps["shout"].started_at
     assert view.steps["shout"].ended_at <= view.steps["count"].started_at
-    result = engine.result(eid)
+    result = inproc.result(eid)
     assert result["outputs"] == {"greeting": "HELLO, RAY!", "letters": 11}
     assert result["steps"]["greet"] == "hello, ray"
 
 
 def test_fan_out_steps_run_in_parallel_and_the_fan_in_step_sees_every_output(
-        engine, sop_file, tmp_path: Path) -> None:
+        inproc, sop_file, tmp_path: Path) -> None:
     barrier_dir = tmp_path / "barrier"
     probes = "".join(f"""
   - id: probe_{r}
@@ -77,11 +80,11 @@ steps:
 outputs:
   merged: "${{{{ steps.merge.output }}}}"
 """, name="fan"))
-    eid = engine.submit(path)
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path)
+    view = inproc.wait(eid, timeout=60)
 
     assert view.status == ExecutionStatus.COMPLETED, view.errors
-    assert engine.result(eid)["outputs"]["merged"] == ["eu", "us", "ap"]
+    assert inproc.result(eid)["outputs"]["merged"] == ["eu", "us", "ap"]
     probe_views = [view.steps[f"probe_{r}"] for r in ("eu", "us", "ap")]
     # every probe started before any probe ended: they overlapped in time (the barrier
     # handler only returns once all three are running at once)
@@ -91,7 +94,7 @@ outputs:
 
 
 @pytest.mark.parametrize("go, expected", [(True, "succeeded"), (False, "skipped")])
-def test_a_conditional_step_runs_only_when_its_condition_holds(engine, sop_file, go, expected) -> None:
+def test_a_conditional_step_runs_only_when_its_condition_holds(inproc, sop_file, go, expected) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: check
@@ -111,8 +114,8 @@ def test_a_conditional_step_runs_only_when_its_condition_holds(engine, sop_file,
             depends_on: [check]
             with: {{value: reported}}
         """, name="cond", inputs="inputs:\n  go: {type: boolean, required: true}\n"))
-    eid = engine.submit(path, {"go": go})
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path, {"go": go})
+    view = inproc.wait(eid, timeout=60)
 
     assert view.status == ExecutionStatus.COMPLETED
     assert view.steps["page"].status.value == expected
@@ -120,7 +123,7 @@ def test_a_conditional_step_runs_only_when_its_condition_holds(engine, sop_file,
     assert view.steps["after_page"].status.value == expected
     assert view.steps["report"].status == StepStatus.SUCCEEDED
     if not go:
-        skipped = [e for e in events_of(engine, eid) if e.kind == EventKind.STEP_SKIPPED and e.step == "page"]
+        skipped = [e for e in events_of(inproc, eid) if e.kind == EventKind.STEP_SKIPPED and e.step == "page"]
         assert "condition is false" in skipped[0].data["reason"]
         assert view.steps["page"].attempts == 0
 
@@ -132,7 +135,7 @@ def test_a_conditional_step_runs_only_when_its_condition_holds(engine, sop_file,
     ("none_failed", "upstream_failed", "succeeded"),
 ])
 def test_trigger_rules_decide_what_runs_after_a_failed_or_skipped_upstream(
-        engine, sop_file, rule, after_failure, after_skip) -> None:
+        inproc, sop_file, rule, after_failure, after_skip) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: ok
@@ -155,8 +158,8 @@ def test_trigger_rules_decide_what_runs_after_a_failed_or_skipped_upstream(
             trigger_rule: {rule}
             with: {{value: ran}}
         """, name=f"rule-{rule.replace('_', '-')}"))
-    eid = engine.submit(path)
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path)
+    view = inproc.wait(eid, timeout=60)
 
     assert view.steps["broken"].status == StepStatus.FAILED
     assert view.steps["never"].status == StepStatus.SKIPPED
@@ -168,7 +171,7 @@ def test_trigger_rules_decide_what_runs_after_a_failed_or_skipped_upstream(
 # -- shell steps ----------------------------------------------------------------------------------
 
 
-def test_a_shell_step_captures_stdout_stderr_and_exit_code(engine, sop_file) -> None:
+def test_a_shell_step_captures_stdout_stderr_and_exit_code(inproc, sop_file) -> None:
     path = sop_file(sop_text("""\
         steps:
           - id: sh
@@ -177,8 +180,8 @@ def test_a_shell_step_captures_stdout_stderr_and_exit_code(engine, sop_file) -> 
         outputs:
           out: "${{ steps.sh.output.stdout }}"
         """, name="shell-ok", inputs="inputs:\n  who: {type: string, default: hi}\n"))
-    eid = engine.submit(path)
-    result = engine.result(eid, timeout=60)
+    eid = inproc.submit(path)
+    result = inproc.result(eid, timeout=60)
     assert result["steps"]["sh"] == {"stdout": "to-out\nhi\n", "stderr": "to-err\n", "exit_code": 0}
     assert result["outputs"]["out"] == "to-out\nhi\n"
 
@@ -186,36 +189,36 @@ def test_a_shell_step_captures_stdout_stderr_and_exit_code(engine, sop_file) -> 
 # -- the client API -------------------------------------------------------------------------------
 
 
-def test_result_of_a_failed_execution_raises_execution_failed_naming_the_step(engine, sop_file) -> None:
+def test_result_of_a_failed_execution_raises_execution_failed_naming_the_step(inproc, sop_file) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: doomed
             uses: {H}:fail
             with: {{message: "bad invoice 42", kind: value}}
         """, name="doomed"))
-    eid = engine.submit(path)
+    eid = inproc.submit(path)
     with pytest.raises(ExecutionFailed) as info:
-        engine.result(eid, timeout=60)
+        inproc.result(eid, timeout=60)
     assert info.value.status == "failed"
     assert info.value.execution_id == eid
     assert "doomed" in info.value.errors and "bad invoice 42" in info.value.errors["doomed"]
     assert "bad invoice 42" in str(info.value)
 
 
-def test_status_of_an_unknown_execution_raises_execution_not_found(engine) -> None:
+def test_status_of_an_unknown_execution_raises_execution_not_found(inproc) -> None:
     missing = f"no-such-{uuid.uuid4().hex[:8]}"
     with pytest.raises(ExecutionNotFound) as info:
-        engine.status(missing)
+        inproc.status(missing)
     assert missing in str(info.value)
     with pytest.raises(ExecutionNotFound):
-        engine.wait(missing, timeout=1)
+        inproc.wait(missing, timeout=1)
     with pytest.raises(ExecutionNotFound):
-        list(engine.events(missing, follow=False))
+        list(inproc.events(missing, follow=False))
     with pytest.raises(ExecutionNotFound):
-        engine.cancel(missing)
+        inproc.cancel(missing)
 
 
-def test_submitting_without_a_required_input_names_the_input(engine, sop_file) -> None:
+def test_submitting_without_a_required_input_names_the_input(inproc, sop_file) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: a
@@ -223,31 +226,31 @@ def test_submitting_without_a_required_input_names_the_input(engine, sop_file) -
             with: {{value: "${{{{ inputs.account_id }}}}"}}
         """, name="needs-input", inputs="inputs:\n  account_id: {type: string, required: true}\n"))
     with pytest.raises(SubmissionError, match="account_id"):
-        engine.submit(path, {})
+        inproc.submit(path, {})
     with pytest.raises(SubmissionError, match="accont_id"):
-        engine.submit(path, {"account_id": "x", "accont_id": "typo"})
+        inproc.submit(path, {"account_id": "x", "accont_id": "typo"})
 
 
-def test_submit_many_starts_one_execution_per_inputs_in_one_call(engine, sop_file) -> None:
+def test_submit_many_starts_one_execution_per_inputs_in_one_call(inproc, sop_file) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: a
             uses: {H}:echo
             with: {{value: "${{{{ inputs.n * 2 }}}}"}}
         """, name="many", inputs="inputs:\n  n: {type: integer, required: true}\n"))
-    ids = engine.submit_many(path, [{"n": n} for n in range(5)])
+    ids = inproc.submit_many(path, [{"n": n} for n in range(5)])
     assert len(set(ids)) == 5
-    assert [engine.result(i, timeout=60)["steps"]["a"] for i in ids] == [0, 2, 4, 6, 8]
-    before = {v.id for v in engine.list(sop="many", limit=100_000)}
+    assert [inproc.result(i, timeout=60)["steps"]["a"] for i in ids] == [0, 2, 4, 6, 8]
+    before = {v.id for v in inproc.list(sop="many", limit=100_000)}
     with pytest.raises(SubmissionError, match="'n'"):  # one bad inputs mapping: nothing is submitted
-        engine.submit_many(path, [{"n": 1}, {}])
-    assert {v.id for v in engine.list(sop="many", limit=100_000)} == before
+        inproc.submit_many(path, [{"n": 1}, {}])
+    assert {v.id for v in inproc.list(sop="many", limit=100_000)} == before
     keys = [f"batch-{uuid.uuid4().hex}-{n}" for n in range(2)]
-    assert engine.submit_many(path, [{"n": 1}, {"n": 2}], idempotency_keys=keys) == \
-        engine.submit_many(path, [{"n": 1}, {"n": 2}], idempotency_keys=keys)
+    assert inproc.submit_many(path, [{"n": 1}, {"n": 2}], idempotency_keys=keys) == \
+        inproc.submit_many(path, [{"n": 1}, {"n": 2}], idempotency_keys=keys)
 
 
-def test_submitting_an_invalid_sop_raises_sop_validation_error_listing_the_problem(engine, sop_file) -> None:
+def test_submitting_an_invalid_sop_raises_sop_validation_error_listing_the_problem(inproc, sop_file) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: a
@@ -256,15 +259,15 @@ def test_submitting_an_invalid_sop_raises_sop_validation_error_listing_the_probl
             uses: {H}:echo
             depends_on: [pack]
         """, name="invalid"))
-    before = {v.id for v in engine.list(limit=100_000)}
+    before = {v.id for v in inproc.list(limit=100_000)}
     with pytest.raises(SopValidationError) as info:
-        engine.submit(path)
+        inproc.submit(path)
     assert "pack" in str(info.value)
     assert any("pack" in p.message for p in info.value.errors)
-    assert {v.id for v in engine.list(limit=100_000)} == before
+    assert {v.id for v in inproc.list(limit=100_000)} == before
 
 
-def test_resubmitting_with_the_same_idempotency_key_returns_the_same_execution(engine, sop_file) -> None:
+def test_resubmitting_with_the_same_idempotency_key_returns_the_same_execution(inproc, sop_file) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: a
@@ -272,16 +275,17 @@ def test_resubmitting_with_the_same_idempotency_key_returns_the_same_execution(e
             with: {{value: once}}
         """, name="idem"))
     key = f"order-{uuid.uuid4().hex}"
-    first = engine.submit(path, idempotency_key=key)
-    second = engine.submit(path, idempotency_key=key)
-    other = engine.submit(path, idempotency_key=f"{key}-other")
+    first = inproc.submit(path, idempotency_key=key)
+    second = inproc.submit(path, idempotency_key=key)
+    other = inproc.submit(path, idempotency_key=f"{key}-other")
     assert first == second
     assert other != first
-    engine.wait(first, timeout=60)
-    engine.wait(other, timeout=60)
-    assert sum(1 for v in engine.list(sop="idem", limit=100_000) if v.id == first) == 1
+    inproc.wait(first, timeout=60)
+    inproc.wait(other, timeout=60)
+    assert sum(1 for v in inproc.list(sop="idem", limit=100_000) if v.id == first) == 1
 
 
+@pytest.mark.ray
 def test_a_second_client_sees_the_same_executions(engine, sop_file) -> None:
     from runtime import Engine
     from tests.conftest import NAMESPACE
@@ -304,7 +308,7 @@ def test_a_second_client_sees_the_same_executions(engine, sop_file) -> None:
     assert [e.kind for e in other.events(eid, follow=False)] == [e.kind for e in events_of(engine, eid)]
 
 
-def test_events_follow_an_execution_to_its_end_in_order(engine, sop_file) -> None:
+def test_events_follow_an_execution_to_its_end_in_order(inproc, sop_file) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: a
@@ -315,8 +319,8 @@ def test_events_follow_an_execution_to_its_end_in_order(engine, sop_file) -> Non
             depends_on: [a]
             with: {{value: 2}}
         """, name="follow"))
-    eid = engine.submit(path)
-    events = list(engine.events(eid, follow=True, poll_s=0.5))  # ends at execution_finished
+    eid = inproc.submit(path)
+    events = list(inproc.events(eid, follow=True, poll_s=0.5))  # ends at execution_finished
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert events[0].kind == EventKind.SUBMITTED and events[-1].kind == EventKind.FINISHED
     assert events[-1].data["status"] == "completed"
@@ -325,7 +329,7 @@ def test_events_follow_an_execution_to_its_end_in_order(engine, sop_file) -> Non
 # -- secrets ---------------------------------------------------------------------------------------
 
 
-def test_a_secret_input_never_appears_in_events_even_in_errors_and_outputs(engine, sop_file) -> None:
+def test_a_secret_input_never_appears_in_events_even_in_errors_and_outputs(inproc, sop_file) -> None:
     secret = f"s3cr3t-{uuid.uuid4().hex}"
     path = sop_file(sop_text(f"""\
         steps:
@@ -340,19 +344,20 @@ def test_a_secret_input_never_appears_in_events_even_in_errors_and_outputs(engin
             env: {{TOKEN: "${{{{ inputs.token }}}}"}}
             retry: {{max_attempts: 1}}
         """, name="secret", inputs="inputs:\n  token: {type: string, secret: true, required: true}\n"))
-    eid = engine.submit(path, {"token": secret})
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path, {"token": secret})
+    view = inproc.wait(eid, timeout=60)
 
     assert view.steps["use_it"].status == StepStatus.SUCCEEDED
     assert view.steps["leak"].status == StepStatus.FAILED
     assert view.steps["shell_leak"].status == StepStatus.FAILED
-    dumped = json.dumps([e.to_dict() for e in events_of(engine, eid)], default=str)
+    dumped = json.dumps([e.to_dict() for e in events_of(inproc, eid)], default=str)
     assert secret not in dumped
     assert "***" in dumped  # redacted, not dropped
     assert secret not in json.dumps(view.errors)
-    assert secret not in repr(engine.status(eid))
+    assert secret not in repr(inproc.status(eid))
 
 
+@pytest.mark.ray
 def test_joining_running_actors_with_another_state_file_is_refused(engine, tmp_path) -> None:
     from runtime import Engine
     from runtime.config import EngineConfig
@@ -361,6 +366,7 @@ def test_joining_running_actors_with_another_state_file_is_refused(engine, tmp_p
         Engine(namespace=engine.namespace, config=EngineConfig(state=str(tmp_path / "other.db")))
 
 
+@pytest.mark.ray
 def test_a_state_file_that_cannot_be_created_is_a_clear_error_not_a_hang(ray_cluster) -> None:
     from runtime import Engine
     from runtime.config import EngineConfig
@@ -370,11 +376,12 @@ def test_a_state_file_that_cannot_be_created_is_a_clear_error_not_a_hang(ray_clu
         Engine(namespace="sopflow-bad-state-tests", config=EngineConfig(state="/proc/nope/state.db"))
 
 
-def test_list_with_an_unknown_status_names_the_statuses(engine) -> None:
+def test_list_with_an_unknown_status_names_the_statuses(inproc) -> None:
     with pytest.raises(ValueError, match="status must be one of queued, running.*got 'bogus'"):
-        engine.list(status="bogus")
+        inproc.list(status="bogus")
 
 
+@pytest.mark.ray
 def test_the_actors_have_plain_names_in_ray_and_a_useful_repr(engine) -> None:
     """What the dashboard's actor list and the process titles show (ray::Coordinator ...)."""
     import ray

@@ -1,4 +1,9 @@
-"""Failures on the shared Ray cluster: retries, classification, escalation, halting, rollback."""
+"""Failures: retries, classification, escalation, halting, rollback.
+
+The state machine's decisions run on the in-process engine (``inproc``); what is Ray's
+(a crashed worker, a timed-out task killed, hooks shipped to the coordinator actor) on the
+shared cluster.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,6 @@ from runtime.events import EventKind
 from runtime.status import ExecutionStatus, StepStatus
 from tests.sop_builders import H, events_of, sop_text
 
-pytestmark = pytest.mark.ray
-
 
 def of_kind(events: list, kind: EventKind, step: str | None = None) -> list:
     return [e for e in events if e.kind == kind and (step is None or e.step == step)]
@@ -25,7 +28,7 @@ def of_kind(events: list, kind: EventKind, step: str | None = None) -> list:
 # -- retries ------------------------------------------------------------------------------------
 
 
-def test_a_transient_failure_is_retried_with_backoff_until_it_succeeds(engine, sop_file, tmp_path) -> None:
+def test_a_transient_failure_is_retried_with_backoff_until_it_succeeds(inproc, sop_file, tmp_path) -> None:
     counter = tmp_path / "attempts"
     path = sop_file(sop_text(f"""\
         steps:
@@ -36,14 +39,14 @@ def test_a_transient_failure_is_retried_with_backoff_until_it_succeeds(engine, s
         outputs:
           attempt: "${{{{ steps.fetch.output.attempt }}}}"
         """, name="flaky"))
-    eid = engine.submit(path)
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path)
+    view = inproc.wait(eid, timeout=60)
 
     assert view.status == ExecutionStatus.COMPLETED
     assert view.steps["fetch"].attempts == 3
     assert sorted(p.name for p in counter.iterdir()) == ["attempt-1", "attempt-2", "attempt-3"]
-    assert engine.result(eid)["outputs"]["attempt"] == 3
-    events = events_of(engine, eid)
+    assert inproc.result(eid)["outputs"]["attempt"] == 3
+    events = events_of(inproc, eid)
     failed = of_kind(events, EventKind.STEP_FAILED, "fetch")
     assert [(e.attempt, e.data["classification"], e.data["final"]) for e in failed] == [
         (1, "transient", False), (2, "transient", False)]
@@ -55,7 +58,7 @@ def test_a_transient_failure_is_retried_with_backoff_until_it_succeeds(engine, s
 
 
 @pytest.mark.parametrize("kind, error_type", [("permanent", "PermanentError"), ("value", "ValueError")])
-def test_a_permanent_failure_is_not_retried(engine, sop_file, kind, error_type) -> None:
+def test_a_permanent_failure_is_not_retried(inproc, sop_file, kind, error_type) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: parse
@@ -63,8 +66,8 @@ def test_a_permanent_failure_is_not_retried(engine, sop_file, kind, error_type) 
             with: {{message: "column 'amount' is missing", kind: {kind}}}
             retry: {{max_attempts: 5}}
         """, name="permanent"))
-    eid = engine.submit(path)
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path)
+    view = inproc.wait(eid, timeout=60)
 
     assert view.status == ExecutionStatus.FAILED
     step = view.steps["parse"]
@@ -72,7 +75,7 @@ def test_a_permanent_failure_is_not_retried(engine, sop_file, kind, error_type) 
     assert step.attempts == 1
     assert step.classification == "permanent"
     assert error_type in step.error and "amount" in step.error
-    events = events_of(engine, eid)
+    events = events_of(inproc, eid)
     assert not of_kind(events, EventKind.RETRY_SCHEDULED)
     assert not of_kind(events, EventKind.ESCALATED)
     [failed] = of_kind(events, EventKind.STEP_FAILED, "parse")
@@ -114,6 +117,7 @@ def webhook_server() -> Iterator[tuple[str, list[dict]]]:
         thread.join(timeout=10)
 
 
+@pytest.mark.ray
 def test_exhausted_retries_escalate_to_python_and_webhook_hooks(
         engine, sop_file, tmp_path, webhook_server) -> None:
     url, received = webhook_server
@@ -121,7 +125,7 @@ def test_exhausted_retries_escalate_to_python_and_webhook_hooks(
     hook_dir.mkdir()
     hook_dir_name = str(hook_dir)
 
-    def record(payload: dict) -> None:  # runs inside the FailureHandler actor process
+    def record(payload: dict) -> None:  # runs inside the coordinator actor process
         import json as _json
         from pathlib import Path as _Path
 
@@ -169,7 +173,7 @@ def test_exhausted_retries_escalate_to_python_and_webhook_hooks(
     assert engine.failure_stats()["escalations"] >= 1
 
 
-def test_hooks_removed_are_no_longer_called(engine, sop_file, tmp_path) -> None:
+def test_hooks_removed_are_no_longer_called(inproc, sop_file, tmp_path) -> None:
     hook_dir = str(tmp_path)
 
     def record(payload: dict) -> None:
@@ -178,33 +182,33 @@ def test_hooks_removed_are_no_longer_called(engine, sop_file, tmp_path) -> None:
         (_Path(hook_dir) / f"{payload['execution_id']}.json").write_text("called")
 
     name = f"gone-{uuid.uuid4().hex[:8]}"
-    engine.add_escalation_hook(name, fn=record)
-    assert name not in engine.remove_escalation_hook(name)
+    inproc.add_escalation_hook(name, fn=record)
+    assert name not in inproc.remove_escalation_hook(name)
     path = sop_file(sop_text(f"""\
         steps:
           - id: a
             uses: {H}:fail
             retry: {{max_attempts: 1}}
         """, name="no-hook"))
-    eid = engine.submit(path)
-    engine.wait(eid, timeout=60)
-    engine.drain_hooks()
-    assert of_kind(events_of(engine, eid), EventKind.ESCALATED)
+    eid = inproc.submit(path)
+    inproc.wait(eid, timeout=60)
+    inproc.drain_hooks()
+    assert of_kind(events_of(inproc, eid), EventKind.ESCALATED)
     assert not (tmp_path / f"{eid}.json").exists()
 
 
-def test_an_escalation_payload_never_contains_a_secret_input(engine, sop_file, tmp_path) -> None:
+def test_an_escalation_payload_never_contains_a_secret_input(inproc, sop_file, tmp_path) -> None:
     secret = f"hook-s3cret-{uuid.uuid4().hex}"
     hook_dir = str(tmp_path)
 
-    def record(payload: dict) -> None:  # runs inside the FailureHandler actor process
+    def record(payload: dict) -> None:
         import json as _json
         from pathlib import Path as _Path
 
         (_Path(hook_dir) / f"{payload['execution_id']}.json").write_text(_json.dumps(payload))
 
     name = f"secret-{uuid.uuid4().hex[:8]}"
-    engine.add_escalation_hook(name, fn=record)
+    inproc.add_escalation_hook(name, fn=record)
     try:
         path = sop_file(sop_text(f"""\
             steps:
@@ -214,13 +218,13 @@ def test_an_escalation_payload_never_contains_a_secret_input(engine, sop_file, t
                 retry: {{max_attempts: 1}}
             """, name="secret-escalation",
             inputs="inputs:\n  password: {type: string, secret: true, required: true}\n"))
-        eid = engine.submit(path, {"password": secret})
-        engine.wait(eid, timeout=60)
-        engine.drain_hooks()
+        eid = inproc.submit(path, {"password": secret})
+        inproc.wait(eid, timeout=60)
+        inproc.drain_hooks()
     finally:
-        engine.remove_escalation_hook(name)
+        inproc.remove_escalation_hook(name)
 
-    assert secret not in json.dumps([e.to_dict() for e in events_of(engine, eid)])
+    assert secret not in json.dumps([e.to_dict() for e in events_of(inproc, eid)])
     payload = (tmp_path / f"{eid}.json").read_text()
     assert "login refused" in payload
     assert secret not in payload, f"the secret leaked into the escalation payload: {payload}"
@@ -229,6 +233,7 @@ def test_an_escalation_payload_never_contains_a_secret_input(engine, sop_file, t
 # -- crashes, timeouts, shell exit codes --------------------------------------------------------
 
 
+@pytest.mark.ray
 def test_a_crashed_worker_is_retried_on_a_fresh_worker(engine, sop_file, tmp_path) -> None:
     marker = tmp_path / "crashed-once"
     path = sop_file(sop_text(f"""\
@@ -251,6 +256,7 @@ def test_a_crashed_worker_is_retried_on_a_fresh_worker(engine, sop_file, tmp_pat
     assert output["pid"] != output["crashed_pid"]  # a fresh worker process
 
 
+@pytest.mark.ray
 def test_an_attempt_running_past_its_timeout_is_stopped_and_retried(engine, sop_file) -> None:
     # timeout_s counts from dispatch, so it includes starting a fresh worker for attempt 2
     # (the timed-out one is killed); 3 s leaves room for that on a busy machine.
@@ -273,22 +279,23 @@ def test_an_attempt_running_past_its_timeout_is_stopped_and_retried(engine, sop_
     assert failed.data["classification"] == "transient"
 
 
-def test_a_timeout_with_a_single_attempt_escalates(engine, sop_file) -> None:
+def test_a_timeout_with_a_single_attempt_escalates(inproc, sop_file) -> None:
+    # In process the timed-out handler's thread sleeps on to its end (its result dropped): keep it short.
     path = sop_file(sop_text(f"""\
         steps:
           - id: slow
             uses: {H}:slow_first_attempt
-            with: {{seconds: 30}}
+            with: {{seconds: 3}}
             timeout_s: 1
             retry: {{max_attempts: 1}}
         """, name="timeout-once"))
-    eid = engine.submit(path)
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path)
+    view = inproc.wait(eid, timeout=60)
 
     assert view.status == ExecutionStatus.FAILED
     assert view.steps["slow"].attempts == 1
     assert "Timeout" in view.steps["slow"].error
-    [escalated] = of_kind(events_of(engine, eid), EventKind.ESCALATED, "slow")
+    [escalated] = of_kind(events_of(inproc, eid), EventKind.ESCALATED, "slow")
     assert escalated.data["classification"] == "transient"
 
 
@@ -298,22 +305,22 @@ def test_a_timeout_with_a_single_attempt_escalates(engine, sop_file) -> None:
     (1, "transient", 2),
 ])
 def test_a_shell_step_exit_code_decides_whether_it_is_retried(
-        engine, sop_file, code, classification, attempts) -> None:
+        inproc, sop_file, code, classification, attempts) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: sh
             run: "echo partial result; echo something broke >&2; exit {code}"
             retry: {{max_attempts: 2, initial_delay_s: 0.05}}
         """, name=f"exit-{code}"))
-    eid = engine.submit(path)
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path)
+    view = inproc.wait(eid, timeout=60)
 
     step = view.steps["sh"]
     assert step.status == StepStatus.FAILED
     assert step.attempts == attempts
     assert step.classification == classification
     assert f"status {code}" in step.error and "something broke" in step.error
-    failed = of_kind(events_of(engine, eid), EventKind.STEP_FAILED, "sh")
+    failed = of_kind(events_of(inproc, eid), EventKind.STEP_FAILED, "sh")
     assert len(failed) == attempts
     assert failed[-1].data["output"] == {"stdout": "partial result\n", "stderr": "something broke\n",
                                          "exit_code": code}
@@ -323,7 +330,7 @@ def test_a_shell_step_exit_code_decides_whether_it_is_retried(
 
 
 def test_a_failure_halts_only_its_dependents_and_the_execution_is_partially_completed(
-        engine, sop_file) -> None:
+        inproc, sop_file) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: a
@@ -346,20 +353,20 @@ def test_a_failure_halts_only_its_dependents_and_the_execution_is_partially_comp
             depends_on: [x]
             with: {{value: y}}
         """, name="halt"))
-    eid = engine.submit(path)
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path)
+    view = inproc.wait(eid, timeout=60)
 
     assert view.status == ExecutionStatus.PARTIALLY_COMPLETED
     got = {sid: s.status.value for sid, s in view.steps.items()}
     assert got == {"a": "failed", "b": "upstream_failed", "c": "upstream_failed", "d": "upstream_failed",
                    "x": "succeeded", "y": "succeeded"}
-    events = events_of(engine, eid)
+    events = events_of(inproc, eid)
     assert not of_kind(events, EventKind.STEP_STARTED, "b") and not of_kind(events, EventKind.STEP_STARTED, "c")
     [halted] = of_kind(events, EventKind.STEP_HALTED, "b")
     assert "'a'" in halted.data["reason"]
 
 
-def test_an_execution_whose_steps_all_fail_is_failed(engine, sop_file) -> None:
+def test_an_execution_whose_steps_all_fail_is_failed(inproc, sop_file) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: a
@@ -372,14 +379,14 @@ def test_an_execution_whose_steps_all_fail_is_failed(engine, sop_file) -> None:
             uses: {H}:echo
             depends_on: [a, b]
         """, name="all-fail"))
-    eid = engine.submit(path)
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path)
+    view = inproc.wait(eid, timeout=60)
     assert view.status == ExecutionStatus.FAILED
     assert {sid: s.status.value for sid, s in view.steps.items()} == {
         "a": "failed", "b": "failed", "c": "upstream_failed"}
 
 
-def test_rollback_steps_run_when_the_execution_fails(engine, sop_file, tmp_path) -> None:
+def test_rollback_steps_run_when_the_execution_fails(inproc, sop_file, tmp_path) -> None:
     undone = tmp_path / "undone"
     path = sop_file(sop_text(f"""\
         steps:
@@ -398,19 +405,19 @@ def test_rollback_steps_run_when_the_execution_fails(engine, sop_file, tmp_path)
             depends_on: [release]
             with: {{value: notified}}
         """, name="rollback-on-failed"))
-    eid = engine.submit(path)
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path)
+    view = inproc.wait(eid, timeout=60)
 
     assert view.status == ExecutionStatus.FAILED
     assert undone.read_text() == "released"
     assert view.steps["release"].status == StepStatus.SUCCEEDED
     assert view.steps["notify"].status == StepStatus.SUCCEEDED
-    kinds = [e.kind for e in events_of(engine, eid)]
+    kinds = [e.kind for e in events_of(inproc, eid)]
     assert kinds.index(EventKind.ROLLBACK_STARTED) < kinds.index(EventKind.FINISHED)
 
 
 def test_a_rollback_step_failure_asks_for_rollback_even_when_other_branches_succeed(
-        engine, sop_file, tmp_path) -> None:
+        inproc, sop_file, tmp_path) -> None:
     undone = tmp_path / "undone"
     path = sop_file(sop_text(f"""\
         steps:
@@ -427,17 +434,17 @@ def test_a_rollback_step_failure_asks_for_rollback_even_when_other_branches_succ
             uses: {H}:touch
             with: {{path: "{undone}", text: "reversed"}}
         """, name="rollback-requested"))
-    eid = engine.submit(path)
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path)
+    view = inproc.wait(eid, timeout=60)
 
     assert view.status == ExecutionStatus.FAILED  # not partially_completed: it was rolled back
     assert undone.read_text() == "reversed"
     assert view.steps["reverse"].status == StepStatus.SUCCEEDED
-    [started] = of_kind(events_of(engine, eid), EventKind.ROLLBACK_STARTED)
+    [started] = of_kind(events_of(inproc, eid), EventKind.ROLLBACK_STARTED)
     assert "rollback" in started.data["reason"]
 
 
-def test_on_failure_rollback_starts_no_new_main_steps(engine, sop_file, tmp_path) -> None:
+def test_on_failure_rollback_starts_no_new_main_steps(inproc, sop_file, tmp_path) -> None:
     """After a step asks for rollback, steps not yet started must not start."""
     gate = tmp_path / "gate"
     path = sop_file(sop_text(f"""\
@@ -458,19 +465,19 @@ def test_on_failure_rollback_starts_no_new_main_steps(engine, sop_file, tmp_path
             uses: {H}:echo
             with: {{value: reversed}}
         """, name="rollback-stops"))
-    eid = engine.submit(path)
-    _until(lambda: _step_status(engine, eid, "transfer") == StepStatus.FAILED)
+    eid = inproc.submit(path)
+    _until(lambda: _step_status(inproc, eid, "transfer") == StepStatus.FAILED)
     gate.write_text("go")
-    view = engine.wait(eid, timeout=60)
+    view = inproc.wait(eid, timeout=60)
 
     assert view.status == ExecutionStatus.FAILED
     assert view.steps["reverse"].status == StepStatus.SUCCEEDED
-    assert not of_kind(events_of(engine, eid), EventKind.STEP_STARTED, "after_slow"), \
+    assert not of_kind(events_of(inproc, eid), EventKind.STEP_STARTED, "after_slow"), \
         "a main step started after on_failure: rollback was triggered"
     assert view.steps["after_slow"].status == StepStatus.CANCELLED
 
 
-def test_on_failure_continue_lets_dependents_run(engine, sop_file) -> None:
+def test_on_failure_continue_lets_dependents_run(inproc, sop_file) -> None:
     path = sop_file(sop_text(f"""\
         steps:
           - id: optional_enrich
@@ -482,13 +489,13 @@ def test_on_failure_continue_lets_dependents_run(engine, sop_file) -> None:
             depends_on: [optional_enrich]
             with: {{value: "${{{{ steps.optional_enrich.status }}}}"}}
         """, name="continue"))
-    eid = engine.submit(path)
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(path)
+    view = inproc.wait(eid, timeout=60)
 
     assert view.steps["optional_enrich"].status == StepStatus.FAILED
     assert view.steps["publish"].status == StepStatus.SUCCEEDED
     assert view.status == ExecutionStatus.COMPLETED
-    assert engine.result(eid)["steps"]["publish"] == "failed"
+    assert inproc.result(eid)["steps"]["publish"] == "failed"
 
 
 def _until(predicate, timeout_s: float = 30.0) -> None:

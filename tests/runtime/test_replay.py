@@ -1,4 +1,4 @@
-"""Deterministic replay of saved histories (no Ray), and of generated DAGs run on the shared cluster.
+"""Deterministic replay of saved histories, and of generated DAGs run on the in-process engine (no Ray).
 
 The saved histories in ``tests/histories/`` were recorded on a real cluster by
 ``tests/histories/make_histories.py``; one of them must be reported as
@@ -224,7 +224,7 @@ def test_a_garbled_submission_is_rejected_clearly() -> None:
         replay(garbled)
 
 
-# -- on the cluster -------------------------------------------------------------------------
+# -- runs of the engine ------------------------------------------------------------------------
 
 
 def dag_sop(deps: dict[int, list[int]], ok: list[bool]) -> str:
@@ -237,35 +237,35 @@ def dag_sop(deps: dict[int, list[int]], ok: list[bool]) -> str:
                                                          "resources": {"cpu": 0.25}}, "steps": steps})
 
 
-@pytest.mark.ray
 @given(dags(max_steps=5), st.data())
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_any_dag_run_on_ray_replays_exactly_whole_and_from_any_step(engine, dag, data) -> None:
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_dag_run_replays_exactly_whole_and_from_any_step(inproc, dag, data) -> None:
+    """For any DAG of steps that succeed or fail, run on the in-process inproc: a whole replay and a
+    replay from any step are exact."""
     deps, ok = dag
-    eid = engine.submit(dag_sop(deps, ok))
-    view = engine.wait(eid, timeout=60)
+    eid = inproc.submit(dag_sop(deps, ok))
+    view = inproc.wait(eid, timeout=60)
     assert view.status.terminal
 
-    whole = engine.replay(eid)
+    whole = inproc.replay(eid)
     assert whole.deterministic, whole.render()
     assert whole.handlers_run == 0
     assert whole.replayed_status == view.status.value
 
     step = data.draw(st.sampled_from(sorted(view.steps)), label="from_step")
-    partial = engine.replay(eid, from_step=step)
+    partial = inproc.replay(eid, from_step=step)
     assert partial.deterministic, partial.render()
     assert partial.rerun[0] == step
     ran = [sid for sid in partial.rerun if view.steps[sid].attempts > 0]  # not halted below a failure
     assert partial.handlers_run == len(ran)
 
 
-@pytest.mark.ray
-def test_an_exported_run_imported_elsewhere_replays_exactly(engine, tmp_path: Path) -> None:
+def test_an_exported_run_imported_elsewhere_replays_exactly(inproc, tmp_path: Path) -> None:
     definition = load("linear-context")["events"][0]["data"]["request"]["definition"]
-    eid = engine.submit(json.dumps(definition), {"name": "grace"})
-    assert engine.wait(eid, timeout=60).status.value == "completed"
+    eid = inproc.submit(json.dumps(definition), {"name": "grace"})
+    assert inproc.wait(eid, timeout=60).status.value == "completed"
 
-    text = dumps_history(engine.export(eid))
+    text = dumps_history(inproc.export(eid))
     log = SqliteEventLog(tmp_path / "elsewhere.db")
     try:
         assert import_history(log, json.loads(text)) == eid
@@ -273,7 +273,7 @@ def test_an_exported_run_imported_elsewhere_replays_exactly(engine, tmp_path: Pa
     finally:
         log.close()
 
-    assert events == engine.history(eid)
+    assert events == inproc.history(eid)
     for from_step in (None, "second"):
         report = replay(events, from_step)
         assert report.deterministic, report.render()
