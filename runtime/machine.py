@@ -208,7 +208,8 @@ class StateMachine(AttemptsMixin):
             self.host.emit(exe, ev.Paused())
 
     def resume(self, exe: Execution) -> None:
-        if not exe.state.paused:
+        """Let a paused execution go on; an execution that ended while paused stays as it ended."""
+        if not exe.state.paused or exe.state.status.terminal:
             return
         self.host.emit(exe, ev.Resumed())
         retries, exe.paused_retries = exe.paused_retries, {}

@@ -123,8 +123,8 @@ class Admission(Protocol):
 class FailurePolicy(Protocol):
     """Decides what a failed attempt means."""
 
-    def decide(self, spec: AttemptSpec, error: ErrorInfo) -> Awaitable[Decision]:
-        """Retry (with a delay), fail, or escalate; never raises."""
+    def judge(self, exe: Execution, step: Step, attempt: int, error: ErrorInfo) -> Awaitable[Decision]:
+        """Retry (with a delay), fail, or escalate attempt ``attempt`` of ``step``; never raises."""
         ...
 
 

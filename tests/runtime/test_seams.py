@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime.config import EngineConfig
+from runtime import events as ev
 from runtime.events import Event, EventKind
 from runtime.execution import Execution
 from runtime.failure import ErrorInfo, decide
@@ -278,10 +279,10 @@ def test_sub_sop_runner_settles_with_the_error_when_its_child_cannot_be_submitte
         core.adopt(exe)
         try:
             await core.journal.durable()
-            core.log.checkpoint()
-            disk_full(core.log, True)
-            core.emit(exe, EventKind.SUBMITTED, sop="parent", version="1", mode="system_design", steps=["sub"],
-                      pad="x" * 200_000)  # more than the file has room for
+            core.event_log.checkpoint()
+            disk_full(core.event_log, True)
+            core.emit(exe, ev.Submitted(sop="parent", version="1", steps=["sub"],
+                                        inputs={"pad": "x" * 200_000}))  # more than the file has room for
             await until(lambda: core.journal.committer.stalled is not None, 30)  # the store takes no writes
             subject = RunnerSubject(core.machine.runners["sop"], exe, None, "", lambda name: True, lambda: True)
             report = Recorder()
@@ -291,7 +292,7 @@ def test_sub_sop_runner_settles_with_the_error_when_its_child_cannot_be_submitte
             assert error is not None and error.type == "StateStoreError", report.settles
             assert "stalled" in error.message and report.children == []
         finally:
-            disk_full(core.log, False)
+            disk_full(core.event_log, False)
             await core.close_store()
 
     asyncio.run(main())
@@ -589,11 +590,11 @@ def test_host_emit_folds_the_event_before_it_returns(tmp_path) -> None:
     async def main() -> None:
         core, exe = await host_with_execution(tmp_path)
         try:
-            event = core.emit(exe, EventKind.SUBMITTED, sop="host", version="1", mode="system_design", steps=["a"])
+            event = core.emit(exe, ev.Submitted(sop="host", version="1", steps=["a"]))
             assert event.seq == 1 and exe.state.last_seq == 1 and exe.state.status.value == "queued"
-            core.emit(exe, EventKind.STARTED)
+            core.emit(exe, ev.Started())
             assert exe.state.status.value == "running"
-            core.emit(exe, EventKind.STEP_STARTED, "a", 1, inputs="x")
+            core.emit(exe, ev.StepStarted(inputs="x"), "a", 1)
             assert exe.state.steps["a"].status.value == "running" and exe.state.last_seq == 3
         finally:
             await core.close_store()
@@ -614,10 +615,10 @@ def test_host_on_durable_fires_after_the_commit_in_order(tmp_path) -> None:
                     fired.append((label, len(reader.read(exe.id))))
                 return callback
 
-            core.emit(exe, EventKind.SUBMITTED, sop="host", version="1", mode="system_design", steps=["a"])
+            core.emit(exe, ev.Submitted(sop="host", version="1", steps=["a"]))
             core.on_durable(committed(1))
             core.on_durable(committed(2))
-            core.emit(exe, EventKind.STARTED)
+            core.emit(exe, ev.Started())
             core.on_durable(committed(3))
             await until(lambda: len(fired) == 3, 30)
             assert [label for label, _ in fired] == [1, 2, 3]
@@ -686,8 +687,6 @@ def test_every_implementation_has_every_method_its_seam_declares(seam: str) -> N
         assert not missing, f"{cls.__name__} lacks {missing} of {seam}"
 
 
-@pytest.mark.xfail(strict=True, reason="runtime.seams.FailurePolicy declares decide(spec, error), but the "
-                   "machine calls policy.judge(exe, step, attempt, error) and every policy implements judge")
 def test_every_failure_policy_has_the_method_the_seam_declares() -> None:
     import runtime.seams
 
