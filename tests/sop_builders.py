@@ -50,3 +50,16 @@ def own_engine(namespace: str, state_dir: Path, **config: Any) -> Iterator[Any]:
         yield engine
     finally:
         engine._conn.actors.kill()
+
+
+def gated(engine, tmp_path: Path, name: str = "gated") -> tuple[str, Path]:
+    """A running execution whose only step waits for the file ``gate``."""
+    gate = tmp_path / "gate"
+    eid = engine.submit(sop_text(f"""\
+        steps:
+          - id: hold
+            uses: {H}:wait_for_file
+            with: {{path: "{gate}", timeout_s: 60}}
+        """, name=name))
+    wait_for(lambda: engine.status(eid).steps["hold"].status.value == "running")
+    return eid, gate

@@ -151,3 +151,13 @@ StrictModes no
                 self._proc.wait(timeout=30)
         if getattr(self, "_log", None) is not None:
             self._log.close()
+
+
+def listening_address(port: int) -> str | None:
+    """The IPv4 address a TCP socket on ``port`` listens on, from /proc/net/tcp (None: nothing listens)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        host, hex_port = local.split(":")
+        if int(hex_port, 16) == port and state == "0A":  # 0A: LISTEN
+            return ".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0))
+    return None

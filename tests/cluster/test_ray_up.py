@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.local_node import LocalNode, free_port, wait_until
+from tests.cluster.local_node import LocalNode, free_port, listening_address, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -31,16 +31,6 @@ def launcher(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Complete
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     return subprocess.run([str(BIN / "ray"), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def listening_address(port: int) -> str | None:
-    """The local address a TCP socket on ``port`` listens on, from /proc/net/tcp (``127.0.0.1``...)."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        host, hex_port = local.split(":")
-        if int(hex_port, 16) == port and state == "0A":  # 0A: LISTEN
-            return ".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0))
-    return None
 
 
 @pytest.fixture(scope="module")

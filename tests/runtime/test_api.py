@@ -31,8 +31,9 @@ from runtime._wire import DECISIONS, STATUSES, view_from_dict, view_to_dict
 from runtime.errors import (EngineUnavailable, ExecutionError, ExecutionFailed, ExecutionNotFound,
                             ExecutionTimeout, IdempotencyConflict, StateStoreError)
 from runtime.status import ExecutionStatus, ExecutionView, StepStatus, StepView
+from tests.cluster.local_node import listening_address
 from tests.conftest import NAMESPACE
-from tests.sop_builders import H, sop_text, wait_for
+from tests.sop_builders import gated, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -96,19 +97,6 @@ def finished(engine, examples_dir: Path) -> str:
     eid = engine.submit(str(examples_dir / "hello-linear.yaml"), {"name": "ada"})
     assert engine.wait(eid, timeout=120).status == ExecutionStatus.COMPLETED
     return eid
-
-
-def gated(engine, tmp_path: Path, name: str = "gated") -> tuple[str, Path]:
-    """A running execution whose only step waits for the file ``gate``."""
-    gate = tmp_path / "gate"
-    eid = engine.submit(sop_text(f"""\
-        steps:
-          - id: hold
-            uses: {H}:wait_for_file
-            with: {{path: "{gate}", timeout_s: 60}}
-        """, name=name))
-    wait_for(lambda: engine.status(eid).steps["hold"].status == StepStatus.RUNNING)
-    return eid, gate
 
 
 ROUTES = [("GET", "/v1/executions"), ("GET", f"/v1/executions/{UNKNOWN}"),
@@ -304,16 +292,6 @@ def test_a_port_in_use_leaves_the_api_off_with_a_reason(engine, tmp_path) -> Non
         assert asyncio.run(api.start()) is None
     assert f"cannot listen on 127.0.0.1:{port}" in api.error
     assert not discovery_path(NAMESPACE, tmp_path).exists()
-
-
-def listening_address(port: int) -> str | None:
-    """The IPv4 address a TCP socket on ``port`` listens on, from /proc/net/tcp."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        host, hex_port = local.split(":")
-        if int(hex_port, 16) == port and state == "0A":  # 0A: LISTEN
-            return ".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0))
-    return None
 
 
 def test_a_configured_host_and_port_are_used(engine, tmp_path, monkeypatch) -> None:

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from runtime.status import ExecutionStatus
-from tests.sop_builders import H, sop_text, wait_for
+from tests.sop_builders import gated
 
 pytestmark = pytest.mark.ray
 
@@ -83,14 +83,7 @@ def test_status_list_history_and_result_print_exactly_what_they_print_over_ray(e
 
 
 def test_cancel_pause_and_resume_through_the_api(engine, api_env, tmp_path) -> None:
-    gate = tmp_path / "gate"
-    eid = engine.submit(sop_text(f"""\
-        steps:
-          - id: hold
-            uses: {H}:wait_for_file
-            with: {{path: "{gate}", timeout_s: 60}}
-        """, name="cli-api-cancel"))
-    wait_for(lambda: engine.status(eid).status == ExecutionStatus.RUNNING)
+    eid, _ = gated(engine, tmp_path, "cli-api-cancel")
     paused = sopflow(api_env, "pause", eid)
     assert (paused.returncode, paused.stdout) == (0, f"{eid}: paused\n"), paused.stderr
     resumed = sopflow(api_env, "resume", eid)
