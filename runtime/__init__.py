@@ -22,6 +22,7 @@ _LAZY = {
     "RetryableError": "runtime.errors",
     "PermanentError": "runtime.errors",
     "StepContext": "runtime.handlers",
+    "Hook": "runtime.hooks",
     "SubmissionError": "runtime.errors",
     "IdempotencyConflict": "runtime.errors",
     "ExecutionFailed": "runtime.errors",
@@ -43,6 +44,7 @@ __all__ = [
     "Registry",
     "Registration",
     "StepContext",
+    "Hook",
     # errors
     "RegistryError",
     "ExecutionError",

@@ -28,7 +28,7 @@ from runtime.events import Event, EventKind
 from runtime.execution import Execution
 from runtime.failure import Decision, ErrorInfo, decide
 from runtime.history import export_history, import_history
-from runtime.hooks import EscalationHook, Hooks
+from runtime.hooks import EscalationHook, Hook, Hooks
 from runtime.idempotency import differences, fingerprint
 from runtime.ids import ExecutionId
 from runtime.journal import Journal, MonitorFeed, load_state
@@ -356,20 +356,26 @@ class CoordinatorCore:
 
     # -- escalation hooks ----------------------------------------------------------------------
 
-    async def add_escalation_hook(self, name: str, target: Any) -> list[str]:
-        """Call ``target`` (a PythonHook or WebhookHook) when a step escalates; kept in the state store."""
+    async def add_hook(self, name: str, hook: Hook) -> list[str]:
+        """Add (or replace) a hook under ``name``; its registration is kept in the state store."""
         await self.ready()
         from runtime.shipped import pack_hook
 
-        await asyncio.to_thread(self.event_log.put_setting, f"hook:{name}", pack_hook(target))
-        self.hooks.add(name, EscalationHook(target))
+        await asyncio.to_thread(self.event_log.put_setting, f"hook:{name}", pack_hook(hook))
+        self.hooks.add(name, hook)
         return self.hooks.names
 
-    async def remove_escalation_hook(self, name: str) -> list[str]:
+    async def add_escalation_hook(self, name: str, target: Any) -> list[str]:
+        """Call ``target`` (a PythonHook or WebhookHook) when a step escalates."""
+        return await self.add_hook(name, EscalationHook(target))
+
+    async def remove_hook(self, name: str) -> list[str]:
         await self.ready()
         await asyncio.to_thread(self.event_log.drop_setting, f"hook:{name}")
         self.hooks.remove(name)
         return self.hooks.names
+
+    remove_escalation_hook = remove_hook
 
     async def hook_names(self) -> list[str]:
         await self.ready()
@@ -380,14 +386,20 @@ class CoordinatorCore:
         return await self.hooks.drain()
 
     def _load_hooks(self) -> None:
-        """Register the escalation hooks kept in the state store (after a start or restart)."""
+        """Register the hooks kept in the state store (after a start or restart), in the order added."""
         from runtime.shipped import unpack_hook
 
+        loaded = []
         for key, blob in self.event_log.settings("hook:").items():
+            name = key[len("hook:"):]
             try:
-                self.hooks.add(key[len("hook:"):], EscalationHook(unpack_hook(blob, key)))
+                hook, added = unpack_hook(blob, name)
             except Exception as e:  # noqa: BLE001 - one hook that cannot load must not stop the engine
-                logger.warning("escalation hook %s cannot be loaded here: %s", key[len("hook:"):], e)
+                logger.warning("hook %s cannot be loaded here: %s", name, e)
+                continue
+            loaded.append((added, name, hook if isinstance(hook, Hook) else EscalationHook(hook)))
+        for _, name, hook in sorted(loaded, key=lambda found: found[:2]):
+            self.hooks.add(name, hook)
 
     # -- the log --------------------------------------------------------------------------------
 

@@ -414,7 +414,30 @@ class Engine:
         return self._conn.call("coordinator", "add_escalation_hook", name, hook)
 
     def remove_escalation_hook(self, name: str) -> list[str]:
-        return self._conn.call("coordinator", "remove_escalation_hook", name)
+        return self._conn.call("coordinator", "remove_hook", name)
+
+    def add_hook(self, name: str, hook: Any) -> list[str]:
+        """Run ``hook`` (a :class:`runtime.Hook` subclass) on every execution from now on, in the coordinator.
+
+        Its methods (``before_attempt``, ``after_attempt``, ``on_retry``, ``on_escalate``,
+        ``on_end``) get a JSON-able payload; "before" hooks run in the order added, "after"
+        hooks in reverse; one that raises is logged, never fatal. The registration is kept in
+        the state store, so the hook survives coordinator restarts; it must be importable or
+        picklable by value (cloudpickle) where the coordinator runs. Returns every hook's name.
+
+        Raises:
+            SubmissionError: ``hook`` is not a :class:`runtime.Hook`.
+        """
+        from runtime.hooks import Hook
+
+        if not isinstance(hook, Hook):
+            raise SubmissionError(f"a hook must be an instance of a runtime.Hook subclass, got {type(hook).__name__}; "
+                                  "override the notifications you need (before_attempt, after_attempt, on_retry, "
+                                  "on_escalate, on_end)")
+        return self._conn.call("coordinator", "add_hook", name, hook)
+
+    def remove_hook(self, name: str) -> list[str]:
+        return self._conn.call("coordinator", "remove_hook", name)
 
     def failure_stats(self) -> dict[str, Any]:
         stats = self._conn.call("failure_handler", "stats")

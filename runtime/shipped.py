@@ -77,14 +77,17 @@ def unpack_callables(blob: bytes, execution_id: str) -> dict[str, Any]:
 
 
 def pack_hook(hook: Any) -> bytes:
-    """An escalation hook (a ``PythonHook`` or ``WebhookHook``), cloudpickled like shipped handlers."""
-    return pack_callables({"hook": hook})
+    """A hook (:class:`runtime.hooks.Hook`), cloudpickled like shipped handlers, with when it was added."""
+    import time
+
+    return pack_callables({"hook": hook, "added": time.time_ns()})
 
 
-def unpack_hook(blob: bytes, name: str) -> Any:
-    """The hook stored by :func:`pack_hook`.
+def unpack_hook(blob: bytes, name: str) -> tuple[Any, int]:
+    """The hook stored by :func:`pack_hook`, and when it was added (hooks run in that order).
 
     Raises:
         HandlersUnloadable: it cannot be loaded by this process (the message says why).
     """
-    return unpack_callables(blob, f"(escalation hook {name})")["hook"]
+    stored = unpack_callables(blob, f"(hook {name})")
+    return stored["hook"], int(stored.get("added", 0))

@@ -61,6 +61,7 @@ RUNTIME_NAMES = [
     "ExecutionStatus",
     "ExecutionTimeout",
     "ExecutionView",
+    "Hook",
     "IdempotencyConflict",
     "PermanentError",
     "Registration",

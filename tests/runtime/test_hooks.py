@@ -281,3 +281,50 @@ def test_an_escalation_hook_still_fires_after_the_coordinator_actor_is_restarted
         payload = json.loads(wait_for(lambda: (calls / f"{eid}.json").exists() and
                                       (calls / f"{eid}.json").read_text(), 30))
         assert payload["execution_id"] == eid and payload["step"] == "call_bank"
+
+
+class _Journal(Hook):
+    """Appends what it saw to a file (hooks run in the coordinator: files are how a test hears them)."""
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path, self.name = path, name
+
+    def _note(self, what: str, payload: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{self.name} {what} {payload.get('step', '-')} {payload.get('status', '-')}\n")
+
+    def before_attempt(self, payload: dict) -> None:
+        self._note("before", payload)
+
+    def after_attempt(self, payload: dict) -> None:
+        self._note("after", payload)
+
+    def on_end(self, payload: dict) -> None:
+        self._note("end", payload)
+
+
+def test_a_hook_added_through_the_engine_runs_in_order_and_survives_a_restart(tmp_path) -> None:
+    from runtime import Engine, SubmissionError
+
+    state, seen = str(tmp_path / "state.db"), tmp_path / "seen.txt"
+    sop = ("sop: hooked\nversion: '1'\nsteps:\n  - id: a\n    uses: python:tests.handlers_for_tests:echo\n"
+           "    with: {value: 1}\n")
+    first = Engine.in_process(state=state)
+    try:
+        assert first.add_hook("one", _Journal(str(seen), "one")) == ["one"]
+        assert first.add_hook("two", _Journal(str(seen), "two")) == ["one", "two"]
+        with pytest.raises(SubmissionError, match="must be an instance of a runtime.Hook subclass"):
+            first.add_hook("bad", lambda payload: None)
+    finally:
+        first.shutdown()
+    again = Engine.in_process(state=state)  # a new engine on the same file: the hooks come back, in order
+    try:
+        assert again.wait(again.submit(sop), timeout=30).status.value == "completed"
+        again.drain_hooks()
+        lines = seen.read_text().splitlines()
+        assert lines[:2] == ["one before a -", "two before a -"]  # "before" hooks in the order added
+        assert lines[2:4] == ["two after a succeeded", "one after a succeeded"]  # "after" hooks in reverse
+        assert lines[4:] == ["two end - completed", "one end - completed"]
+        assert again.remove_hook("one") == ["two"]
+    finally:
+        again.shutdown()
