@@ -1,4 +1,9 @@
-"""Run slots given out in this process: at most ``capacity`` attempts run at once, highest priority first."""
+"""Run slots given out in this process: at most ``capacity`` attempts run at once.
+
+Waiting attempts go by their :class:`runtime.seams.Claim`: highest priority first; within a
+priority, attempts of executions already under way before the first steps of new ones, then
+the oldest execution first, then in the order they asked.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable
+
+from runtime.seams import Claim
 
 CAPACITY_REFRESH_S = 60.0
 """How long a capacity reading is trusted (a cluster grows and shrinks)."""
@@ -25,7 +32,7 @@ class LocalAdmission:
         self._capacity_read = 0.0
         self.used = 0
         """Slots taken now."""
-        self._queue: list[tuple[int, int, Callable[[], None]]] = []
+        self._queue: list[tuple[tuple[int, bool, float], int, Callable[[], None]]] = []
         self._order = itertools.count()
         self._draining = False
 
@@ -41,12 +48,14 @@ class LocalAdmission:
         """Callers waiting for a slot."""
         return len(self._queue)
 
-    def acquire(self, priority: int, grant: Callable[[], None]) -> bool:
+    def acquire(self, claim: Claim | int, grant: Callable[[], None]) -> bool:
+        """Take a slot now, or queue ``grant`` by ``claim`` (a bare int is a priority)."""
         self._drain()  # the capacity may have grown since the queue formed
         if self.used < self.capacity and not self._queue:
             self.used += 1
             return True
-        heapq.heappush(self._queue, (-priority, next(self._order), grant))
+        key = (claim if isinstance(claim, Claim) else Claim(claim)).key()
+        heapq.heappush(self._queue, (key, next(self._order), grant))
         return False
 
     def release(self) -> None:

@@ -29,7 +29,7 @@ from runtime.execution import Execution, InFlight
 from runtime.failure import Action, Decision, ErrorInfo, as_dict, clean_message
 from runtime.handlers import StepOutcome, StepTask
 from runtime.outputs import mentions, respill
-from runtime.seams import AttemptSpec, StepRunner
+from runtime.seams import AttemptSpec, Claim, StepRunner
 from runtime.telemetry import carrier_for, tracer
 from sop import Step, render
 from sop.expressions import ExpressionError
@@ -104,7 +104,7 @@ class AttemptsMixin:
             self._launch(exe, flight, runner, spec)
             return
         flight.launch = functools.partial(self._granted, exe, flight, runner, spec, digest)
-        if self.admission.acquire(exe.state.priority, flight.launch):
+        if self.admission.acquire(_claim(exe), flight.launch):
             flight.launch()
         else:
             why = f"waiting for a run slot (max_running_steps={self.admission.capacity})"
@@ -164,7 +164,7 @@ class AttemptsMixin:
             if exe.state.cancel_requested:
                 if not flight.settled:
                     self._never_started(exe, flight)
-            elif flight.launch is not None and self.admission.acquire(exe.state.priority, flight.launch):
+            elif flight.launch is not None and self.admission.acquire(_claim(exe), flight.launch):
                 flight.launch()
 
     def reattach(self, exe: Execution, step: Step, attempt: int, child_id: str) -> None:
@@ -189,12 +189,15 @@ class AttemptsMixin:
                         exe.id, flight.step.id, flight.number)  # at-least-once: only its own result counts
             return
         flight.settled = True
-        self._give_back(flight)
         if flight.timer is not None:
             flight.timer.cancel()
         if error is None and outcome is not None and outcome.ok and outcome.spilled is None:
-            self._succeeded(exe, flight, outcome)  # the common case needs no await
+            try:  # the common case needs no await
+                self._succeeded(exe, flight, outcome)
+            finally:  # after the steps it made ready have queued: they go before new executions
+                self._give_back(flight)
         else:
+            self._give_back(flight)
             self._spawn(self._conclude(exe, flight, outcome, error))
 
     def _time_out(self, exe: Execution, flight: InFlight, timeout: float) -> None:
@@ -366,6 +369,11 @@ def _digest_run(exe: Execution, step: Step, ctx: dict[str, Any], run: str | None
         return run
     # Step outputs in the context come from events, masked already: only the inputs need it.
     return render_command(step.run, {**ctx, "inputs": exe.redact(ctx["inputs"])}, step=step.id)
+
+
+def _claim(exe: Execution) -> Claim:
+    state = exe.state
+    return Claim(state.priority, state.first_started_at is not None, state.submitted_at)
 
 
 def inputs_digest(args: Any, run: str | None, env: dict[str, str]) -> str:

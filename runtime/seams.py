@@ -99,10 +99,31 @@ class StepRunner(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who asks :class:`Admission` for a run slot: the attempt's execution, as far as order goes.
+
+    Attributes:
+        priority: The execution's priority (higher first).
+        continuing: The execution has started a step already: within a priority, work of
+            executions under way goes before the first steps of new ones ("finish what you
+            started"), so a flood of new executions cannot hold back the ones running.
+        since: When the execution was submitted: older first.
+    """
+
+    priority: int = 0
+    continuing: bool = False
+    since: float = 0.0
+
+    def key(self) -> tuple[int, bool, float]:
+        """Smaller goes first."""
+        return (-self.priority, not self.continuing, self.since)
+
+
 class Admission(Protocol):
     """Run slots: how many attempts may run at once, and who goes next."""
 
-    def acquire(self, priority: int, grant: Callable[[], None]) -> bool:
+    def acquire(self, claim: Claim, grant: Callable[[], None]) -> bool:
         """Take a slot now (True), or queue for one (False): ``grant()`` is called when it is taken."""
         ...
 

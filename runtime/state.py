@@ -56,6 +56,8 @@ class ExecutionState:
     """Step -> ``[next attempt, wall-clock time it is due]`` while it waits out a backoff."""
     children: dict[str, str] = field(default_factory=dict)
     """``sop:`` step -> its child execution."""
+    first_started_at: float | None = None
+    """When the first attempt of any step started (the execution is under way)."""
     progress: dict[str, list[Any]] = field(default_factory=dict)
     """Running step -> ``[fraction done, message]`` it last reported (``context.report_progress``)."""
 
@@ -114,6 +116,7 @@ def _step_started(state: ExecutionState, event: Event, step: StepState | None, _
     if step is not None:
         step.status, step.attempts = StepStatus.RUNNING, event.attempt or step.attempts + 1
         step.started_at = step.started_at or event.ts
+        state.first_started_at = state.first_started_at or event.ts
         state.retry_due.pop(event.step, None)  # type: ignore[arg-type]
 
 

@@ -183,3 +183,38 @@ def test_cancelling_a_paused_execution_with_a_held_step_ends_it(one_slot, tmp_pa
     one_slot.cancel(held)
     assert one_slot.wait(held, timeout=60).status == ExecutionStatus.CANCELLED
     assert not (tmp_path / "held.runs").exists()
+
+
+class _StartOrder(__import__("runtime").Hook):
+    """Notes every attempt as it starts, in order (a file: hooks run in the coordinator)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def before_attempt(self, payload: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{payload['execution_id']} {payload['step']}\n")
+
+
+def test_executions_under_way_finish_before_new_ones_start(one_slot, tmp_path) -> None:
+    """With one slot and a flood of two-step executions, each one's second step goes before the next
+    execution's first (today's unfairness: every follow-up queued behind all the first steps)."""
+    order = tmp_path / "order.txt"
+    one_slot.add_hook("order", _StartOrder(str(order)))
+    two_steps = json.dumps({"sop": "flood", "steps": [
+        {"id": "first", "uses": f"{H}:echo", "with": {"value": 1}},
+        {"id": "then", "uses": f"{H}:echo", "with": {"value": 2}, "depends_on": ["first"]}]})
+    ids = one_slot.submit_many(two_steps, [{} for _ in range(5)])
+    for eid in ids:
+        assert one_slot.wait(eid, timeout=60).status == ExecutionStatus.COMPLETED
+    one_slot.drain_hooks()
+    started = [tuple(line.split()) for line in order.read_text().splitlines()]
+    assert started == [(eid, step) for eid in ids for step in ("first", "then")]
+
+
+def test_a_higher_priority_still_goes_before_an_execution_under_way(one_slot, tmp_path) -> None:
+    from runtime.seams import Claim
+
+    assert Claim(5, False, 2.0).key() < Claim(1, True, 1.0).key()  # priority first
+    assert Claim(1, True, 9.0).key() < Claim(1, False, 1.0).key()  # then under way before new
+    assert Claim(1, True, 1.0).key() < Claim(1, True, 9.0).key()  # then oldest
