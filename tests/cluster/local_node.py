@@ -143,12 +143,10 @@ StrictModes no
     def stop(self) -> None:
         """Kill the node and everything that runs in it."""
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()  # --kill-child: sshd, PID 1 of the namespace, dies, and with it the rest
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=30)
+            # unshare does not pass SIGTERM on; killed, its --kill-child takes sshd (PID 1 of the
+            # namespace) with it, and the kernel then ends every process of the namespace.
+            self._proc.kill()
+            self._proc.wait(timeout=30)
         if getattr(self, "_log", None) is not None:
             self._log.close()
 
