@@ -355,7 +355,9 @@ class Engine:
              limit: int = 1000, *, until: float | None = None) -> list[ExecutionView]:
         """Executions newest first, by status, SOP and submission time in ``[since, until)``.
 
-        Recent ones come from the monitor's memory, older ones from the state store.
+        Recent ones come from the monitor's memory, older ones from the state store. What
+        this client submitted before the call is in the list (the coordinator's pending
+        events reach the monitor first).
 
         Raises:
             ValueError: ``status`` is not an execution status (the message lists them).
@@ -363,6 +365,7 @@ class Engine:
         statuses = [s.value for s in ExecutionStatus]
         if status is not None and str(status) not in statuses:
             raise ValueError(f"status must be one of {', '.join(statuses)}; got {status!r}")
+        self._conn.call("coordinator", "flush")  # read your own writes: the monitor is fed in batches
         return ExecutionList(self._conn.call("monitor", "list", status, sop, since, limit, until))
 
     def events(self, execution_id: str, *, follow: bool = True, poll_s: float = 1.0) -> Iterator[Event]:

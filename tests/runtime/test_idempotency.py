@@ -111,7 +111,6 @@ def test_a_batch_with_a_conflicting_key_is_refused_whole(inproc, sop_file) -> No
     path = _sop(sop_file)
     key = f"pay-{uuid.uuid4().hex}"
     first = inproc.submit(path, {"amount": 1}, idempotency_key=key)
-    inproc.flush()  # list() reads the monitor, fed in batches: let it catch up with the submission
     before = {v.id for v in inproc.list(sop="pay", limit=100_000)}
     fresh = f"pay-{uuid.uuid4().hex}"
     with pytest.raises(IdempotencyConflict, match=first):
