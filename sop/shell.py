@@ -187,6 +187,12 @@ def _contexts(text: str) -> list[str]:
     heredocs: list[tuple[str, bool]] = []  # (delimiter, strip tabs) waiting for the next newline
     i, n = 0, len(text)
     lost = False  # past a construct this lexer cannot follow: no later place is trusted
+    escaped_to = -1  # the index just past the last backslash-escaped character
+
+    def starts_word(at: int) -> bool:
+        """Whether a word starts at ``at``: after a blank or operator that was not escaped."""
+        return at == 0 or (text[at - 1] in _WORD_START and at != escaped_to)
+
     while i < n:
         c = text[i]
         kind = stack[-1][0]
@@ -209,6 +215,7 @@ def _contexts(text: str) -> list[str]:
             if text.startswith(_PLACEHOLDER, i + 1):  # an escaped reference: its first character would be literal
                 out.append("escaped")
             i += 2
+            escaped_to = i  # an escaped blank is part of a word: it starts none
             continue
         if kind == "double":
             if c == '"':
@@ -228,7 +235,7 @@ def _contexts(text: str) -> list[str]:
         # top, cmd, param, arith: unquoted shell text
         if c == "$" and text.startswith(("$'", "$["), i):
             lost = True  # bash's $'...' quoting and $[...] arithmetic: dash reads them differently
-        elif (kind == "cmd" or any(f[0] == "cmd" for f in stack)) and _word_at(text, i, "case"):
+        elif (kind == "cmd" or any(f[0] == "cmd" for f in stack)) and _word_at(text, i, "case") and starts_word(i):
             lost = True  # a case pattern's ')' would end $( ) early in this lexer's eyes
         if c == "'":
             stack.append(["single", 0])
@@ -239,11 +246,10 @@ def _contexts(text: str) -> list[str]:
         elif c == "$" and (opened := _substitution_at(text, i)):
             stack.append([opened[0], 0])
             i += opened[1]
-        elif (c == "(" and text.startswith("((", i) and kind in ("top", "cmd")
-              and (i == 0 or text[i - 1] in _WORD_START)):
+        elif c == "(" and text.startswith("((", i) and kind in ("top", "cmd") and starts_word(i):
             stack.append(["arith", 0])  # bash's (( ... )) evaluates its text as arithmetic
             i += 1
-        elif c == "#" and kind in ("top", "cmd") and (i == 0 or text[i - 1] in _WORD_START):
+        elif c == "#" and kind in ("top", "cmd") and starts_word(i):
             stack.append(["comment", 0])
         elif c == "(" and kind in ("cmd", "arith"):
             stack[-1][1] += 1
@@ -252,6 +258,10 @@ def _contexts(text: str) -> list[str]:
                 stack.pop()
                 if kind == "arith" and text.startswith(")", i + 1):
                     i += 1
+                elif kind == "arith":
+                    # "$((" that does not close with "))" is "$(" then "(" to a shell (a command
+                    # substitution of a subshell): where it really ends, this lexer cannot tell.
+                    lost = True
             else:
                 stack[-1][1] -= 1
         elif c == "}" and kind == "param":

@@ -143,6 +143,10 @@ def test_unquoted_pastes_the_value_as_shell_text() -> None:
     ("cat <<-'END'\n\t${{ inputs.v }}\n\tEND", "heredoc"),
     ("echo \\${{ inputs.v }}", "escaped"),
     ("x=$(case $a in b) echo ${{ inputs.v }};; esac)", "unknown"),
+    # "$((" not closed by "))" is "$(" + "(" to sh: found by the property above (it ran the value)
+    ("echo echo echo $(($())${{ inputs.v }}))", "unknown"),
+    # an escaped blank starts no word, so no comment: the here-document is real (found by the property)
+    ("\\ #cat <<EOF\n${{ inputs.v }}", "heredoc"),
     ("(( x = ${{ inputs.v }} ))", "arith"),
     ("echo $[ ${{ inputs.v }} ]", "unknown"),
 ])
