@@ -27,6 +27,22 @@ _STEP_STYLE = {StepStatus.SUCCEEDED: "green", StepStatus.FAILED: "red", StepStat
                StepStatus.CANCELLED: "magenta", StepStatus.PENDING: "white"}
 CLI_NAMESPACE = "sopflow"
 """The namespace the CLI's commands use (``runtime.engine.DEFAULT_NAMESPACE``, not imported: it is heavy)."""
+class _PriorityType(click.ParamType):
+    """``--priority``: a class name or a whole number; anything else is a usage error."""
+
+    name = "priority"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        text = str(value).strip()
+        if text in ("critical", "high", "normal", "low"):
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            self.fail(f"{value!r} is neither critical, high, normal, low nor a whole number", param, ctx)
+
+
+_PRIORITY = _PriorityType()
 _ADDRESS_HELP = "Ray cluster to use (host:port or ray://host:10001); default $RAY_ADDRESS, else this machine's."
 
 
@@ -209,12 +225,14 @@ def register_commands(main: click.Group) -> None:
     @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=VALUE", help="An SOP input (repeatable).")
     @click.option("--address", help=_ADDRESS_HELP)
     @click.option("--mode", type=click.Choice(["auto", "system_design", "agent_centric"]), default=None)
-    @click.option("--priority", type=int, default=0, help="Higher runs first when the cluster is busy.")
+    @click.option("--priority", type=_PRIORITY, default=None, metavar="CLASS|N",
+                  help="critical, high, normal or low (classes share a busy cluster by weight), or a number "
+                       "within normal (higher first). Default: the SOP's priority, else normal.")
     @click.option("--idempotency-key", default=None, help="Submitting the same key again returns the first run.")
     @click.option("--detach", is_flag=True, help="Print the execution id and return; it keeps running.")
     @click.option("--timeout", type=float, default=None, help="Give up waiting after this many seconds.")
     @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-    def run(file: str, inputs: tuple[str, ...], address: str | None, mode: str | None, priority: int,
+    def run(file: str, inputs: tuple[str, ...], address: str | None, mode: str | None, priority: int | str | None,
             idempotency_key: str | None, detach: bool, timeout: float | None, fmt: str) -> None:
         """Validate an SOP, run it on Ray with live progress, print the result.
 

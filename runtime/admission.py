@@ -1,8 +1,14 @@
 """Run slots given out in this process: at most ``capacity`` attempts run at once.
 
-Waiting attempts go by their :class:`runtime.seams.Claim`: highest priority first; within a
-priority, attempts of executions already under way before the first steps of new ones, then
-the oldest execution first, then in the order they asked.
+Waiting attempts queue by priority class (``critical``, ``high``, ``normal``,
+``low``). While several classes wait, slots go to them in proportion to their
+weights (stride scheduling: each grant advances the class's pass by 1/weight,
+and the waiting class with the smallest pass goes next), so ``low`` is slowed,
+never starved. A class that had nothing waiting starts from the current pass,
+not from credit saved while it was idle. Within a class, attempts go by their
+:class:`runtime.seams.Claim`: higher priority first, then attempts of
+executions already under way, then the oldest execution, then in the order
+they asked.
 """
 
 from __future__ import annotations
@@ -10,31 +16,43 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from runtime.seams import Claim
 
 CAPACITY_REFRESH_S = 60.0
 """How long a capacity reading is trusted (a cluster grows and shrinks)."""
+DEFAULT_WEIGHTS = (("critical", 8), ("high", 4), ("normal", 2), ("low", 1))
+
+_Entry = tuple[tuple[int, bool, float], int, Callable[[], None]]
 
 
 class LocalAdmission:
-    """The :class:`runtime.seams.Admission` of one coordinator: a priority queue in front of a counter.
+    """The :class:`runtime.seams.Admission` of one coordinator: per-class queues in front of a counter.
 
     Args:
         capacity: How many slots there are; asked again every ``CAPACITY_REFRESH_S`` seconds
             (the Ray front reads the cluster's CPUs; the in-process engine a fixed number).
+        weights: Priority class -> its weight (``EngineConfig.priority_weights``).
     """
 
-    def __init__(self, capacity: Callable[[], int]) -> None:
+    def __init__(self, capacity: Callable[[], int],
+                 weights: Iterable[tuple[str, int]] = DEFAULT_WEIGHTS) -> None:
         self._capacity_of = capacity
         self._capacity: int | None = None
         self._capacity_read = 0.0
         self.used = 0
         """Slots taken now."""
-        self._queue: list[tuple[tuple[int, bool, float], int, Callable[[], None]]] = []
+        self.weights = dict(weights)
+        self._queues: dict[str, list[_Entry]] = {c: [] for c in self.weights}
+        self._pass: dict[str, float] = {c: 0.0 for c in self.weights}
+        self._now = 0.0
+        """The pass of the last grant: a class that starts waiting starts here."""
+        self._waiting = 0
         self._order = itertools.count()
         self._draining = False
+        self.granted: dict[str, int] = {c: 0 for c in self.weights}
+        """Slots granted from the queue so far, by class."""
 
     @property
     def capacity(self) -> int:
@@ -46,16 +64,21 @@ class LocalAdmission:
     @property
     def queued(self) -> int:
         """Callers waiting for a slot."""
-        return len(self._queue)
+        return self._waiting
 
     def acquire(self, claim: Claim | int, grant: Callable[[], None]) -> bool:
-        """Take a slot now, or queue ``grant`` by ``claim`` (a bare int is a priority)."""
+        """Take a slot now, or queue ``grant`` by ``claim`` (a bare int is a priority in ``normal``)."""
         self._drain()  # the capacity may have grown since the queue formed
-        if self.used < self.capacity and not self._queue:
+        if self.used < self.capacity and not self._waiting:
             self.used += 1
             return True
-        key = (claim if isinstance(claim, Claim) else Claim(claim)).key()
-        heapq.heappush(self._queue, (key, next(self._order), grant))
+        claim = claim if isinstance(claim, Claim) else Claim(claim)
+        cls = claim.priority_class if claim.priority_class in self._queues else "normal"
+        queue = self._queues[cls]
+        if not queue:  # it was idle: it joins at the current pass, with no credit saved up
+            self._pass[cls] = max(self._pass[cls], self._now)
+        heapq.heappush(queue, (claim.key(), next(self._order), grant))
+        self._waiting += 1
         return False
 
     def release(self) -> None:
@@ -64,21 +87,32 @@ class LocalAdmission:
 
     def withdraw(self, grant: Callable[[], None]) -> bool:
         """Leave the queue without a slot; False when ``grant`` was not queued (say, granted already)."""
-        for i, entry in enumerate(self._queue):
-            if entry[2] is grant:
-                self._queue[i] = self._queue[-1]
-                self._queue.pop()
-                heapq.heapify(self._queue)  # O(n): withdrawing is rare (a cancel), acquiring is not
-                return True
+        for queue in self._queues.values():
+            for i, entry in enumerate(queue):
+                if entry[2] is grant:
+                    queue[i] = queue[-1]
+                    queue.pop()
+                    heapq.heapify(queue)  # O(n): withdrawing is rare (a cancel), acquiring is not
+                    self._waiting -= 1
+                    return True
         return False
+
+    def _next_class(self) -> str:
+        """The waiting class with the smallest pass (the heavier one on a tie)."""
+        return min((c for c, q in self._queues.items() if q), key=lambda c: (self._pass[c], -self.weights[c]))
 
     def _drain(self) -> None:
         if self._draining:  # a grant gave its slot straight back: the loop below goes on
             return
         self._draining = True
         try:
-            while self._queue and self.used < self.capacity:
-                grant = heapq.heappop(self._queue)[2]
+            while self._waiting and self.used < self.capacity:
+                cls = self._next_class()
+                grant = heapq.heappop(self._queues[cls])[2]
+                self._waiting -= 1
+                self._now = self._pass[cls]
+                self._pass[cls] += 1.0 / self.weights[cls]
+                self.granted[cls] += 1
                 self.used += 1
                 grant()
         finally:

@@ -373,7 +373,7 @@ def _digest_run(exe: Execution, step: Step, ctx: dict[str, Any], run: str | None
 
 def _claim(exe: Execution) -> Claim:
     state = exe.state
-    return Claim(state.priority, state.first_started_at is not None, state.submitted_at)
+    return Claim(state.priority, state.first_started_at is not None, state.submitted_at, state.priority_class)
 
 
 def inputs_digest(args: Any, run: str | None, env: dict[str, str]) -> str:

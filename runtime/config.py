@@ -22,6 +22,10 @@ def default_state_path() -> str:
     return os.environ.get("SOPFLOW_STATE") or DEFAULT_STATE_PATH
 
 
+PRIORITY_CLASSES = ("critical", "high", "normal", "low")
+"""Priority classes, most urgent first; an execution is ``normal`` unless it says otherwise."""
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """How the coordinator keeps its event log and state store.
@@ -61,6 +65,10 @@ class EngineConfig:
         checkpoint_every_s: How often the coordinator moves the SQLite WAL into the main
             file and truncates it (also done on a clean shutdown), so the main file alone
             holds nearly everything and a damaged WAL can cost little.
+        priority_weights: The share of run slots each priority class gets while several
+            wait (weighted fair share): with the defaults, waiting ``critical`` work gets 8
+            slots for every 4 of ``high``, 2 of ``normal`` and 1 of ``low`` — ``low`` is
+            slowed, never starved. Every class needs a whole-number weight >= 1.
     """
 
     state: str = ""
@@ -74,6 +82,7 @@ class EngineConfig:
     checkpoint_every_s: float = 300.0
     api_host: str = ""
     api_port: int | None = None
+    priority_weights: tuple[tuple[str, int], ...] = (("critical", 8), ("high", 4), ("normal", 2), ("low", 1))
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -99,6 +108,13 @@ class EngineConfig:
             raise ValueError(f"api_port must be 0 (any free port) to 65535, got {self.api_port!r}")
         if not isinstance(self.api_host, str) or any(c.isspace() for c in self.api_host):
             raise ValueError(f"api_host must be a host name or IP address, got {self.api_host!r}")
+        weights = dict(self.priority_weights.items() if isinstance(self.priority_weights, dict)
+                       else self.priority_weights)
+        if sorted(weights) != sorted(PRIORITY_CLASSES) or not all(
+                isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in weights.values()):
+            raise ValueError(f"priority_weights must give each of {', '.join(PRIORITY_CLASSES)} a whole-number "
+                             f"weight >= 1, got {weights!r}")
+        object.__setattr__(self, "priority_weights", tuple((c, weights[c]) for c in PRIORITY_CLASSES))
 
     def on_this_node(self) -> EngineConfig:
         """This config with an empty ``state`` resolved in the calling process (an actor on the head)."""

@@ -88,7 +88,8 @@ class CoordinatorCore:
         self.artifacts = Artifacts(lambda: self.event_log)
         self.hooks = Hooks()
         all_runners = {"task": task_runner, "sop": SubSopRunner(self), **(runners or {})}
-        admission = LocalAdmission(lambda: self.config.max_running_steps or (capacity or _default_capacity)())
+        admission = LocalAdmission(lambda: self.config.max_running_steps or (capacity or _default_capacity)(),
+                                   self.config.priority_weights)
         self.machine = StateMachine(self, all_runners, admission, policy or LocalFailurePolicy(), self.hooks)
         self.recovery: dict[str, Any] | None = None
         self.started = time.monotonic()
@@ -200,6 +201,7 @@ class CoordinatorCore:
         public_inputs = {k: ("***" if k in request.secrets else v) for k, v in request.inputs.items()}
         fingerprinted = {"fingerprint": _fingerprint(request)} if key and not key.startswith("auto:") else {}
         self.emit(exe, ev.Submitted(sop=sop.sop, version=sop.version, mode=request.mode, priority=request.priority,
+                                    priority_class=request.priority_class,
                                     steps=[s.id for s in sop.steps], rollback=[s.id for s in sop.rollback],
                                     inputs=public_inputs, idempotency_key=key, parent=request.parent,
                                     source=request.source, request=request.describe(),

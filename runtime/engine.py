@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from runtime.config import EngineConfig
+from runtime.config import PRIORITY_CLASSES, EngineConfig
 from runtime.display import ExecutionList
 from runtime.errors import (EngineStartError, ExecutionFailed, ExecutionNotFound, ExecutionTimeout,
                             SubmissionError)
@@ -205,9 +205,13 @@ class Engine:
         return report.raise_for_problems(), report, source
 
     def submit(self, sop: str | os.PathLike[str] | Sop, inputs: Mapping[str, Any] | None = None, *,
-               mode: str | None = None, priority: int = 0, idempotency_key: str | None = None,
+               mode: str | None = None, priority: int | str | None = None, idempotency_key: str | None = None,
                inputs_from_text: bool = False) -> ExecutionId:
         """Validate and submit an SOP; returns at once with the execution's id.
+
+        ``priority`` is a class — ``critical``, ``high``, ``normal``, ``low``: classes share
+        the run slots by weight while several wait (``EngineConfig.priority_weights``) — or
+        a whole number (higher first, within ``normal``); None takes the SOP's ``priority``.
 
         Raises:
             SopValidationError: the SOP is invalid (every problem listed).
@@ -220,7 +224,7 @@ class Engine:
         return ExecutionId(self._conn.call("coordinator", "submit", request))
 
     def submit_many(self, sop: str | os.PathLike[str] | Sop, inputs: list[Mapping[str, Any]], *,
-                    mode: str | None = None, priority: int = 0,
+                    mode: str | None = None, priority: int | str | None = None,
                     idempotency_keys: list[str] | None = None) -> list[ExecutionId]:
         """Submit one SOP many times (one execution per inputs mapping) in a single round trip.
 
@@ -246,7 +250,7 @@ class Engine:
         return [ExecutionId(i) for i in
                 self._conn.call("coordinator", "submit_many", requests)]
 
-    def _request(self, sop: Any, inputs: dict[str, Any], *, mode: str | None, priority: int,
+    def _request(self, sop: Any, inputs: dict[str, Any], *, mode: str | None, priority: int | str | None,
                  idempotency_key: str | None, inputs_from_text: bool = False,
                  source: str | None = None) -> Any:
         from runtime.request import SubmitRequest, sop_definition
@@ -254,11 +258,12 @@ class Engine:
         model, _, loaded_from = self.load(sop)
         source = source or loaded_from
         chosen = self._mode(model, mode, source)
+        priority_class, rank = _priority(model.priority if priority is None else priority)
         resolved = resolve_inputs(model, inputs, source=source, from_text=inputs_from_text)
         base = Path(source).parent if source not in ("<string>", "<object>") else Path.cwd()
-        return SubmitRequest(model, resolved, chosen, priority, idempotency_key, self._handlers(model),
+        return SubmitRequest(model, resolved, chosen, rank, idempotency_key, self._handlers(model),
                              self._subsops(model, base, ()), _secrets(model), source,
-                             definition=sop_definition(model))
+                             definition=sop_definition(model), priority_class=priority_class)
 
     def _subsops(self, model: Sop, base: Path, stack: tuple[str, ...]) -> dict[str, Any]:
         from runtime.request import SubmitRequest, sop_definition
@@ -522,6 +527,22 @@ class Engine:
             return
         self._owns_cluster = False
         self._conn.close_store()
+
+
+def _priority(priority: int | str | None) -> tuple[str, int]:
+    """``(class, number within it)`` of a submission's priority.
+
+    Raises:
+        SubmissionError: neither a class name nor a whole number.
+    """
+    if priority is None:
+        return "normal", 0
+    if isinstance(priority, str) and priority in PRIORITY_CLASSES:
+        return priority, 0
+    if isinstance(priority, int) and not isinstance(priority, bool):
+        return "normal", priority
+    raise SubmissionError(f"priority must be one of {', '.join(PRIORITY_CLASSES)} or a whole number "
+                          f"(higher first, within normal); got {priority!r}")
 
 
 def _secrets(model: Sop) -> tuple[str, ...]:

@@ -145,6 +145,8 @@ class Submitted(Payload):
     version: str = ""
     mode: str = "system_design"
     priority: int = 0
+    priority_class: str = "normal"
+    """critical, high, normal or low."""
     steps: list[str] = field(default_factory=list)
     """The main steps, in SOP order."""
     rollback: list[str] = field(default_factory=list)

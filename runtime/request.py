@@ -27,6 +27,8 @@ class SubmitRequest:
     parent: str | None = None
     definition: dict[str, Any] | None = None
     """The SOP as JSON data (built by the client), logged so the run can be rebuilt and replayed."""
+    priority_class: str = "normal"
+    """critical, high, normal or low: how the execution shares run slots with others (see admission)."""
 
     def describe(self) -> dict[str, Any]:
         """Everything needed to rebuild this request from the log, minus secret values."""
@@ -49,8 +51,10 @@ def sop_definition(sop: Sop) -> dict[str, Any]:
 
 def request_from_log(submitted: dict[str, Any], inputs: dict[str, Any]) -> SubmitRequest:
     """Rebuild a request from its ``execution_submitted`` event data and the (secret-filled) inputs."""
-    return _from_described(submitted["request"], inputs, submitted["mode"], submitted.get("priority", 0),
-                           submitted.get("idempotency_key"), submitted.get("parent"))
+    request = _from_described(submitted["request"], inputs, submitted["mode"], submitted.get("priority", 0),
+                              submitted.get("idempotency_key"), submitted.get("parent"))
+    request.priority_class = submitted.get("priority_class", "normal")
+    return request
 
 
 def _from_described(described: dict[str, Any], inputs: dict[str, Any], mode: str = "system_design",

@@ -104,19 +104,22 @@ class Claim:
     """Who asks :class:`Admission` for a run slot: the attempt's execution, as far as order goes.
 
     Attributes:
-        priority: The execution's priority (higher first).
-        continuing: The execution has started a step already: within a priority, work of
-            executions under way goes before the first steps of new ones ("finish what you
-            started"), so a flood of new executions cannot hold back the ones running.
+        priority: The execution's priority within its class (higher first).
+        continuing: The execution has started a step already: within a class and priority,
+            work of executions under way goes before the first steps of new ones ("finish
+            what you started"), so a flood of new executions cannot hold back the ones running.
         since: When the execution was submitted: older first.
+        priority_class: ``critical``, ``high``, ``normal`` or ``low``: classes share the slots
+            by weight (``EngineConfig.priority_weights``) while several wait.
     """
 
     priority: int = 0
     continuing: bool = False
     since: float = 0.0
+    priority_class: str = "normal"
 
     def key(self) -> tuple[int, bool, float]:
-        """Smaller goes first."""
+        """The order within its class: smaller goes first."""
         return (-self.priority, not self.continuing, self.since)
 
 

@@ -35,6 +35,7 @@ class ExecutionState:
     mode: str = ""
     status: ExecutionStatus = ExecutionStatus.QUEUED
     priority: int = 0
+    priority_class: str = "normal"
     steps: dict[str, StepState] = field(default_factory=dict)
     rollback_steps: list[str] = field(default_factory=list)
     submitted_at: float = 0.0
@@ -72,7 +73,7 @@ class ExecutionState:
                                s.ended_at, *self.progress.get(k, (None, ""))) for k, s in self.steps.items()},
             submitted_at=self.submitted_at, ended_at=self.ended_at,
             outputs=self.outputs if with_outputs else None, priority=self.priority,
-            trace_id=self.trace_id)
+            trace_id=self.trace_id, priority_class=self.priority_class)
 
 
 def apply(state: ExecutionState, event: Event) -> None:
@@ -89,6 +90,7 @@ def apply(state: ExecutionState, event: Event) -> None:
 
 def _submitted(state: ExecutionState, event: Event, _: StepState | None, p: ev.Submitted) -> None:
     state.sop, state.version, state.mode, state.priority = p.sop, p.version, p.mode, p.priority
+    state.priority_class = p.priority_class
     state.submitted_at = event.ts
     state.trace_id = trace_id_of(p.trace)
     state.idempotency_key = p.idempotency_key

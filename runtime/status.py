@@ -95,6 +95,8 @@ class ExecutionView:
     priority: int = 0
     trace_id: str | None = None
     """Its OpenTelemetry trace id, to look it up in a tracing tool (None when tracing was off)."""
+    priority_class: str = "normal"
+    """critical, high, normal or low."""
 
     @property
     def elapsed_s(self) -> float:

@@ -201,6 +201,10 @@ class Step(_Model):
         return self.name or self.id
 
 
+PRIORITY_CLASSES = ("critical", "high", "normal", "low")
+"""Priority classes, most urgent first (``runtime.config`` gives their weights)."""
+
+
 class Sop(_Model):
     """A whole SOP, as loaded from one file."""
 
@@ -219,6 +223,17 @@ class Sop(_Model):
     rollback: tuple[Step, ...] = ()
     outputs: dict[str, Any] = Field(default_factory=dict)
     """Result values, usually ${{ steps.<id>.output... }} references."""
+    priority: str | int | None = None
+    """Default priority of its executions: a class (critical, high, normal, low) or a number within
+    ``normal`` (higher first); a submission may say otherwise."""
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_is_a_class_or_a_whole_number(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, int) and not isinstance(v, bool)) or v in PRIORITY_CLASSES:
+            return v
+        raise ValueError(f"priority must be one of {', '.join(PRIORITY_CLASSES)} or a whole number "
+                         f"(higher first, within normal); got {v!r}")
 
     @field_validator("version", mode="before")
     @classmethod

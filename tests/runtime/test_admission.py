@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.status import ExecutionStatus
 from tests.sop_builders import H, own_engine, wait_for
@@ -218,3 +220,89 @@ def test_a_higher_priority_still_goes_before_an_execution_under_way(one_slot, tm
     assert Claim(5, False, 2.0).key() < Claim(1, True, 1.0).key()  # priority first
     assert Claim(1, True, 9.0).key() < Claim(1, False, 1.0).key()  # then under way before new
     assert Claim(1, True, 1.0).key() < Claim(1, True, 9.0).key()  # then oldest
+
+
+# -- priority classes: weighted fair share --------------------------------------------------------
+
+CLASSES = ("critical", "high", "normal", "low")
+
+
+def _backlogged_grants(weights: dict[str, int], rounds: int) -> list[str]:
+    """Every class always has work waiting; one slot; the classes of the grants, in order."""
+    from runtime.admission import LocalAdmission
+    from runtime.seams import Claim
+
+    adm = LocalAdmission(lambda: 1, tuple(weights.items()))
+    order: list[str] = []
+    assert adm.acquire(Claim(priority_class="normal"), lambda: None)  # the one slot is taken
+    for cls in CLASSES:
+        for _ in range(rounds * weights[cls] + 2):
+            adm.acquire(Claim(priority_class=cls), lambda c=cls: order.append(c))
+    for _ in range(rounds * sum(weights.values())):
+        adm.release()  # the slot holder ends: the next one gets it
+    return order
+
+
+@given(st.fixed_dictionaries({c: st.integers(1, 9) for c in CLASSES}), st.integers(1, 6))
+@settings(max_examples=300, deadline=None)
+def test_for_any_weights_backlogged_classes_share_the_slots_by_weight_and_none_starves(weights, rounds) -> None:
+    order = _backlogged_grants(weights, rounds)
+    window = sum(weights.values())
+    for start in range(0, len(order) - window + 1):
+        got = {c: order[start:start + window].count(c) for c in CLASSES}
+        for cls in CLASSES:  # in any run of sum(weights) grants, each class gets its weight, give or take one
+            assert abs(got[cls] - weights[cls]) <= 1, (start, got, weights)
+
+
+def test_a_class_that_was_idle_gets_no_credit_for_it() -> None:
+    """low waited alone for a long time, then critical arrives: critical gets its 8:1 share at once."""
+    from runtime.admission import LocalAdmission
+    from runtime.seams import Claim
+
+    adm = LocalAdmission(lambda: 1)
+    order: list[str] = []
+    adm.acquire(Claim(priority_class="low"), lambda: None)
+    for _ in range(50):
+        adm.acquire(Claim(priority_class="low"), lambda: order.append("low"))
+    for _ in range(20):
+        adm.release()
+    for _ in range(30):
+        adm.acquire(Claim(priority_class="critical"), lambda: order.append("critical"))
+    order.clear()
+    for _ in range(18):
+        adm.release()
+    # no credit: low does not get the next 20 grants for having waited alone; the share is 8:1 at once
+    assert order.count("low") in (1, 2) and "low" in order[:10], order
+
+
+def test_the_priority_class_comes_from_the_submission_or_the_sop(one_slot) -> None:
+    from runtime import SubmissionError
+
+    sop = {"sop": "classy", "priority": "high", "steps": [{"id": "a", "uses": f"{H}:echo", "with": {"value": 1}}]}
+    by_sop = one_slot.submit(json.dumps(sop))
+    by_call = one_slot.submit(json.dumps(sop), priority="low")
+    by_number = one_slot.submit(json.dumps(sop), priority=7)
+    views = {eid: one_slot.wait(eid, timeout=30) for eid in (by_sop, by_call, by_number)}
+    assert (views[by_sop].priority_class, views[by_sop].priority) == ("high", 0)
+    assert (views[by_call].priority_class, views[by_call].priority) == ("low", 0)
+    assert (views[by_number].priority_class, views[by_number].priority) == ("normal", 7)
+    with pytest.raises(SubmissionError, match="priority must be one of critical, high, normal, low"):
+        one_slot.submit(json.dumps(sop), priority="urgent")
+
+
+def test_with_one_slot_a_critical_flood_does_not_starve_low_work(one_slot, tmp_path) -> None:
+    order = tmp_path / "order.txt"
+    one_slot.add_hook("order", _StartOrder(str(order)))
+    gate = tmp_path / "gate"
+    blocker = one_slot.submit(one_step("blocker", tmp_path / "runs", gate))  # holds the slot while the rest queue
+    wait_for(lambda: one_slot.status(blocker).steps["s"].status.value == "running")
+    step = json.dumps({"sop": "work", "steps": [{"id": "s", "uses": f"{H}:echo", "with": {"value": 1}}]})
+    low = one_slot.submit_many(step, [{} for _ in range(3)], priority="low")
+    critical = one_slot.submit_many(step, [{} for _ in range(20)], priority="critical")
+    gate.write_text("open")
+    for eid in [*low, *critical]:
+        one_slot.wait(eid, timeout=60)
+    one_slot.drain_hooks()
+    started = [line.split()[0] for line in order.read_text().splitlines()][1:]  # after the blocker
+    first_low = min(started.index(eid) for eid in low)
+    assert first_low <= 9, started  # 8 critical for every low: low's first step within the first 9
