@@ -1,0 +1,153 @@
+"""For any interleaving of operator actions and attempt outcomes, the core keeps its invariants.
+
+Hypothesis draws a sequence of actions (an attempt of either execution succeeds or fails,
+an execution is paused, resumed, cancelled or force-cancelled) and plays it against a
+:class:`runtime.coordinator.CoordinatorCore` with the scripted runner of
+``test_review_core``; then everything still open is let run to its end. Whatever the
+order: every execution finishes exactly once and nothing follows its end; every step
+ends exactly once; no attempt is handed to its runner twice, and a non-idempotent one
+only once its ``step_started`` is durable; run slots never exceed capacity and all come
+back; and the fold of the log equals the live state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime.errors import ExecutionError
+from runtime.events import EventKind
+from runtime.hooks import Hook
+from runtime.journal import load_state
+from runtime.request import SubmitRequest
+from runtime.state import ExecutionState, apply
+from tests.runtime.test_review_core import Script, core_of, quiesce, sop, step
+
+SOPS = [
+    sop("diamond", [step("a"), step("b", "a", idempotent=False), step("c", "a"), step("d", "b", "c")], retry=2),
+    sop("fan", [step("x"), step("y"), step("z", "x", trigger_rule="all_done")], retry=3),
+]
+
+ACTIONS = st.one_of(
+    st.tuples(st.just("settle"), st.integers(0, 7), st.sampled_from(["ok", "retryable", "permanent"])),
+    st.tuples(st.sampled_from(["pause", "resume", "cancel", "force"]), st.integers(0, 1)),
+)
+
+
+class Recorder(Hook):
+    def __init__(self) -> None:
+        self.before: list[tuple[str, str, int]] = []
+        self.after: list[tuple[str, str, int, str]] = []
+
+    def before_attempt(self, payload: dict[str, Any]) -> None:
+        self.before.append((payload["execution_id"], payload["step"], payload["attempt"]))
+
+    def after_attempt(self, payload: dict[str, Any]) -> None:
+        self.after.append((payload["execution_id"], payload["step"], payload["attempt"], payload["status"]))
+
+
+class DurableCheck(Script):
+    """Notes, at each start, whether the attempt's step_started was already in the (committed) log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: Any = None
+        self.undurable: list[str] = []
+
+    def start(self, spec: Any, report: Any) -> Any:
+        attempt = super().start(spec, report)
+        if not spec.step.idempotent:
+            started = [e for e in self.log.read(spec.execution.id) if e.kind == EventKind.STEP_STARTED
+                       and e.step == spec.step.id and e.attempt == spec.attempt]
+            if not started:
+                self.undurable.append(attempt.key)
+        return attempt
+
+
+async def play(capacity: int, actions: list[tuple[Any, ...]]) -> None:
+    script = DurableCheck()
+    core = core_of(script, capacity=capacity, snapshot_every=4)  # recovery's shortcut, checked too
+    script.log = core.event_log
+    hooks = Recorder()
+    core.hooks.add("recorder", hooks)
+    await core.ready()
+    ids = [await core.submit(SubmitRequest(s, priority=i)) for i, s in enumerate(SOPS)]
+    admission = core.machine.admission
+    peak = 0
+
+    async def act(action: tuple[Any, ...]) -> None:
+        what = action[0]
+        if what == "settle":
+            live = script.live()
+            if live:
+                attempt = live[action[1] % len(live)]
+                attempt.succeed() if action[2] == "ok" else attempt.fail(retryable=action[2] == "retryable")
+            return
+        eid = ids[action[1]]
+        try:
+            if what == "pause":
+                await core.pause(eid)
+            elif what == "resume":
+                await core.resume(eid)
+            else:
+                await core.cancel(eid, force=what == "force")
+        except ExecutionError:
+            pass  # finished or cancelling already: refused, and that is fine
+
+    try:
+        for action in actions:
+            await act(action)
+            await quiesce(core)
+            peak = max(peak, admission.used)
+        for _ in range(60):  # let everything still open run to its end
+            if all(core.state_of(eid).status.terminal for eid in ids):
+                break
+            for eid in ids:
+                await act(("resume", ids.index(eid)))
+            for attempt in script.live():
+                attempt.succeed()
+            await quiesce(core)
+            peak = max(peak, admission.used)
+        await quiesce(core)
+        await core.hooks.drain()
+
+        assert peak <= capacity
+        assert admission.used == 0 and admission.queued == 0, (admission.used, admission.queued)
+        keys = [a.key for a in script.started]
+        assert len(keys) == len(set(keys)), f"an attempt was started twice: {keys}"
+        assert script.undurable == [], "non-idempotent attempts started before step_started was durable"
+        for eid in ids:
+            events = core.event_log.read(eid)
+            names = [e.kind.value for e in events]
+            assert [e.seq for e in events] == list(range(1, len(events) + 1)), names
+            assert names.count(EventKind.FINISHED.value) == 1 and names[-1] == EventKind.FINISHED.value, names
+            # every step ends exactly once, and never leaves its end
+            state = ExecutionState(eid)
+            ended: dict[str, int] = {}
+            for event in events:
+                before = {k: s.status.terminal for k, s in state.steps.items()}
+                apply(state, event)
+                for k, s in state.steps.items():
+                    if before.get(k) and not s.status.terminal:
+                        raise AssertionError(f"step {k} left its end at {event.kind}: {names}")
+                    if not before.get(k) and s.status.terminal:
+                        ended[k] = ended.get(k, 0) + 1
+            assert all(s.status.terminal for s in state.steps.values()), names
+            assert all(n == 1 for n in ended.values()) and set(ended) == set(state.steps), (ended, names)
+            assert load_state(core.event_log, eid) == core.state_of(eid)  # the fold is the live state
+        for key in hooks.before:  # every attempt handed to a runner is reported ended once
+            assert sum(1 for a in hooks.after if a[:3] == key) == 1, (key, hooks.after)
+    finally:
+        for attempt in script.live():
+            attempt.done = True
+        core.journal.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(capacity=st.integers(1, 3), actions=st.lists(ACTIONS, max_size=14))
+def test_review_for_any_interleaving_every_execution_and_step_ends_once_and_slots_come_back(
+        capacity: int, actions: list[tuple[Any, ...]]) -> None:
+    asyncio.run(play(capacity, actions))
