@@ -1,7 +1,8 @@
 """For any interleaving of operator actions and attempt outcomes, the core keeps its invariants.
 
 Hypothesis draws a sequence of actions (an attempt of either execution succeeds or fails,
-an execution is paused, resumed, cancelled or force-cancelled) and plays it against a
+an execution is paused, resumed, cancelled or force-cancelled, a step waiting for an operator
+is decided, the coordinator crashes and a new one recovers from the log) and plays it against a
 :class:`runtime.coordinator.CoordinatorCore` with the scripted runner of
 ``test_review_core``; then everything still open is let run to its end. Whatever the
 order: every execution finishes exactly once and nothing follows its end; every step
@@ -16,24 +17,30 @@ import asyncio
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
+from hypothesis import event as note_case
 from hypothesis import strategies as st
 
 from runtime.errors import ExecutionError
+from runtime.eventlog import MemoryEventLog
 from runtime.events import EventKind
 from runtime.hooks import Hook
 from runtime.journal import load_state
 from runtime.request import SubmitRequest
 from runtime.state import ExecutionState, apply
-from tests.runtime.test_review_core import Script, core_of, quiesce, sop, step
+from runtime.status import StepStatus
+from tests.runtime.test_review_core import Script, core_of, quiesce, sop, step, stopped, until
 
 SOPS = [
     sop("diamond", [step("a"), step("b", "a", idempotent=False), step("c", "a"), step("d", "b", "c")], retry=2),
-    sop("fan", [step("x"), step("y"), step("z", "x", trigger_rule="all_done")], retry=3),
+    sop("fan", [step("x"), step("y", retry={"max_attempts": 3, "initial_delay_s": 0.02}),
+                step("z", "x", trigger_rule="all_done")], retry=3),
 ]
 
 ACTIONS = st.one_of(
     st.tuples(st.just("settle"), st.integers(0, 7), st.sampled_from(["ok", "retryable", "permanent"])),
     st.tuples(st.sampled_from(["pause", "resume", "cancel", "force"]), st.integers(0, 1)),
+    st.tuples(st.just("decide"), st.integers(0, 1), st.sampled_from(["rerun", "succeed", "fail", "skip"])),
+    st.tuples(st.just("restart")),
 )
 
 
@@ -68,18 +75,43 @@ class DurableCheck(Script):
 
 
 async def play(capacity: int, actions: list[tuple[Any, ...]]) -> None:
-    script = DurableCheck()
-    core = core_of(script, capacity=capacity, snapshot_every=4)  # recovery's shortcut, checked too
-    script.log = core.event_log
-    hooks = Recorder()
-    core.hooks.add("recorder", hooks)
-    await core.ready()
+    log = MemoryEventLog()
+    generations: list[tuple[DurableCheck, Any]] = []
+
+    async def boot() -> tuple[Any, DurableCheck, Recorder]:
+        script = DurableCheck()
+        core = core_of(script, capacity=capacity, event_log=log, snapshot_every=10)  # snapshots checked too
+        script.log = core.event_log
+        hooks = Recorder()
+        core.hooks.add("recorder", hooks)
+        await core.ready()
+        generations.append((script, hooks))
+        return core, script, hooks
+
+    core, script, hooks = await boot()
     ids = [await core.submit(SubmitRequest(s, priority=i)) for i, s in enumerate(SOPS)]
-    admission = core.machine.admission
     peak = 0
+
+    async def crash() -> None:
+        """The coordinator dies (everything it wrote is durable); a new one recovers from the log."""
+        nonlocal core, script, hooks
+        await quiesce(core)
+        await stopped(core)
+        for exe in core.executions.values():  # its timers die with it
+            for timer in exe.waiting_retry.values():
+                timer.cancel()
+            for flight in exe.inflight.values():
+                if flight.timer is not None:
+                    flight.timer.cancel()
+        for attempt in script.live():
+            attempt.done = True  # its attempts' outcomes are lost with it
+        core, script, hooks = await boot()
 
     async def act(action: tuple[Any, ...]) -> None:
         what = action[0]
+        if what == "restart":
+            await crash()
+            return
         if what == "settle":
             live = script.live()
             if live:
@@ -92,6 +124,10 @@ async def play(capacity: int, actions: list[tuple[Any, ...]]) -> None:
                 await core.pause(eid)
             elif what == "resume":
                 await core.resume(eid)
+            elif what == "decide":
+                waiting = [k for k, s in core.state_of(eid).steps.items() if s.status == StepStatus.NEEDS_DECISION]
+                if waiting:
+                    await core.decide(eid, waiting[0], action[2], "review", "by hand")
             else:
                 await core.cancel(eid, force=what == "force")
         except ExecutionError:
@@ -101,24 +137,31 @@ async def play(capacity: int, actions: list[tuple[Any, ...]]) -> None:
         for action in actions:
             await act(action)
             await quiesce(core)
-            peak = max(peak, admission.used)
+            peak = max(peak, core.machine.admission.used)
         for _ in range(60):  # let everything still open run to its end
             if all(core.state_of(eid).status.terminal for eid in ids):
                 break
-            for eid in ids:
-                await act(("resume", ids.index(eid)))
+            for i, eid in enumerate(ids):
+                await act(("resume", i))
+                await act(("decide", i, "succeed"))
             for attempt in script.live():
                 attempt.succeed()
             await quiesce(core)
-            peak = max(peak, admission.used)
+            if any(e.waiting_retry for e in core.executions.values()):
+                await until(lambda: not any(e.waiting_retry for e in core.executions.values()), 5)
+            peak = max(peak, core.machine.admission.used)
         await quiesce(core)
         await core.hooks.drain()
 
+        admission = core.machine.admission
         assert peak <= capacity
         assert admission.used == 0 and admission.queued == 0, (admission.used, admission.queued)
-        keys = [a.key for a in script.started]
-        assert len(keys) == len(set(keys)), f"an attempt was started twice: {keys}"
-        assert script.undurable == [], "non-idempotent attempts started before step_started was durable"
+        for generation, _ in generations:  # recovery may run an idempotent attempt again, in a new generation
+            keys = [a.key for a in generation.started]
+            assert len(keys) == len(set(keys)), f"an attempt was started twice: {keys}"
+            assert generation.undurable == [], "non-idempotent attempts started before step_started was durable"
+        once = [a.key for g, _ in generations for a in g.started if not a.spec.step.idempotent]
+        assert len(once) == len(set(once)), f"a non-idempotent attempt ran again behind the operator's back: {once}"
         for eid in ids:
             events = core.event_log.read(eid)
             names = [e.kind.value for e in events]
@@ -138,15 +181,22 @@ async def play(capacity: int, actions: list[tuple[Any, ...]]) -> None:
             assert all(s.status.terminal for s in state.steps.values()), names
             assert all(n == 1 for n in ended.values()) and set(ended) == set(state.steps), (ended, names)
             assert load_state(core.event_log, eid) == core.state_of(eid)  # the fold is the live state
-        for key in hooks.before:  # every attempt handed to a runner is reported ended once
+            for kind in ("operator_decided", "execution_recovered", "step_queued", "execution_paused", "retry_scheduled"):
+                if kind in names:
+                    note_case(kind)  # what the drawn interleavings reached (--hypothesis-show-statistics)
+            note_case(f"ended {state.status.value}")
+        for key in hooks.before:  # every attempt this coordinator handed to a runner is reported ended once
             assert sum(1 for a in hooks.after if a[:3] == key) == 1, (key, hooks.after)
     finally:
         for attempt in script.live():
             attempt.done = True
+        for exe in core.executions.values():
+            for timer in exe.waiting_retry.values():
+                timer.cancel()
         core.journal.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(capacity=st.integers(1, 3), actions=st.lists(ACTIONS, max_size=14))
 def test_review_for_any_interleaving_every_execution_and_step_ends_once_and_slots_come_back(
         capacity: int, actions: list[tuple[Any, ...]]) -> None:
