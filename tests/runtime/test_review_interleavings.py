@@ -35,6 +35,9 @@ SOPS = [
     sop("fan", [step("x"), step("y", retry={"max_attempts": 3, "initial_delay_s": 0.02}),
                 step("z", "x", trigger_rule="all_done")], retry=3),
 ]
+WITH_CHILD = [SOPS[0], sop("parent", [step("x"), {"id": "sub", "uses": "sop:child.yaml", "depends_on": ["x"]},
+                                      step("z", "sub", trigger_rule="all_done")], retry=2)]
+CHILD = {"child.yaml": SubmitRequest(sop("child", [step("c1"), step("c2", "c1")], retry=2), source="child.yaml")}
 
 ACTIONS = st.one_of(
     st.tuples(st.just("settle"), st.integers(0, 7), st.sampled_from(["ok", "retryable", "permanent"])),
@@ -74,7 +77,7 @@ class DurableCheck(Script):
         return attempt
 
 
-async def play(capacity: int, actions: list[tuple[Any, ...]]) -> None:
+async def play(capacity: int, actions: list[tuple[Any, ...]], sops: list[Any] = SOPS) -> None:
     log = MemoryEventLog()
     generations: list[tuple[DurableCheck, Any]] = []
 
@@ -89,7 +92,7 @@ async def play(capacity: int, actions: list[tuple[Any, ...]]) -> None:
         return core, script, hooks
 
     core, script, hooks = await boot()
-    ids = [await core.submit(SubmitRequest(s, priority=i)) for i, s in enumerate(SOPS)]
+    ids = [await core.submit(SubmitRequest(s, priority=i, subsops=CHILD)) for i, s in enumerate(sops)]
     peak = 0
 
     async def crash() -> None:
@@ -139,8 +142,11 @@ async def play(capacity: int, actions: list[tuple[Any, ...]]) -> None:
             await quiesce(core)
             peak = max(peak, core.machine.admission.used)
         for _ in range(60):  # let everything still open run to its end
-            if all(core.state_of(eid).status.terminal for eid in ids):
+            if all(e.state.status.terminal for e in core.executions.values()):
                 break
+            for e in list(core.executions.values()):  # children too
+                if e.state.paused and not e.state.status.terminal:
+                    await core.resume(e.id)
             for i, eid in enumerate(ids):
                 await act(("resume", i))
                 await act(("decide", i, "succeed"))
@@ -162,7 +168,8 @@ async def play(capacity: int, actions: list[tuple[Any, ...]]) -> None:
             assert generation.undurable == [], "non-idempotent attempts started before step_started was durable"
         once = [a.key for g, _ in generations for a in g.started if not a.spec.step.idempotent]
         assert len(once) == len(set(once)), f"a non-idempotent attempt ran again behind the operator's back: {once}"
-        for eid in ids:
+        assert list(core.event_log.unfinished()) == []
+        for eid in list(core.executions):  # children too
             events = core.event_log.read(eid)
             names = [e.kind.value for e in events]
             assert [e.seq for e in events] == list(range(1, len(events) + 1)), names
@@ -201,3 +208,10 @@ async def play(capacity: int, actions: list[tuple[Any, ...]]) -> None:
 def test_review_for_any_interleaving_every_execution_and_step_ends_once_and_slots_come_back(
         capacity: int, actions: list[tuple[Any, ...]]) -> None:
     asyncio.run(play(capacity, actions))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(capacity=st.integers(1, 3), actions=st.lists(ACTIONS, max_size=14))
+def test_review_for_any_interleaving_with_a_sub_sop_every_execution_parent_and_child_ends_once(
+        capacity: int, actions: list[tuple[Any, ...]]) -> None:
+    asyncio.run(play(capacity, actions, WITH_CHILD))
