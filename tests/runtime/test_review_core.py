@@ -614,3 +614,82 @@ def test_review_a_cancel_that_arrives_before_recovery_is_not_lost() -> None:
         assert status == ExecutionStatus.CANCELLED, status
 
     run(main)
+
+
+# -- decisions while paused -------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "runtime/machine.py decide('rerun') on a paused execution: Decided folds the step to PENDING and "
+    "attempts.start(attempt N+1) gets a slot, _granted holds the flight (exe.held) without an event, so the "
+    "step stays PENDING; on resume, release_held re-queues it (no event when no slot is free) and "
+    "advance() sees a PENDING step and starts a second flight with attempt 1, replacing the held one: the "
+    "non-idempotent step runs again as attempt 1 (the interrupted attempt's key) instead of N+1. advance "
+    "should skip steps with a flight in exe.inflight (or _granted should log step_queued when it holds)"))
+def test_review_a_rerun_decided_while_paused_runs_as_the_next_attempt_after_resume() -> None:
+    async def main() -> None:
+        log = MemoryEventLog()
+        first = Script()
+        core = core_of(first, capacity=1, event_log=log)
+        await core.ready()
+        eid = await core.submit(SubmitRequest(sop("decide", [step("a", idempotent=False)])))
+        await quiesce(core)
+        await stopped(core)  # attempt 1 of a was running: its outcome is unknown
+
+        second = Script()
+        again = core_of(second, capacity=1, event_log=log)
+        await again.ready()
+        assert again.state_of(eid).steps["a"].status == StepStatus.NEEDS_DECISION
+        await again.pause(eid)
+        await again.decide(eid, "a", "rerun")  # held: the execution is paused
+        other = await again.submit(SubmitRequest(sop("other", [step("f")])))  # takes the only slot
+        await quiesce(again)
+        await again.resume(eid)
+        await quiesce(again)
+        second.of(other, "f")[0].succeed()
+        await quiesce(again)
+        started = [(a.spec.step.id, a.spec.attempt) for a in second.of(eid, "a")]
+        for attempt in second.live():
+            attempt.succeed()
+        await quiesce(again)
+        again.journal.close()
+        assert started == [("a", 2)], started
+
+    run(main)
+
+
+# -- a timeout racing a result ----------------------------------------------------------------------
+
+
+class Deaf(Script):
+    """A runner whose attempts ignore cancels (a Ray task that finishes while ray.cancel is on its way)."""
+
+    def start(self, spec: Any, report: Any) -> Attempt:
+        attempt = super().start(spec, report)
+        attempt.cancel = attempt.cancels.append  # type: ignore[method-assign]
+        return attempt
+
+
+def test_review_a_result_that_arrives_after_the_timeout_changes_nothing_and_the_slot_is_given_back_once() -> None:
+    async def main() -> None:
+        script = Deaf()
+        core = core_of(script, capacity=2)
+        await core.ready()
+        eid = await core.submit(SubmitRequest(sop("slow", [step("a", timeout_s=0.05), step("b")])))
+        await until(lambda: core.state_of(eid).steps["a"].status.terminal)
+        await quiesce(core)
+        late = script.of(eid, "a")[0]
+        assert late.cancels == [True]
+        late.succeed("too late")
+        await quiesce(core)
+        script.of(eid, "b")[0].succeed()
+        await quiesce(core)
+        state = core.state_of(eid)
+        assert state.steps["a"].status == StepStatus.FAILED and "timeout" in (state.steps["a"].error or "")
+        assert state.status == ExecutionStatus.PARTIALLY_COMPLETED
+        assert core.machine.admission.used == 0 and core.machine.admission.queued == 0
+        names = kinds(core, eid)
+        assert names.count("step_succeeded") == 1 and names[-1] == EventKind.FINISHED.value, names
+        core.journal.close()
+
+    run(main)
