@@ -778,3 +778,46 @@ def test_review_a_failing_hook_neither_stops_the_execution_nor_the_hooks_after_i
         core.journal.close()
 
     run(main)
+
+
+# -- durability before a non-idempotent start -------------------------------------------------------
+
+
+class Witness(Script):
+    """Notes, when each attempt is handed over, whether its step_started is in the committed log."""
+
+    def __init__(self, needs_slot: bool) -> None:
+        super().__init__(needs_slot)
+        self.log: Any = None
+        self.durable_at_start: list[bool] = []
+
+    def start(self, spec: Any, report: Any) -> Attempt:
+        self.durable_at_start.append(any(
+            e.kind == EventKind.STEP_STARTED and e.step == spec.step.id and e.attempt == spec.attempt
+            for e in self.log.read(spec.execution.id)))
+        return super().start(spec, report)
+
+
+@pytest.mark.parametrize("needs_slot", [
+    True,
+    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
+        "runtime/attempts.py start(): for a runner with needs_slot=False (sub-SOP, an MCP tool) step_started "
+        "is emitted and the runner launched in the same turn, without the on_durable wait _granted applies to "
+        "non-idempotent steps: a crash before the commit loses every trace that a non-idempotent tool call "
+        "may have run, and recovery runs it again; launch via host.on_durable when not step.idempotent"))),
+])
+def test_review_a_non_idempotent_attempt_is_handed_over_only_once_its_step_started_is_durable(needs_slot: bool) -> None:
+    async def main() -> None:
+        script = Witness(needs_slot)
+        core = core_of(script)
+        script.log = core.event_log
+        await core.ready()
+        await core.submit(SubmitRequest(sop("once", [step("pay", idempotent=False)])))
+        await quiesce(core)
+        for attempt in script.live():
+            attempt.succeed()
+        await quiesce(core)
+        core.journal.close()
+        assert script.durable_at_start == [True]
+
+    run(main)
