@@ -90,7 +90,8 @@ class _RayAttempt:
         self.ref = ref
 
     def cancel(self, force: bool) -> None:
-        ray.cancel(self.ref, force=force)
+        if force:  # a soft cancel lets a running step finish
+            ray.cancel(self.ref, force=True)
 
 
 def _settle(report: AttemptReport, step_id: str, fut: Any) -> None:

@@ -30,6 +30,7 @@ from runtime.failure import Action, Decision, ErrorInfo, as_dict, clean_message
 from runtime.handlers import StepOutcome, StepTask
 from runtime.outputs import mentions, respill
 from runtime.seams import AttemptSpec, Claim, StepRunner
+from runtime.status import StepStatus
 from runtime.telemetry import carrier_for, tracer
 from sop import Step, render
 from sop.expressions import ExpressionError
@@ -79,6 +80,7 @@ class AttemptsMixin:
             env = render_env(step.env, ctx, step=step.id) if step.env else {}
         except ExpressionError as e:
             self.host.emit(exe, ev.StepStarted(), step.id, attempt)
+            flight.settled = True  # its outcome is taken: a cancel or timeout meanwhile ends nothing twice
             self._spawn(self._conclude(exe, flight, None, ErrorInfo("ExpressionError", str(e), retryable=False)))
             return
         # The digest of what the handler gets lets a replay tell changed inputs from a changed
@@ -88,6 +90,7 @@ class AttemptsMixin:
         runner = self.runners.get(kind)
         if runner is None:
             self.host.emit(exe, ev.StepStarted(inputs=digest), step.id, attempt)
+            flight.settled = True
             self._spawn(self._conclude(exe, flight, None, ErrorInfo(
                 "NoRunner", f"this engine has no runner for {kind!r} steps (step {step.id!r} uses "
                 f"{step.handler})", retryable=False)))
@@ -99,12 +102,11 @@ class AttemptsMixin:
             output_cap=self.host.config.max_inline_output_bytes,
             memory_mb=exe.memory_mb.get(step.id, exe.sop.effective_resources(step).memory_mb))
         spec = AttemptSpec(exe, step, attempt, task, args)
-        if not runner.needs_slot:
-            self.host.emit(exe, ev.StepStarted(inputs=digest), step.id, attempt)
-            self._launch(exe, flight, runner, spec)
-            return
         flight.launch = functools.partial(self._granted, exe, flight, runner, spec, digest)
-        if self.admission.acquire(_claim(exe), flight.launch):
+        flight.needs_slot = runner.needs_slot
+        if not runner.needs_slot:  # same rules as a slotted attempt: paused, cancelled, durable first
+            flight.launch()
+        elif self.admission.acquire(_claim(exe), flight.launch):
             flight.launch()
         else:
             why = f"waiting for a run slot (max_running_steps={self.admission.capacity})"
@@ -118,14 +120,20 @@ class AttemptsMixin:
 
     def _granted(self, exe: Execution, flight: InFlight, runner: StepRunner, spec: AttemptSpec,
                  digest: str) -> None:
-        """The attempt holds a slot: log ``step_started`` and launch it (a paused one is held instead)."""
-        flight.holds_slot = True
+        """The attempt holds a slot (or needs none): log ``step_started`` and launch it.
+
+        A paused execution's attempt is held instead (logged ``step_queued``) until resumed.
+        """
+        flight.holds_slot = flight.needs_slot
         if exe.inflight.get(flight.step.id) is not flight or flight.settled:
             self._give_back(flight)  # settled meanwhile (a forced cancel)
             return
         if exe.state.paused and not exe.state.cancel_requested:  # paused: no new attempt starts
             self._give_back(flight)
             exe.held.append(flight)
+            if exe.state.steps[flight.step.id].status != StepStatus.QUEUED:
+                self.host.emit(exe, ev.StepQueued(reason="held while the execution is paused"),
+                               flight.step.id, flight.number)
             return
         if exe.state.cancel_requested:
             self._never_started(exe, flight)
@@ -164,7 +172,8 @@ class AttemptsMixin:
             if exe.state.cancel_requested:
                 if not flight.settled:
                     self._never_started(exe, flight)
-            elif flight.launch is not None and self.admission.acquire(_claim(exe), flight.launch):
+            elif flight.launch is not None and (not flight.needs_slot
+                                                or self.admission.acquire(_claim(exe), flight.launch)):
                 flight.launch()
 
     def reattach(self, exe: Execution, step: Step, attempt: int, child_id: str) -> None:
@@ -229,6 +238,10 @@ class AttemptsMixin:
                        flight.step.id, flight.number)
 
     def _child_started(self, exe: Execution, flight: InFlight, child_id: str) -> None:
+        if flight.settled or exe.inflight.get(flight.step.id) is not flight or exe.state.status.terminal:
+            # the attempt ended (a timeout, a forced cancel) while its child was being submitted
+            self._spawn(self.host.cancel_child(child_id, True))
+            return
         flight.child = child_id
         self.host.emit(exe, ev.ChildSubmitted(child=child_id), flight.step.id, flight.number)
 
@@ -320,7 +333,8 @@ class AttemptsMixin:
     def retry(self, exe: Execution, step: Step, attempt: int) -> None:
         """The backoff is over: start the next attempt (on resume, if the execution is paused)."""
         exe.waiting_retry.pop(step.id, None)
-        if exe.state.cancel_requested or exe.state.status.terminal:
+        if exe.state.cancel_requested or exe.state.status.terminal or (
+                exe.rollback_requested and not exe.state.rolling_back):
             return
         if exe.state.paused:
             exe.paused_retries[step.id] = attempt
@@ -333,6 +347,15 @@ class AttemptsMixin:
             if flight.handle is not None:
                 flight.handle.cancel(True)
             elif not flight.settled:  # still queued or held: its runner never got it
+                if flight.launch is not None:
+                    self.admission.withdraw(flight.launch)
+                self._never_started(exe, flight)
+
+    def withdraw_queued(self, exe: Execution) -> None:
+        """The execution was cancelled: its attempts still waiting for a slot end now, not once one frees."""
+        for flight in list(exe.inflight.values()):
+            if (flight.handle is None and not flight.settled and flight.launch is not None
+                    and flight not in exe.held and self.admission.withdraw(flight.launch)):
                 self._never_started(exe, flight)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -304,6 +304,7 @@ class CoordinatorCore:
         return self.state_of(execution_id).view(with_outputs=True)
 
     async def cancel(self, execution_id: str, force: bool = False) -> ExecutionView:
+        await self.ready()  # a request that arrives while recovering acts on the recovered execution
         exe = self.executions.get(execution_id)
         if exe is None:
             return self.state_of(execution_id).view()  # already finished: nothing to cancel
@@ -312,12 +313,14 @@ class CoordinatorCore:
         return exe.state.view()
 
     async def pause(self, execution_id: str) -> ExecutionView:
+        await self.ready()  # a request that arrives while recovering acts on the recovered execution
         exe = self._running(execution_id)
         self.machine.pause(exe)
         await self.journal.durable()
         return exe.state.view()
 
     async def resume(self, execution_id: str) -> ExecutionView:
+        await self.ready()  # a request that arrives while recovering acts on the recovered execution
         exe = self._running(execution_id)
         self.machine.resume(exe)
         await self.journal.durable()
@@ -325,6 +328,7 @@ class CoordinatorCore:
 
     async def add_steps(self, execution_id: str, steps: list[dict[str, Any]],
                         handlers: dict[str, Any]) -> ExecutionView:
+        await self.ready()  # a request that arrives while recovering acts on the recovered execution
         exe = self._running(execution_id)
         exe.require_running("add steps to")
         parsed = check_new_steps(exe.sop, exe.graph, steps)  # raises SopValidationError; graph untouched
@@ -335,6 +339,7 @@ class CoordinatorCore:
     async def decide(self, execution_id: str, step_id: str, decision: str, reason: str = "",
                      output: Any = None) -> ExecutionView:
         """Settle a step that waits for an operator after an interrupted attempt."""
+        await self.ready()  # a request that arrives while recovering acts on the recovered execution
         exe = self._running(execution_id)
         self.machine.decide(exe, step_id, decision, reason, output)
         await self.journal.durable()

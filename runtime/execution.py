@@ -36,6 +36,8 @@ class InFlight:
     """The child execution of a sub-SOP step."""
     launch: Any = None
     """What starts it through its runner once it has a slot (kept while it is queued or held)."""
+    needs_slot: bool = True
+    """Its runner needs a run slot (a sub-SOP's does not)."""
 
 
 class Execution:

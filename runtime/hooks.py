@@ -5,9 +5,10 @@ A :class:`Hook` overrides any of ``before_attempt``, ``after_attempt``,
 (execution, SOP, step, attempt, and what happened). Every method does nothing
 by default. :class:`Hooks` is the chain the state machine notifies: "before"
 hooks run in the order they were added, "after" hooks (after an attempt, at
-the end) in reverse, each notification as one task off the machine's path, so
-a slow hook delays no step. A hook that raises is logged and counted, never
-fatal. Methods may be coroutines; a plain method runs on the loop and must be
+the end) in reverse; notifications are delivered one after the other, in the
+order they happened, by one task off the machine's path, so a slow hook delays
+no step (only the notifications after it; a call is given up after
+``HOOK_TIMEOUT_S``). A hook that raises is logged and counted, never fatal. Methods may be coroutines; a plain method runs on the loop and must be
 quick (do I/O in a coroutine or a thread).
 
 Escalation hooks (a Python function or a webhook, registered by name through
@@ -21,11 +22,15 @@ import asyncio
 import inspect
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("sopflow.hooks")
+
+HOOK_TIMEOUT_S = 60.0
+"""How long one hook call may take before it is given up (logged and counted as a failure)."""
 
 BEFORE = ("before_attempt", "on_retry", "on_escalate")
 """Notifications that run hooks in the order they were added (the others run in reverse)."""
@@ -56,7 +61,9 @@ class Hooks:
 
     def __init__(self, hooks: dict[str, Hook] | None = None) -> None:
         self._hooks: dict[str, Hook] = dict(hooks or {})
-        self._pending: set[asyncio.Task] = set()
+        self._queue: deque[tuple[list[tuple[str, Hook]], str, dict[str, Any]]] = deque()
+        self._worker: asyncio.Task | None = None
+        self._delivering = False
         self.failures: dict[str, int] = {}
         """Hook name -> how many of its calls raised."""
         self.escalations = 0
@@ -103,26 +110,42 @@ class Hooks:
             return
         if method not in BEFORE:
             chain.reverse()
-        task = asyncio.get_running_loop().create_task(self._run(chain, method, payload))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._queue.append((chain, method, payload))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._deliver())
+
+    async def _deliver(self) -> None:
+        """Deliver notifications one after the other, in the order they happened: a hook never sees
+        an attempt end before it saw it start, however slow its ``before_attempt`` is."""
+        while self._queue:
+            chain, method, payload = self._queue.popleft()
+            self._delivering = True
+            try:
+                await self._run(chain, method, payload)
+            finally:
+                self._delivering = False
 
     async def _run(self, chain: list[tuple[str, Hook]], method: str, payload: dict[str, Any]) -> None:
         for name, hook in chain:
             try:
                 result = getattr(hook, method)(payload)
                 if inspect.isawaitable(result):
-                    await result
+                    await asyncio.wait_for(result, HOOK_TIMEOUT_S)  # a hung hook must not hold the rest
             except Exception as e:  # noqa: BLE001 - a broken hook must not break an execution
                 log.warning("hook %s failed in %s: %s", name, method, type(e).__name__)
                 self.failures[name] = self.failures.get(name, 0) + 1
 
+    @property
+    def pending(self) -> set[asyncio.Task]:
+        """The task delivering notifications, while there is one."""
+        return {self._worker} if self._worker is not None and not self._worker.done() else set()
+
     async def drain(self) -> int:
-        """Wait for the notifications under way; returns how many were waited for."""
-        pending = list(self._pending)
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        return len(pending)
+        """Wait until every notification so far was delivered; returns how many were waiting."""
+        waiting = len(self._queue) + self._delivering
+        while self._worker is not None and not self._worker.done():
+            await asyncio.shield(self._worker)
+        return waiting
 
 
 def _payload(exe: Any, step: str | None, attempt: int | None, **details: Any) -> dict[str, Any]:

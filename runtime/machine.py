@@ -89,8 +89,8 @@ class StateMachine(AttemptsMixin):
             todo = list(dict.fromkeys(candidates))
             while todo:
                 sid = todo.pop()
-                if sid not in graph or statuses[sid] != StepStatus.PENDING:
-                    continue
+                if sid not in graph or statuses[sid] != StepStatus.PENDING or sid in exe.inflight:
+                    continue  # not ready, or an attempt is already on its way (a rerun held while paused)
                 step = exe.steps_by_id[sid]
                 what, reason = verdict(step.trigger_rule, graph.dependencies(sid), statuses, exe.tolerated)
                 if what == Verdict.WAIT:
@@ -123,7 +123,9 @@ class StateMachine(AttemptsMixin):
         """A step reached a terminal status: its dependents may now run (or a rollback start)."""
         st = exe.state.steps[sid]
         if st.status == StepStatus.FAILED and exe.steps_by_id[sid].on_failure == OnFailure.ROLLBACK:
-            exe.rollback_requested = True
+            if not exe.rollback_requested and not exe.state.rolling_back:
+                exe.rollback_requested = True
+                self._stop_retries(exe, "rollback started")  # no step waits out a backoff to no end
         self.advance(exe, exe.active_graph.dependents(sid) if sid in exe.active_graph else [])
 
     def _maybe_finish(self, exe: Execution) -> None:
@@ -190,16 +192,25 @@ class StateMachine(AttemptsMixin):
         if state.status.terminal or (state.cancel_requested and not force):
             return
         self.host.emit(exe, ev.CancelRequested(force=force))
+        self._stop_retries(exe, "cancelled while waiting to retry")
+        if force:
+            self.kill_inflight(exe)
+        else:  # what runs finishes; a sub-SOP's child is asked to start nothing new either
+            for flight in list(exe.inflight.values()):
+                if flight.handle is not None and not flight.settled:
+                    flight.handle.cancel(False)
+        self.withdraw_queued(exe)
+        self.release_held(exe)
+        self.advance(exe, [])
+
+    def _stop_retries(self, exe: Execution, reason: str) -> None:
+        """End every step waiting out a backoff (or a retry held while paused) as cancelled."""
         for timer in exe.waiting_retry.values():
             timer.cancel()
         for sid in [*exe.waiting_retry, *exe.paused_retries]:
-            self.host.emit(exe, ev.StepCancelled(reason="cancelled while waiting to retry"), sid)
+            self.host.emit(exe, ev.StepCancelled(reason=reason), sid)
         exe.waiting_retry.clear()
         exe.paused_retries.clear()
-        if force:
-            self.kill_inflight(exe)
-        self.release_held(exe)
-        self.advance(exe, [])
 
     def pause(self, exe: Execution) -> None:
         """Start no new attempt until :meth:`resume`; running ones finish."""

@@ -126,7 +126,9 @@ class SubSopRunner:
         exe, step = spec.execution, spec.step
         template = exe.request.subsops[step.handler[len("sop:"):]]
         request = dataclasses.replace(template, inputs={**_defaults(template), **spec.args}, parent=exe.id,
-                                      idempotency_key=None)
+                                      # one child per attempt, even if the coordinator restarts before
+                                      # the parent logs it: submitting again finds the same child
+                                      idempotency_key=f"child:{exe.id}/{step.id}/{spec.attempt}")
         if problems := secret_problems(template.secrets, request.inputs):  # the rule submit applies
             attempt.report.settle(None, ErrorInfo("SubmissionError", f"step {step.id!r}: " + "; ".join(problems),
                                                   retryable=False))
@@ -148,8 +150,11 @@ class SubSopRunner:
             await asyncio.to_thread(self.host.artifacts.adopt, child_id, exe.id, value)
             attempt.report.settle(StepOutcome(key, True, value))
         else:
+            cancelled = state.status.value == "cancelled"
             attempt.report.settle(None, ErrorInfo(
-                "SubSopFailed", f"sub-SOP execution {child_id} ended {state.status.value}", retryable=False))
+                "SubSopCancelled" if cancelled else "SubSopFailed",
+                f"sub-SOP execution {child_id} ended {state.status.value}", retryable=False,
+                origin="cancel" if cancelled else "handler"))
 
 
 class _ChildAttempt:

@@ -151,10 +151,15 @@ def _retry_scheduled(state: ExecutionState, event: Event, _: StepState | None, p
 
 
 def _ended_as(status: StepStatus) -> Any:
-    def apply_end(_: ExecutionState, event: Event, step: StepState | None, __: ev.Payload) -> None:
+    def apply_end(state: ExecutionState, event: Event, step: StepState | None, __: ev.Payload) -> None:
         if step is not None:
             step.status, step.ended_at = status, event.ts
+            state.progress.pop(event.step, None)  # type: ignore[arg-type]
     return apply_end
+
+
+def _attempt_interrupted(state: ExecutionState, event: Event, *_: Any) -> None:
+    state.progress.pop(event.step, None)  # type: ignore[arg-type]  # its progress died with it
 
 
 def _paused(state: ExecutionState, *_: Any) -> None:
@@ -185,7 +190,9 @@ def _child_submitted(state: ExecutionState, event: Event, _: StepState | None, p
         state.children[event.step] = p.child
 
 
-def _decision_required(state: ExecutionState, _: Event, step: StepState | None, __: ev.DecisionRequired) -> None:
+def _decision_required(state: ExecutionState, event: Event, step: StepState | None,
+                       __: ev.DecisionRequired) -> None:
+    state.progress.pop(event.step, None)  # type: ignore[arg-type]
     if step is not None:
         step.status = StepStatus.NEEDS_DECISION
         if state.status in (ExecutionStatus.RUNNING, ExecutionStatus.PAUSED):
@@ -193,6 +200,7 @@ def _decision_required(state: ExecutionState, _: Event, step: StepState | None, 
 
 
 def _decided(state: ExecutionState, event: Event, step: StepState | None, p: ev.Decided) -> None:
+    state.progress.pop(event.step, None)  # type: ignore[arg-type]
     if step is None:
         return
     if p.decision == "rerun":
@@ -231,6 +239,7 @@ _APPLY: dict[EventKind, Callable[[ExecutionState, Event, StepState | None, Any],
     EventKind.CANCEL_REQUESTED: _cancel_requested,
     EventKind.ROLLBACK_STARTED: _rollback_started,
     EventKind.CHILD_SUBMITTED: _child_submitted,
+    EventKind.ATTEMPT_INTERRUPTED: _attempt_interrupted,
     EventKind.DECISION_REQUIRED: _decision_required,
     EventKind.DECIDED: _decided,
     EventKind.FINISHED: _finished,

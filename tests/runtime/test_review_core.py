@@ -106,13 +106,13 @@ async def quiesce(core: CoordinatorCore) -> None:
     """Let the loop run until nothing is pending: commits, their callbacks, the machine's tasks, hooks."""
     for _ in range(200):
         await core.journal.durable()
-        pending = [t for t in (*core.machine._tasks, *core.hooks._pending) if not t.done()]
+        pending = [t for t in (*core.machine._tasks, *core.hooks.pending) if not t.done()]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
             continue
         await asyncio.sleep(0)  # one turn: callbacks scheduled with call_soon run
         await core.journal.durable()
-        if not [t for t in (*core.machine._tasks, *core.hooks._pending) if not t.done()] and \
+        if not [t for t in (*core.machine._tasks, *core.hooks.pending) if not t.done()] and \
                 not core.journal._events:
             return
     raise AssertionError("the core never went quiet")
@@ -154,11 +154,6 @@ class GatedChildCore(CoordinatorCore):
         return await super().submit_child(request)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/attempts.py:_child_started (via runners.py SubSopRunner._start_child) emits child_submitted "
-    "for an attempt that already settled (timed out while its child was being submitted), after the "
-    "parent's execution_finished; it should drop a stale child_started (flight.settled / not the live "
-    "flight) and only cancel the orphan child"))
 def test_review_child_submitted_after_the_sub_sop_attempt_timed_out_appends_nothing_to_a_finished_parent() -> None:
     async def main() -> None:
         script = Script()
@@ -185,11 +180,6 @@ def test_review_child_submitted_after_the_sub_sop_attempt_timed_out_appends_noth
     run(main)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/runners.py SubSopRunner._watch settles a force-cancelled child as ErrorInfo('SubSopFailed', "
-    "origin='handler'), so attempts.py _conclude does not take the cancel branch (origin in cancel/crash) "
-    "and the parent's sub-SOP step ends failed, not cancelled (after_attempt says 'failed'); _watch should "
-    "settle origin='cancel' when the child ended cancelled"))
 def test_review_force_cancelling_a_parent_ends_its_sub_sop_step_cancelled_not_failed() -> None:
     async def main() -> None:
         script = Script()
@@ -213,11 +203,6 @@ def test_review_force_cancelling_a_parent_ends_its_sub_sop_step_cancelled_not_fa
 # -- cancel, pause and run slots ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/machine.py cancel() ends held attempts (release_held) but leaves attempts queued in the "
-    "Admission queue there: a cancelled execution whose steps only wait for a slot stays 'cancelling' "
-    "until another execution's step frees one; cancel should withdraw() queued grants and settle them "
-    "via _never_started (Admission.withdraw exists and is never called)"))
 def test_review_cancel_of_an_execution_whose_steps_only_wait_for_a_slot_finishes_it_at_once() -> None:
     async def main() -> None:
         script = Script()
@@ -259,11 +244,6 @@ def test_review_cancel_of_a_queued_execution_ends_it_once_a_slot_frees_and_gives
     run(main)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/attempts.py start(): a runner with needs_slot=False (sub-SOPs, MCP) is launched at once, "
-    "without the paused check _granted makes; so recovery.resume (machine.start of an interrupted "
-    "attempt) and decide(rerun) start new attempts of a paused execution; start() should hold the "
-    "flight (exe.held) when paused, as _granted does"))
 def test_review_recovering_a_paused_execution_starts_no_attempt_of_a_slotless_runner() -> None:
     async def main() -> None:
         log = MemoryEventLog()
@@ -330,12 +310,6 @@ def test_review_recovering_a_paused_execution_holds_its_interrupted_attempt_unti
 # -- rollback -------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/machine.py _maybe_finish returns while exe.waiting_retry is non-empty, and attempts.py retry() "
-    "checks only cancel/terminal/paused: once a step asks for rollback, another step waiting out its "
-    "backoff holds the rollback back for the whole backoff and then runs a new attempt although the "
-    "execution 'stops starting new steps'; a requested rollback should cancel waiting retries (as cancel() "
-    "does) and retry() should not start when rollback_requested"))
 def test_review_a_requested_rollback_does_not_wait_for_nor_run_a_pending_retry() -> None:
     async def main() -> None:
         script = Script()
@@ -412,13 +386,6 @@ class CrashAfterChildCore(CoordinatorCore):
         raise asyncio.CancelledError  # the coordinator is gone: nothing more happens here
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/runners.py SubSopRunner._start_child submits the child with idempotency_key=None and the parent "
-    "logs child_submitted only after the child's submission is durable; a restart in between makes "
-    "recovery.resume redispatch the sub-SOP step (no child in state.children) and submit a second child "
-    "while the first, an unfinished execution in the log, is recovered and runs too: the sub-SOP runs "
-    "twice. Submit the child with a deterministic key (f'{parent}/{step}/{attempt}') so the resubmission "
-    "finds the first child, or find it by its record's parent on recovery"))
 def test_review_a_restart_between_child_submit_and_child_submitted_does_not_run_the_sub_sop_twice() -> None:
     async def main() -> None:
         log = MemoryEventLog()
@@ -450,11 +417,6 @@ def test_review_a_restart_between_child_submit_and_child_submitted_does_not_run_
     run(main)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/machine.py cancel(force=False) touches no attempt in flight, so a sub-SOP step's child "
-    "execution is never told: a cancelled parent's child goes on starting new steps until it ends by "
-    "itself; a soft cancel should reach the child (AttemptHandle.cancel(False) -> cancel_child(force=False)), "
-    "the Ray task handle ignoring a soft cancel"))
 def test_review_a_soft_cancel_of_a_parent_stops_its_child_from_starting_new_steps() -> None:
     async def main() -> None:
         script = Script()
@@ -482,11 +444,6 @@ def test_review_a_soft_cancel_of_a_parent_stops_its_child_from_starting_new_step
 # -- progress -------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/state.py: step_progress is dropped from state.progress only by step_succeeded/step_failed; "
-    "_ended_as (cancelled, halted, skipped), decided and attempt_interrupted leave it, so status shows a "
-    "force-cancelled step still '50% half way'; every step end (and an interruption) should pop "
-    "state.progress[step]"))
 def test_review_progress_of_a_cancelled_step_is_not_shown_after_it_ended() -> None:
     async def main() -> None:
         script = Script()
@@ -552,12 +509,6 @@ class GatedPolicy:
         return await self.local.judge(exe, step, attempt, error)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/attempts.py start(): when the step's arguments cannot be rendered (ExpressionError) or no "
-    "runner exists, _conclude is spawned without setting flight.settled; a forced cancel while the policy "
-    "judges it makes kill_inflight call _never_started on the same flight, a second _conclude ends the step "
-    "cancelled, and the first then hits `del exe.inflight[step.id]` -> KeyError in a machine task; set "
-    "flight.settled before spawning _conclude there"))
 def test_review_force_cancel_while_a_render_error_is_judged_ends_the_step_once_without_error() -> None:
     async def main() -> None:
         script = Script()
@@ -588,11 +539,6 @@ def test_review_force_cancel_while_a_render_error_is_judged_ends_the_step_once_w
 # -- operator calls that come before recovery -------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/coordinator.py cancel/pause/resume/decide/add_steps do not await self.ready(): after a restart "
-    "(Engine.in_process(state=file), or a Ray coordinator before its recover() call is served) an operator's "
-    "first call finds the unfinished execution missing from memory; cancel answers from the log and is "
-    "silently lost (pause says 'has finished'); they should await self.ready() first, as submit and wait do"))
 def test_review_a_cancel_that_arrives_before_recovery_is_not_lost() -> None:
     async def main() -> None:
         log = MemoryEventLog()
@@ -619,13 +565,6 @@ def test_review_a_cancel_that_arrives_before_recovery_is_not_lost() -> None:
 # -- decisions while paused -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/machine.py decide('rerun') on a paused execution: Decided folds the step to PENDING and "
-    "attempts.start(attempt N+1) gets a slot, _granted holds the flight (exe.held) without an event, so the "
-    "step stays PENDING; on resume, release_held re-queues it (no event when no slot is free) and "
-    "advance() sees a PENDING step and starts a second flight with attempt 1, replacing the held one: the "
-    "non-idempotent step runs again as attempt 1 (the interrupted attempt's key) instead of N+1. advance "
-    "should skip steps with a flight in exe.inflight (or _granted should log step_queued when it holds)"))
 def test_review_a_rerun_decided_while_paused_runs_as_the_next_attempt_after_resume() -> None:
     async def main() -> None:
         log = MemoryEventLog()
@@ -706,11 +645,6 @@ class SlowStart:
         self.seen: list[tuple[str, str]] = []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/hooks.py Hooks._notify runs each notification as its own task, so for one hook a slow (async) "
-    "before_attempt is overtaken by the same attempt's after_attempt: an audit hook or webhook receiver sees "
-    "'attempt ended' before 'attempt started'; notifications to one hook should be delivered in order (a "
-    "queue and one worker task per hook, still off the machine's path)"))
 def test_review_one_hook_sees_an_attempts_start_before_its_end_even_when_its_start_is_slow() -> None:
     from runtime.hooks import Hook
 
@@ -800,11 +734,7 @@ class Witness(Script):
 
 @pytest.mark.parametrize("needs_slot", [
     True,
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
-        "runtime/attempts.py start(): for a runner with needs_slot=False (sub-SOP, an MCP tool) step_started "
-        "is emitted and the runner launched in the same turn, without the on_durable wait _granted applies to "
-        "non-idempotent steps: a crash before the commit loses every trace that a non-idempotent tool call "
-        "may have run, and recovery runs it again; launch via host.on_durable when not step.idempotent"))),
+    pytest.param(False),
 ])
 def test_review_a_non_idempotent_attempt_is_handed_over_only_once_its_step_started_is_durable(needs_slot: bool) -> None:
     async def main() -> None:
