@@ -237,6 +237,44 @@ class AttemptsMixin:
         self.host.emit(exe, ev.StepProgress(fraction=fraction, message=str(message)[:200]),
                        flight.step.id, flight.number)
 
+    def interrupted(self, exe: Execution, flight: InFlight, reason: str) -> None:
+        """The runner lost the attempt (its outcome cannot be known): the step's recovery rule says what next."""
+        if flight.settled or exe.inflight.get(flight.step.id) is not flight:
+            return
+        flight.settled = True
+        self._give_back(flight)
+        if flight.timer is not None:
+            flight.timer.cancel()
+        del exe.inflight[flight.step.id]
+        _end(flight.span, "interrupted")
+        if self.after_interruption(exe, flight.step, flight.number, reason) in ("cancelled", "failed"):
+            self.step_ended(exe, flight.step.id)
+
+    def after_interruption(self, exe: Execution, step: Step, attempt: int, reason: str) -> str:
+        """Log that an attempt's outcome is unknown and apply the step's rule: run it again (idempotent, or
+        ``recovery: rerun``), fail it (``recovery: fail``), or wait for an operator's decision.
+
+        Returns what was done: ``cancelled``, ``redispatched``, ``failed`` or ``awaiting_decision``.
+        """
+        sid = step.id
+        self.host.emit(exe, ev.AttemptInterrupted(reason=reason), sid, attempt)
+        if exe.state.cancel_requested:
+            self.host.emit(exe, ev.StepCancelled(reason="execution cancelled"), sid, attempt)
+            return "cancelled"
+        if step.idempotent or step.recovery == "rerun":
+            self.start(exe, step, attempt)
+            return "redispatched"
+        if step.recovery == "fail":
+            self.host.emit(exe, ev.StepFailed(error=f"{reason}; the step is not idempotent and its SOP says "
+                                              "recovery: fail", error_type="Interrupted",
+                                              classification="crash", action="fail", reason="recovery: fail"),
+                           sid, attempt)
+            return "failed"
+        self.host.emit(exe, ev.DecisionRequired(reason=(
+            f"step '{sid}' is not idempotent and attempt {attempt} may have run; decide with "
+            f"`sopflow decide {exe.id} {sid} --rerun|--succeed|--fail|--skip`")), sid, attempt)
+        return "awaiting_decision"
+
     def _child_started(self, exe: Execution, flight: InFlight, child_id: str) -> None:
         if flight.settled or exe.inflight.get(flight.step.id) is not flight or exe.state.status.terminal:
             # the attempt ended (a timeout, a forced cancel) while its child was being submitted
@@ -380,6 +418,9 @@ class _Report:
 
     def progress(self, fraction: float | None, message: str = "") -> None:
         self.machine.progress(self.exe, self.flight, fraction, message)
+
+    def interrupted(self, reason: str) -> None:
+        self.machine.interrupted(self.exe, self.flight, reason)
 
 
 def _digest_run(exe: Execution, step: Step, ctx: dict[str, Any], run: str | None) -> str | None:

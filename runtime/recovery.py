@@ -166,23 +166,12 @@ def resume(c: CoordinatorCore, exe: Execution) -> dict[str, int]:
             machine.reattach(exe, step, attempt, child)
             counts["reattached"] += 1
             continue
-        c.emit(exe, ev.AttemptInterrupted(
-            reason="the coordinator restarted while this attempt ran; its outcome is unknown"), sid, attempt)
-        if state.cancel_requested:
-            c.emit(exe, ev.StepCancelled(reason="execution cancelled"), sid, attempt)
-        elif step.idempotent or step.recovery == "rerun":
-            machine.start(exe, step, attempt)
-            counts["redispatched"] += 1
-        elif step.recovery == "fail":
-            c.emit(exe, ev.StepFailed(error="interrupted by a coordinator restart; the step is not idempotent "
-                                      "and its SOP says recovery: fail", error_type="Interrupted",
-                                      classification="crash", action="fail", reason="recovery: fail"), sid, attempt)
+        done = machine.after_interruption(
+            exe, step, attempt, "the coordinator restarted while this attempt ran; its outcome is unknown")
+        if done == "failed":
             machine.step_ended(exe, sid)
-        else:
-            c.emit(exe, ev.DecisionRequired(reason=(
-                f"step '{sid}' is not idempotent and attempt {attempt} may have run; decide with "
-                f"`sopflow decide {exe.id} {sid} --rerun|--succeed|--fail|--skip`")), sid, attempt)
-            counts["awaiting_decision"] += 1
+        elif done in counts:
+            counts[done] += 1
     for sid, (attempt, due) in list(state.retry_due.items()):
         if state.steps[sid].status != StepStatus.RETRYING or state.cancel_requested:
             continue

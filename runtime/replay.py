@@ -71,17 +71,33 @@ class Recording:
 class RecordedRunner:
     """Settles attempts the replay takes from the recording; runs the others through ``fresh``."""
 
-    def __init__(self, recording: Recording, fresh: StepRunner) -> None:
+    def __init__(self, recording: Recording, fresh: StepRunner, decide: Any = None) -> None:
         self.recording = recording
         self.fresh = fresh
         self.needs_slot = fresh.needs_slot
+        self.decide = decide
+        """The machine's ``decide``: an attempt an operator settled is settled the same way again."""
 
     def start(self, spec: AttemptSpec, report: AttemptReport) -> Any:
         if not self.recording.replays(spec.execution, spec.step):
             return self.fresh.start(spec, _NotingReport(report, spec, self.recording))
+        loop = asyncio.get_running_loop()
+        event = self.recording.outcomes.get((spec.step.id, spec.attempt))
+        if event is not None and event.kind == EventKind.DECIDED and self.decide is not None:
+            # Recorded: the attempt was interrupted (a restart) and an operator decided. Replayed the
+            # same way: its outcome is unknown, the step waits, the recorded decision settles it.
+            loop.call_soon(report.interrupted, "the recorded attempt was interrupted; its outcome is unknown")
+            decided = event.payload
+            loop.call_soon(self._decided, spec, decided.decision, decided.reason, decided.output)
+            return _Recorded()
         outcome, error = self.recording.outcome(spec)
-        asyncio.get_running_loop().call_soon(report.settle, outcome, error)
+        loop.call_soon(report.settle, outcome, error)
         return _Recorded()
+
+    def _decided(self, spec: AttemptSpec, decision: str, reason: str, output: Any) -> None:
+        state = spec.execution.state.steps.get(spec.step.id)
+        if state is not None and state.status.value == "needs_decision":
+            self.decide(spec.execution, spec.step.id, decision, reason, output)
 
 
 class _Recorded:
@@ -199,6 +215,8 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
                                   policy=RecordedPolicy(recording), capacity=lambda: 1 << 30,
                                   service_name="sopflow-replay")
     coordinator.machine.runners["sop"] = RecordedRunner(recording, SubSopRunner(coordinator))
+    for runner in (coordinator.machine.runners["task"], coordinator.machine.runners["sop"]):
+        runner.decide = coordinator.machine.decide
     coordinator.recovery = {}  # a private, empty log: nothing to recover
     coordinator.machine.backoff_scale = 0.0  # retry backoffs are not waited out
     coordinator.artifacts.extra.update(artifacts)

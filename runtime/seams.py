@@ -75,6 +75,10 @@ class AttemptReport(Protocol):
     def progress(self, fraction: float | None, message: str = "") -> None:
         """The running attempt reported how far it is (``context.report_progress``)."""
 
+    def interrupted(self, reason: str) -> None:
+        """The attempt was lost and its outcome cannot be known (its host died): the step's ``recovery``
+        rule applies, as after a coordinator restart (run again, fail, or wait for a decision)."""
+
 
 class AttemptHandle(Protocol):
     """A started attempt."""

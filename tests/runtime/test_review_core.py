@@ -339,12 +339,6 @@ def test_review_a_requested_rollback_does_not_wait_for_nor_run_a_pending_retry()
 # -- replay of a recovered history ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/replay.py Recording keys outcomes by (step, attempt) and takes an operator_decided event as "
-    "the attempt's outcome: decided 'rerun' (after a restart interrupted a non-idempotent step) replays as "
-    "a failure with RecordedPolicy's 'failed by an operator', so an unchanged history replays 'failed' vs "
-    "recorded 'completed' (a false divergence); a rerun decision should replay as a retry into attempt "
-    "N+1 (and 'skip' as a skip), e.g. by driving machine.decide from the recording"))
 def test_review_replay_of_a_history_with_a_rerun_decision_is_deterministic() -> None:
     from runtime.replay import replay
 
