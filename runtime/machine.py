@@ -25,6 +25,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from runtime.alerts import Alert
 from runtime.errors import ExecutionError, StateStoreError
 from runtime import events as ev
 from runtime.execution import Execution, InFlight
@@ -355,6 +356,16 @@ class StateMachine:
             return  # not from our StepContext: ignore rather than log nonsense
         self.host.emit(exe, ev.StepProgress(fraction=fraction, message=str(message)[:200]),
                        flight.step.id, flight.number)
+
+    def alert(self, exe: Execution, alert: Alert) -> None:
+        """An alert rule fired (:func:`runtime.alerts.due_alerts`): log it (status flags it), tell the hooks."""
+        if exe.state.status.terminal:
+            return
+        self.host.emit(exe, ev.Alerted(rule=alert.rule.value, reason=alert.reason,
+                                       threshold_s=round(alert.threshold_s, 3), elapsed_s=round(alert.elapsed_s, 3)),
+                       alert.step, alert.attempt)
+        self.hooks.on_alert(exe, alert.step, alert.attempt, alert.rule.value, alert.reason, alert.threshold_s,
+                            alert.elapsed_s)
 
     def _child_started(self, exe: Execution, flight: InFlight, child_id: str) -> None:
         flight.child = child_id

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from runtime.config import EngineConfig
 from runtime.errors import ExecutionNotFound
 from runtime.events import Event, EventKind
+from runtime.metrics import compute, facts, from_log, host_resources, selected
 from runtime.state import ExecutionState, apply, fold
 from runtime.status import ExecutionStatus, ExecutionView
 
@@ -34,6 +37,8 @@ class ExecutionMonitor:
         self._metrics = metrics
         """Exports counts (``record(state, event, running)``): Ray metrics in the actor, else none."""
         self._log: Any = None
+        self.resources: Callable[[], dict[str, Any]] = host_resources
+        """Measures CPU and memory for :meth:`metrics` (the Ray front measures the cluster)."""
         self.stalled: str | None = None
         """Why the coordinator's store takes no writes now, if it does not."""
         if self.config.durable and os.path.exists(self.config.state):
@@ -56,6 +61,8 @@ class ExecutionMonitor:
         for record in records:
             self._load(record.id)
         self.running = sum(1 for s in self.states.values() if not s.status.terminal)
+        if self._metrics is not None and hasattr(self._metrics, "reset"):
+            self._metrics.reset(self.states.values(), self.running)
 
     async def resync(self) -> int:
         """Re-read from the log every execution this monitor thinks unfinished (after a coordinator
@@ -201,6 +208,29 @@ class ExecutionMonitor:
     def _newer(self, execution_id: str, after_seq: int) -> list[Event]:
         history = self.history.get(execution_id, [])
         return history[after_seq:] if len(history) >= after_seq else []
+
+    async def metrics(self, window_s: float | None = None, sop: str | None = None, mode: str | None = None,
+                      now: float | None = None, with_resources: bool = True) -> dict[str, Any]:
+        """Metrics over ``window_s`` (see :func:`runtime.metrics.compute`): the histories held in memory,
+        plus the state store's for executions no longer (or not yet) here, so a restarted monitor
+        answers the same."""
+        now = time.time() if now is None else now
+        since = None if window_s is None else now - window_s
+        found, whole = [], set()
+        for eid, history in self.history.items():
+            if not history or history[0].seq != 1:
+                continue  # joined mid-way: the state store has its whole history, if there is one
+            whole.add(eid)
+            f = facts(history)
+            if selected(f, since=since, sop=sop, mode=mode):
+                found.append(f)
+        source = "monitor"
+        if self.log is not None:
+            found += await asyncio.to_thread(from_log, self.log, now=now, window_s=window_s, sop=sop, mode=mode,
+                                             skip=whole)
+            source = "monitor + state store"
+        resources = await asyncio.to_thread(self.resources) if with_resources else None
+        return compute(found, now=now, window_s=window_s, sop=sop, mode=mode, resources=resources, source=source)
 
     async def counts(self) -> dict[str, Any]:
         """Executions by status, and the steps of unfinished ones by status (queued apart from running)."""

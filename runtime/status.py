@@ -95,6 +95,13 @@ class ExecutionView:
     priority: int = 0
     trace_id: str | None = None
     """Its OpenTelemetry trace id, to look it up in a tracing tool (None when tracing was off)."""
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    """Alerts raised for it (see :mod:`runtime.alerts`): ``{"rule", "step", "attempt", "reason", "at"}`` each."""
+
+    @property
+    def alerting(self) -> bool:
+        """Whether an alert was raised for it (it ran too long, or a step waited too long)."""
+        return bool(self.alerts)
 
     @property
     def elapsed_s(self) -> float:
