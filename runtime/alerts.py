@@ -19,9 +19,10 @@ Rules (all in :class:`runtime.config.EngineConfig`):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runtime.status import StepStatus
 
@@ -82,3 +83,15 @@ def due_alerts(state: ExecutionState, expected_s: float | None, config: EngineCo
             out.append(Alert(rule, sid, step.attempts, limit, elapsed,
                              f"step {sid!r} {what} for {elapsed:.0f} s (limit {limit:g} s)"))
     return out
+
+
+def raise_due(executions: Iterable[Any], machine: Any, config: EngineConfig, now: float) -> int:
+    """Raise (through ``machine.alert``) every alert due at ``now`` in the unfinished ``executions``."""
+    raised = 0
+    for exe in list(executions):
+        if exe.state.status.terminal:
+            continue
+        for alert in due_alerts(exe.state, expected_duration(exe.sop.expected_duration_s, config), config, now):
+            machine.alert(exe, alert)
+            raised += 1
+    return raised

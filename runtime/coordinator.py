@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from runtime.admission import LocalAdmission
-from runtime.alerts import due_alerts, expected_duration
+from runtime.alerts import raise_due
 from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import ExecutionError, ExecutionNotFound, IdempotencyConflict, StateStoreError
 from runtime import events as ev
@@ -438,28 +438,20 @@ class CoordinatorCore:
         asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(self.purge()))
 
     def _schedule_alert_check(self) -> None:
-        asyncio.get_running_loop().call_later(self.config.alert_check_every_s, self._alert_tick)
+        asyncio.get_running_loop().call_later(self.config.alert_check_every_s,
+                                              lambda: asyncio.ensure_future(self._alert_tick()))
 
-    def _alert_tick(self) -> None:
+    async def _alert_tick(self) -> None:
         try:
-            self.check_alerts()
+            await self.check_alerts()
         except Exception:  # noqa: BLE001 - a failed check must not stop later ones
             logger.exception("checking the alert rules failed")
         finally:
             self._schedule_alert_check()
 
-    def check_alerts(self) -> int:
+    async def check_alerts(self) -> int:
         """Raise the alerts that are due now (by ``clock``) in running executions; returns how many."""
-        now = self.clock()
-        raised = 0
-        for exe in list(self.executions.values()):
-            if exe.state.status.terminal:
-                continue
-            expected = expected_duration(exe.sop.expected_duration_s, self.config)
-            for alert in due_alerts(exe.state, expected, self.config, now):
-                self.machine.alert(exe, alert)
-                raised += 1
-        return raised
+        return raise_due(self.executions.values(), self.machine, self.config, self.clock())
 
     async def purge(self) -> int:
         """Remove finished executions older than the retention period from the store."""

@@ -102,7 +102,8 @@ def dashboard() -> dict[str, Any]:
         "templating": {"list": [
             {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
              "current": {}, "hide": 0},
-            {"name": "sop", "label": "SOP", "type": "query", "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            {"name": "sop", "label": "SOP", "type": "query",
+             "datasource": {"type": "prometheus", "uid": "${datasource}"},
              "query": {"query": sops, "refId": "sops"}, "definition": sops, "refresh": 2,
              "includeAll": True, "multi": True, "allValue": ".*", "current": {}, "hide": 0},
         ]},

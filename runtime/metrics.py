@@ -229,7 +229,8 @@ def host_resources() -> dict[str, Any]:
             "cpu_percent": psutil.cpu_percent(interval=None), "load_1m": _load(),
             "memory_total_bytes": memory.total, "memory_used_bytes": memory.total - memory.available,
             "memory_percent": memory.percent,
-            "network_sent_bytes": getattr(net, "bytes_sent", None), "network_recv_bytes": getattr(net, "bytes_recv", None)}
+            "network_sent_bytes": getattr(net, "bytes_sent", None),
+            "network_recv_bytes": getattr(net, "bytes_recv", None)}
 
 
 def _load() -> float | None:

@@ -221,6 +221,11 @@ class ExecutionMonitor:
             if not history or history[0].seq != 1:
                 continue  # joined mid-way: the state store has its whole history, if there is one
             whole.add(eid)
+            state = self.states.get(eid)
+            if state is not None and ((sop is not None and state.sop != sop)
+                                      or (mode is not None and state.mode != mode)
+                                      or (since is not None and state.submitted_at < since and state.status.terminal)):
+                continue  # cannot count: skip reading its events
             f = facts(history)
             if selected(f, since=since, sop=sop, mode=mode):
                 found.append(f)

@@ -21,7 +21,7 @@ from typing import Any
 from runtime.events import Event, EventKind
 
 PREFIX = "ray_"
-"""Ray's exporter puts every application metric under its ``ray`` namespace: ``sopflow_x`` is scraped as ``ray_sopflow_x``."""
+"""Ray's exporter puts application metrics in its ``ray`` namespace: ``sopflow_x`` is scraped as ``ray_sopflow_x``."""
 OTHER = "other"
 STEP_LABELS = 500
 """Most distinct ``(sop, step)`` pairs exported with their own ``step`` label."""
