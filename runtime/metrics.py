@@ -23,10 +23,11 @@ from typing import Any
 
 from runtime.errors import MetricsQueryError
 from runtime.events import Event, EventKind
+from runtime.failure import Classification
 from runtime.state import fold
 from runtime.status import ExecutionStatus, StepStatus
 
-ERROR_CLASSES = ("transient", "permanent", "resource", "crash")
+ERROR_CLASSES = tuple(c.value for c in Classification)
 """Failure classes always present in ``errors`` (others, such as ``operator``, appear when seen)."""
 FINISHED = ("completed", "partially_completed", "failed", "cancelled")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}

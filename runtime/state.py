@@ -185,7 +185,7 @@ def _child_submitted(state: ExecutionState, event: Event, _: StepState | None, p
         state.children[event.step] = p.child
 
 
-def _decision_required(state: ExecutionState, _: Event, step: StepState | None, __: ev.DecisionRequired) -> None:
+def _decision_required(state: ExecutionState, event: Event, step: StepState | None, __: ev.DecisionRequired) -> None:
     if step is not None:
         step.status, step.waiting_since = StepStatus.NEEDS_DECISION, event.ts
         if state.status in (ExecutionStatus.RUNNING, ExecutionStatus.PAUSED):

@@ -74,13 +74,13 @@ def test_long_run_alert(declared: float | None, default: float, factor: float, c
         assert state.view().alerts[0]["rule"] == "overdue" and state.view().alerts[0]["step"] is None
 
 
-@pytest.mark.parametrize("rule,payload,limit_field", [
-    (AlertRule.QUEUED, ev.StepQueued(reason="no slot"), "alert_queued_s"),
-    (AlertRule.DECISION, ev.DecisionRequired(reason="interrupted"), "alert_decision_s")])
-def test_a_step_waiting_too_long_alerts_once_per_attempt(rule: AlertRule, payload: ev.Payload,
+@pytest.mark.parametrize("rule,before,payload,limit_field", [
+    (AlertRule.QUEUED, ev.Started(), ev.StepQueued(reason="no slot"), "alert_queued_s"),
+    (AlertRule.DECISION, ev.StepStarted(), ev.DecisionRequired(reason="interrupted"), "alert_decision_s")])
+def test_a_step_waiting_too_long_alerts_once_per_attempt(rule: AlertRule, before: ev.Payload, payload: ev.Payload,
                                                         limit_field: str) -> None:
     config = EngineConfig(state="memory://", **{limit_field: 60.0})
-    state = _state((ev.Submitted(sop="s", steps=["a", "b"]), None, None), (ev.Started(), None, None),
+    state = _state((ev.Submitted(sop="s", steps=["a", "b"]), None, None), (before, "a", 1),
                    (payload, "a", 1), at=[T0, T0, T0 + 10])
     assert due_alerts(state, None, config, T0 + 70) == []  # waiting 60 s: not over the limit yet
     alerts = due_alerts(state, None, config, T0 + 71)
@@ -201,27 +201,29 @@ def test_a_step_queued_too_long_is_flagged_and_counted_once() -> None:
         core = _core(runner, max_running_steps=1, alert_queued_s=30.0)
         try:
             eid = await core.submit(SubmitRequest(sop))
-            queued_since = core.state_of(eid).steps["second"].waiting_since
-            assert core.state_of(eid).steps["second"].status.value == "queued"
+            steps = core.state_of(eid).steps
+            (waiting,) = [k for k, st_ in steps.items() if st_.status.value == "queued"]  # one slot: one waits
+            (holding,) = [k for k in steps if k != waiting]
+            queued_since = steps[waiting].waiting_since
             core.clock = lambda: queued_since + 30.0
             assert await core.check_alerts() == 0
             core.clock = lambda: queued_since + 31.0
             assert await core.check_alerts() == 1
             assert await core.check_alerts() == 0  # raised once
-            runner.release("first")
+            runner.release(holding)
             wait_start = asyncio.get_running_loop().time()
-            while "second" not in runner.held and asyncio.get_running_loop().time() - wait_start < 10:
-                await asyncio.sleep(0.01)  # polling interval of a bounded wait for the second attempt
-            runner.release("second")
+            while waiting not in runner.held and asyncio.get_running_loop().time() - wait_start < 10:
+                await asyncio.sleep(0.01)  # polling interval of a bounded wait for the queued attempt to start
+            runner.release(waiting)
             view = await core.wait(eid, 30)
             await core.flush()
-            return view, (await core.test_monitor.metrics(None))
+            return view, (await core.test_monitor.metrics(None)), waiting
         finally:
             await core.close_store()
 
-    view, metrics = asyncio.run(scenario())
+    view, metrics, waiting = asyncio.run(scenario())
     assert view.status.value == "completed"  # an alert changes nothing about the run
-    assert [(a["rule"], a["step"], a["attempt"]) for a in view.alerts] == [("queued_too_long", "second", 1)]
+    assert [(a["rule"], a["step"], a["attempt"]) for a in view.alerts] == [("queued_too_long", waiting, 1)]
     assert metrics["alerts"] == 1
 
 

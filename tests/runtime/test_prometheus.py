@@ -159,7 +159,8 @@ def test_the_scrape_config_reads_rays_service_discovery_file() -> None:
 def test_the_readme_documents_every_metric_with_its_labels() -> None:
     readme = (ROOT / "README.md").read_text()
     for spec in METRICS:
-        line = next((ln for ln in readme.splitlines() if f"`{spec.exported}`" in ln), None)
+        line = next((ln for ln in readme.splitlines() if ln.startswith(f"| `{spec.exported}` |")), None)
         assert line is not None, f"README does not document {spec.exported}"
+        assert line.split("|")[2].strip() == spec.kind, line
         for label in spec.labels:
-            assert label in line, f"README's line for {spec.exported} does not name its label {label}"
+            assert label in line.split("|")[3], f"README's line for {spec.exported} does not name its label {label}"
