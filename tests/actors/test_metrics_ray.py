@@ -38,10 +38,15 @@ steps:
     return ids
 
 
-def _monitor_pid(engine) -> int:
+def _monitor_pid(engine) -> int | None:
+    """The monitor actor's process id; None while Ray restarts it."""
     import ray
 
-    return ray.get(engine._conn.actors.monitor.__ray_call__.remote(lambda self: __import__("os").getpid()))
+    try:
+        return ray.get(engine._conn.actors.monitor.__ray_call__.remote(lambda self: __import__("os").getpid()),
+                       timeout=30)
+    except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return None
 
 
 def test_metrics_are_the_same_after_the_monitor_restarts(engine, tmp_path: Path) -> None:
@@ -56,9 +61,10 @@ def test_metrics_are_the_same_after_the_monitor_restarts(engine, tmp_path: Path)
     assert "ray.cluster_resources" in before["resources"]["source"]
     assert before["resources"]["cluster_cpu_total"] >= 1 and before["resources"]["node_memory_total_bytes"] > 0
     old_pid = _monitor_pid(engine)
+    assert old_pid is not None
     ray.kill(engine._conn.actors.monitor, no_restart=False)  # Ray restarts it (max_restarts=-1)
+    wait_for(lambda: _monitor_pid(engine) not in (None, old_pid), 120)  # a new process: its view is from the log
     after = wait_for(lambda: _answer_after_restart(engine, name), 120)
-    assert _monitor_pid(engine) != old_pid  # a new process, which rebuilt its view from the log
     for key in COMPARED:
         assert after[key] == before[key], key
     from_file = metrics_of_state_file(str(STATE_FILE), "1h", name, None)  # no cluster involved
@@ -95,7 +101,11 @@ def test_rays_prometheus_endpoint_serves_sopflow_metrics_with_bounded_labels(eng
               "ray_sopflow_step_failures_total", "ray_sopflow_step_retries_total", "ray_sopflow_step_seconds_bucket",
               "ray_sopflow_executions_running")
     # Ray's agent exports what the actor reported every few seconds: wait for this test's SOP to show up
-    text = wait_for(lambda: (t := _scrape()) if f'sop="{name}"' in t and all(w in t for w in wanted) else None, 120)
+    def scraped() -> str | None:
+        text = _scrape()
+        return text if f'sop="{name}"' in text and all(w in text for w in wanted) else None
+
+    text = wait_for(scraped, 120)
     exported = {s.exported for s in METRICS}
     for line in text.splitlines():
         if not line.startswith("ray_sopflow_"):
@@ -135,7 +145,7 @@ steps:
     alerted = wait_for(lambda: [e for e in engine.history(eid) if e.kind.value == "alert_raised"], 60)
     assert len(alerted) == 1 and alerted[0].data["rule"] == "overdue" and alerted[0].step is None
     assert alerted[0].data["threshold_s"] == pytest.approx(1.0) and alerted[0].data["elapsed_s"] >= 1.0
-    status = wait_for(lambda: (s := engine.status(eid)) if s.alerting else None, 30)
+    status = wait_for(lambda: next((s for s in [engine.status(eid)] if s.alerting), None), 30)
     assert status.status.value == "running" and status.alerts[0]["rule"] == "overdue"
     gate.write_text("go")
     final = engine.wait(eid, 120)
