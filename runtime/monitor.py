@@ -13,7 +13,7 @@ from typing import Any
 from runtime.config import EngineConfig
 from runtime.errors import ExecutionNotFound
 from runtime.events import Event, EventKind
-from runtime.metrics import compute, facts, from_log, host_resources, selected
+from runtime.metrics import ExecutionFacts, compute, facts, from_log, host_resources, selected
 from runtime.state import ExecutionState, apply, fold
 from runtime.status import ExecutionStatus, ExecutionView
 
@@ -37,6 +37,8 @@ class ExecutionMonitor:
         self._metrics = metrics
         """Exports counts (``record(state, event, running)``): Ray metrics in the actor, else none."""
         self._log: Any = None
+        self._facts: dict[str, ExecutionFacts] = {}
+        """Metrics' facts of finished executions in memory, read once (see :meth:`metrics`)."""
         self.resources: Callable[[], dict[str, Any]] = host_resources
         """Measures CPU and memory for :meth:`metrics` (the Ray front measures the cluster)."""
         self.stalled: str | None = None
@@ -100,6 +102,7 @@ class ExecutionMonitor:
             self._retired.discard(old)
             self.states.pop(old, None)
             self.history.pop(old, None)
+            self._facts.pop(old, None)
 
     async def apply(self, batch: list[Event]) -> int:
         for event in batch:
@@ -226,7 +229,9 @@ class ExecutionMonitor:
                                       or (mode is not None and state.mode != mode)
                                       or (since is not None and state.submitted_at < since and state.status.terminal)):
                 continue  # cannot count: skip reading its events
-            f = facts(history)
+            f = self._facts.get(eid) or facts(history)
+            if f.finished:  # a finished history never changes: read it once
+                self._facts[eid] = f
             if selected(f, since=since, sop=sop, mode=mode):
                 found.append(f)
         source = "monitor"
