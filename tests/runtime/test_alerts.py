@@ -270,3 +270,18 @@ def test_in_process_engine_alerts_in_status_events_metrics_and_hooks(tmp_path: P
         assert engine.metrics("1h", sop="slowish")["alerts"] == 1
     finally:
         engine.shutdown()
+
+
+def test_sopflow_status_shows_the_alerts(capsys) -> None:
+    from runtime._cli_exec import _print_view, _view_dict
+    from runtime._wire import view_from_dict, view_to_dict
+    from runtime.status import ExecutionStatus, ExecutionView
+
+    alert = {"rule": "overdue", "step": None, "attempt": None, "reason": "running for 700 s, over 2 x its "
+             "expected 300 s", "at": T0}
+    view = ExecutionView("exe-000000000001-00000001", "slow", "1", "system_design", ExecutionStatus.RUNNING, 0.5,
+                         submitted_at=T0, alerts=[alert])
+    _print_view(view, "text")
+    assert "alert overdue: running for 700 s, over 2 x its expected 300 s" in capsys.readouterr().out
+    assert _view_dict(view)["alerts"] == [alert]
+    assert view_from_dict(json.loads(json.dumps(view_to_dict(view)))) == view  # the HTTP API carries them

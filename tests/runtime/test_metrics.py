@@ -258,3 +258,42 @@ def test_metrics_cli_refuses_bad_arguments_without_a_traceback(tmp_path: Path, a
 def test_metrics_cli_names_a_missing_state_file(tmp_path: Path) -> None:
     done = _cli("metrics", "--state", str(tmp_path / "nope.db"))
     assert done.returncode != 0 and "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(executions(), st.one_of(st.none(), st.floats(1.0, 20_000.0)), st.integers(0, 3))
+def test_a_restarted_monitor_answers_the_same_from_the_log(planned: list[Planned], window_s: float | None,
+                                                          keep: int) -> None:
+    """For any histories: a monitor that saw the events live and a fresh one that rebuilt itself from the
+    state store (keeping only ``keep`` finished executions in memory, reading the rest from the log)
+    report the same metrics."""
+    import asyncio
+    import tempfile
+
+    from runtime.config import EngineConfig
+    from runtime.eventlog import ExecutionRecord, SqliteEventLog
+    from runtime.monitor import ExecutionMonitor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/state.db"
+        log = SqliteEventLog(path)
+        for p in planned:
+            log.append(p.events, [ExecutionRecord(p.id, p.sop, p.status, p.submitted_at, p.events[-1].seq,
+                                                  p.ended_at, p.finished)])
+        log.close()
+        live = ExecutionMonitor(EngineConfig(state="memory://"))
+        restarted = ExecutionMonitor(EngineConfig(state=path, keep_finished=keep))
+
+        async def both() -> tuple[dict, dict]:
+            for p in planned:
+                await live.apply(p.events)
+            return (await live.metrics(window_s, now=20_000.0, with_resources=False),
+                    await restarted.metrics(window_s, now=20_000.0, with_resources=False))
+
+        seen, rebuilt = asyncio.run(both())
+        if restarted.log is not None:
+            restarted.log.close()
+    assert rebuilt["source"] == "monitor + state store" and seen["source"] == "monitor"
+    for key in ("window", "executions", "duration_s", "duration_by_sop", "duration_by_mode", "steps", "queue",
+                "step_duration_s", "alerts"):
+        assert rebuilt[key] == seen[key], key
