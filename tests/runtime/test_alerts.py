@@ -285,3 +285,39 @@ def test_sopflow_status_shows_the_alerts(capsys) -> None:
     assert "alert overdue: running for 700 s, over 2 x its expected 300 s" in capsys.readouterr().out
     assert _view_dict(view)["alerts"] == [alert]
     assert view_from_dict(json.loads(json.dumps(view_to_dict(view)))) == view  # the HTTP API carries them
+
+
+def test_a_step_waiting_for_a_decision_after_a_restart_alerts(tmp_path: Path) -> None:
+    """A non-idempotent step interrupted by a coordinator stop waits for a decision; past
+    ``alert_decision_s`` the restarted coordinator raises needs_decision_too_long."""
+    sop = Sop.model_validate({"sop": "charge", "steps": [{"id": "charge", "uses": "x", "idempotent": False}]})
+    config = EngineConfig(state=str(tmp_path / "state.db"), alert_decision_s=120.0, alert_check_every_s=3600.0)
+
+    async def first_life() -> str:
+        core = CoordinatorCore(config, task_runner=HeldRunner())
+        eid = await core.submit(SubmitRequest(sop))
+        await core.flush()
+        await core.close_store()  # stops with the attempt in flight: its outcome is unknown
+        return eid
+
+    async def second_life(eid: str) -> tuple[Any, list[int]]:
+        core = CoordinatorCore(config, task_runner=HeldRunner())
+        try:
+            await core.ready()  # recovery: the interrupted non-idempotent step needs a decision
+            state = core.state_of(eid)
+            assert state.steps["charge"].status.value == "needs_decision"
+            since = state.steps["charge"].waiting_since
+            counts = []
+            for offset in (120.0, 121.0, 500.0):
+                core.clock = lambda: since + offset
+                counts.append(await core.check_alerts())
+            return core.state_of(eid).view(), counts
+        finally:
+            await core.close_store()
+
+    eid = asyncio.run(first_life())
+    view, counts = asyncio.run(second_life(eid))
+    assert counts == [0, 1, 0]
+    assert view.status.value == "needs_decision"
+    assert [(a["rule"], a["step"]) for a in view.alerts] == [("needs_decision_too_long", "charge")]
+    assert "waiting for an operator's decision for 121 s (limit 120 s)" in view.alerts[0]["reason"]
