@@ -46,9 +46,10 @@ def _stats_line(s: dict[str, Any]) -> str:
 
 def print_text(m: dict[str, Any]) -> None:
     w, e, st, q = m["window"], m["executions"], m["steps"], m["queue"]
-    span = "all time" if w["seconds"] is None else f"the last {w['seconds']:g} s"
+    span = ("all executions" if w["seconds"] is None
+            else f"executions submitted in the last {w['seconds']:g} s, and unfinished ones")
     filters = "".join(f", {k} {w[k]}" for k in ("sop", "mode") if w.get(k))
-    click.echo(f"executions submitted in {span} or unfinished{filters}  ({m['source']})")
+    click.echo(f"{span}{filters}  ({m['source']})")
     rate = "-" if e["success_rate"] is None else f"{e['success_rate']:.1%}"
     click.echo(f"  total {e['total']}  running {e['running']}  completed {e['completed']}  "
                f"partially_completed {e['partially_completed']}  failed {e['failed']}  "
