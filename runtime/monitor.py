@@ -219,21 +219,9 @@ class ExecutionMonitor:
         answers the same."""
         now = time.time() if now is None else now
         since = None if window_s is None else now - window_s
-        found, whole = [], set()
-        for eid, history in self.history.items():
-            if not history or history[0].seq != 1:
-                continue  # joined mid-way: the state store has its whole history, if there is one
-            whole.add(eid)
-            state = self.states.get(eid)
-            if state is not None and ((sop is not None and state.sop != sop)
-                                      or (mode is not None and state.mode != mode)
-                                      or (since is not None and state.submitted_at < since and state.status.terminal)):
-                continue  # cannot count: skip reading its events
-            f = self._facts.get(eid) or facts(history)
-            if f.finished:  # a finished history never changes: read it once
-                self._facts[eid] = f
-            if selected(f, since=since, sop=sop, mode=mode):
-                found.append(f)
+        # A snapshot taken on the loop; the events are read in a thread, so status queries go on meanwhile.
+        held = [(eid, history[:], self.states.get(eid)) for eid, history in self.history.items()]
+        found, whole = await asyncio.to_thread(self._facts_of, held, since, sop, mode)
         source = "monitor"
         if self.log is not None:
             found += await asyncio.to_thread(from_log, self.log, now=now, window_s=window_s, sop=sop, mode=mode,
@@ -241,6 +229,25 @@ class ExecutionMonitor:
             source = "monitor + state store"
         resources = await asyncio.to_thread(self.resources) if with_resources else None
         return compute(found, now=now, window_s=window_s, sop=sop, mode=mode, resources=resources, source=source)
+
+    def _facts_of(self, held: list[tuple[str, list[Event], ExecutionState | None]], since: float | None,
+                  sop: str | None, mode: str | None) -> tuple[list[ExecutionFacts], set[str]]:
+        """Facts of the whole histories in ``held`` that may count, and the ids of every whole history."""
+        found, whole = [], set()
+        for eid, history, state in held:
+            if not history or history[0].seq != 1:
+                continue  # joined mid-way: the state store has its whole history, if there is one
+            whole.add(eid)
+            if state is not None and ((sop is not None and state.sop != sop)
+                                      or (mode is not None and state.mode != mode)
+                                      or (since is not None and state.submitted_at < since and state.status.terminal)):
+                continue  # cannot count: skip reading its events
+            f = self._facts.get(eid) or facts(history)
+            if f.finished and eid in self.states:  # a finished history never changes: read it once
+                self._facts[eid] = f
+            if selected(f, since=since, sop=sop, mode=mode):
+                found.append(f)
+        return found, whole
 
     async def counts(self) -> dict[str, Any]:
         """Executions by status, and the steps of unfinished ones by status (queued apart from running)."""
