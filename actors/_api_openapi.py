@@ -59,7 +59,8 @@ _SCHEMAS = {
         "steps": {"type": "array", "items": _ref("StepView"), "description": "In the SOP's order."},
         "submitted_at": {"type": "number", "description": "Seconds since the epoch."},
         "ended_at": {"type": ["number", "null"]}, "outputs": {"type": ["object", "null"]},
-        "priority": {"type": "integer"}, "trace_id": {"type": ["string", "null"]}}},
+        "priority": {"type": "integer"}, "trace_id": {"type": ["string", "null"]},
+        "alerts": {"type": "array", "items": {"type": "object"}, "description": "Alerts raised for it."}}},
     "Event": {"type": "object", "required": ["execution_id", "seq", "kind", "ts"], "properties": {
         "execution_id": {"type": "string"}, "seq": {"type": "integer", "minimum": 1},
         "kind": {"type": "string", "enum": [k.value for k in EventKind]}, "ts": {"type": "number"},
@@ -123,6 +124,15 @@ def openapi_document() -> dict[str, Any]:
             body=_object({"step": {"type": "string"}, "decision": {"type": "string", "enum": list(DECISIONS)},
                           "reason": {"type": "string"}, "output": {"description": "JSON output for succeed."}},
                          ("step", "decision")), errors=(400, 404, 409, 413))},
+        "/v1/metrics": {"get": _operation(
+            "Execution metrics over a time window (counts, durations, errors by class, queue, resources).",
+            _json({"type": "object"}, "The metrics report (see `Engine.metrics`)."),
+            params=(_query("window", {"type": "number", "exclusiveMinimum": 0},
+                           "Executions submitted in the last this-many seconds (plus unfinished ones); "
+                           "absent: all time."),
+                    _query("sop", {"type": "string", "maxLength": 1000}, "Only of this SOP."),
+                    _query("mode", {"type": "string", "enum": ["system_design", "agent_centric"]},
+                           "Only run in this mode.")), errors=(400,))},
     }
     responses = {f"E{code}": _json(_ref("Error"), text) for code, text in {
         400: "A bad argument; the message names what was expected.", 401: "No token, or a wrong one.",

@@ -26,6 +26,8 @@ MAX_EVENTS_WAIT_S = 30.0
 """Longest ``wait`` of ``GET .../events`` (a long poll)."""
 MAX_TEXT = 1_000
 """Longest ``sop`` filter, step id or reason accepted."""
+MODES = ("system_design", "agent_centric")
+"""Run modes a metrics query may filter by."""
 ID_FORMAT = "exe-<12 hex>-<8 hex>, e.g. exe-018f3a2b4c5d-1a2b3c4d"
 
 Call = Callable[..., Awaitable[Any]]
@@ -126,6 +128,7 @@ class Routes:
         app.router.add_post(execution + "/pause", self.pause)
         app.router.add_post(execution + "/resume", self.resume)
         app.router.add_post(execution + "/decide", self.decide)
+        app.router.add_get("/v1/metrics", self.metrics)
 
     async def health(self, request: web.Request) -> web.Response:
         return ok({"ok": True, "service": "sopflow", "api": "v1"})
@@ -212,3 +215,15 @@ class Routes:
         reason = text(data.get("reason", ""), "reason") or ""
         view = await self.call("coordinator", "decide", eid, step, decision, reason, data.get("output"))
         return ok(view_to_dict(view))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        unknown = sorted(set(request.query) - {"window", "sop", "mode"})
+        if unknown:
+            raise BadRequest(f"unknown query parameter(s) {', '.join(repr(u[:40]) for u in unknown)}; "
+                             "this endpoint takes: window (seconds), sop, mode")
+        window = number(request, "window", low=0.001)
+        sop = text(request.query.get("sop"), "sop")
+        mode = request.query.get("mode")
+        if mode is not None and mode not in MODES:
+            raise BadRequest(f"mode must be one of {', '.join(MODES)}; got {mode[:40]!r}")
+        return ok(await self.call("monitor", "metrics", window, sop, mode))

@@ -17,7 +17,7 @@ import ray
 
 from actors._api import _Api
 from actors._coordinator import _Coordinator
-from actors._metrics import RayMetrics
+from actors._metrics import RayMetrics, ray_resources
 from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import EngineStartError, EngineUnavailable
 from runtime.failure_handler import FailureHandler as _FailureHandler
@@ -108,7 +108,8 @@ class ExecutionMonitor(_ExecutionMonitor):
     """The monitor as a Ray actor (named so in the dashboard), exporting Ray metrics."""
 
     def __init__(self, config: EngineConfig | None = None) -> None:
-        super().__init__(config, RayMetrics())
+        super().__init__(config, RayMetrics((config or EngineConfig()).metrics_sop_labels))
+        self.resources = ray_resources
         _control_plane_process()
 
     def __repr__(self) -> str:  # Ray prefixes the actor's log lines with it

@@ -183,3 +183,10 @@ class ApiClient:
         body = {"step": step, "decision": decision, "reason": reason, "output": output}
         return view_from_dict(self._request("POST", self._execution(execution_id, "decide"), body=body))
 
+
+    def metrics(self, window: str | float | None = "1h", *, sop: str | None = None,
+                mode: str | None = None) -> dict[str, Any]:
+        """Execution metrics over a time window (see ``Engine.metrics``)."""
+        from runtime.metrics import parse_window
+
+        return self._request("GET", "/v1/metrics", {"window": parse_window(window), "sop": sop, "mode": mode})

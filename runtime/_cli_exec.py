@@ -169,6 +169,8 @@ def _print_view(view: ExecutionView, fmt: str) -> None:
               f"{view.progress:.0%}  {view.elapsed_s:.2f} s  ({escape(step_summary(view))})")
     if view.trace_id:
         out.print(f"trace {view.trace_id}")
+    for alert in view.alerts:  # raised by the alert rules (runtime/alerts.py)
+        out.print(f"[bold red]alert[/bold red] {escape(str(alert.get('rule')))}: {escape(str(alert.get('reason')))}")
     out.print(_steps_table(view))
 
 
@@ -180,7 +182,7 @@ def _view_dict(view: ExecutionView) -> dict[str, Any]:
                           "classification": s.classification,
                           **({"progress": s.progress, "message": s.message} if s.progress is not None or s.message
                              else {})} for k, s in view.steps.items()},
-            "outputs": view.outputs, "trace_id": view.trace_id}
+            "outputs": view.outputs, "trace_id": view.trace_id, "alerts": view.alerts}
 
 
 def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:

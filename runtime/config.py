@@ -69,6 +69,19 @@ class EngineConfig:
             wait (weighted fair share): with the defaults, waiting ``critical`` work gets 8
             slots for every 4 of ``high``, 2 of ``normal`` and 1 of ``low`` — ``low`` is
             slowed, never starved. Every class needs a whole-number weight >= 1.
+        expected_duration_s: How long an execution is expected to run when its SOP declares
+            no ``expected_duration_s``; 0 (the default): no expectation, so no ``overdue``
+            alert for such SOPs. See :mod:`runtime.alerts`.
+        alert_overdue_factor: An execution running longer than this times its expected
+            duration raises an ``overdue`` alert (event, status flag, metric, ``on_alert``
+            hooks). Must be >= 1.
+        alert_queued_s: A step waiting for a run slot longer than this raises a
+            ``queued_too_long`` alert; 0 turns the rule off.
+        alert_decision_s: A step waiting for an operator's decision longer than this raises
+            a ``needs_decision_too_long`` alert; 0 turns the rule off.
+        alert_check_every_s: How often the coordinator checks the alert rules.
+        metrics_sop_labels: Distinct SOP names exported as Prometheus label values; metrics
+            of further SOPs are exported under ``sop="other"`` (bounds the series count).
     """
 
     state: str = ""
@@ -83,6 +96,12 @@ class EngineConfig:
     api_host: str = ""
     api_port: int | None = None
     priority_weights: tuple[tuple[str, int], ...] = (("critical", 8), ("high", 4), ("normal", 2), ("low", 1))
+    expected_duration_s: float = 0.0
+    alert_overdue_factor: float = 2.0
+    alert_queued_s: float = 1800.0
+    alert_decision_s: float = 3600.0
+    alert_check_every_s: float = 5.0
+    metrics_sop_labels: int = 50
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -106,6 +125,19 @@ class EngineConfig:
             raise ValueError(f"keep_finished must be >= 0, got {self.keep_finished}")
         if self.api_port is not None and not (isinstance(self.api_port, int) and 0 <= self.api_port <= 65535):
             raise ValueError(f"api_port must be 0 (any free port) to 65535, got {self.api_port!r}")
+        for name in ("expected_duration_s", "alert_queued_s", "alert_decision_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a number of seconds >= 0 (0: off), got {value!r}")
+        if isinstance(self.alert_overdue_factor, bool) or not isinstance(self.alert_overdue_factor, int | float) \
+                or not 1 <= self.alert_overdue_factor < float("inf"):
+            raise ValueError(f"alert_overdue_factor must be a number >= 1, got {self.alert_overdue_factor!r}")
+        if isinstance(self.alert_check_every_s, bool) or not isinstance(self.alert_check_every_s, int | float) \
+                or not 0 < self.alert_check_every_s < float("inf"):
+            raise ValueError(f"alert_check_every_s must be a number of seconds > 0, got {self.alert_check_every_s!r}")
+        if isinstance(self.metrics_sop_labels, bool) or not isinstance(self.metrics_sop_labels, int) \
+                or self.metrics_sop_labels < 1:
+            raise ValueError(f"metrics_sop_labels must be an integer >= 1, got {self.metrics_sop_labels!r}")
         if not isinstance(self.api_host, str) or any(c.isspace() for c in self.api_host):
             raise ValueError(f"api_host must be a host name or IP address, got {self.api_host!r}")
         weights = dict(self.priority_weights.items() if isinstance(self.priority_weights, dict)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from runtime.admission import LocalAdmission
+from runtime.alerts import raise_due
 from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import ExecutionError, ExecutionNotFound, IdempotencyConflict, StateStoreError
 from runtime import events as ev
@@ -71,13 +72,14 @@ class CoordinatorCore:
         event_log: The log to use instead of opening ``config.state``.
         owner: The state file's lease holder id (a coordinator restarted by Ray keeps it).
         service_name: The OpenTelemetry service name of this process's spans.
+        clock: Wall-clock time for the alert rules (tests pass a controllable one).
     """
 
     def __init__(self, config: EngineConfig | None = None, *, task_runner: StepRunner,
                  runners: Mapping[str, StepRunner] | None = None, policy: FailurePolicy | None = None,
                  monitor: MonitorFeed | None = None, capacity: Callable[[], int] | None = None,
                  event_log: Any = None, owner: str | None = None,
-                 service_name: str = "sopflow-coordinator") -> None:
+                 service_name: str = "sopflow-coordinator", clock: Callable[[], float] = time.time) -> None:
         setup_tracing(service_name)
         self.config = (config or EngineConfig(state="memory://")).on_this_node()
         self.journal = Journal(self.config, monitor, event_log, owner or f"engine-{uuid.uuid4().hex}")
@@ -94,6 +96,7 @@ class CoordinatorCore:
         self.recovery: dict[str, Any] | None = None
         self.started = time.monotonic()
         self._recovering: asyncio.Task | None = None
+        self.clock = clock
 
     @property
     def event_log(self) -> Any:
@@ -444,11 +447,30 @@ class CoordinatorCore:
 
             self._load_hooks()
             self._recovering = asyncio.get_running_loop().create_task(recover(self))
-        self.recovery = await asyncio.shield(self._recovering)
-        self._schedule_purge(PURGE_EVERY_S)
+        recovered = await asyncio.shield(self._recovering)
+        if self.recovery is None:  # the first caller back schedules the timers (once per start)
+            self.recovery = recovered
+            self._schedule_purge(PURGE_EVERY_S)
+            self._schedule_alert_check()
 
     def _schedule_purge(self, delay: float) -> None:
         asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(self.purge()))
+
+    def _schedule_alert_check(self) -> None:
+        asyncio.get_running_loop().call_later(self.config.alert_check_every_s,
+                                              lambda: asyncio.ensure_future(self._alert_tick()))
+
+    async def _alert_tick(self) -> None:
+        try:
+            await self.check_alerts()
+        except Exception:  # noqa: BLE001 - a failed check must not stop later ones
+            logger.exception("checking the alert rules failed")
+        finally:
+            self._schedule_alert_check()
+
+    async def check_alerts(self) -> int:
+        """Raise the alerts that are due now (by ``clock``) in running executions; returns how many."""
+        return raise_due(self.executions.values(), self.machine, self.config, self.clock())
 
     async def purge(self) -> int:
         """Remove finished executions older than the retention period from the store."""

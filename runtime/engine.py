@@ -447,6 +447,26 @@ class Engine:
     def remove_hook(self, name: str) -> list[str]:
         return self._conn.call("coordinator", "remove_hook", name)
 
+    def metrics(self, window: str | float | None = "1h", *, sop: str | None = None,
+                mode: str | None = None) -> dict[str, Any]:
+        """Execution metrics over a time window, as JSON data (see :func:`runtime.metrics.compute`).
+
+        Counts (total, running, completed, failed ...), success rate, mean/p95/p99 durations
+        by SOP and mode, error rate by class, retries, queue depth and wait, step durations,
+        alerts, and CPU/memory (with where they come from). Executions count when submitted
+        within ``window`` (``"30m"``, ``"1h"``, ``"7d"``, seconds, or None / ``"all"``) or
+        still unfinished.
+
+        Raises:
+            MetricsQueryError: ``window`` or ``mode`` is not understood (the message says what is).
+        """
+        from runtime.errors import MetricsQueryError
+        from runtime.metrics import parse_window
+
+        if mode is not None and mode not in [m.value for m in Mode]:
+            raise MetricsQueryError(f"mode must be one of {', '.join(m.value for m in Mode)}, got {mode!r}")
+        return self._conn.call("monitor", "metrics", parse_window(window), sop, mode)
+
     def failure_stats(self) -> dict[str, Any]:
         stats = self._conn.call("failure_handler", "stats")
         return {**stats, "hooks": self._conn.call("coordinator", "hook_names")}

@@ -106,3 +106,7 @@ class OptionalDependencyMissing(SopflowError, ImportError):
 
     def __reduce__(self) -> tuple:  # rebuilt from its arguments, not its message
         return (type(self), (self.feature, self.package))
+
+
+class MetricsQueryError(SopflowError, ValueError):
+    """Raised when a metrics query's window, SOP or mode is not one sopflow understands."""

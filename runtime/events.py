@@ -54,6 +54,8 @@ class EventKind(StrEnum):
     """An interrupted attempt of a non-idempotent step waits for an operator's decision."""
     DECIDED = "operator_decided"
     """An operator settled a step awaiting decision: rerun, succeed, fail or skip."""
+    ALERTED = "alert_raised"
+    """An alert rule fired: the execution runs too long, or a step waits too long (``data["rule"]``)."""
     FINISHED = "execution_finished"
 
 
@@ -378,6 +380,23 @@ class Decided(Payload):
 
     def summary(self) -> str:
         return f"{self.decision} ({self.reason or 'no reason given'})"
+
+
+@dataclass(frozen=True, slots=True)
+class Alerted(Payload):
+    """An alert rule fired (see :mod:`runtime.alerts`); the execution is flagged in its status."""
+
+    kind: ClassVar[EventKind] = EventKind.ALERTED
+    rule: str = ""
+    """overdue (the execution), queued_too_long or needs_decision_too_long (the event's step)."""
+    reason: str = ""
+    threshold_s: float = 0.0
+    """The limit that was passed (seconds)."""
+    elapsed_s: float = 0.0
+    """How long it had been when the check fired (seconds)."""
+
+    def summary(self) -> str:
+        return f"[{self.rule}] {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)

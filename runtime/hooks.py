@@ -1,7 +1,7 @@
 """Hooks: code that observes executions without being part of them (dramatiq's middleware).
 
 A :class:`Hook` overrides any of ``before_attempt``, ``after_attempt``,
-``on_retry``, ``on_escalate`` and ``on_end``; each gets one JSON-able payload
+``on_retry``, ``on_escalate``, ``on_alert`` and ``on_end``; each gets one JSON-able payload
 (execution, SOP, step, attempt, and what happened). Every method does nothing
 by default. :class:`Hooks` is the chain the state machine notifies: "before"
 hooks run in the order they were added, "after" hooks (after an attempt, at
@@ -12,7 +12,8 @@ no step (only the notifications after it; a call is given up after
 quick (do I/O in a coroutine or a thread).
 
 Escalation hooks (a Python function or a webhook, registered by name through
-the engine) are :class:`EscalationHook` objects: the coordinator keeps their
+the engine) are :class:`EscalationHook` objects, told of escalations and of
+alerts (:mod:`runtime.alerts`; the payload then has ``"notification": "alert"``): the coordinator keeps their
 registrations in the state store, so they survive restarts.
 """
 
@@ -32,7 +33,7 @@ log = logging.getLogger("sopflow.hooks")
 HOOK_TIMEOUT_S = 60.0
 """How long one hook call may take before it is given up (logged and counted as a failure)."""
 
-BEFORE = ("before_attempt", "on_retry", "on_escalate")
+BEFORE = ("before_attempt", "on_retry", "on_escalate", "on_alert")
 """Notifications that run hooks in the order they were added (the others run in reverse)."""
 
 
@@ -52,6 +53,10 @@ class Hook:
     def on_escalate(self, payload: dict[str, Any]) -> Any:
         """A step's retries are exhausted (``error`` (type, message ...), ``classification``, ``reason``)."""
 
+    def on_alert(self, payload: dict[str, Any]) -> Any:
+        """An alert rule fired (``rule``: overdue, queued_too_long or needs_decision_too_long; ``reason``,
+        ``threshold_s``, ``elapsed_s``; ``step`` and ``attempt`` for a step's rule)."""
+
     def on_end(self, payload: dict[str, Any]) -> Any:
         """The execution finished (``status``)."""
 
@@ -67,6 +72,7 @@ class Hooks:
         self.failures: dict[str, int] = {}
         """Hook name -> how many of its calls raised."""
         self.escalations = 0
+        self.alerts = 0
 
     def add(self, name: str, hook: Hook) -> None:
         """Add (or replace) a hook; a new one runs after those added before it."""
@@ -98,6 +104,13 @@ class Hooks:
         if self._hooks:
             self._notify("on_escalate", _payload(exe, step, attempt, error=error, classification=classification,
                                                  reason=reason, escalated_at=time.time()))
+
+    def on_alert(self, exe: Any, step: str | None, attempt: int | None, rule: str, reason: str,
+                 threshold_s: float, elapsed_s: float) -> None:
+        self.alerts += 1
+        if self._hooks:
+            self._notify("on_alert", _payload(exe, step, attempt, notification="alert", rule=rule, reason=reason,
+                                              threshold_s=threshold_s, elapsed_s=elapsed_s, alerted_at=time.time()))
 
     def on_end(self, exe: Any, status: str) -> None:
         if self._hooks:
@@ -163,6 +176,9 @@ class EscalationHook(Hook):
         self.target = target
 
     async def on_escalate(self, payload: dict[str, Any]) -> None:
+        await self.target(payload)
+
+    async def on_alert(self, payload: dict[str, Any]) -> None:
         await self.target(payload)
 
     def __str__(self) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from runtime.alerts import Alert
 from runtime import events as ev
 from runtime.attempts import AttemptsMixin, runner_kind
 from runtime.errors import ExecutionError
@@ -183,6 +184,16 @@ class StateMachine(AttemptsMixin):
         step_outputs = {sid: st.output for sid, st in exe.state.steps.items()
                         if st.status == StepStatus.SUCCEEDED}
         return {"outputs": values, "steps": step_outputs}, problems
+
+    def alert(self, exe: Execution, alert: Alert) -> None:
+        """An alert rule fired (:func:`runtime.alerts.due_alerts`): log it (status flags it), tell the hooks."""
+        if exe.state.status.terminal:
+            return
+        self.host.emit(exe, ev.Alerted(rule=alert.rule.value, reason=alert.reason,
+                                       threshold_s=round(alert.threshold_s, 3), elapsed_s=round(alert.elapsed_s, 3)),
+                       alert.step, alert.attempt)
+        self.hooks.on_alert(exe, alert.step, alert.attempt, alert.rule.value, alert.reason, alert.threshold_s,
+                            alert.elapsed_s)
 
     # -- what operators ask -------------------------------------------------------------------
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from runtime.config import EngineConfig
 from runtime.errors import ExecutionNotFound
 from runtime.events import Event, EventKind
+from runtime.metrics import ExecutionFacts, compute, facts, from_log, host_resources, selected
 from runtime.state import ExecutionState, apply, fold
 from runtime.status import ExecutionStatus, ExecutionView
 
@@ -34,6 +37,10 @@ class ExecutionMonitor:
         self._metrics = metrics
         """Exports counts (``record(state, event, running)``): Ray metrics in the actor, else none."""
         self._log: Any = None
+        self._facts: dict[str, ExecutionFacts] = {}
+        """Metrics' facts of finished executions in memory, read once (see :meth:`metrics`)."""
+        self.resources: Callable[[], dict[str, Any]] = host_resources
+        """Measures CPU and memory for :meth:`metrics` (the Ray front measures the cluster)."""
         self.stalled: str | None = None
         """Why the coordinator's store takes no writes now, if it does not."""
         if self.config.durable and os.path.exists(self.config.state):
@@ -56,6 +63,8 @@ class ExecutionMonitor:
         for record in records:
             self._load(record.id)
         self.running = sum(1 for s in self.states.values() if not s.status.terminal)
+        if self._metrics is not None and hasattr(self._metrics, "reset"):
+            self._metrics.reset(self.states.values(), self.running)
 
     async def resync(self) -> int:
         """Re-read from the log every execution this monitor thinks unfinished (after a coordinator
@@ -93,6 +102,7 @@ class ExecutionMonitor:
             self._retired.discard(old)
             self.states.pop(old, None)
             self.history.pop(old, None)
+            self._facts.pop(old, None)
 
     async def apply(self, batch: list[Event]) -> int:
         for event in batch:
@@ -201,6 +211,43 @@ class ExecutionMonitor:
     def _newer(self, execution_id: str, after_seq: int) -> list[Event]:
         history = self.history.get(execution_id, [])
         return history[after_seq:] if len(history) >= after_seq else []
+
+    async def metrics(self, window_s: float | None = None, sop: str | None = None, mode: str | None = None,
+                      now: float | None = None, with_resources: bool = True) -> dict[str, Any]:
+        """Metrics over ``window_s`` (see :func:`runtime.metrics.compute`): the histories held in memory,
+        plus the state store's for executions no longer (or not yet) here, so a restarted monitor
+        answers the same."""
+        now = time.time() if now is None else now
+        since = None if window_s is None else now - window_s
+        # A snapshot taken on the loop; the events are read in a thread, so status queries go on meanwhile.
+        held = [(eid, history[:], self.states.get(eid)) for eid, history in self.history.items()]
+        found, whole = await asyncio.to_thread(self._facts_of, held, since, sop, mode)
+        source = "monitor"
+        if self.log is not None:
+            found += await asyncio.to_thread(from_log, self.log, now=now, window_s=window_s, sop=sop, mode=mode,
+                                             skip=whole)
+            source = "monitor + state store"
+        resources = await asyncio.to_thread(self.resources) if with_resources else None
+        return compute(found, now=now, window_s=window_s, sop=sop, mode=mode, resources=resources, source=source)
+
+    def _facts_of(self, held: list[tuple[str, list[Event], ExecutionState | None]], since: float | None,
+                  sop: str | None, mode: str | None) -> tuple[list[ExecutionFacts], set[str]]:
+        """Facts of the whole histories in ``held`` that may count, and the ids of every whole history."""
+        found, whole = [], set()
+        for eid, history, state in held:
+            if not history or history[0].seq != 1:
+                continue  # joined mid-way: the state store has its whole history, if there is one
+            whole.add(eid)
+            if state is not None and ((sop is not None and state.sop != sop)
+                                      or (mode is not None and state.mode != mode)
+                                      or (since is not None and state.submitted_at < since and state.status.terminal)):
+                continue  # cannot count: skip reading its events
+            f = self._facts.get(eid) or facts(history)
+            if f.finished and eid in self.states:  # a finished history never changes: read it once
+                self._facts[eid] = f
+            if selected(f, since=since, sop=sop, mode=mode):
+                found.append(f)
+        return found, whole
 
     async def counts(self) -> dict[str, Any]:
         """Executions by status, and the steps of unfinished ones by status (queued apart from running)."""

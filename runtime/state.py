@@ -25,6 +25,8 @@ class StepState:
     classification: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
+    waiting_since: float | None = None
+    """When the step last became queued or started to wait for a decision (alert rules use it)."""
 
 
 @dataclass(slots=True)
@@ -61,6 +63,8 @@ class ExecutionState:
     """When the first attempt of any step started (the execution is under way)."""
     progress: dict[str, list[Any]] = field(default_factory=dict)
     """Running step -> ``[fraction done, message]`` it last reported (``context.report_progress``)."""
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    """Alerts raised (``alert_raised`` events): ``{"rule", "step", "attempt", "reason", "at"}`` each."""
 
     def view(self, *, with_outputs: bool = False) -> ExecutionView:
         main = [s for k, s in self.steps.items() if k not in self.rollback_steps or self.rolling_back]
@@ -73,7 +77,7 @@ class ExecutionState:
                                s.ended_at, *self.progress.get(k, (None, ""))) for k, s in self.steps.items()},
             submitted_at=self.submitted_at, ended_at=self.ended_at,
             outputs=self.outputs if with_outputs else None, priority=self.priority,
-            trace_id=self.trace_id, priority_class=self.priority_class)
+            trace_id=self.trace_id, priority_class=self.priority_class, alerts=[dict(a) for a in self.alerts])
 
 
 def apply(state: ExecutionState, event: Event) -> None:
@@ -111,6 +115,7 @@ def _steps_added(state: ExecutionState, _: Event, __: StepState | None, p: ev.St
 def _step_queued(state: ExecutionState, event: Event, step: StepState | None, _: ev.StepQueued) -> None:
     if step is not None:
         step.status, step.attempts = StepStatus.QUEUED, event.attempt or step.attempts + 1
+        step.waiting_since = event.ts
         state.retry_due.pop(event.step, None)  # type: ignore[arg-type]
 
 
@@ -194,7 +199,7 @@ def _decision_required(state: ExecutionState, event: Event, step: StepState | No
                        __: ev.DecisionRequired) -> None:
     state.progress.pop(event.step, None)  # type: ignore[arg-type]
     if step is not None:
-        step.status = StepStatus.NEEDS_DECISION
+        step.status, step.waiting_since = StepStatus.NEEDS_DECISION, event.ts
         if state.status in (ExecutionStatus.RUNNING, ExecutionStatus.PAUSED):
             state.status = ExecutionStatus.NEEDS_DECISION
 
@@ -215,6 +220,11 @@ def _decided(state: ExecutionState, event: Event, step: StepState | None, p: ev.
     if state.status == ExecutionStatus.NEEDS_DECISION and not any(
             s.status == StepStatus.NEEDS_DECISION for s in state.steps.values()):
         state.status = ExecutionStatus.PAUSED if state.paused else ExecutionStatus.RUNNING
+
+
+def _alerted(state: ExecutionState, event: Event, _: StepState | None, p: ev.Alerted) -> None:
+    state.alerts.append({"rule": p.rule, "step": event.step, "attempt": event.attempt, "reason": p.reason,
+                         "at": event.ts})
 
 
 def _finished(state: ExecutionState, event: Event, _: StepState | None, p: ev.Finished) -> None:
@@ -242,6 +252,7 @@ _APPLY: dict[EventKind, Callable[[ExecutionState, Event, StepState | None, Any],
     EventKind.ATTEMPT_INTERRUPTED: _attempt_interrupted,
     EventKind.DECISION_REQUIRED: _decision_required,
     EventKind.DECIDED: _decided,
+    EventKind.ALERTED: _alerted,
     EventKind.FINISHED: _finished,
 }
 """Event kind -> how it changes the state (kinds that change nothing are absent)."""

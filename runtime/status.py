@@ -97,6 +97,13 @@ class ExecutionView:
     """Its OpenTelemetry trace id, to look it up in a tracing tool (None when tracing was off)."""
     priority_class: str = "normal"
     """critical, high, normal or low."""
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    """Alerts raised for it (see :mod:`runtime.alerts`): ``{"rule", "step", "attempt", "reason", "at"}`` each."""
+
+    @property
+    def alerting(self) -> bool:
+        """Whether an alert was raised for it (it ran too long, or a step waited too long)."""
+        return bool(self.alerts)
 
     @property
     def elapsed_s(self) -> float:

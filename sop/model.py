@@ -223,6 +223,8 @@ class Sop(_Model):
     rollback: tuple[Step, ...] = ()
     outputs: dict[str, Any] = Field(default_factory=dict)
     """Result values, usually ${{ steps.<id>.output... }} references."""
+    expected_duration_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    """How long one execution is expected to take (seconds); running over twice that raises an alert."""
     priority: str | int | None = None
     """Default priority of its executions: a class (critical, high, normal, low) or a number within
     ``normal`` (higher first); a submission may say otherwise."""

@@ -104,7 +104,7 @@ ROUTES = [("GET", "/v1/executions"), ("GET", f"/v1/executions/{UNKNOWN}"),
           ("GET", f"/v1/executions/{UNKNOWN}/result"), ("POST", f"/v1/executions/{UNKNOWN}/wait"),
           ("POST", f"/v1/executions/{UNKNOWN}/cancel"), ("POST", f"/v1/executions/{UNKNOWN}/pause"),
           ("POST", f"/v1/executions/{UNKNOWN}/resume"), ("POST", f"/v1/executions/{UNKNOWN}/decide"),
-          ("GET", "/openapi.json"), ("GET", "/v1/nowhere")]
+          ("GET", "/v1/metrics"), ("GET", "/openapi.json"), ("GET", "/v1/nowhere")]
 
 
 # -- hostile requests -------------------------------------------------------------------------------
@@ -210,6 +210,22 @@ def test_a_bad_body_is_a_400_saying_what_was_expected(server, finished, body, sa
 def test_bad_list_filters_are_400s(server, query, says) -> None:
     status, _, answer = request(server.url, "GET", f"/v1/executions?{query}")
     assert status == 400 and says in answer["error"]["message"], answer
+
+
+@pytest.mark.parametrize("query,says", [
+    ("window=0", "'window' must be >= 0.001"), ("window=abc", "'window' must be a number"),
+    ("window=nan", "'window' must be"), ("window=-1", "'window' must be >= 0.001"),
+    ("mode=fast", "mode must be one of system_design, agent_centric"),
+    ("mode=" + "m" * 5000, "mode must be one of"),
+    ("sop=" + "s" * 2000, "'sop' must be a string of at most 1000 characters"),
+    ("windw=3600", "unknown query parameter(s) 'windw'"), ("sop=a&sop=b' OR 1=1", "")])
+def test_bad_metrics_queries_are_400s(server, query, says) -> None:
+    status, _, answer = request(server.url, "GET", f"/v1/metrics?{quote(query, safe='=&')}")
+    if not says:  # a repeated or odd-looking SOP name is just a name that matches nothing
+        assert status == 200 and answer["executions"]["total"] == 0, answer
+        return
+    assert status == 400 and says in answer["error"]["message"], answer
+    assert len(answer["error"]["message"]) < 400  # the junk is not echoed back whole
 
 
 def test_bad_wait_and_timeout_values_are_400s(server, finished) -> None:
@@ -347,6 +363,15 @@ def test_status_list_history_and_result_equal_what_the_engine_returns(engine, cl
     assert finished in [v.id for v in client.list(since=submitted, until=submitted + 0.001)]
     assert finished not in [v.id for v in client.list(until=submitted)]
     assert len(client.list(limit=1)) == 1
+
+
+def test_metrics_over_the_api_equal_the_engines(engine, client, finished) -> None:
+    over_api = client.metrics("1h", sop="hello-linear")
+    direct = engine.metrics("1h", sop="hello-linear")
+    assert over_api["executions"]["completed"] >= 1
+    for key in ("executions", "duration_s", "steps", "queue", "step_duration_s", "alerts"):
+        assert over_api[key] == direct[key], key
+    assert client.metrics("all")["window"]["seconds"] is None
 
 
 def test_events_follow_an_execution_to_its_end(engine, client, finished) -> None:

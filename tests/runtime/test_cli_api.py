@@ -150,3 +150,25 @@ def test_an_api_named_by_sopflow_api_that_does_not_answer_is_an_error_not_a_sile
     assert got.returncode == 1
     assert "sopflow's API at http://127.0.0.1:1 ($SOPFLOW_API) does not answer" in got.stderr
     assert "Traceback" not in got.stderr
+
+
+def test_metrics_through_the_api_match_the_engine_and_import_neither_ray_nor_the_sop_model(engine, api_env,
+                                                                                           finished) -> None:
+    import json
+
+    got = sopflow(api_env, "metrics", "--sop", "hello-linear", "--window", "all", "--format", "json")
+    assert got.returncode == 0, got.stderr
+    over_api, direct = json.loads(got.stdout), engine.metrics("all", sop="hello-linear")
+    for key in ("executions", "duration_s", "steps", "queue", "step_duration_s"):
+        assert over_api[key] == direct[key], key
+    text = sopflow(api_env, "metrics", "--sop", "hello-linear")
+    assert text.returncode == 0 and "success rate" in text.stdout and "p99" in text.stdout, text.stderr
+    code = ("import sys; sys.argv = ['sopflow', 'metrics']\n"
+            "from runtime.cli import main\n"
+            "try: main()\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in ('ray', 'pydantic', 'yaml', 'jinja2', 'sop.model') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], env=api_env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "[]", done.stdout + done.stderr
+    bad = sopflow(api_env, "metrics", "--window", "later")
+    assert bad.returncode == 1 and "window must be" in bad.stderr and "Traceback" not in bad.stderr
