@@ -61,6 +61,9 @@ class EngineConfig:
         checkpoint_every_s: How often the coordinator moves the SQLite WAL into the main
             file and truncates it (also done on a clean shutdown), so the main file alone
             holds nearly everything and a damaged WAL can cost little.
+        log_retention_days: Audit log entries (``Engine.logs``) older than this are removed
+            (hourly, with the purge of old executions); an execution's entries also go when
+            the execution itself is removed (``retention_days``), whichever comes first.
     """
 
     state: str = ""
@@ -74,6 +77,7 @@ class EngineConfig:
     checkpoint_every_s: float = 300.0
     api_host: str = ""
     api_port: int | None = None
+    log_retention_days: float = 90.0
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -83,6 +87,8 @@ class EngineConfig:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {self.synchronous!r}")
         if self.retention_days <= 0:
             raise ValueError(f"retention_days must be > 0, got {self.retention_days}")
+        if not self.log_retention_days > 0:
+            raise ValueError(f"log_retention_days must be > 0, got {self.log_retention_days}")
         if self.snapshot_every < 10:
             raise ValueError(f"snapshot_every must be >= 10, got {self.snapshot_every}")
         if self.max_running_steps < 0:
@@ -121,6 +127,10 @@ class EngineConfig:
     @property
     def retention_s(self) -> float:
         return self.retention_days * DAY_S
+
+    @property
+    def log_retention_s(self) -> float:
+        return self.log_retention_days * DAY_S
 
     @property
     def durable(self) -> bool:

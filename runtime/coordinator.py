@@ -203,7 +203,10 @@ class CoordinatorCore:
                                     steps=[s.id for s in sop.steps], rollback=[s.id for s in sop.rollback],
                                     inputs=public_inputs, idempotency_key=key, parent=request.parent,
                                     source=request.source, request=request.describe(),
-                                    trace=carrier_for(exe.span) if exe.span.is_recording() else {}, **fingerprinted))
+                                    trace=carrier_for(exe.span) if exe.span.is_recording() else {},
+                                    submitted_by=request.submitted_by or (
+                                        f"execution {request.parent}" if request.parent else ""),
+                                    agent=request.agent, **fingerprinted))
         self.machine.begin(exe)
         return exe.id
 
@@ -398,6 +401,11 @@ class CoordinatorCore:
             raise ExecutionNotFound(execution_id)
         return events
 
+    async def logs(self, query: Any) -> list[Any]:
+        """Audit log entries (a :class:`runtime.audit.LogQuery`), including everything written so far."""
+        await self.journal.durable()
+        return await asyncio.to_thread(self.event_log.logs, query)
+
     async def export(self, execution_id: str) -> dict[str, Any]:
         await self.journal.durable()
         return export_history(self.event_log, execution_id)
@@ -433,9 +441,11 @@ class CoordinatorCore:
 
     async def purge(self) -> int:
         """Remove finished executions older than the retention period from the store."""
-        cutoff = time.time() - self.config.retention_s
+        now = time.time()
+        cutoff = now - self.config.retention_s
         try:
-            removed = await asyncio.to_thread(self.event_log.purge, ended_before=cutoff)
+            removed = await asyncio.to_thread(self.event_log.purge, ended_before=cutoff,
+                                              logs_before=now - self.config.log_retention_s)
         finally:
             self._schedule_purge(PURGE_EVERY_S)
         if removed:

@@ -55,6 +55,8 @@ class EventKind(StrEnum):
     DECIDED = "operator_decided"
     """An operator settled a step awaiting decision: rerun, succeed, fail or skip."""
     FINISHED = "execution_finished"
+    DATA_ACCESSED = "data_accessed"
+    """A step or an agent read or wrote data through an MCP server (one tool call); changes no state."""
 
 
 EVENT_SCHEMA = 2
@@ -162,6 +164,10 @@ class Submitted(Payload):
     """What a reused idempotency key is compared with (user keys only)."""
     trace: dict[str, str] = field(default_factory=dict)
     """The W3C trace context of the execution's span."""
+    submitted_by: str = ""
+    """Who or what submitted it, as the client said: ``user@host`` by default, or the caller's value."""
+    agent: str | None = None
+    """The agent running it (Agent Centric Run), when there is one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +219,9 @@ class StepSucceeded(Payload):
     recorded: list[list[Any]] | None = None
     """Values the handler took from its context (time, randomness, ids), for an exact replay."""
     replay_diverged: str | None = None
+    logs: list[list[Any]] | None = None
+    """Lines the handler wrote through ``context.logger`` and a shell step's output tail, bounded:
+    ``[ts, level, source, text]`` each (see :class:`runtime.audit.LineBuffer`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +241,8 @@ class StepFailed(Payload):
     """What a failed shell step printed, if anything."""
     recorded: list[list[Any]] | None = None
     replay_diverged: str | None = None
+    logs: list[list[Any]] | None = None
+    """As :attr:`StepSucceeded.logs`."""
 
     def summary(self) -> str:
         return f"[{self.classification}] {self.error}"
@@ -392,6 +403,31 @@ class Finished(Payload):
 
     def summary(self) -> str:
         return self.status
+
+
+@dataclass(frozen=True, slots=True)
+class DataAccessed(Payload):
+    """One call to an MCP server (a data access), by a step or an agent; it changes no state.
+
+    Written by whatever makes the call (the MCP runner, the agent host); the audit log
+    shows it as a ``data_access`` entry. Arguments are not kept, only their digest.
+    """
+
+    kind: ClassVar[EventKind] = EventKind.DATA_ACCESSED
+    server: str = ""
+    """The MCP server's name (as configured)."""
+    tool: str = ""
+    """The tool called (or ``resources/read`` and the like)."""
+    ok: bool = True
+    duration_s: float = 0.0
+    arguments: str | None = None
+    """A digest of the arguments (never their values: they may hold secrets)."""
+    error: str | None = None
+    agent: str | None = None
+    """The agent that made the call, when it was an agent."""
+
+    def summary(self) -> str:
+        return f"{self.server}.{self.tool} {'ok' if self.ok else 'failed: ' + str(self.error)}"
 
 
 PAYLOADS: dict[EventKind, type[Payload]] = {cls.kind: cls for cls in Payload.__subclasses__()}

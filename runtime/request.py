@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,10 @@ class SubmitRequest:
     parent: str | None = None
     definition: dict[str, Any] | None = None
     """The SOP as JSON data (built by the client), logged so the run can be rebuilt and replayed."""
+    submitted_by: str = ""
+    """Who or what submitted it, as the client says (``user@host`` by default); in the audit log."""
+    agent: str | None = None
+    """The agent that runs it (Agent Centric Run), when there is one; in the audit log."""
 
     def describe(self) -> dict[str, Any]:
         """Everything needed to rebuild this request from the log, minus secret values."""
@@ -40,6 +45,32 @@ class SubmitRequest:
         """True when a handler was shipped as a callable (the log can only name importable ones)."""
         return any(not isinstance(v, str) for v in self.handlers.values()) or any(
             r.has_callables for r in self.subsops.values())
+
+
+MAX_SUBMITTED_BY = 200
+"""Characters of ``submitted_by`` kept."""
+
+
+def submitter(given: str | None = None) -> str:
+    """``given`` (checked, cut to :data:`MAX_SUBMITTED_BY`), or this process's ``user@host``.
+
+    Raises:
+        SubmissionError: ``given`` is not text.
+    """
+    if given is not None:
+        if not isinstance(given, str):
+            from runtime.errors import SubmissionError
+
+            raise SubmissionError(f"submitted_by must be text (who or what submits), got {type(given).__name__}")
+        return given.strip()[:MAX_SUBMITTED_BY]
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (a container without one): say so, never fail
+        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"[:MAX_SUBMITTED_BY]
 
 
 def sop_definition(sop: Sop) -> dict[str, Any]:
