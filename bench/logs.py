@@ -189,8 +189,8 @@ def run(quick: bool = False) -> list[Result]:
                     hits.append(len(log.logs(next_ours())))
 
                 def scan() -> None:
-                    sql, args = select_sql(next_scan())
-                    plain.execute(sql.replace("FROM logs", "FROM logs NOT INDEXED", 1), args).fetchall()
+                    sql, args = select_sql(next_scan(), scan=True)
+                    plain.execute(sql, args).fetchall()
 
                 indexed, full = measure_pair(ours, scan, reps if "text, rare" not in name else max(3, reps // 3),
                                              warmup=1)

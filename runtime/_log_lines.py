@@ -40,6 +40,8 @@ def readable(text: Any) -> str:
         text = bytes(text).decode("utf-8", "backslashreplace")
     elif not isinstance(text, str):
         text = str(text)
+    if text.isprintable():  # the common case, checked in C: nothing to escape
+        return text
     return _UNREADABLE.sub(_escape, text)
 
 

@@ -150,6 +150,14 @@ def context_of_submitted(event: Event) -> LogContext:
 
 # -- deriving entries from events ----------------------------------------------------------------
 
+class _K:
+    """The event kinds as plain class attributes: an enum member looked up on its class costs a
+    descriptor call, and this runs for every event the coordinator commits."""
+
+
+for _kind in EventKind:
+    setattr(_K, _kind.name, _kind)
+
 _STEP_END = {EventKind.STEP_SKIPPED: ("skipped", logging.INFO), EventKind.STEP_HALTED: ("upstream_failed", logging.WARNING),
              EventKind.STEP_CANCELLED: ("cancelled", logging.WARNING)}
 _OPERATOR = {EventKind.PAUSED: "pause", EventKind.RESUMED: "resume", EventKind.CANCEL_REQUESTED: "cancel",
@@ -176,6 +184,8 @@ def entries_of(event: Event, ctx: LogContext) -> list[LogEntry]:
 
 def _entries_of(event: Event, ctx: LogContext) -> list[LogEntry]:
     d, k = event.data, event.kind
+    if type(k) is not EventKind:  # compared by identity below
+        k = EventKind(k)
     entries: list[LogEntry] = []
 
     def add(kind: LogKind, level: int, message: str, status: str | None = None,
@@ -187,22 +197,22 @@ def _entries_of(event: Event, ctx: LogContext) -> list[LogEntry]:
 
     step = f"step {event.step!r}" if event.step else "the execution"
     att = f" attempt {event.attempt}" if event.attempt else ""
-    if k == EventKind.SUBMITTED:
+    if k is _K.SUBMITTED:
         by = d.get("submitted_by") or "unknown"
         agent = f", agent {ctx.agent}" if ctx.agent else ""
         add(LogKind.START, logging.INFO, f"submitted SOP {ctx.sop} {d.get('version', '')} ({d.get('mode')}"
             f"{agent}) by {by}", "submitted",
             _some(version=d.get("version"), mode=d.get("mode"), submitted_by=d.get("submitted_by"),
                   priority=d.get("priority"), parent=d.get("parent"), source=d.get("source")))
-    elif k == EventKind.STEP_QUEUED:
+    elif k is _K.STEP_QUEUED:
         add(LogKind.ATTEMPT, logging.DEBUG, f"{step}{att} queued: {d.get('reason', '')}", "queued")
-    elif k == EventKind.STEP_STARTED:
+    elif k is _K.STEP_STARTED:
         add(LogKind.ATTEMPT, logging.INFO, f"{step}{att} started", "started", _some(inputs=d.get("inputs")))
-    elif k == EventKind.STEP_SUCCEEDED:
+    elif k is _K.STEP_SUCCEEDED:
         _lines(event, ctx, d.get("logs"), entries)
         add(LogKind.ATTEMPT, logging.INFO, f"{step}{att} succeeded in {_secs(d.get('duration_s'))}", "succeeded",
             _some(duration_s=d.get("duration_s")))
-    elif k == EventKind.STEP_FAILED:
+    elif k is _K.STEP_FAILED:
         _lines(event, ctx, d.get("logs"), entries)
         final = d.get("final", True)
         add(LogKind.ATTEMPT, logging.ERROR if final else logging.WARNING,
@@ -212,12 +222,12 @@ def _entries_of(event: Event, ctx: LogContext) -> list[LogEntry]:
             add(LogKind.DECISION, logging.INFO if d["action"] == "retry" else logging.ERROR,
                 f"failure policy for {step}: {d['action']}" + (f" ({d['reason']})" if d.get("reason") else ""),
                 str(d["action"]), _some(by="failure_policy", classification=d.get("classification")))
-    elif k == EventKind.ESCALATED:
+    elif k is _K.ESCALATED:
         add(LogKind.DECISION, logging.ERROR, f"{step} escalated: {d.get('reason', '')}", "escalated",
             _some(classification=d.get("classification")))
-    elif k == EventKind.ROLLBACK_STARTED:
+    elif k is _K.ROLLBACK_STARTED:
         add(LogKind.DECISION, logging.WARNING, f"rollback started: {d.get('reason', '')}", "rollback")
-    elif k == EventKind.DECISION_REQUIRED:
+    elif k is _K.DECISION_REQUIRED:
         add(LogKind.DECISION, logging.WARNING, f"{step} needs an operator's decision: {d.get('reason', '')}",
             "needs_decision")
     elif k in _STEP_END:
@@ -225,15 +235,15 @@ def _entries_of(event: Event, ctx: LogContext) -> list[LogEntry]:
         add(LogKind.STEP, level, f"{step} {status.replace('_', ' ')}: {d.get('reason', '')}", status)
     elif k in _OPERATOR:
         _operator(event, _OPERATOR[k], step, add)
-    elif k == EventKind.CHILD_SUBMITTED:
+    elif k is _K.CHILD_SUBMITTED:
         add(LogKind.ATTEMPT, logging.INFO, f"{step}{att} started sub-SOP execution {d.get('child')}",
             "child_submitted", _some(child=d.get("child")))
-    elif k == EventKind.RECOVERED:
+    elif k is _K.RECOVERED:
         add(LogKind.RECOVERY, logging.WARNING, "resumed by a restarted coordinator", "recovered",
             _some(**{n: d.get(n) for n in ("in_flight", "queued", "awaiting_decision", "retrying") if d.get(n)}))
-    elif k == EventKind.ATTEMPT_INTERRUPTED:
+    elif k is _K.ATTEMPT_INTERRUPTED:
         add(LogKind.RECOVERY, logging.WARNING, f"{step}{att} interrupted: {d.get('reason', '')}", "interrupted")
-    elif k == EventKind.DATA_ACCESSED:
+    elif k is _K.DATA_ACCESSED:
         ok = bool(d.get("ok", True))
         who = readable(d["agent"]) if d.get("agent") else ctx.agent
         add(LogKind.DATA_ACCESS, logging.INFO if ok else logging.WARNING,
@@ -243,7 +253,7 @@ def _entries_of(event: Event, ctx: LogContext) -> list[LogEntry]:
                   duration_s=d.get("duration_s"), agent=d.get("agent")))
         if who and who != ctx.agent:
             entries[-1] = replace(entries[-1], agent=who)
-    elif k == EventKind.FINISHED:
+    elif k is _K.FINISHED:
         status = str(d.get("status", ""))
         duration = None if ctx.submitted_at is None else round(event.ts - ctx.submitted_at, 6)
         summary = _outputs_summary(d.get("outputs"))
