@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import contextlib
 import json
 import logging
@@ -324,9 +325,18 @@ class SqliteEventLog:
 
     def logs(self, query: LogQuery) -> list[LogEntry]:
         """The audit log entries ``query`` selects (see :class:`runtime.audit.LogQuery`)."""
-        sql, args = _sqlite_logs.select_sql(query)
         try:
-            rows = self._read("query the audit log", sql, args)
+            rows = None
+            if _sqlite_logs.text_only(query) and query.limit:
+                # The newest day through the ts index first: if it holds `limit` matches they are
+                # the newest of all (a common text); otherwise one full scan (a rare text).
+                newest = self._read("query the audit log", "SELECT MAX(ts) FROM logs", ())
+                if newest and newest[0][0] is not None:
+                    recent = dataclasses.replace(query, since=newest[0][0] - 86_400.0)
+                    rows = self._read("query the audit log", *_sqlite_logs.select_sql(recent))
+                    rows = rows if len(rows) >= query.limit else None
+            if rows is None:
+                rows = self._read("query the audit log", *_sqlite_logs.select_sql(query))
         except StateStoreError as e:
             if "no such table: logs" in str(e):  # a store older than schema 3, opened read-only
                 return []

@@ -26,7 +26,8 @@ LOG_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS logs_step ON logs (step, ts) WHERE step IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS logs_status ON logs (status, ts) WHERE status IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS logs_kind ON logs (kind, ts)",
-    "CREATE INDEX IF NOT EXISTS logs_level ON logs (level, ts)",
+    # Warnings and errors, newest first: a minimum level of warning or above reads only these.
+    "CREATE INDEX IF NOT EXISTS logs_notable ON logs (ts) WHERE level >= 30",
 )
 _COLUMNS = "id, ts, execution_id, sop, agent, step, attempt, kind, level, status, message, seq, data"
 _INSERT = "INSERT INTO logs VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -122,16 +123,22 @@ def _source(q: LogQuery) -> str:
     """The table, with a hint where SQLite's planner (no statistics) would walk the ``ts`` index
     over every row to return them newest first without a sort.
 
-    Without an equality filter or a time range: a minimum level of warning or above reads the
-    level index and sorts the (few) rows it finds; a text filter alone reads the table in order
-    (a sequential scan, about twice as fast as the ``ts`` index when the text is rare).
+    Without an equality filter or a time range: a minimum level of warning or above walks the
+    partial index of warnings and errors newest first; a text filter alone reads the table in
+    order (a sequential scan, faster than the ``ts`` index when the text is rare; the caller
+    tries the newest day through the ``ts`` index first, which is enough for a common text).
     """
     if q.after is not None or q.since is not None or q.until is not None or any(
             v is not None for v in (q.execution, q.sop, q.agent, q.step, q.status, q.kind)):
         return "logs"
     if q.level is not None and q.level >= 30:
-        return "logs INDEXED BY logs_level"
+        return "logs INDEXED BY logs_notable"
     return "logs NOT INDEXED" if q.text is not None else "logs"
+
+
+def text_only(q: LogQuery) -> bool:
+    """A query :func:`_source` answers with a full scan: worth trying the newest day first."""
+    return _source(q) == "logs NOT INDEXED"
 
 
 def select_sql(q: LogQuery, *, scan: bool = False) -> tuple[str, list[Any]]:
@@ -148,8 +155,9 @@ def select_sql(q: LogQuery, *, scan: bool = False) -> tuple[str, list[Any]]:
             where.append(clause)
             args.append(value)
     if q.level is not None:
-        # A low minimum keeps nearly every row: scanning newest first beats the level index then.
-        where.append("level >= ?" if q.level >= 30 else "+level >= ?")
+        if q.level >= 30:  # the literal term lets SQLite use the partial index logs_notable
+            where.append("level >= 30")
+        where.append("+level >= ?")  # a low minimum keeps nearly every row: no index for it
         args.append(q.level)
     if q.text is not None:
         where.append("instr(message, ?) > 0")  # literal: no LIKE wildcards, no escaping to get wrong

@@ -275,3 +275,17 @@ def test_log_query_filters(events: list[Event], filters: dict[str, Any]) -> None
                 assert want in entry.message
     assert [e.id for e in sqlite] == [e.id for e in select(all_sqlite, query)]
     assert len(sqlite) <= query.limit
+
+
+@pytest.mark.parametrize("limit", [1, 3, 5, 50])
+def test_a_text_query_over_many_days_returns_the_newest_matches_wherever_they_are(log: Any, limit: int) -> None:
+    """The SQLite log tries the newest day first: it must fall back to every day when that is not enough."""
+    events: list[Event] = []
+    for day in range(10):
+        run = Run(f"d{day}", ts=day * 86_400.0)
+        run.lines("s", [(logging.INFO, f"needle of day {day}")] if day in (0, 4, 9) else [(logging.INFO, "hay")])
+        events += run.events
+    log.append(events)
+    got = log.logs(LogQuery.of(text="needle", limit=limit))
+    want = ["needle of day 0", "needle of day 4", "needle of day 9"][-limit:]
+    assert [e.message for e in got] == want
