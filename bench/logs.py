@@ -13,8 +13,9 @@ Each filter kind is then queried with varying values (the default ``limit`` of 1
 newest first) through ``SqliteEventLog.logs`` (rows turned into ``LogEntry`` objects),
 and the same SQL is run with ``FROM logs NOT INDEXED`` through a plain ``sqlite3``
 connection: a full-table scan of the same data, alternating call by call. "ratio" is
-scan p50 / indexed p50. The text filter is a literal substring (``instr``), so a rare
-text still reads every row the other filters leave: its row shows that cost.
+scan p50 / indexed p50. The text filter is a literal substring (``instr``): alone, it is
+tried on the newest day first (enough for a common text), then on every row (a rare text:
+that row shows the cost of a full scan).
 
 ``SOPFLOW_BENCH_LOG_ENTRIES`` sets the size (default 1,000,000; ``--quick``: 20,000).
 """
