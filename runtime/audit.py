@@ -276,6 +276,9 @@ def _operator(event: Event, action: str, step: str, add: Any) -> None:
         message, data = f"operator added steps {', '.join(map(str, d.get('steps', [])))}", _some(steps=d.get("steps"))
     else:
         message, data = f"operator {'paused' if action == 'pause' else 'resumed'} the execution", None
+    if d.get("by"):
+        message += f" (by {d['by']})"
+        data = {**(data or {}), "by": d["by"]}
     add(LogKind.OPERATOR, logging.WARNING if action == "cancel" else logging.INFO, message, action, data)
 
 

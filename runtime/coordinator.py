@@ -304,40 +304,40 @@ class CoordinatorCore:
     async def status(self, execution_id: str) -> ExecutionView:
         return self.state_of(execution_id).view(with_outputs=True)
 
-    async def cancel(self, execution_id: str, force: bool = False) -> ExecutionView:
+    async def cancel(self, execution_id: str, force: bool = False, by: str | None = None) -> ExecutionView:
         exe = self.executions.get(execution_id)
         if exe is None:
             return self.state_of(execution_id).view()  # already finished: nothing to cancel
-        self.machine.cancel(exe, force)
+        self.machine.cancel(exe, force, by)
         await self.journal.durable()
         return exe.state.view()
 
-    async def pause(self, execution_id: str) -> ExecutionView:
+    async def pause(self, execution_id: str, by: str | None = None) -> ExecutionView:
         exe = self._running(execution_id)
-        self.machine.pause(exe)
+        self.machine.pause(exe, by)
         await self.journal.durable()
         return exe.state.view()
 
-    async def resume(self, execution_id: str) -> ExecutionView:
+    async def resume(self, execution_id: str, by: str | None = None) -> ExecutionView:
         exe = self._running(execution_id)
-        self.machine.resume(exe)
+        self.machine.resume(exe, by)
         await self.journal.durable()
         return exe.state.view()
 
     async def add_steps(self, execution_id: str, steps: list[dict[str, Any]],
-                        handlers: dict[str, Any]) -> ExecutionView:
+                        handlers: dict[str, Any], by: str | None = None) -> ExecutionView:
         exe = self._running(execution_id)
         exe.require_running("add steps to")
         parsed = check_new_steps(exe.sop, exe.graph, steps)  # raises SopValidationError; graph untouched
-        self.machine.add_steps(exe, parsed, steps, handlers)
+        self.machine.add_steps(exe, parsed, steps, handlers, by)
         await self.journal.durable()
         return exe.state.view()
 
     async def decide(self, execution_id: str, step_id: str, decision: str, reason: str = "",
-                     output: Any = None) -> ExecutionView:
+                     output: Any = None, by: str | None = None) -> ExecutionView:
         """Settle a step that waits for an operator after an interrupted attempt."""
         exe = self._running(execution_id)
-        self.machine.decide(exe, step_id, decision, reason, output)
+        self.machine.decide(exe, step_id, decision, reason, output, by)
         await self.journal.durable()
         return exe.state.view()
 

@@ -386,17 +386,19 @@ class Engine:
 
     # -- controlling ----------------------------------------------------------------------
 
-    def cancel(self, execution_id: str, force: bool = False) -> ExecutionView:
+    # ``by`` (here and in decide) names the operator in the audit log; default: this process's user@host.
+
+    def cancel(self, execution_id: str, force: bool = False, *, by: str | None = None) -> ExecutionView:
         """Start nothing new; with ``force``, also kill running steps."""
-        return self._conn.call("coordinator", "cancel", str(execution_id), force)
+        return self._conn.call("coordinator", "cancel", str(execution_id), force, _operator(by))
 
-    def pause(self, execution_id: str) -> ExecutionView:
-        return self._conn.call("coordinator", "pause", str(execution_id))
+    def pause(self, execution_id: str, *, by: str | None = None) -> ExecutionView:
+        return self._conn.call("coordinator", "pause", str(execution_id), _operator(by))
 
-    def resume(self, execution_id: str) -> ExecutionView:
-        return self._conn.call("coordinator", "resume", str(execution_id))
+    def resume(self, execution_id: str, *, by: str | None = None) -> ExecutionView:
+        return self._conn.call("coordinator", "resume", str(execution_id), _operator(by))
 
-    def add_steps(self, execution_id: str, steps: list[dict[str, Any]]) -> ExecutionView:
+    def add_steps(self, execution_id: str, steps: list[dict[str, Any]], *, by: str | None = None) -> ExecutionView:
         """Add steps to a running execution, validated incrementally.
 
         Raises:
@@ -404,7 +406,7 @@ class Engine:
         """
         model = Sop.model_validate({"sop": "added", "steps": steps}) if steps else None
         handlers = self._handlers(model) if model else {}
-        return self._conn.call("coordinator", "add_steps", str(execution_id), steps, handlers)
+        return self._conn.call("coordinator", "add_steps", str(execution_id), steps, handlers, _operator(by))
 
     # -- escalation hooks -----------------------------------------------------------------
 
@@ -486,10 +488,10 @@ class Engine:
         return self._conn.call("coordinator", "recover")
 
     def decide(self, execution_id: str, step: str, decision: str, *, reason: str = "",
-               output: Any = None) -> ExecutionView:
+               output: Any = None, by: str | None = None) -> ExecutionView:
         """Settle a step waiting for an operator: ``rerun``, ``succeed`` (with ``output``), ``fail``, ``skip``."""
         return self._conn.call("coordinator", "decide", str(execution_id), step, decision,
-                                                                 reason, output)
+                               reason, output, _operator(by))
 
     def replay(self, execution_id: str, from_step: str | None = None) -> Any:
         """Replay a finished execution in this process and compare it with its recording.
@@ -527,6 +529,13 @@ class Engine:
             return
         self._owns_cluster = False
         self._conn.close_store()
+
+
+def _operator(by: str | None) -> str:
+    """Who acts, for the audit log: ``by`` (checked), else this process's ``user@host``."""
+    from runtime._who import submitter
+
+    return submitter(by)
 
 
 def _secrets(model: Sop) -> tuple[str, ...]:

@@ -304,6 +304,8 @@ class StepsAdded(Payload):
     """The steps as the user gave them: recovery and replay add them again."""
     handlers: dict[str, str] = field(default_factory=dict)
     """Registered handlers they use, as importable references."""
+    by: str | None = None
+    """The operator who asked, as their client said (``user@host`` by default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +313,8 @@ class Paused(Payload):
     """No new attempt starts until the execution is resumed."""
 
     kind: ClassVar[EventKind] = EventKind.PAUSED
+    by: str | None = None
+    """The operator who asked, as their client said (``user@host`` by default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +322,8 @@ class Resumed(Payload):
     """A paused execution goes on."""
 
     kind: ClassVar[EventKind] = EventKind.RESUMED
+    by: str | None = None
+    """The operator who asked, as their client said (``user@host`` by default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +332,8 @@ class CancelRequested(Payload):
 
     kind: ClassVar[EventKind] = EventKind.CANCEL_REQUESTED
     force: bool = False
+    by: str | None = None
+    """The operator who asked, as their client said (``user@host`` by default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +392,8 @@ class Decided(Payload):
     reason: str = ""
     output: Any = None
     """The step's output, when the decision is succeed."""
+    by: str | None = None
+    """The operator who asked, as their client said (``user@host`` by default)."""
 
     def summary(self) -> str:
         return f"{self.decision} ({self.reason or 'no reason given'})"

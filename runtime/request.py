@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime._who import MAX_SUBMITTED_BY, submitter  # noqa: F401 - part of this module's API
 from sop import Sop
 
 
@@ -45,32 +45,6 @@ class SubmitRequest:
         """True when a handler was shipped as a callable (the log can only name importable ones)."""
         return any(not isinstance(v, str) for v in self.handlers.values()) or any(
             r.has_callables for r in self.subsops.values())
-
-
-MAX_SUBMITTED_BY = 200
-"""Characters of ``submitted_by`` kept."""
-
-
-def submitter(given: str | None = None) -> str:
-    """``given`` (checked, cut to :data:`MAX_SUBMITTED_BY`), or this process's ``user@host``.
-
-    Raises:
-        SubmissionError: ``given`` is not text.
-    """
-    if given is not None:
-        if not isinstance(given, str):
-            from runtime.errors import SubmissionError
-
-            raise SubmissionError(f"submitted_by must be text (who or what submits), got {type(given).__name__}")
-        return given.strip()[:MAX_SUBMITTED_BY]
-    import getpass
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name (a container without one): say so, never fail
-        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
-    return f"{user}@{socket.gethostname()}"[:MAX_SUBMITTED_BY]
 
 
 def sop_definition(sop: Sop) -> dict[str, Any]:

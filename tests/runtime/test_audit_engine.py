@@ -91,13 +91,15 @@ steps:
     uses: {H}:echo
 """)))
     wait_for(lambda: local.status(eid).steps["hold"].status.value == "running")
-    local.pause(eid)
+    local.pause(eid, by="ops-oncall")
     local.resume(eid)
-    local.cancel(eid, force=True)
+    local.cancel(eid, force=True, by="ops-oncall")
     gate.touch()  # a handler thread in process is not killed: let it return
     local.wait(eid, timeout=60)
-    actions = [e.status for e in local.logs(execution=eid, kind="operator")]
-    assert actions == ["pause", "resume", "cancel"]
+    actions = [(e.status, e.data.get("by")) for e in local.logs(execution=eid, kind="operator")]
+    me = f"{getpass.getuser()}@{socket.gethostname()}"
+    assert actions == [("pause", "ops-oncall"), ("resume", me), ("cancel", "ops-oncall")]
+    assert local.logs(execution=eid, kind="operator", text="(by ops-oncall)")[0].status == "pause"
     assert local.logs(execution=eid, kind="end")[0].status == "cancelled"
 
 
