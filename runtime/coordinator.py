@@ -122,7 +122,7 @@ class CoordinatorCore:
         return await self.submit(request)
 
     async def cancel_child(self, child_id: str, force: bool) -> None:
-        await self.cancel(child_id, force=force)
+        await self.cancel(child_id, force=force, by="its parent execution")
 
     async def wait_child(self, child_id: str) -> ExecutionState:
         child = self.executions.get(child_id)
