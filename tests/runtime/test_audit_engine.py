@@ -238,3 +238,23 @@ def test_logs_follow_prints_new_entries_as_they_are_written(state_file: tuple[st
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_sub_sop_says_who_started_and_who_cancelled_it(local: Any, sop_file: Any, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    sop_file(sop_text(f"steps:\n  - id: hold\n    uses: {H}:wait_for_file\n    with: {{path: \"{gate}\"}}\n",
+                      name="child"), name="child.yaml")
+    eid = local.submit(sop_file(sop_text("steps:\n  - id: sub\n    uses: sop:child.yaml\n", name="parent")),
+                       submitted_by="parent-owner")
+    child = wait_for(lambda: next((e.data["child"] for e in local.logs(execution=eid, status="child_submitted")),
+                                  None))
+    wait_for(lambda: local.status(child).steps["hold"].status.value == "running")
+    local.cancel(eid, force=True, by="ops")
+    gate.touch()
+    local.wait(eid, timeout=60)
+    local.wait(child, timeout=60)
+    start = local.logs(execution=child, kind="start")[0]
+    assert start.data["submitted_by"] == f"execution {eid}" and start.sop == "child"
+    cancels = local.logs(execution=child, kind="operator", status="cancel")
+    assert [e.data["by"] for e in cancels] == ["its parent execution"]
+    assert [e.data["by"] for e in local.logs(execution=eid, kind="operator")] == ["ops"]
