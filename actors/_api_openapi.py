@@ -13,6 +13,8 @@ _ID = {"name": "id", "in": "path", "required": True, "description": "An executio
 _NUMBER = {"type": "number", "minimum": 0}
 
 
+_BY = {"type": "string", "description": "Who acts, for the audit log (the CLI sends user@host)."}
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -113,16 +115,18 @@ def openapi_document() -> dict[str, Any]:
             body=_object({"timeout": {"type": ["number", "null"], "minimum": 0}}), errors=(400, 404, 408, 413))},
         execution + "/cancel": {"post": _operation(
             "Start nothing new; with force, also kill running steps.", view, params=(_ID,),
-            body=_object({"force": {"type": "boolean", "default": False}}), errors=(400, 404, 409, 413))},
+            body=_object({"force": {"type": "boolean", "default": False}, "by": _BY}), errors=(400, 404, 409, 413))},
         execution + "/pause": {"post": _operation(
-            "Running steps finish, nothing new starts.", view, params=(_ID,), body=_object({}),
+            "Running steps finish, nothing new starts.", view, params=(_ID,), body=_object({"by": _BY}),
             errors=(400, 404, 409, 413))},
         execution + "/resume": {"post": _operation(
-            "Resume a paused execution.", view, params=(_ID,), body=_object({}), errors=(400, 404, 409, 413))},
+            "Resume a paused execution.", view, params=(_ID,), body=_object({"by": _BY}),
+            errors=(400, 404, 409, 413))},
         execution + "/decide": {"post": _operation(
             "Settle a step waiting for an operator (status needs_decision).", view, params=(_ID,),
             body=_object({"step": {"type": "string"}, "decision": {"type": "string", "enum": list(DECISIONS)},
-                          "reason": {"type": "string"}, "output": {"description": "JSON output for succeed."}},
+                          "reason": {"type": "string"}, "output": {"description": "JSON output for succeed."},
+                          "by": _BY},
                          ("step", "decision")), errors=(400, 404, 409, 413))},
         "/v1/metrics": {"get": _operation(
             "Execution metrics over a time window (counts, durations, errors by class, queue, resources).",

@@ -190,30 +190,32 @@ class Routes:
 
     async def cancel(self, request: web.Request) -> web.Response:
         eid = execution_id(request)
-        force = (await body(request, ("force",))).get("force", False)
+        data = await body(request, ("force", "by"))
+        force = data.get("force", False)
         if not isinstance(force, bool):
             raise BadRequest(f"'force' must be true or false, got {json.dumps(force)[:40]}")
-        return ok(view_to_dict(await self.call("coordinator", "cancel", eid, force)))
+        return ok(view_to_dict(await self.call("coordinator", "cancel", eid, force, text(data.get("by"), "by"))))
 
     async def pause(self, request: web.Request) -> web.Response:
         eid = execution_id(request)
-        await body(request, ())
-        return ok(view_to_dict(await self.call("coordinator", "pause", eid)))
+        by = text((await body(request, ("by",))).get("by"), "by")
+        return ok(view_to_dict(await self.call("coordinator", "pause", eid, by)))
 
     async def resume(self, request: web.Request) -> web.Response:
         eid = execution_id(request)
-        await body(request, ())
-        return ok(view_to_dict(await self.call("coordinator", "resume", eid)))
+        by = text((await body(request, ("by",))).get("by"), "by")
+        return ok(view_to_dict(await self.call("coordinator", "resume", eid, by)))
 
     async def decide(self, request: web.Request) -> web.Response:
         eid = execution_id(request)
-        data = await body(request, ("step", "decision", "reason", "output"))
+        data = await body(request, ("step", "decision", "reason", "output", "by"))
         step = text(data.get("step"), "step", required=True)
         decision = data.get("decision")
         if decision not in DECISIONS:
             raise BadRequest(f"'decision' must be one of {', '.join(DECISIONS)}; got {json.dumps(decision)[:40]}")
         reason = text(data.get("reason", ""), "reason") or ""
-        view = await self.call("coordinator", "decide", eid, step, decision, reason, data.get("output"))
+        view = await self.call("coordinator", "decide", eid, step, decision, reason, data.get("output"),
+                               text(data.get("by"), "by"))
         return ok(view_to_dict(view))
 
     async def metrics(self, request: web.Request) -> web.Response:

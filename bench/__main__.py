@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "engine": "bench.engine",
     "durability": "bench.durability",
     "cli": "bench.cli",
+    "logs": "bench.logs",
 }
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

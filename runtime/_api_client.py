@@ -18,6 +18,7 @@ from runtime._wire import ApiError, error_from_dict, event_from_dict, view_from_
 from runtime.errors import EngineUnavailable, ExecutionNotFound
 from runtime.events import Event
 from runtime.ids import ExecutionId
+from runtime._who import submitter
 from runtime.status import ExecutionView
 
 HEALTH_TIMEOUT_S = 1.0
@@ -169,18 +170,23 @@ class ApiClient:
         return self._request("GET", path, {"timeout": timeout},
                              timeout=None if timeout is None else timeout + CALL_TIMEOUT_S)
 
-    def cancel(self, execution_id: str, force: bool = False) -> ExecutionView:
-        return view_from_dict(self._request("POST", self._execution(execution_id, "cancel"), body={"force": force}))
+    # ``by`` names the operator in the audit log; default: this process's user@host.
 
-    def pause(self, execution_id: str) -> ExecutionView:
-        return view_from_dict(self._request("POST", self._execution(execution_id, "pause"), body={}))
+    def cancel(self, execution_id: str, force: bool = False, *, by: str | None = None) -> ExecutionView:
+        return view_from_dict(self._request("POST", self._execution(execution_id, "cancel"),
+                                            body={"force": force, "by": submitter(by)}))
 
-    def resume(self, execution_id: str) -> ExecutionView:
-        return view_from_dict(self._request("POST", self._execution(execution_id, "resume"), body={}))
+    def pause(self, execution_id: str, *, by: str | None = None) -> ExecutionView:
+        return view_from_dict(self._request("POST", self._execution(execution_id, "pause"),
+                                            body={"by": submitter(by)}))
+
+    def resume(self, execution_id: str, *, by: str | None = None) -> ExecutionView:
+        return view_from_dict(self._request("POST", self._execution(execution_id, "resume"),
+                                            body={"by": submitter(by)}))
 
     def decide(self, execution_id: str, step: str, decision: str, *, reason: str = "",
-               output: Any = None) -> ExecutionView:
-        body = {"step": step, "decision": decision, "reason": reason, "output": output}
+               output: Any = None, by: str | None = None) -> ExecutionView:
+        body = {"step": step, "decision": decision, "reason": reason, "output": output, "by": submitter(by)}
         return view_from_dict(self._request("POST", self._execution(execution_id, "decide"), body=body))
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from runtime.errors import StateStoreError
 from runtime.events import Event
+
+if TYPE_CHECKING:
+    from runtime.audit import LogEntry, LogQuery
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,8 @@ class ExecutionRecord:
 class EventLog(Protocol):
     """Append-only events per execution, a versioned record per execution, blobs and snapshots.
 
+    ``append`` also stores the audit log entries of the events it stores (see
+    :mod:`runtime.audit`), in the same commit; ``logs`` queries them.
     ``read(id, after_seq, until_seq)`` returns events with ``after_seq < seq <= until_seq``
     in seq order; ``query`` filters ``submitted_at`` on ``[since, until)`` and returns
     newest first; ``unfinished`` returns every non-terminal record, oldest first.
@@ -70,7 +75,8 @@ class EventLog(Protocol):
     def put_snapshot(self, execution_id: str, seq: int, state: bytes) -> None: ...
     def latest_snapshot(self, execution_id: str,
                         at_or_before: int | None = None) -> tuple[int, bytes] | None: ...
-    def purge(self, *, ended_before: float) -> int: ...
+    def purge(self, *, ended_before: float, logs_before: float | None = None) -> int: ...
+    def logs(self, query: LogQuery) -> list[LogEntry]: ...
     def delete(self, execution_id: str) -> None: ...
     def stats(self) -> dict[str, int]: ...
     def close(self) -> None: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import contextlib
 import json
 import logging
@@ -16,16 +17,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from runtime import _lease
+from runtime import _lease, _sqlite_logs
 from runtime._log_types import ExecutionRecord, check_limit
 from runtime.errors import StateStoreError, StateStoreLostError
+from runtime.audit import LogEntry, LogQuery
 from runtime.events import Event, EventKind, upcast
 from runtime.masking import make_private
 
 _logger = logging.getLogger("sopflow.eventlog")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The SQLite schema this module writes; a file with a newer one is refused, an older one upgraded.
+
+3: the audit log's ``logs`` table (:mod:`runtime._sqlite_logs`); an older store gets it, empty,
+when a writer opens it (its earlier executions have no entries).
 
 2: an event's ``encoding`` names its payload schema too (``json;2``); a bare ``json`` or ``pickle``
 is a schema-1 payload, upcast when read (:func:`runtime.events.upcast`).
@@ -158,6 +163,7 @@ class SqliteEventLog:
         self.lost: StateStoreLostError | None = None
         self.checkpoint_every_s = checkpoint_every_s
         self._stop = threading.Event()
+        self._logs = _sqlite_logs.LogWriter()
         try:
             self._open_file()
             if owner is not None and not readonly:
@@ -200,10 +206,12 @@ class SqliteEventLog:
             # An older store: its rows read as they are; stamp the version it is written with now.
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND CAST(value AS INTEGER) < ?",
                          (str(SCHEMA_VERSION), SCHEMA_VERSION))
+            _sqlite_logs.create(conn)  # a store older than schema 3 gets its (empty) audit log
             return
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         for statement in _SCHEMA:
             conn.execute(statement)
+        _sqlite_logs.create(conn)
         conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def _check_schema(self, conn: sqlite3.Connection) -> bool:
@@ -300,14 +308,41 @@ class SqliteEventLog:
         recs = [(r.id, r.sop, str(r.status), r.submitted_at, r.ended_at, r.version, int(r.terminal),
                  r.idempotency_key, r.parent) for r in records]
 
+        contexts: dict[str, Any] = {}
+
         def write(conn: sqlite3.Connection) -> int:
+            # The audit entries first: which events are new is judged before they are stored.
+            contexts.update(self._logs.write(conn, events))
             before = conn.total_changes
             conn.executemany(_INSERT_EVENT, rows)
             stored = conn.total_changes - before
             conn.executemany(_UPSERT_RECORD, recs)
             return stored
 
-        return self._write("append events", write)
+        stored = self._write("append events", write)
+        self._logs.committed(contexts, [ev.execution_id for ev in events if ev.kind == EventKind.FINISHED])
+        return stored
+
+    def logs(self, query: LogQuery) -> list[LogEntry]:
+        """The audit log entries ``query`` selects (see :class:`runtime.audit.LogQuery`)."""
+        try:
+            rows = None
+            if _sqlite_logs.text_only(query) and query.limit:
+                # The newest day through the ts index first: if it holds `limit` matches they are
+                # the newest of all (a common text); otherwise one full scan (a rare text).
+                newest = self._read("query the audit log", "SELECT MAX(ts) FROM logs", ())
+                if newest and newest[0][0] is not None:
+                    recent = dataclasses.replace(query, since=newest[0][0] - 86_400.0)
+                    rows = self._read("query the audit log", *_sqlite_logs.select_sql(recent))
+                    rows = rows if len(rows) >= query.limit else None
+            if rows is None:
+                rows = self._read("query the audit log", *_sqlite_logs.select_sql(query))
+        except StateStoreError as e:
+            if "no such table: logs" in str(e):  # a store older than schema 3, opened read-only
+                return []
+            raise
+        found = [_sqlite_logs.entry(r) for r in rows]
+        return found if query.after is not None else found[::-1]
 
     def read(self, execution_id: str, after_seq: int = 0, until_seq: int | None = None) -> list[Event]:
         sql = ("SELECT seq, kind, ts, step, attempt, encoding, data FROM events WHERE execution_id = ? "
@@ -404,24 +439,31 @@ class SqliteEventLog:
             return None
         return rows[0][0], bytes(rows[0][1])
 
-    def purge(self, *, ended_before: float) -> int:
+    def purge(self, *, ended_before: float, logs_before: float | None = None) -> int:
+        """Remove executions that ended before ``ended_before`` with all they hold (log entries too),
+        and log entries older than ``logs_before`` of the executions kept; returns executions removed."""
         doomed = "SELECT id FROM executions WHERE terminal = 1 AND ended_at < ?"
 
         def write(conn: sqlite3.Connection) -> int:
-            for table in ("events", "blobs", "snapshots"):
+            for table in ("events", "blobs", "snapshots", "logs"):
                 conn.execute(f"DELETE FROM {table} WHERE execution_id IN ({doomed})", (ended_before,))
+            if logs_before is not None:
+                conn.execute("DELETE FROM logs WHERE ts < ?", (logs_before,))
             return conn.execute("DELETE FROM executions WHERE terminal = 1 AND ended_at < ?",
                                 (ended_before,)).rowcount
 
-        return self._write("purge executions", write)
+        removed = self._write("purge executions", write)
+        self._logs.forget()
+        return removed
 
     def delete(self, execution_id: str) -> None:
         def write(conn: sqlite3.Connection) -> None:
             for table, column in (("events", "execution_id"), ("blobs", "execution_id"),
-                                  ("snapshots", "execution_id"), ("executions", "id")):
+                                  ("snapshots", "execution_id"), ("logs", "execution_id"), ("executions", "id")):
                 conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (execution_id,))
 
         self._write("delete an execution", write)
+        self._logs.forget(execution_id)
 
     def stats(self) -> dict[str, int]:
         rows = self._read("count", "SELECT (SELECT COUNT(*) FROM executions), (SELECT COUNT(*) FROM "

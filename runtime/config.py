@@ -82,6 +82,9 @@ class EngineConfig:
         alert_check_every_s: How often the coordinator checks the alert rules.
         metrics_sop_labels: Distinct SOP names exported as Prometheus label values; metrics
             of further SOPs are exported under ``sop="other"`` (bounds the series count).
+        log_retention_days: Audit log entries (``Engine.logs``) older than this are removed
+            (hourly, with the purge of old executions); an execution's entries also go when
+            the execution itself is removed (``retention_days``), whichever comes first.
     """
 
     state: str = ""
@@ -102,6 +105,7 @@ class EngineConfig:
     alert_decision_s: float = 3600.0
     alert_check_every_s: float = 5.0
     metrics_sop_labels: int = 50
+    log_retention_days: float = 90.0
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -111,6 +115,8 @@ class EngineConfig:
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {self.synchronous!r}")
         if self.retention_days <= 0:
             raise ValueError(f"retention_days must be > 0, got {self.retention_days}")
+        if not self.log_retention_days > 0:
+            raise ValueError(f"log_retention_days must be > 0, got {self.log_retention_days}")
         if self.snapshot_every < 10:
             raise ValueError(f"snapshot_every must be >= 10, got {self.snapshot_every}")
         if self.max_running_steps < 0:
@@ -169,6 +175,10 @@ class EngineConfig:
     @property
     def retention_s(self) -> float:
         return self.retention_days * DAY_S
+
+    @property
+    def log_retention_s(self) -> float:
+        return self.log_retention_days * DAY_S
 
     @property
     def durable(self) -> bool:

@@ -126,7 +126,7 @@ class CoordinatorCore:
         return await self.submit(request)
 
     async def cancel_child(self, child_id: str, force: bool) -> None:
-        await self.cancel(child_id, force=force)
+        await self.cancel(child_id, force=force, by="its parent execution")
 
     async def wait_child(self, child_id: str) -> ExecutionState:
         child = self.executions.get(child_id)
@@ -208,7 +208,10 @@ class CoordinatorCore:
                                     steps=[s.id for s in sop.steps], rollback=[s.id for s in sop.rollback],
                                     inputs=public_inputs, idempotency_key=key, parent=request.parent,
                                     source=request.source, request=request.describe(),
-                                    trace=carrier_for(exe.span) if exe.span.is_recording() else {}, **fingerprinted))
+                                    trace=carrier_for(exe.span) if exe.span.is_recording() else {},
+                                    submitted_by=request.submitted_by or (
+                                        f"execution {request.parent}" if request.parent else ""),
+                                    agent=request.agent, **fingerprinted))
         self.machine.begin(exe)
         return exe.id
 
@@ -306,45 +309,45 @@ class CoordinatorCore:
     async def status(self, execution_id: str) -> ExecutionView:
         return self.state_of(execution_id).view(with_outputs=True)
 
-    async def cancel(self, execution_id: str, force: bool = False) -> ExecutionView:
+    async def cancel(self, execution_id: str, force: bool = False, by: str | None = None) -> ExecutionView:
         await self.ready()  # a request that arrives while recovering acts on the recovered execution
         exe = self.executions.get(execution_id)
         if exe is None:
             return self.state_of(execution_id).view()  # already finished: nothing to cancel
-        self.machine.cancel(exe, force)
+        self.machine.cancel(exe, force, by)
         await self.journal.durable()
         return exe.state.view()
 
-    async def pause(self, execution_id: str) -> ExecutionView:
+    async def pause(self, execution_id: str, by: str | None = None) -> ExecutionView:
         await self.ready()  # a request that arrives while recovering acts on the recovered execution
         exe = self._running(execution_id)
-        self.machine.pause(exe)
+        self.machine.pause(exe, by)
         await self.journal.durable()
         return exe.state.view()
 
-    async def resume(self, execution_id: str) -> ExecutionView:
+    async def resume(self, execution_id: str, by: str | None = None) -> ExecutionView:
         await self.ready()  # a request that arrives while recovering acts on the recovered execution
         exe = self._running(execution_id)
-        self.machine.resume(exe)
+        self.machine.resume(exe, by)
         await self.journal.durable()
         return exe.state.view()
 
     async def add_steps(self, execution_id: str, steps: list[dict[str, Any]],
-                        handlers: dict[str, Any]) -> ExecutionView:
+                        handlers: dict[str, Any], by: str | None = None) -> ExecutionView:
         await self.ready()  # a request that arrives while recovering acts on the recovered execution
         exe = self._running(execution_id)
         exe.require_running("add steps to")
         parsed = check_new_steps(exe.sop, exe.graph, steps)  # raises SopValidationError; graph untouched
-        self.machine.add_steps(exe, parsed, steps, handlers)
+        self.machine.add_steps(exe, parsed, steps, handlers, by)
         await self.journal.durable()
         return exe.state.view()
 
     async def decide(self, execution_id: str, step_id: str, decision: str, reason: str = "",
-                     output: Any = None) -> ExecutionView:
+                     output: Any = None, by: str | None = None) -> ExecutionView:
         """Settle a step that waits for an operator after an interrupted attempt."""
         await self.ready()  # a request that arrives while recovering acts on the recovered execution
         exe = self._running(execution_id)
-        self.machine.decide(exe, step_id, decision, reason, output)
+        self.machine.decide(exe, step_id, decision, reason, output, by)
         await self.journal.durable()
         return exe.state.view()
 
@@ -420,6 +423,11 @@ class CoordinatorCore:
             raise ExecutionNotFound(execution_id)
         return events
 
+    async def logs(self, query: Any) -> list[Any]:
+        """Audit log entries (a :class:`runtime.audit.LogQuery`), including everything written so far."""
+        await self.journal.durable()
+        return await asyncio.to_thread(self.event_log.logs, query)
+
     async def export(self, execution_id: str) -> dict[str, Any]:
         await self.journal.durable()
         return export_history(self.event_log, execution_id)
@@ -474,9 +482,11 @@ class CoordinatorCore:
 
     async def purge(self) -> int:
         """Remove finished executions older than the retention period from the store."""
-        cutoff = time.time() - self.config.retention_s
+        now = time.time()
+        cutoff = now - self.config.retention_s
         try:
-            removed = await asyncio.to_thread(self.event_log.purge, ended_before=cutoff)
+            removed = await asyncio.to_thread(self.event_log.purge, ended_before=cutoff,
+                                              logs_before=now - self.config.log_retention_s)
         finally:
             self._schedule_purge(PURGE_EVERY_S)
         if removed:

@@ -206,12 +206,14 @@ class Engine:
 
     def submit(self, sop: str | os.PathLike[str] | Sop, inputs: Mapping[str, Any] | None = None, *,
                mode: str | None = None, priority: int | str | None = None, idempotency_key: str | None = None,
-               inputs_from_text: bool = False) -> ExecutionId:
+               inputs_from_text: bool = False, submitted_by: str | None = None) -> ExecutionId:
         """Validate and submit an SOP; returns at once with the execution's id.
 
         ``priority`` is a class — ``critical``, ``high``, ``normal``, ``low``: classes share
         the run slots by weight while several wait (``EngineConfig.priority_weights``) — or
         a whole number (higher first, within ``normal``); None takes the SOP's ``priority``.
+        ``submitted_by`` names who or what submits it in the audit log (``Engine.logs``);
+        the default is this process's OS user and host, ``user@host``.
 
         Raises:
             SopValidationError: the SOP is invalid (every problem listed).
@@ -220,12 +222,13 @@ class Engine:
         # A key makes the submission safe to send again if the coordinator restarts meanwhile.
         request = self._request(sop, dict(inputs or {}), mode=mode, priority=priority,
                                 idempotency_key=idempotency_key or f"auto:{uuid.uuid4().hex}",
-                                inputs_from_text=inputs_from_text)
+                                inputs_from_text=inputs_from_text, submitted_by=submitted_by)
         return ExecutionId(self._conn.call("coordinator", "submit", request))
 
     def submit_many(self, sop: str | os.PathLike[str] | Sop, inputs: list[Mapping[str, Any]], *,
                     mode: str | None = None, priority: int | str | None = None,
-                    idempotency_keys: list[str] | None = None) -> list[ExecutionId]:
+                    idempotency_keys: list[str] | None = None,
+                    submitted_by: str | None = None) -> list[ExecutionId]:
         """Submit one SOP many times (one execution per inputs mapping) in a single round trip.
 
         The SOP is validated once; the batch is committed to the log in one go.
@@ -243,7 +246,7 @@ class Engine:
         model, _, source = self.load(sop)
         keys = idempotency_keys or [f"auto:{uuid.uuid4().hex}" for _ in inputs]
         base = self._request(model, dict(inputs[0]), mode=mode, priority=priority, idempotency_key=keys[0],
-                             source=source)
+                             source=source, submitted_by=submitted_by)
         # One SOP object and definition shared by every request: pickled once for the whole batch.
         requests = [base, *(dataclasses.replace(base, inputs=resolve_inputs(model, dict(i), source=source),
                                                 idempotency_key=k) for i, k in zip(inputs[1:], keys[1:]))]
@@ -252,8 +255,8 @@ class Engine:
 
     def _request(self, sop: Any, inputs: dict[str, Any], *, mode: str | None, priority: int | str | None,
                  idempotency_key: str | None, inputs_from_text: bool = False,
-                 source: str | None = None) -> Any:
-        from runtime.request import SubmitRequest, sop_definition
+                 source: str | None = None, submitted_by: str | None = None) -> Any:
+        from runtime.request import SubmitRequest, sop_definition, submitter
 
         model, _, loaded_from = self.load(sop)
         source = source or loaded_from
@@ -263,7 +266,8 @@ class Engine:
         base = Path(source).parent if source not in ("<string>", "<object>") else Path.cwd()
         return SubmitRequest(model, resolved, chosen, rank, idempotency_key, self._handlers(model),
                              self._subsops(model, base, ()), _secrets(model), source,
-                             definition=sop_definition(model), priority_class=priority_class)
+                             definition=sop_definition(model), priority_class=priority_class,
+                             submitted_by=submitter(submitted_by))
 
     def _subsops(self, model: Sop, base: Path, stack: tuple[str, ...]) -> dict[str, Any]:
         from runtime.request import SubmitRequest, sop_definition
@@ -389,17 +393,19 @@ class Engine:
 
     # -- controlling ----------------------------------------------------------------------
 
-    def cancel(self, execution_id: str, force: bool = False) -> ExecutionView:
+    # ``by`` (here and in decide) names the operator in the audit log; default: this process's user@host.
+
+    def cancel(self, execution_id: str, force: bool = False, *, by: str | None = None) -> ExecutionView:
         """Start nothing new; with ``force``, also kill running steps."""
-        return self._conn.call("coordinator", "cancel", str(execution_id), force)
+        return self._conn.call("coordinator", "cancel", str(execution_id), force, _operator(by))
 
-    def pause(self, execution_id: str) -> ExecutionView:
-        return self._conn.call("coordinator", "pause", str(execution_id))
+    def pause(self, execution_id: str, *, by: str | None = None) -> ExecutionView:
+        return self._conn.call("coordinator", "pause", str(execution_id), _operator(by))
 
-    def resume(self, execution_id: str) -> ExecutionView:
-        return self._conn.call("coordinator", "resume", str(execution_id))
+    def resume(self, execution_id: str, *, by: str | None = None) -> ExecutionView:
+        return self._conn.call("coordinator", "resume", str(execution_id), _operator(by))
 
-    def add_steps(self, execution_id: str, steps: list[dict[str, Any]]) -> ExecutionView:
+    def add_steps(self, execution_id: str, steps: list[dict[str, Any]], *, by: str | None = None) -> ExecutionView:
         """Add steps to a running execution, validated incrementally.
 
         Raises:
@@ -407,7 +413,7 @@ class Engine:
         """
         model = Sop.model_validate({"sop": "added", "steps": steps}) if steps else None
         handlers = self._handlers(model) if model else {}
-        return self._conn.call("coordinator", "add_steps", str(execution_id), steps, handlers)
+        return self._conn.call("coordinator", "add_steps", str(execution_id), steps, handlers, _operator(by))
 
     # -- escalation hooks -----------------------------------------------------------------
 
@@ -489,6 +495,32 @@ class Engine:
         """Every event of an execution, in order, from the durable log."""
         return self._conn.call("coordinator", "history", str(execution_id), after_seq)
 
+    def logs(self, *, execution: str | None = None, sop: str | None = None, agent: str | None = None,
+             step: str | None = None, status: str | None = None, level: str | int | None = None,
+             since: float | None = None, until: float | None = None, text: str | None = None,
+             kind: str | None = None, limit: int | None = 1000, after: int | None = None) -> list[Any]:
+        """Audit log entries (:class:`runtime.audit.LogEntry`) matching every filter given.
+
+        Args:
+            execution, sop, agent, step, status, kind: Equal to the entry's (``kind``: a
+                :class:`runtime.audit.LogKind` value).
+            level: A minimum level: ``debug``, ``info``, ``warning``, ``error`` (or a number).
+            since, until: The entry's time is in ``[since, until)`` (seconds since the epoch).
+            text: A literal, case-sensitive part of the message (``%``, ``_``, quotes are plain text).
+            limit: The newest this many are returned, oldest first; at most
+                :data:`runtime.audit.MAX_LIMIT` (a larger one is lowered to it).
+            after: Instead, the first ``limit`` entries stored after the entry with this id
+                (to page forwards, or follow new entries).
+
+        Raises:
+            LogQueryError: a filter has a value it cannot have (the message says which).
+        """
+        from runtime.audit import LogQuery
+
+        query = LogQuery.of(execution=execution, sop=sop, agent=agent, step=step, status=status, kind=kind,
+                            level=level, since=since, until=until, text=text, limit=limit, after=after)
+        return self._conn.call("coordinator", "logs", query)
+
     def export(self, execution_id: str) -> dict[str, Any]:
         """The execution's full history as JSON data (``sopflow export``); secrets stay behind."""
         return self._conn.call("coordinator", "export", str(execution_id))
@@ -506,10 +538,10 @@ class Engine:
         return self._conn.call("coordinator", "recover")
 
     def decide(self, execution_id: str, step: str, decision: str, *, reason: str = "",
-               output: Any = None) -> ExecutionView:
+               output: Any = None, by: str | None = None) -> ExecutionView:
         """Settle a step waiting for an operator: ``rerun``, ``succeed`` (with ``output``), ``fail``, ``skip``."""
         return self._conn.call("coordinator", "decide", str(execution_id), step, decision,
-                                                                 reason, output)
+                               reason, output, _operator(by))
 
     def replay(self, execution_id: str, from_step: str | None = None) -> Any:
         """Replay a finished execution in this process and compare it with its recording.
@@ -563,6 +595,13 @@ def _priority(priority: int | str | None) -> tuple[str, int]:
         return "normal", priority
     raise SubmissionError(f"priority must be one of {', '.join(PRIORITY_CLASSES)} or a whole number "
                           f"(higher first, within normal); got {priority!r}")
+
+
+def _operator(by: str | None) -> str:
+    """Who acts, for the audit log: ``by`` (checked), else this process's ``user@host``."""
+    from runtime._who import submitter
+
+    return submitter(by)
 
 
 def _secrets(model: Sop) -> tuple[str, ...]:

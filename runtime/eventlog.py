@@ -7,6 +7,7 @@ and :class:`GroupCommitter` batches the coordinator's appends on one writer thre
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 
@@ -15,7 +16,8 @@ from runtime._log_types import EventLog, ExecutionRecord, check_limit
 from runtime._sqlite_log import SCHEMA_VERSION, SqliteEventLog
 from runtime.config import DEFAULT_STATE_PATH, default_state_path
 from runtime.errors import StateStoreError, StateStoreInUseError, StateStoreLostError
-from runtime.events import Event
+from runtime.audit import LogContext, LogEntry, LogQuery, context_of_submitted, entries_of, select
+from runtime.events import Event, EventKind
 
 __all__ = [
     # the interface and its record
@@ -79,6 +81,8 @@ class MemoryEventLog:
         self._blobs: dict[tuple[str, str], bytes] = {}
         self._settings: dict[str, bytes] = {}
         self._snapshots: dict[str, tuple[int, bytes]] = {}
+        self._logs: list[LogEntry] = []  # in store order; ids from 1
+        self._log_ids = 0
         self._closed = False
 
     def _open(self) -> None:
@@ -94,11 +98,28 @@ class MemoryEventLog:
                 if ev.seq not in mine:
                     mine[ev.seq] = ev
                     stored += 1
+                    self._log(ev, mine)
             for rec in records:
                 old = self._records.get(rec.id)
                 if old is None or rec.version > old.version:
                     self._records[rec.id] = rec
             return stored
+
+    def _log(self, ev: Event, mine: dict[int, Event]) -> None:
+        """Store the audit entries of a newly stored event (as the SQLite backend does in its commit)."""
+        first = mine.get(1)
+        ctx = context_of_submitted(first) if first is not None and first.kind == EventKind.SUBMITTED else (
+            LogContext(rec.sop, None, rec.submitted_at) if (rec := self._records.get(ev.execution_id)) else LogContext())
+        for entry in entries_of(ev, ctx):
+            self._log_ids += 1
+            self._logs.append(dataclasses.replace(entry, id=self._log_ids))
+
+    def logs(self, query: LogQuery) -> list[LogEntry]:
+        """The audit log entries ``query`` selects (see :class:`runtime.audit.LogQuery`)."""
+        with self._lock:
+            self._open()
+            entries = list(self._logs)
+        return select(entries, query)
 
     def read(self, execution_id: str, after_seq: int = 0, until_seq: int | None = None) -> list[Event]:
         with self._lock:
@@ -184,13 +205,16 @@ class MemoryEventLog:
             return None
         return snap
 
-    def purge(self, *, ended_before: float) -> int:
+    def purge(self, *, ended_before: float, logs_before: float | None = None) -> int:
         with self._lock:
             self._open()
             ids = [r.id for r in self._records.values()
                    if r.terminal and r.ended_at is not None and r.ended_at < ended_before]
             for execution_id in ids:
-                self._drop(execution_id)
+                self._drop(execution_id, logs=False)
+            gone = set(ids)
+            self._logs = [e for e in self._logs if e.execution_id not in gone
+                          and (logs_before is None or e.ts >= logs_before)]
             return len(ids)
 
     def delete(self, execution_id: str) -> None:
@@ -198,12 +222,14 @@ class MemoryEventLog:
             self._open()
             self._drop(execution_id)
 
-    def _drop(self, execution_id: str) -> None:
+    def _drop(self, execution_id: str, logs: bool = True) -> None:
         self._events.pop(execution_id, None)
         self._records.pop(execution_id, None)
         self._snapshots.pop(execution_id, None)
         for key in [k for k in self._blobs if k[0] == execution_id]:
             del self._blobs[key]
+        if logs:
+            self._logs = [e for e in self._logs if e.execution_id != execution_id]
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -57,6 +57,8 @@ class EventKind(StrEnum):
     ALERTED = "alert_raised"
     """An alert rule fired: the execution runs too long, or a step waits too long (``data["rule"]``)."""
     FINISHED = "execution_finished"
+    DATA_ACCESSED = "data_accessed"
+    """A step or an agent read or wrote data through an MCP server (one tool call); changes no state."""
 
 
 EVENT_SCHEMA = 2
@@ -166,6 +168,10 @@ class Submitted(Payload):
     """What a reused idempotency key is compared with (user keys only)."""
     trace: dict[str, str] = field(default_factory=dict)
     """The W3C trace context of the execution's span."""
+    submitted_by: str = ""
+    """Who or what submitted it, as the client said: ``user@host`` by default, or the caller's value."""
+    agent: str | None = None
+    """The agent running it (Agent Centric Run), when there is one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +223,9 @@ class StepSucceeded(Payload):
     recorded: list[list[Any]] | None = None
     """Values the handler took from its context (time, randomness, ids), for an exact replay."""
     replay_diverged: str | None = None
+    logs: list[list[Any]] | None = None
+    """Lines the handler wrote through ``context.logger`` and a shell step's output tail, bounded:
+    ``[ts, level, source, text]`` each (see :class:`runtime.audit.LineBuffer`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +245,8 @@ class StepFailed(Payload):
     """What a failed shell step printed, if anything."""
     recorded: list[list[Any]] | None = None
     replay_diverged: str | None = None
+    logs: list[list[Any]] | None = None
+    """As :attr:`StepSucceeded.logs`."""
 
     def summary(self) -> str:
         return f"[{self.classification}] {self.error}"
@@ -297,6 +308,8 @@ class StepsAdded(Payload):
     """The steps as the user gave them: recovery and replay add them again."""
     handlers: dict[str, str] = field(default_factory=dict)
     """Registered handlers they use, as importable references."""
+    by: str | None = None
+    """The operator who asked, as their client said (``user@host`` by default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +317,8 @@ class Paused(Payload):
     """No new attempt starts until the execution is resumed."""
 
     kind: ClassVar[EventKind] = EventKind.PAUSED
+    by: str | None = None
+    """The operator who asked, as their client said (``user@host`` by default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +326,8 @@ class Resumed(Payload):
     """A paused execution goes on."""
 
     kind: ClassVar[EventKind] = EventKind.RESUMED
+    by: str | None = None
+    """The operator who asked, as their client said (``user@host`` by default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +336,8 @@ class CancelRequested(Payload):
 
     kind: ClassVar[EventKind] = EventKind.CANCEL_REQUESTED
     force: bool = False
+    by: str | None = None
+    """The operator who asked, as their client said (``user@host`` by default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +396,8 @@ class Decided(Payload):
     reason: str = ""
     output: Any = None
     """The step's output, when the decision is succeed."""
+    by: str | None = None
+    """The operator who asked, as their client said (``user@host`` by default)."""
 
     def summary(self) -> str:
         return f"{self.decision} ({self.reason or 'no reason given'})"
@@ -413,6 +434,31 @@ class Finished(Payload):
 
     def summary(self) -> str:
         return self.status
+
+
+@dataclass(frozen=True, slots=True)
+class DataAccessed(Payload):
+    """One call to an MCP server (a data access), by a step or an agent; it changes no state.
+
+    Written by whatever makes the call (the MCP runner, the agent host); the audit log
+    shows it as a ``data_access`` entry. Arguments are not kept, only their digest.
+    """
+
+    kind: ClassVar[EventKind] = EventKind.DATA_ACCESSED
+    server: str = ""
+    """The MCP server's name (as configured)."""
+    tool: str = ""
+    """The tool called (or ``resources/read`` and the like)."""
+    ok: bool = True
+    duration_s: float = 0.0
+    arguments: str | None = None
+    """A digest of the arguments (never their values: they may hold secrets)."""
+    error: str | None = None
+    agent: str | None = None
+    """The agent that made the call, when it was an agent."""
+
+    def summary(self) -> str:
+        return f"{self.server}.{self.tool} {'ok' if self.ok else 'failed: ' + str(self.error)}"
 
 
 PAYLOADS: dict[EventKind, type[Payload]] = {cls.kind: cls for cls in Payload.__subclasses__()}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime._pickle import positional_pickle
+from runtime._log_lines import CAPTURE_LEVEL, LineBuffer
 from runtime._shell_output import ShellCapture
 from runtime.failure import ErrorInfo, error_from_exception
 from runtime.isolation import Attempt
@@ -95,6 +96,9 @@ class StepOutcome:
     spilled: Spilled | None = None
     """The JSON text of an output over the inline cap (``output`` is then its descriptor), for the
     coordinator to store once as an artifact before it records the outcome."""
+    logs: tuple[list[Any], ...] = ()
+    """Lines for the audit log, bounded (:class:`runtime._log_lines.LineBuffer`): what the handler
+    wrote through ``context.logger`` (masked) and a shell step's output tail, ``[ts, level, source, text]``."""
 
 
 # os.urandom-backed: no state to share after a fork, and a handler that seeds the
@@ -121,7 +125,9 @@ class StepContext:
         execution_id: The execution this attempt belongs to.
         step: The step id.
         attempt: 1 for the first attempt.
-        logger: A logger whose records carry the execution and step.
+        logger: A logger whose records carry the execution and step. Its lines at info level
+            and above (secrets masked) also go to the audit log (``Engine.logs``), bounded: an
+            attempt keeps its first and last 100 lines and says how many it dropped.
         workdir: This attempt's own fresh directory (see :mod:`runtime.isolation`); removed
             after a success, kept after a failure. The process cwd is not changed.
     """
@@ -286,13 +292,15 @@ def run_task(task: StepTask) -> StepOutcome:
     """Run one attempt and describe how it went; never raises for handler failures."""
     start = time.perf_counter()
     place = Attempt(task.execution_id, task.step, task.attempt, task.memory_mb)
+    lines = LineBuffer()
     ctx = StepContext(task.execution_id, task.step, task.attempt,
                       MaskingLoggerAdapter(log, {"execution_id": task.execution_id, "step": task.step},
-                                           task.secrets),
+                                           task.secrets, lines.add, CAPTURE_LEVEL),
                       place.workdir, _progress_to=task.progress_to, _replay=_as_recording(task.recorded))
     try:
         if task.uses == "shell":
             output, error = _run_shell(task, place)
+            lines.add_shell_output(output)
         else:
             stop_watch = place.watch_this_thread()
             try:
@@ -304,7 +312,7 @@ def run_task(task: StepTask) -> StepOutcome:
     output, error, spilled = settle_output(task.step, output, error, task.output_cap)
     error = place.close(error)  # after the output check: a refused output keeps the directory too
     return StepOutcome(task.key, error is None, output, error, time.perf_counter() - start,
-                       ctx._progress, tuple(ctx._recorded), ctx._divergence(), spilled)
+                       ctx._progress, tuple(ctx._recorded), ctx._divergence(), spilled, tuple(lines.lines()))
 
 
 def _as_recording(recorded: Any) -> tuple[tuple[str, Any], ...]:

@@ -197,12 +197,12 @@ class StateMachine(AttemptsMixin):
 
     # -- what operators ask -------------------------------------------------------------------
 
-    def cancel(self, exe: Execution, force: bool) -> None:
+    def cancel(self, exe: Execution, force: bool, by: str | None = None) -> None:
         """Start nothing new; with ``force``, also kill what runs. Steps waiting to retry end cancelled."""
         state = exe.state
         if state.status.terminal or (state.cancel_requested and not force):
             return
-        self.host.emit(exe, ev.CancelRequested(force=force))
+        self.host.emit(exe, ev.CancelRequested(force=force, by=by))
         self._stop_retries(exe, "cancelled while waiting to retry")
         if force:
             self.kill_inflight(exe)
@@ -223,17 +223,17 @@ class StateMachine(AttemptsMixin):
         exe.waiting_retry.clear()
         exe.paused_retries.clear()
 
-    def pause(self, exe: Execution) -> None:
+    def pause(self, exe: Execution, by: str | None = None) -> None:
         """Start no new attempt until :meth:`resume`; running ones finish."""
         exe.require_running("pause")
         if not exe.state.paused:
-            self.host.emit(exe, ev.Paused())
+            self.host.emit(exe, ev.Paused(by=by))
 
-    def resume(self, exe: Execution) -> None:
+    def resume(self, exe: Execution, by: str | None = None) -> None:
         """Let a paused execution go on; an execution that ended while paused stays as it ended."""
         if not exe.state.paused or exe.state.status.terminal:
             return
-        self.host.emit(exe, ev.Resumed())
+        self.host.emit(exe, ev.Resumed(by=by))
         retries, exe.paused_retries = exe.paused_retries, {}
         for sid, attempt in retries.items():
             self.start(exe, exe.steps_by_id[sid], attempt)
@@ -241,7 +241,7 @@ class StateMachine(AttemptsMixin):
         self.advance(exe, list(exe.active_graph.nodes))
 
     def add_steps(self, exe: Execution, steps: list[Step], specs: list[dict[str, Any]],
-                  handlers: dict[str, Any]) -> None:
+                  handlers: dict[str, Any], by: str | None = None) -> None:
         """Add validated steps (``specs`` as the user gave them) and run those that are ready."""
         exe.require_running("add steps to")
         if exe.state.rolling_back:
@@ -249,10 +249,11 @@ class StateMachine(AttemptsMixin):
         exe.request.handlers = {**exe.request.handlers, **handlers}  # the dict may be shared by a batch
         exe.add_steps(steps)
         references = {k: v for k, v in handlers.items() if isinstance(v, str)}
-        self.host.emit(exe, ev.StepsAdded(steps=[s.id for s in steps], specs=specs, handlers=references))
+        self.host.emit(exe, ev.StepsAdded(steps=[s.id for s in steps], specs=specs, handlers=references, by=by))
         self.advance(exe, [s.id for s in steps])
 
-    def decide(self, exe: Execution, step_id: str, decision: str, reason: str = "", output: Any = None) -> None:
+    def decide(self, exe: Execution, step_id: str, decision: str, reason: str = "", output: Any = None,
+               by: str | None = None) -> None:
         """Settle a step that waits for an operator after an interrupted attempt.
 
         Raises:
@@ -272,8 +273,8 @@ class StateMachine(AttemptsMixin):
             except OutputNotData as e:
                 raise ExecutionError(f"the output given for step {step_id!r} is not JSON data: {e}; give a "
                                      "dict with str keys, a list, a str, a number, a bool or None") from None
-        self.host.emit(exe, ev.Decided(decision=decision, reason=reason, output=output if decision == "succeed" else None),
-                       step_id, st.attempts)
+        self.host.emit(exe, ev.Decided(decision=decision, reason=reason, output=output if decision == "succeed" else None,
+                                       by=by), step_id, st.attempts)
         if decision == "rerun" and not exe.state.cancel_requested:
             self.start(exe, exe.steps_by_id[step_id], st.attempts + 1)
         else:

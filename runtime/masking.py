@@ -81,18 +81,27 @@ class MaskingLoggerAdapter(logging.LoggerAdapter):
 
     The message is formatted here, masked, and handed on without arguments, so a
     secret given as an argument (``logger.info("token %s", token)``) is masked too.
+    With a ``sink``, every masked line at ``capture_level`` or above is also given to
+    it as ``sink(level, text)`` (the audit log's buffer), whatever the logger's own level.
     """
 
-    def __init__(self, logger: logging.Logger, extra: Mapping[str, object], secrets: tuple[str, ...]) -> None:
+    def __init__(self, logger: logging.Logger, extra: Mapping[str, object], secrets: tuple[str, ...],
+                 sink: Any = None, capture_level: int = logging.INFO) -> None:
         super().__init__(logger, extra)
         self._secrets = secrets
+        self._sink = sink
+        self._capture_level = capture_level
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if not self.isEnabledFor(level):
+        capture = self._sink is not None and level >= self._capture_level
+        enabled = self.isEnabledFor(level)
+        if not enabled and not capture:
             return
-        if not self._secrets:
+        if not self._secrets and not capture:
             super().log(level, msg, *args, **kwargs)
             return
+        if isinstance(msg, (bytes, bytearray)):  # readable, and maskable as text
+            msg = bytes(msg).decode("utf-8", "backslashreplace")
         try:
             text = str(msg) % args if args else str(msg)
         except (TypeError, ValueError):
@@ -108,7 +117,14 @@ class MaskingLoggerAdapter(logging.LoggerAdapter):
                 text += "\n" + "".join(traceback.format_exception(*exc_info)).rstrip()
         if kwargs.pop("stack_info", False):
             text += "\nStack (most recent call last):\n" + "".join(traceback.format_stack()).rstrip()
-        super().log(level, mask(text, self._secrets), **kwargs)
+        text = mask(text, self._secrets) if self._secrets else text
+        if capture:
+            try:
+                self._sink(level, text)
+            except Exception:  # noqa: BLE001 - keeping a line must never fail the step
+                pass
+        if enabled:
+            super().log(level, text, **kwargs)
 
 
 def make_private(path: str) -> None:

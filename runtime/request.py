@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime._who import MAX_SUBMITTED_BY, submitter  # noqa: F401 - part of this module's API
 from sop import Sop
 
 
@@ -29,6 +30,10 @@ class SubmitRequest:
     """The SOP as JSON data (built by the client), logged so the run can be rebuilt and replayed."""
     priority_class: str = "normal"
     """critical, high, normal or low: how the execution shares run slots with others (see admission)."""
+    submitted_by: str = ""
+    """Who or what submitted it, as the client says (``user@host`` by default); in the audit log."""
+    agent: str | None = None
+    """The agent that runs it (Agent Centric Run), when there is one; in the audit log."""
 
     def describe(self) -> dict[str, Any]:
         """Everything needed to rebuild this request from the log, minus secret values."""
@@ -54,6 +59,7 @@ def request_from_log(submitted: dict[str, Any], inputs: dict[str, Any]) -> Submi
     request = _from_described(submitted["request"], inputs, submitted["mode"], submitted.get("priority", 0),
                               submitted.get("idempotency_key"), submitted.get("parent"))
     request.priority_class = submitted.get("priority_class", "normal")
+    request.submitted_by, request.agent = submitted.get("submitted_by", ""), submitted.get("agent")
     return request
 
 

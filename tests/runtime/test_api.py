@@ -197,6 +197,8 @@ def test_bad_status_and_decision_values_are_400s_listing_the_allowed_ones(server
     (b"[1, 2]", "must be a JSON object"),
     (b'{"forse": true}', "unknown field(s) 'forse'; this endpoint takes: force"),
     (b'{"force": "yes"}', "'force' must be true or false"),
+    (b'{"by": 7}', "'by' must be a string of at most"),
+    (b'{"by": "' + b"x" * 2000 + b'"}', "'by' must be a string of at most 1000 characters"),
 ])
 def test_a_bad_body_is_a_400_saying_what_was_expected(server, finished, body, says) -> None:
     status, _, answer = request(server.url, "POST", f"/v1/executions/{finished}/cancel", body=body)

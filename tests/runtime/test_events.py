@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime import events as ev
-from runtime.eventlog import SqliteEventLog
+from runtime.eventlog import SCHEMA_VERSION, SqliteEventLog
 from runtime.events import EVENT_SCHEMA, PAYLOADS, Event, EventKind, new_event, upcast
 from runtime.history import FORMAT, events_from_doc
 from runtime.state import fold
@@ -117,7 +117,8 @@ def test_a_state_file_of_schema_1_reads_upcast_and_is_stamped_with_the_new_versi
     finally:
         log.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),)
         assert db.execute("SELECT encoding FROM events ORDER BY seq").fetchall() == [("json",), ("json;2",)]
     db.close()
 
