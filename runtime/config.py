@@ -58,6 +58,10 @@ class EngineConfig:
         api_port: Its TCP port; 0 picks a free one (written to the discovery file
             ``~/.sopflow/api-<namespace>.json`` on the head). None (the default):
             ``$SOPFLOW_API_PORT`` in the head's environment, else 0.
+        max_package_mb: The largest ``working_dir``/``py_modules`` package (as Ray zipped it) a
+            client may send with its submissions. The coordinator keeps one copy of each in the
+            state store, so that steps still find the code after the client's job ended (Ray
+            deletes it then) or the cluster restarted; a bigger one refuses the submission.
         checkpoint_every_s: How often the coordinator moves the SQLite WAL into the main
             file and truncates it (also done on a clean shutdown), so the main file alone
             holds nearly everything and a damaged WAL can cost little.
@@ -74,6 +78,7 @@ class EngineConfig:
     checkpoint_every_s: float = 300.0
     api_host: str = ""
     api_port: int | None = None
+    max_package_mb: int = 256
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -95,6 +100,8 @@ class EngineConfig:
             raise ValueError(f"lease_ttl_s must be > 0, got {self.lease_ttl_s}")
         if self.keep_finished < 0:
             raise ValueError(f"keep_finished must be >= 0, got {self.keep_finished}")
+        if not (isinstance(self.max_package_mb, int) and self.max_package_mb >= 1):
+            raise ValueError(f"max_package_mb must be an integer >= 1, got {self.max_package_mb!r}")
         if self.api_port is not None and not (isinstance(self.api_port, int) and 0 <= self.api_port <= 65535):
             raise ValueError(f"api_port must be 0 (any free port) to 65535, got {self.api_port!r}")
         if not isinstance(self.api_host, str) or any(c.isspace() for c in self.api_host):

@@ -90,7 +90,8 @@ class SubSopRunner:
         exe, step = spec.execution, spec.step
         template = exe.request.subsops[step.handler[len("sop:"):]]
         request = dataclasses.replace(template, inputs={**_defaults(template), **spec.args}, parent=exe.id,
-                                      idempotency_key=None)
+                                      idempotency_key=None,  # a child's steps run with its parent's code:
+                                      runtime_env=template.runtime_env or exe.request.runtime_env)
         if problems := secret_problems(template.secrets, request.inputs):  # the rule submit applies
             attempt.report.settle(None, ErrorInfo("SubmissionError", f"step {step.id!r}: " + "; ".join(problems),
                                                   retryable=False))
