@@ -7,6 +7,7 @@ Commands (each prints one JSON line; a sopflow error is printed as ``{"error", "
 - ``submit ADDRESS SOP [WORKING_DIR] [--wait | --exit]``: connect (with WORKING_DIR as the
   runtime_env's working_dir), submit SOP; ``--wait`` waits for the end, ``--exit`` dies at once.
 - ``wait ADDRESS ID``: connect without a runtime_env and wait for the execution to end.
+- ``has-package ADDRESS URI``: whether the cluster's GCS holds the runtime_env package URI.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def main(argv: list[str]) -> None:
             view = engine.wait(argv[2], timeout=180)
             print(json.dumps({"id": argv[2], "status": view.status.value, "outputs": view.outputs,
                               "steps": {k: s.error for k, s in view.steps.items()}}, default=str), flush=True)
+            return
+        if command == "has-package":
+            import ray
+            from ray._private.runtime_env.packaging import package_exists
+
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+            print(json.dumps({"exists": package_exists(argv[2])}), flush=True)
             return
         raise SystemExit(f"unknown command {command!r}")
     except SopflowError as e:
