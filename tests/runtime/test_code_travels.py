@@ -261,3 +261,36 @@ def test_connect_refuses_a_runtime_env_it_can_no_longer_apply(ray_cluster, tmp_p
 
     with pytest.raises(SubmissionError, match="already initialised"):
         Engine.connect("auto", runtime_env={"working_dir": str(tmp_path)})
+
+
+def test_a_sub_sops_steps_run_with_the_runtime_env_of_the_execution_that_started_it(tmp_path) -> None:
+    import asyncio
+
+    from runtime.config import EngineConfig
+    from runtime.coordinator import CoordinatorCore
+    from runtime.eventlog import MemoryEventLog
+    from runtime.request import SubmitRequest
+    from runtime.runners import InProcessRunner
+    from sop import loads
+
+    (tmp_path / "child.yaml").write_text("sop: child\nsteps:\n  - id: c\n    run: echo child\n")
+    parent = loads("sop: parent\nsteps:\n  - id: p\n    uses: sop:child.yaml\n", base_dir=tmp_path)
+    child = loads((tmp_path / "child.yaml").read_text(), base_dir=tmp_path)
+    env = {"working_dir": "gcs://_ray_pkg_0123456789abcdef.zip", "pip": ["requests"]}
+    log = MemoryEventLog()
+    core = CoordinatorCore(EngineConfig(state="memory://"), task_runner=InProcessRunner(), event_log=log)
+    core.recovery = {}
+
+    async def scenario() -> str:
+        eid = await core.submit(SubmitRequest(parent, subsops={"child.yaml": SubmitRequest(child)},
+                                              runtime_env=env))
+        await asyncio.wait_for(core.executions[eid].done.wait(), 60)
+        return eid
+
+    try:
+        eid = asyncio.run(scenario())
+        children = [e for e in core.executions.values() if e.request.parent == eid]
+        assert len(children) == 1 and children[0].request.runtime_env == env
+        assert log.read(children[0].id)[0].data["request"]["runtime_env"] == env  # recovery and replay see it
+    finally:
+        core.journal.close()
