@@ -55,7 +55,9 @@ class SeparateCluster:
             [str(VENV_BIN / "ray"), "start", "--head", "--block", "--port", str(self.gcs_port),
              "--num-cpus", "2", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
              "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(self.client_port),
-             "--disable-usage-stats"],
+             # The agent's HTTP port is a fixed 52365 by default: another cluster on this machine may hold it
+             # (then this one's job server has "no available agent").
+             "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"],
             cwd=self.home, env=self.env, stdout=subprocess.DEVNULL, stderr=self._log.open("ab"),
             start_new_session=True)
         wait_until(lambda: self._up() or self.proc.poll() is not None, 120, "the separate Ray cluster")
