@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from actors._packages import PackageKeeper
 from actors._ray_runner import RayFailurePolicy, RayMonitorFeed, RayTaskRunner, cluster_capacity
 from runtime.config import EngineConfig
 from runtime.coordinator import CoordinatorCore
@@ -23,8 +24,10 @@ class _Coordinator(CoordinatorCore):
 
     def __init__(self, monitor: Any = None, failure_handler: Any = None, config: EngineConfig | None = None,
                  event_log: Any = None, owner: str | None = None) -> None:
-        super().__init__(config, task_runner=RayTaskRunner(),
+        runner = RayTaskRunner()
+        super().__init__(config, task_runner=runner,
                          policy=RayFailurePolicy(failure_handler) if failure_handler is not None else None,
                          monitor=RayMonitorFeed(monitor) if monitor is not None else None,
                          capacity=cluster_capacity, event_log=event_log, owner=owner)
+        runner.packages = PackageKeeper(lambda: self.event_log, self.config.max_package_mb * 2**20)
         self.machine.runners.update(step_runners(self))

@@ -6,7 +6,7 @@ this check each of a thousand executions would fail at run time; with it the
 submission is refused once, naming the step and the module. The check is a
 small Ray task launched from the coordinator, so it runs with the same
 runtime_env as the steps; a module found importable is remembered, so each
-module costs one task per coordinator lifetime (a missing one is asked again
+module costs one task per coordinator lifetime (and runtime_env) (a missing one is asked again
 on the next submission, in case it was installed meanwhile). It asks one
 worker: nodes that differ from each other are not covered.
 """
@@ -14,6 +14,7 @@ worker: nodes that differ from each other are not covered.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,24 +57,52 @@ def python_modules(requests: Iterable[Any]) -> dict[str, tuple[str, str, str]]:
 
 
 class ModuleCheck:
-    """Remembers the modules known to import on the workers; refuses requests using others."""
+    """Remembers the modules known to import on the workers; refuses requests using others.
+
+    A request with its own runtime_env (a client's ``working_dir``) is checked in that
+    runtime_env, as its steps will run: what imports there is remembered per runtime_env.
+    """
 
     def __init__(self) -> None:
-        self.importable: set[str] = set()
+        self.importable: set[tuple[str, str]] = set()
+        """(runtime_env as canonical JSON, "" for the coordinator's own; module)."""
+        self._remotes: dict[str, Any] = {}
 
     async def check(self, requests: Iterable[Any]) -> None:
         """Raise :class:`SubmissionError` if a ``python:`` module does not import on the workers."""
-        needed = {m: where for m, where in python_modules(requests).items() if m not in self.importable}
+        by_env: dict[str, tuple[Any, list[Any]]] = {}
+        for request in requests:
+            env = request.runtime_env
+            key = json.dumps(env, sort_keys=True) if env else ""
+            by_env.setdefault(key, (env, []))[1].append(request)
+        for key, (env, group) in by_env.items():
+            await self._check(key, env, group)
+
+    async def _check(self, key: str, env: Any, requests: list[Any]) -> None:
+        needed = {m: where for m, where in python_modules(requests).items() if (key, m) not in self.importable}
         if not needed:
             return
-        errors = await _remote_import_errors.remote(sorted(needed))
-        self.importable.update(m for m in needed if m not in errors)
+        remote = self._remotes.get(key)
+        if remote is None:
+            remote = self._remotes[key] = _remote_import_errors.options(runtime_env=env) if env \
+                else _remote_import_errors
+        try:
+            errors = await remote.remote(sorted(needed))
+        except ray.exceptions.RuntimeEnvSetupError as e:
+            step, uses, source = next(iter(needed.values()))
+            raise SubmissionError(
+                f"the runtime_env that {source} was submitted with cannot be set up on the cluster's "
+                f"workers: {str(e).strip().splitlines()[-1][:500]}; fix the runtime_env given to "
+                "ray.init / Engine.connect / `ray job submit`") from None
+        self.importable.update((key, m) for m in needed if m not in errors)
         if errors:
             module, why = sorted(errors.items())[0]
             step, uses, source = needed[module]
+            where = ("the cluster's workers, with the runtime_env it was submitted with" if env
+                     else "the cluster's workers")
             raise SubmissionError(
-                f"step '{step}' of {source} uses {uses}, but module {module!r} cannot be imported on the "
-                f"cluster's workers ({why}); it may be importable where you submit from, but the workers "
+                f"step '{step}' of {source} uses {uses}, but module {module!r} cannot be imported on {where} "
+                f"({why}); it may be importable where you submit from, but the workers "
                 "do not have it: install it on every node, or ship it with the job's runtime_env "
                 "(ray.init(runtime_env={'working_dir': ...} or {'py_modules': [...]}) / "
-                "`ray job submit --working-dir`)")
+                "`sopflow run --working-dir` / `ray job submit --working-dir`)")

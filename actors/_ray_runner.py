@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import threading
 from collections import deque
 from typing import Any
 
 import ray
+from ray._common import ray_option_utils
+from ray._private.utils import get_runtime_env_info, parse_runtime_env_for_task_or_actor
 
+from actors._packages import PackageKeeper, gcs_packages
 from actors._preflight import ModuleCheck
 from actors._ray_errors import ray_error
 from actors.step_task import StepAttemptFailed, remote_execute_step
@@ -25,25 +29,44 @@ log = logging.getLogger("sopflow.ray")
 
 
 class RayTaskRunner:
-    """Runs each attempt of a handler step as a Ray task named ``<sop>/<step>`` with the step's resources."""
+    """Runs each attempt of a handler step as a Ray task named ``<sop>/<step> <execution-id>``, with the
+    step's resources and the runtime_env of the client that submitted the execution."""
 
     needs_slot = True
 
     def __init__(self) -> None:
-        self._remote_fns: dict[tuple, Any] = {}
+        self._launches: dict[tuple, _Launch] = {}
         self._modules = ModuleCheck()
+        self.packages: PackageKeeper | None = None
+        """Keeps the requests' runtime_env packages (set by the coordinator, which has the store)."""
         self._finished: deque[tuple[AttemptReport, str, Any]] = deque()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def preflight(self, requests: list[Any]) -> None:
-        """Refuse requests whose ``python:`` modules do not import on the workers (:mod:`actors._preflight`)."""
+        """Keep the requests' code packages; refuse ``python:`` modules that do not import on the workers.
+
+        See :mod:`actors._packages` and :mod:`actors._preflight`.
+        """
+        if self.packages is not None:
+            seen: set[int] = set()
+            for request in requests:  # a batch shares one runtime_env object: look at it once
+                if request.runtime_env and id(request.runtime_env) not in seen:
+                    seen.add(id(request.runtime_env))
+                    await self.packages.keep(request.runtime_env, request.source)
         await self._modules.check(requests)
 
     def start(self, spec: AttemptSpec, report: AttemptReport) -> _RayAttempt:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        ref = self._remote(spec.execution, spec.step).remote(spec.task)
+        exe = spec.execution
+        launch = self._launch(exe, spec.step)
+        if launch.packages and self.packages is not None:
+            self.packages.ensure(launch.packages)
+        # The execution id in the task's name: the dashboard's search finds every step of one execution.
+        # `kwargs` is a fresh dict each time: Ray's tracing puts the trace context into it.
+        ref = remote_execute_step._remote(args=(spec.task,), kwargs={}, name=f"{launch.name} {exe.id}",
+                                          serialized_runtime_env_info=launch.env_info, **launch.options)
         ref.future().add_done_callback(functools.partial(self._finished_in_ray, report, spec.step.id))
         return _RayAttempt(ref)
 
@@ -66,21 +89,51 @@ class RayTaskRunner:
             except Exception:  # noqa: BLE001 - one outcome must not keep the rest of the batch back
                 log.exception("settling an attempt of step %s failed", step_id)
 
-    def _remote(self, exe: Execution, step: Step) -> Any:
+    def _launch(self, exe: Execution, step: Step) -> _Launch:
+        """Ray's options for this step of this execution, built once per distinct resources and runtime_env."""
         res = exe.sop.effective_resources(step)
         memory = exe.memory_mb.get(step.id, res.memory_mb)
-        key = (exe.sop.sop, step.id, res.cpu, res.gpu, memory, res.capabilities)
-        fn = self._remote_fns.get(key)
-        if fn is None:
-            opts: dict[str, Any] = {"name": f"{exe.sop.sop}/{step.id}", "num_cpus": res.cpu}
+        env = exe.request.runtime_env
+        key = (exe.sop.sop, step.id, res.cpu, res.gpu, memory, res.capabilities,
+               json.dumps(env, sort_keys=True) if env else "")
+        launch = self._launches.get(key)
+        if launch is None:
+            opts: dict[str, Any] = {"num_cpus": res.cpu}
             if res.gpu:
                 opts["num_gpus"] = res.gpu
             if memory:
                 opts["memory"] = memory * 1024 * 1024
             if res.capabilities:
                 opts["resources"] = {f"capability:{c}": 0.001 for c in res.capabilities}
-            fn = self._remote_fns[key] = remote_execute_step.options(**opts)
-        return fn
+            if env:
+                opts["runtime_env"] = env
+            launch = self._launches[key] = _Launch(f"{exe.sop.sop}/{step.id}", opts, gcs_packages(env))
+        return launch
+
+
+class _Launch:
+    """Validated Ray task options and the serialized runtime_env for one kind of step attempt.
+
+    What ``RemoteFunction.options()`` does, done once: it costs tens of microseconds per call
+    (validation, runtime_env serialization), while each attempt only adds its own task name.
+    """
+
+    __slots__ = ("name", "options", "env_info", "packages")
+
+    def __init__(self, name: str, task_options: dict[str, Any], packages: tuple[str, ...]) -> None:
+        self.name, self.packages = name, packages
+        options = dict(remote_execute_step._default_options)
+        options.pop("max_calls", None)  # as options() does: it applies at the worker, not per call
+        options = ray_option_utils.update_options(options, task_options)
+        ray_option_utils.validate_task_options(options, in_options=True)
+        self.env_info = remote_execute_step._serialized_base_runtime_env_info
+        if "runtime_env" in task_options:
+            options["runtime_env"] = parse_runtime_env_for_task_or_actor(options["runtime_env"])
+            if options["runtime_env"]:
+                self.env_info = get_runtime_env_info(options["runtime_env"], is_job_runtime_env=False,
+                                                     serialize=True)
+        options.pop("name", None)
+        self.options = options
 
 
 class _RayAttempt:

@@ -239,6 +239,12 @@ class RayConnection:
                     raise
                 time.sleep(0.2)  # back-off between attempts while Ray restarts the actor
 
+    def job_runtime_env(self) -> dict[str, Any] | None:
+        """This client's runtime_env (its ``working_dir`` ...): the steps it submits run with it."""
+        from actors._packages import job_runtime_env
+
+        return job_runtime_env()
+
     def close_store(self) -> None:
         """Have the coordinator commit, checkpoint and close the state file (the cluster stops)."""
         if not ray.is_initialized():

@@ -78,15 +78,20 @@ def quiet_raylet_messages() -> None:
     ray_worker.print_to_stdstream = to_log
 
 
-def _connect(address: str | None, *, start_if_missing: bool) -> Any:
-    """An Engine on the given/running cluster; optionally start a local one for this command."""
+def _connect(address: str | None, *, start_if_missing: bool, working_dir: str | None = None) -> Any:
+    """An Engine on the given/running cluster; optionally start a local one for this command.
+
+    ``working_dir`` is shipped as this job's runtime_env: the steps it submits import from it.
+    """
     from runtime.engine import Engine
-    from runtime.errors import EngineUnavailable
+    from runtime.errors import EngineUnavailable, SubmissionError
 
     address = address or os.environ.get("RAY_ADDRESS")
     ctx = click.get_current_context(silent=True)
     verbose = bool(ctx and (ctx.find_root().obj or {}).get("verbose"))
     quiet = ray_options(verbose)
+    if working_dir is not None:
+        quiet["runtime_env"] = {"working_dir": os.path.abspath(working_dir)}
     if not verbose:
         quiet_raylet_messages()
     try:
@@ -101,6 +106,8 @@ def _connect(address: str | None, *, start_if_missing: bool) -> Any:
         return Engine.local(**quiet), True
     except EngineUnavailable as e:  # a bad or busy state file, actors that cannot start: nothing ran
         raise _StartError(str(e)) from None
+    except SubmissionError as e:  # the working dir cannot travel (missing, shadowing, too big)
+        raise click.UsageError(str(e)) from None
 
 
 def _client(address: str | None) -> Any:
@@ -234,8 +241,11 @@ def register_commands(main: click.Group) -> None:
     @click.option("--detach", is_flag=True, help="Print the execution id and return; it keeps running.")
     @click.option("--timeout", type=float, default=None, help="Give up waiting after this many seconds.")
     @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+    @click.option("--working-dir", default=None, metavar="DIR",
+                  help="Ship DIR to the cluster: the steps import `python:` handlers from it.")
     def run(file: str, inputs: tuple[str, ...], address: str | None, mode: str | None, priority: int | str | None,
-            idempotency_key: str | None, detach: bool, timeout: float | None, fmt: str) -> None:
+            idempotency_key: str | None, detach: bool, timeout: float | None, fmt: str,
+            working_dir: str | None) -> None:
         """Validate an SOP, run it on Ray with live progress, print the result.
 
         Exits 0 only when the execution completed.
@@ -244,11 +254,20 @@ def register_commands(main: click.Group) -> None:
         from runtime.registry import Registry
         from sop import check_file
 
+        if working_dir is not None:
+            from runtime.code_dirs import check_runtime_env
+            from runtime.errors import SubmissionError
+
+            try:
+                check_runtime_env({"working_dir": working_dir})
+            except SubmissionError as e:
+                raise click.UsageError(str(e)) from None
+            sys.path.insert(0, os.path.abspath(working_dir))  # this client sees what the workers will see
         report = check_file(file, handlers=Registry())
         if not report.ok:
             print_problems(report, console(stderr=True))
             sys.exit(1)
-        engine, temporary = _connect(address, start_if_missing=True)
+        engine, temporary = _connect(address, start_if_missing=True, working_dir=working_dir)
         if detach and temporary:
             raise click.ClickException(
                 "--detach needs a cluster that outlives this command; start one with "

@@ -62,6 +62,10 @@ class EngineConfig:
         api_port: Its TCP port; 0 picks a free one (written to the discovery file
             ``~/.sopflow/api-<namespace>.json`` on the head). None (the default):
             ``$SOPFLOW_API_PORT`` in the head's environment, else 0.
+        max_package_mb: The largest ``working_dir``/``py_modules`` package (as Ray zipped it) a
+            client may send with its submissions. The coordinator keeps one copy of each in the
+            state store, so that steps still find the code after the client's job ended (Ray
+            deletes it then) or the cluster restarted; a bigger one refuses the submission.
         checkpoint_every_s: How often the coordinator moves the SQLite WAL into the main
             file and truncates it (also done on a clean shutdown), so the main file alone
             holds nearly everything and a damaged WAL can cost little.
@@ -106,6 +110,7 @@ class EngineConfig:
     alert_check_every_s: float = 5.0
     metrics_sop_labels: int = 50
     log_retention_days: float = 90.0
+    max_package_mb: int = 256
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -129,6 +134,8 @@ class EngineConfig:
             raise ValueError(f"lease_ttl_s must be > 0, got {self.lease_ttl_s}")
         if self.keep_finished < 0:
             raise ValueError(f"keep_finished must be >= 0, got {self.keep_finished}")
+        if not (isinstance(self.max_package_mb, int) and self.max_package_mb >= 1):
+            raise ValueError(f"max_package_mb must be an integer >= 1, got {self.max_package_mb!r}")
         if self.api_port is not None and not (isinstance(self.api_port, int) and 0 <= self.api_port <= 65535):
             raise ValueError(f"api_port must be 0 (any free port) to 65535, got {self.api_port!r}")
         for name in ("expected_duration_s", "alert_queued_s", "alert_decision_s"):

@@ -35,7 +35,7 @@ from runtime.ids import ExecutionId
 from runtime.journal import Journal, MonitorFeed, load_state
 from runtime.machine import StateMachine
 from runtime.outputs import Artifacts, resolve
-from runtime.request import SubmitRequest, sop_definition
+from runtime.request import ENV_VARS, SubmitRequest, sop_definition
 from runtime.runners import SubSopRunner
 from runtime.seams import Cancellable, FailurePolicy, StepRunner
 from runtime.shipped import pack_callables
@@ -92,6 +92,8 @@ class CoordinatorCore:
         all_runners = {"task": task_runner, "sop": SubSopRunner(self), **(runners or {})}
         admission = LocalAdmission(lambda: self.config.max_running_steps or (capacity or _default_capacity)(),
                                    self.config.priority_weights)
+        self.kept_env_vars: dict[bytes, str] = {}
+        """runtime_env ``env_vars`` (as JSON) stored this life -> their blob's reference (see :meth:`_described`)."""
         self.machine = StateMachine(self, all_runners, admission, policy or LocalFailurePolicy(), self.hooks)
         self.recovery: dict[str, Any] | None = None
         self.started = time.monotonic()
@@ -181,6 +183,23 @@ class CoordinatorCore:
                 "wait, their events held in memory, and everything resumes by itself once the store takes "
                 "writes again (free disk space); submit again then")
 
+    def _described(self, request: SubmitRequest) -> dict[str, Any]:
+        """The request as its ``execution_submitted`` event records it.
+
+        A runtime_env's ``env_vars`` may hold credentials: they are stored apart, once per
+        distinct value in this coordinator's life, under a random reference the event names.
+        """
+        described = request.describe()
+        env_vars = (request.runtime_env or {}).get("env_vars")
+        if env_vars:
+            value = json.dumps(env_vars, sort_keys=True).encode()
+            ref = self.kept_env_vars.get(value)
+            if ref is None:
+                ref = self.kept_env_vars[value] = uuid.uuid4().hex
+                self.event_log.put_blob(ENV_VARS, ref, value)
+            described["env_vars"] = ref
+        return described
+
     def _create(self, request: SubmitRequest) -> str:
         """Create and begin an execution for ``request`` (or find the one its idempotency key made)."""
         key = request.idempotency_key
@@ -207,7 +226,7 @@ class CoordinatorCore:
                                     priority_class=request.priority_class,
                                     steps=[s.id for s in sop.steps], rollback=[s.id for s in sop.rollback],
                                     inputs=public_inputs, idempotency_key=key, parent=request.parent,
-                                    source=request.source, request=request.describe(),
+                                    source=request.source, request=self._described(request),
                                     trace=carrier_for(exe.span) if exe.span.is_recording() else {},
                                     submitted_by=request.submitted_by or (
                                         f"execution {request.parent}" if request.parent else ""),

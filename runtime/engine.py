@@ -34,6 +34,21 @@ from sop.paths import SubSopPathError, resolve_sub_sop
 from sop.validate import BUILTIN_HANDLERS, ValidationReport, choose_mode
 
 DEFAULT_NAMESPACE = "sopflow"
+_UNREAD: Any = object()  # the job's runtime_env, not read yet
+
+
+def _ray_init(ray: Any, options: dict[str, Any]) -> None:
+    """``ray.init`` with the code it ships checked first; Ray's refusal of a too-big one made clear."""
+    from runtime.code_dirs import check_runtime_env
+
+    check_runtime_env(options.get("runtime_env"))
+    try:
+        ray.init(**options)
+    except ValueError as e:
+        if "exceeds the maximum size" not in str(e):
+            raise
+        raise SubmissionError(f"the runtime_env code is too big for Ray to ship: {str(e).split('. ')[0]}; leave "
+                              "big files out (a `.rayignore` file or runtime_env `excludes`)") from None
 
 
 def use_token_auth_if_available(address: str | None) -> bool:
@@ -106,6 +121,7 @@ class Engine:
         self.registry = registry or Registry()
         self._owns_cluster = False  # set by local() when it started the cluster
         self._conn = connection
+        self._job_env: Any = _UNREAD
         # Also waits until the coordinator has resumed the unfinished executions in its log.
         try:
             state = self._conn.call("coordinator", "state_path")
@@ -153,7 +169,7 @@ class Engine:
             else:
                 options["address"] = address
                 use_token_auth_if_available(address)
-            ray.init(**{**options, **ray_options})
+            _ray_init(ray, {**options, **ray_options})
         engine = cls(namespace=namespace, registry=registry, config=config)
         if started:  # the cluster dies with this process: close the state file first (before Ray's own
             engine._owns_cluster = True  # exit handler, registered earlier, stops the cluster)
@@ -178,12 +194,20 @@ class Engine:
     @classmethod
     def connect(cls, address: str = "auto", *, namespace: str = DEFAULT_NAMESPACE,
                 registry: Registry | None = None, **ray_options: Any) -> Engine:
-        """Attach to a running cluster: ``auto`` (this machine), ``host:6379`` or ``ray://head:10001``."""
+        """Attach to a running cluster: ``auto`` (this machine), ``host:6379`` or ``ray://head:10001``.
+
+        ``runtime_env={"working_dir": "."}`` (or ``py_modules``, ``pip``) ships code to the cluster:
+        the steps of every execution this client submits run with it, even after it disconnects.
+        """
         import ray
 
         if not ray.is_initialized():
             use_token_auth_if_available(address)
-            ray.init(**{"address": address, "namespace": namespace, "log_to_driver": False, **ray_options})
+            _ray_init(ray, {"address": address, "namespace": namespace, "log_to_driver": False, **ray_options})
+        elif "runtime_env" in ray_options:  # else the code the caller means to ship would silently stay behind
+            raise SubmissionError(
+                "Ray is already initialised in this process, so its runtime_env cannot change now; pass "
+                "runtime_env to the first Engine.connect / ray.init of the process, or call ray.shutdown() first")
         return cls(namespace=namespace, registry=registry)
 
     # -- submitting -----------------------------------------------------------------------
@@ -267,7 +291,14 @@ class Engine:
         return SubmitRequest(model, resolved, chosen, rank, idempotency_key, self._handlers(model),
                              self._subsops(model, base, ()), _secrets(model), source,
                              definition=sop_definition(model), priority_class=priority_class,
-                             submitted_by=submitter(submitted_by))
+                             submitted_by=submitter(submitted_by), runtime_env=self._runtime_env())
+
+    def _runtime_env(self) -> dict[str, Any] | None:
+        """This client job's runtime_env, read once: the code (``working_dir`` ...) its steps run with."""
+        if self._job_env is _UNREAD:
+            read = getattr(self._conn, "job_runtime_env", None)
+            self._job_env = read() if read is not None else None
+        return self._job_env
 
     def _subsops(self, model: Sop, base: Path, stack: tuple[str, ...]) -> dict[str, Any]:
         from runtime.request import SubmitRequest, sop_definition

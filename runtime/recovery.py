@@ -29,7 +29,7 @@ from opentelemetry import trace
 from runtime import events as ev
 from runtime.events import Event, EventKind
 from runtime.execution import Execution
-from runtime.request import request_from_log
+from runtime.request import ENV_VARS, request_from_log
 from runtime.outputs import blob_kind
 from runtime.shipped import unpack_callables
 from runtime.snapshots import read_snapshot
@@ -98,6 +98,10 @@ def rebuild(event_log: Any, execution_id: str) -> Execution:
     if secrets:
         inputs.update(json.loads(secrets))
     request = request_from_log(submitted, inputs)
+    digest = submitted["request"].get("env_vars")
+    env_vars = event_log.get_blob(ENV_VARS, digest) if digest else None
+    if env_vars:  # the runtime_env's env_vars, kept apart from the events
+        request.runtime_env = {**(request.runtime_env or {}), "env_vars": json.loads(env_vars)}
     shipped = event_log.get_blob(execution_id, "handlers")
     if shipped:  # handlers shipped as callables by the client
         request.handlers.update(unpack_callables(shipped, execution_id))

@@ -34,19 +34,37 @@ class SubmitRequest:
     """Who or what submitted it, as the client says (``user@host`` by default); in the audit log."""
     agent: str | None = None
     """The agent that runs it (Agent Centric Run), when there is one; in the audit log."""
+    runtime_env: dict[str, Any] | None = None
+    """The submitting job's Ray runtime_env (``working_dir``, ``py_modules``, ``pip`` ...): the steps
+    of this execution (and of its sub-SOPs) run with it. ``None``: with the coordinator's own.
+    Its ``env_vars`` may hold credentials: their values are kept apart from the events, like
+    secret inputs (see ``CoordinatorCore._described``)."""
 
     def describe(self) -> dict[str, Any]:
         """Everything needed to rebuild this request from the log, minus secret values."""
         return {"definition": self.definition or sop_definition(self.sop),
                 "handlers": {k: v if isinstance(v, str) else None for k, v in self.handlers.items()},
                 "subsops": {k: r.describe() for k, r in self.subsops.items()},
-                "secrets": list(self.secrets), "source": self.source}
+                "secrets": list(self.secrets), "source": self.source,
+                **(_logged_runtime_env(self.runtime_env) if self.runtime_env else {})}
 
     @property
     def has_callables(self) -> bool:
         """True when a handler was shipped as a callable (the log can only name importable ones)."""
         return any(not isinstance(v, str) for v in self.handlers.values()) or any(
             r.has_callables for r in self.subsops.values())
+
+
+ENV_VARS = "~env_vars"
+"""The blobs' execution id for runtime_env ``env_vars`` values: engine-wide (never purged with an execution)."""
+
+
+def _logged_runtime_env(runtime_env: dict[str, Any]) -> dict[str, Any]:
+    """The runtime_env as the ``execution_submitted`` event records it: without ``env_vars``.
+
+    The coordinator stores their values apart and adds a reference to them (``env_vars``).
+    """
+    return {"runtime_env": {k: v for k, v in runtime_env.items() if k != "env_vars"}}
 
 
 def sop_definition(sop: Sop) -> dict[str, Any]:
@@ -70,4 +88,5 @@ def _from_described(described: dict[str, Any], inputs: dict[str, Any], mode: str
         Sop.model_validate(described["definition"]), inputs, mode, priority, key,
         {k: v for k, v in described.get("handlers", {}).items() if v is not None},
         {name: _from_described(d, {}) for name, d in described.get("subsops", {}).items()},
-        tuple(described.get("secrets", ())), described.get("source", "<log>"), parent, described["definition"])
+        tuple(described.get("secrets", ())), described.get("source", "<log>"), parent, described["definition"],
+        described.get("runtime_env") or None)

@@ -128,7 +128,9 @@ class SubSopRunner:
         request = dataclasses.replace(template, inputs={**_defaults(template), **spec.args}, parent=exe.id,
                                       # one child per attempt, even if the coordinator restarts before
                                       # the parent logs it: submitting again finds the same child
-                                      idempotency_key=f"child:{exe.id}/{step.id}/{spec.attempt}")
+                                      idempotency_key=f"child:{exe.id}/{step.id}/{spec.attempt}",
+                                      # a child's steps run with its parent's code
+                                      runtime_env=template.runtime_env or exe.request.runtime_env)
         if problems := secret_problems(template.secrets, request.inputs):  # the rule submit applies
             attempt.report.settle(None, ErrorInfo("SubmissionError", f"step {step.id!r}: " + "; ".join(problems),
                                                   retryable=False))

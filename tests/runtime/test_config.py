@@ -36,6 +36,7 @@ def test_the_default_state_file_is_resolved_where_the_actors_run_not_by_the_clie
     ("max_running_steps", -2, "max_running_steps must be >= 0 (0: automatic), got -2"),
     ("lease_ttl_s", 0, "lease_ttl_s must be > 0, got 0"),
     ("checkpoint_every_s", -1.0, "checkpoint_every_s must be > 0, got -1.0"),
+    ("max_package_mb", 0, "max_package_mb must be an integer >= 1, got 0"),
 ])
 def test_a_bad_setting_names_the_rule(field, value, message) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
