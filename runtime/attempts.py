@@ -453,6 +453,8 @@ def _replay_data(outcome: StepOutcome) -> dict[str, Any]:
         data["recorded"] = [list(pair) for pair in outcome.recorded]
     if outcome.replay_diverged:
         data["replay_diverged"] = outcome.replay_diverged
+    if outcome.logs:  # for the audit log: stored with the outcome, in its event
+        data["logs"] = [list(line) for line in outcome.logs]
     return data
 
 
