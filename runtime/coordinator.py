@@ -338,35 +338,31 @@ class CoordinatorCore:
         return exe.state.view()
 
     async def pause(self, execution_id: str, by: str | None = None) -> ExecutionView:
-        await self.ready()  # a request that arrives while recovering acts on the recovered execution
-        exe = self._running(execution_id)
-        self.machine.pause(exe, by)
-        await self.journal.durable()
-        return exe.state.view()
+        return await self._operate(execution_id, lambda exe: self.machine.pause(exe, by))
 
     async def resume(self, execution_id: str, by: str | None = None) -> ExecutionView:
-        await self.ready()  # a request that arrives while recovering acts on the recovered execution
-        exe = self._running(execution_id)
-        self.machine.resume(exe, by)
-        await self.journal.durable()
-        return exe.state.view()
+        return await self._operate(execution_id, lambda exe: self.machine.resume(exe, by))
 
     async def add_steps(self, execution_id: str, steps: list[dict[str, Any]],
                         handlers: dict[str, Any], by: str | None = None) -> ExecutionView:
-        await self.ready()  # a request that arrives while recovering acts on the recovered execution
-        exe = self._running(execution_id)
-        exe.require_running("add steps to")
-        parsed = check_new_steps(exe.sop, exe.graph, steps)  # raises SopValidationError; graph untouched
-        self.machine.add_steps(exe, parsed, steps, handlers, by)
-        await self.journal.durable()
-        return exe.state.view()
+        def add(exe: Execution) -> None:
+            exe.require_running("add steps to")
+            parsed = check_new_steps(exe.sop, exe.graph, steps)  # raises SopValidationError; graph untouched
+            self.machine.add_steps(exe, parsed, steps, handlers, by)
+
+        return await self._operate(execution_id, add)
 
     async def decide(self, execution_id: str, step_id: str, decision: str, reason: str = "",
                      output: Any = None, by: str | None = None) -> ExecutionView:
         """Settle a step that waits for an operator after an interrupted attempt."""
+        return await self._operate(execution_id,
+                                   lambda exe: self.machine.decide(exe, step_id, decision, reason, output, by))
+
+    async def _operate(self, execution_id: str, act: Callable[[Execution], None]) -> ExecutionView:
+        """Apply an operator's request to a running execution; answered once its events are durable."""
         await self.ready()  # a request that arrives while recovering acts on the recovered execution
         exe = self._running(execution_id)
-        self.machine.decide(exe, step_id, decision, reason, output, by)
+        act(exe)
         await self.journal.durable()
         return exe.state.view()
 
