@@ -89,4 +89,4 @@ def _from_described(described: dict[str, Any], inputs: dict[str, Any], mode: str
         {k: v for k, v in described.get("handlers", {}).items() if v is not None},
         {name: _from_described(d, {}) for name, d in described.get("subsops", {}).items()},
         tuple(described.get("secrets", ())), described.get("source", "<log>"), parent, described["definition"],
-        described.get("runtime_env") or None)
+        runtime_env=described.get("runtime_env") or None)
