@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from runtime._who import MAX_SUBMITTED_BY, submitter  # noqa: F401 - part of this module's API
@@ -28,6 +28,7 @@ class SubmitRequest:
     parent: str | None = None
     definition: dict[str, Any] | None = None
     """The SOP as JSON data (built by the client), logged so the run can be rebuilt and replayed."""
+    _: KW_ONLY  # the fields below are given by name: the list grows, positions would shift
     priority_class: str = "normal"
     """critical, high, normal or low: how the execution shares run slots with others (see admission)."""
     submitted_by: str = ""
