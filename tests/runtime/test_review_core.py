@@ -203,15 +203,21 @@ def test_review_force_cancelling_a_parent_ends_its_sub_sop_step_cancelled_not_fa
 # -- cancel, pause and run slots ------------------------------------------------------------------
 
 
+async def one_slot_two_executions() -> tuple[Script, CoordinatorCore, str, str]:
+    """One run slot: ``busy`` holds it, ``waiting``'s only step is queued for it."""
+    script = Script()
+    core = core_of(script, capacity=1)
+    await core.ready()
+    busy = await core.submit(SubmitRequest(sop("busy", [step("a")])))
+    waiting = await core.submit(SubmitRequest(sop("waiting", [step("b")])))
+    await quiesce(core)
+    assert core.state_of(waiting).steps["b"].status == StepStatus.QUEUED
+    return script, core, busy, waiting
+
+
 def test_review_cancel_of_an_execution_whose_steps_only_wait_for_a_slot_finishes_it_at_once() -> None:
     async def main() -> None:
-        script = Script()
-        core = core_of(script, capacity=1)
-        await core.ready()
-        busy = await core.submit(SubmitRequest(sop("busy", [step("a")])))
-        waiting = await core.submit(SubmitRequest(sop("waiting", [step("b")])))
-        await quiesce(core)
-        assert core.state_of(waiting).steps["b"].status == StepStatus.QUEUED
+        script, core, busy, waiting = await one_slot_two_executions()
         await core.cancel(waiting)
         await quiesce(core)
         status = core.state_of(waiting).status
@@ -226,12 +232,7 @@ def test_review_cancel_of_an_execution_whose_steps_only_wait_for_a_slot_finishes
 
 def test_review_cancel_of_a_queued_execution_ends_it_once_a_slot_frees_and_gives_the_slot_back() -> None:
     async def main() -> None:
-        script = Script()
-        core = core_of(script, capacity=1)
-        await core.ready()
-        busy = await core.submit(SubmitRequest(sop("busy", [step("a")])))
-        waiting = await core.submit(SubmitRequest(sop("waiting", [step("b")])))
-        await quiesce(core)
+        script, core, busy, waiting = await one_slot_two_executions()
         await core.cancel(waiting)
         script.live(busy)[0].succeed()
         await quiesce(core)
