@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from typing import Any
@@ -78,6 +79,28 @@ def quiet_raylet_messages() -> None:
     ray_worker.print_to_stdstream = to_log
 
 
+def _stale_recorded_cluster() -> str | None:
+    """The address ``ray start`` last recorded on this machine, when nothing answers there any more.
+
+    A cluster stopped without ``ray stop`` (killed, or the machine rebooted) leaves its address
+    in Ray's temp directory; connecting to it "auto"-matically would retry for minutes.
+    """
+    try:
+        from ray._private.services import find_bootstrap_address
+
+        recorded = find_bootstrap_address(None)
+    except Exception:  # noqa: BLE001 - another Ray version: let Ray find the cluster itself
+        return None
+    if not recorded:
+        return None
+    host, _, port = str(recorded).rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return None
+    except (OSError, ValueError):
+        return str(recorded)
+
+
 def _connect(address: str | None, *, start_if_missing: bool, working_dir: str | None = None) -> Any:
     """An Engine on the given/running cluster; optionally start a local one for this command.
 
@@ -94,6 +117,16 @@ def _connect(address: str | None, *, start_if_missing: bool, working_dir: str | 
         quiet["runtime_env"] = {"working_dir": os.path.abspath(working_dir)}
     if not verbose:
         quiet_raylet_messages()
+    if not address and (stale := _stale_recorded_cluster()):
+        # Ray would keep trying a dead GCS for minutes: say so at once, or start a cluster of our own.
+        if not start_if_missing:
+            raise click.ClickException(
+                f"the Ray cluster last started on this machine ({stale}, recorded by `ray start`) is not "
+                "running; start one with `ray start --head --dashboard-host 127.0.0.1` or pass --address")
+        try:
+            return Engine.local(**quiet), True
+        except EngineUnavailable as e:
+            raise _StartError(str(e)) from None
     try:
         try:
             return Engine.connect(address or "auto", **quiet), False
