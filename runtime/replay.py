@@ -60,8 +60,7 @@ class Recording:
         if event is None:
             return None, ErrorInfo("NotRecorded", f"attempt {spec.attempt} of step '{spec.step.id}' has no "
                                    "recorded outcome", retryable=False)
-        if event.kind == EventKind.STEP_SUCCEEDED or (
-                event.kind == EventKind.DECIDED and event.data.get("decision") == "succeed"):
+        if event.kind == EventKind.STEP_SUCCEEDED:
             return StepOutcome(key, True, event.data.get("output"), duration_s=event.data.get("duration_s", 0.0)), None
         error = ErrorInfo(event.data.get("error_type") or "RecordedError",
                           str(event.data.get("error") or event.data.get("reason") or ""), retryable=False)
@@ -71,7 +70,7 @@ class Recording:
 class RecordedRunner:
     """Settles attempts the replay takes from the recording; runs the others through ``fresh``."""
 
-    def __init__(self, recording: Recording, fresh: StepRunner, decide: Any = None) -> None:
+    def __init__(self, recording: Recording, fresh: StepRunner, decide: Any) -> None:
         self.recording = recording
         self.fresh = fresh
         self.needs_slot = fresh.needs_slot
@@ -83,7 +82,7 @@ class RecordedRunner:
             return self.fresh.start(spec, _NotingReport(report, spec, self.recording))
         loop = asyncio.get_running_loop()
         event = self.recording.outcomes.get((spec.step.id, spec.attempt))
-        if event is not None and event.kind == EventKind.DECIDED and self.decide is not None:
+        if event is not None and event.kind == EventKind.DECIDED:
             # Recorded: the attempt was interrupted (a restart) and an operator decided. Replayed the
             # same way: its outcome is unknown, the step waits, the recorded decision settles it.
             loop.call_soon(report.interrupted, "the recorded attempt was interrupted; its outcome is unknown")
@@ -129,9 +128,7 @@ class RecordedPolicy:
 
     async def judge(self, exe: Execution, step: Step, attempt: int, error: ErrorInfo) -> Decision:
         event = self.recording.outcomes.get((step.id, attempt))
-        if self.recording.replays(exe, step) and event is not None:
-            if event.kind != EventKind.STEP_FAILED:  # an operator failed it
-                return Decision(Action.FAIL, Classification.PERMANENT, "failed by an operator")
+        if self.recording.replays(exe, step) and event is not None and event.kind == EventKind.STEP_FAILED:
             return Decision(Action(event.data.get("action") or "fail"),
                             Classification(event.data.get("classification") or "permanent"),
                             event.data.get("reason") or "", self.recording.retry_delays.get((step.id, attempt), 0.0))
@@ -211,12 +208,14 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
         rerun = {from_step, *probe.graph.descendants(from_step)}
     recording = Recording(events, rerun)
     handlers_here = InProcessRunner(prepare=_feed_recorded(recording))
-    coordinator = CoordinatorCore(EngineConfig(state="memory://"), task_runner=RecordedRunner(recording, handlers_here),
+    def decide(*args: Any) -> None:  # an attempt an operator settled is settled by the same decision
+        coordinator.machine.decide(*args)
+
+    coordinator = CoordinatorCore(EngineConfig(state="memory://"),
+                                  task_runner=RecordedRunner(recording, handlers_here, decide),
                                   policy=RecordedPolicy(recording), capacity=lambda: 1 << 30,
                                   service_name="sopflow-replay")
-    coordinator.machine.runners["sop"] = RecordedRunner(recording, SubSopRunner(coordinator))
-    for runner in (coordinator.machine.runners["task"], coordinator.machine.runners["sop"]):
-        runner.decide = coordinator.machine.decide
+    coordinator.machine.runners["sop"] = RecordedRunner(recording, SubSopRunner(coordinator), decide)
     coordinator.recovery = {}  # a private, empty log: nothing to recover
     coordinator.machine.backoff_scale = 0.0  # retry backoffs are not waited out
     coordinator.artifacts.extra.update(artifacts)

@@ -42,6 +42,10 @@ async def until(predicate: Callable[[], Any], timeout_s: float = 60.0) -> Any:
     return value
 
 
+
+def _no_decision(*args: object) -> None:
+    raise AssertionError(f"no recorded operator decision here, yet one was replayed: {args}")
+
 def sop_of(name: str, steps: list[dict[str, Any]], outputs: dict[str, str] | None = None) -> Sop:
     return Sop.model_validate({"sop": name, "defaults": {"timeout_s": 60, "resources": {"cpu": 0.25},
                                                           "retry": {"max_attempts": 1}},
@@ -141,7 +145,7 @@ async def runner_subject(kind: str, tmp_path: Path) -> RunnerSubject:
             subject.handles = handles
             return subject
         fresh = InProcessRunner()
-        runner = fresh if kind == "in_process" else RecordedRunner(Recording([], {"ok", "bad", "slow"}), fresh)
+        runner = fresh if kind == "in_process" else RecordedRunner(Recording([], {"ok", "bad", "slow"}), fresh, _no_decision)
         return RunnerSubject(runner, exe, "ok", "PermanentError", started,
                              lambda: fresh.runs == sum(started(n) for n in ("ok", "bad", "slow")))
     if kind == "recorded":  # replayed attempts: every outcome comes from the recording
@@ -150,7 +154,7 @@ async def runner_subject(kind: str, tmp_path: Path) -> RunnerSubject:
                   Event(exe.id, 2, EventKind.STEP_FAILED, 2.0, "bad", 1,
                         {"error": "PermanentError: told to fail", "error_type": "PermanentError"}),
                   Event(exe.id, 3, EventKind.STEP_SUCCEEDED, 3.0, "slow", 1, {"output": "slow"})]
-        return RunnerSubject(RecordedRunner(Recording(events, set()), InProcessRunner()), exe, "ok",
+        return RunnerSubject(RecordedRunner(Recording(events, set()), InProcessRunner(), _no_decision), exe, "ok",
                              "PermanentError", lambda name: True, lambda: True)
     assert kind == "sub_sop"
     from runtime.coordinator import CoordinatorCore
