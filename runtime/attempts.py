@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
     from runtime.seams import Admission, ExecutionHost, FailurePolicy
 
 logger = logging.getLogger("sopflow.attempts")
+
+MIN_PROGRESS_INTERVAL_S = 0.2
+"""Progress reports of one attempt closer together than this are dropped (the worker sends at most
+two a second; anything faster is not from a ``StepContext``)."""
 
 
 def runner_kind(step: Step) -> str:
@@ -234,6 +239,10 @@ class AttemptsMixin:
             return  # late: the attempt has ended
         if fraction is not None and not (isinstance(fraction, (int, float)) and 0.0 <= fraction <= 1.0):
             return  # not from our StepContext: ignore rather than log nonsense
+        now = time.monotonic()
+        if now - flight.progress_at < MIN_PROGRESS_INTERVAL_S and fraction != 1.0:
+            return  # reports come from any Ray client, not only a well-behaved StepContext: bound the log
+        flight.progress_at = now
         self.host.emit(exe, ev.StepProgress(fraction=fraction, message=str(message)[:200]),
                        flight.step.id, flight.number)
 

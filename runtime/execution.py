@@ -38,6 +38,8 @@ class InFlight:
     """What starts it through its runner once it has a slot (kept while it is queued or held)."""
     needs_slot: bool = True
     """Its runner needs a run slot (a sub-SOP's does not)."""
+    progress_at: float = float("-inf")
+    """When (``time.monotonic``) its last progress report was logged."""
 
 
 class Execution:

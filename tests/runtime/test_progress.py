@@ -68,3 +68,21 @@ def test_progress_is_rate_limited_in_the_worker_and_bad_values_are_clamped() -> 
     ctx.report_progress(7.0)
     assert len(sent) == 2  # the first, then the final 1.0 (clamped); the rest within 0.5 s were dropped
     assert sent[0] == (0.0, "x" * 200) and sent[-1] == (1.0, "")
+
+
+def test_a_flood_of_progress_reports_from_outside_the_step_context_is_bounded(tmp_path: Path) -> None:
+    """step_progress is an actor method any Ray client can call: the coordinator bounds what it logs."""
+    engine = Engine.in_process()
+    gate = tmp_path / "gate"
+    try:
+        eid = engine.submit(_sop(gate))
+        _until(lambda: engine.status(eid).steps["work"].progress == 0.5)
+        core = engine._conn.coordinator
+        for i in range(500):  # as a hostile or broken client would, bypassing the worker's limit
+            engine._conn._run(core.step_progress(eid, "work", 1, 0.6, f"spam {i}"))
+        gate.touch()
+        engine.wait(eid, timeout=60)
+        logged = [e for e in engine.history(eid) if e.kind == EventKind.STEP_PROGRESS]
+        assert len(logged) <= 10, len(logged)
+    finally:
+        engine.shutdown()
