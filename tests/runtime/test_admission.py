@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runtime.seams import Claim
 from runtime.status import ExecutionStatus
 from tests.sop_builders import H, own_engine, wait_for
 
@@ -306,3 +307,43 @@ def test_with_one_slot_a_critical_flood_does_not_starve_low_work(one_slot, tmp_p
     started = [line.split()[0] for line in order.read_text().splitlines()][1:]  # after the blocker
     first_low = min(started.index(eid) for eid in low)
     assert first_low <= 9, started  # 8 critical for every low: low's first step within the first 9
+
+
+# -- properties 17 and 18 of PROPERTIES.md, on the local admission (no Ray) ------------------------
+
+claims = st.builds(Claim, st.integers(-5, 5), st.booleans(), st.floats(0, 100, allow_nan=False))
+
+
+@given(st.integers(1, 6), st.lists(claims, min_size=1, max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_queue_when_exhausted(capacity: int, asked: list) -> None:
+    """For any requests beyond the free slots: they queue, and each starts once a slot frees, never over capacity."""
+    from runtime.admission import LocalAdmission
+
+    adm = LocalAdmission(lambda: capacity)
+    granted: list[int] = []
+    now = [i for i, claim in enumerate(asked) if adm.acquire(claim, lambda i=i: granted.append(i))]
+    assert now == list(range(min(capacity, len(asked))))  # the free slots are taken at once, the rest queue
+    assert adm.used == len(now) <= capacity and adm.queued == len(asked) - len(now)
+    for _ in range(len(asked)):
+        adm.release()
+        assert adm.used <= capacity
+    assert sorted(now + granted) == list(range(len(asked))) and len(set(granted)) == len(granted)
+    assert adm.used == 0 and adm.queued == 0
+
+
+@given(st.lists(claims, min_size=1, max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_priority_order(queued: list) -> None:
+    """For any set of queued executions' attempts: as slots free, higher priority starts first (then, at one
+    priority, executions under way, then the oldest, then arrival order)."""
+    from runtime.admission import LocalAdmission
+
+    adm = LocalAdmission(lambda: 1)
+    assert adm.acquire(Claim(), lambda: None)  # the one slot is busy: everything below queues
+    order: list[int] = []
+    for i, claim in enumerate(queued):
+        assert not adm.acquire(claim, lambda i=i: order.append(i))
+    for _ in queued:
+        adm.release()
+    assert order == sorted(range(len(queued)), key=lambda i: (queued[i].key(), i))
