@@ -123,6 +123,13 @@ class DataSource(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     tools: tuple[str, ...] | None = None
     """The tools this server offers, if declared; lets validation check tool names offline."""
+    idempotent_tools: tuple[str, ...] = ()
+    """Tools safe to call again when a call may have reached the server (a timeout, a dropped
+    connection); other tools are retried only when the call surely never arrived."""
+    timeout_s: float = Field(30.0, gt=0, le=3600)
+    """Seconds one tool call may take before it counts as failed."""
+    connect_timeout_s: float = Field(20.0, gt=0, le=600)
+    """Seconds to start the server (stdio) or reach it (HTTP) and finish the MCP handshake."""
     description: str = ""
 
     @model_validator(mode="after")
@@ -138,11 +145,31 @@ class AgentSpec(_Model):
     """The ADK agent of an agent-centric run."""
 
     model: str = "offline"
-    """``offline`` (deterministic, no network), or a Gemini/LiteLLM model name."""
+    """``offline`` (deterministic, no network, the default), ``gemini-…`` (google-genai),
+    ``litellm:<provider>/<model>`` (needs the ``litellm`` extra), or a registered model name."""
     instruction: str = ""
+    """What the agent should aim for, on top of the SOP itself."""
     tools: tuple[str, ...] = ()
     """``<data source>.<tool>`` names the agent may call."""
-    max_turns: int = Field(50, ge=1, le=1000)
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    """The most tokens one model response may have."""
+    max_model_calls: int = Field(50, ge=1, le=10000)
+    """The most model calls one run may make; the run fails when it needs more."""
+    token_budget: int | None = Field(None, ge=1)
+    """The most tokens (prompt and response) one run may use; the run fails when it needs more."""
+    base_url: str | None = None
+    """An OpenAI-compatible endpoint for a ``litellm:`` model (``http://…`` or ``https://…``)."""
+    api_key_input: str | None = None
+    """The secret input holding the model's API key (never logged)."""
+    api_key_env: str | None = None
+    """The environment variable holding the model's API key, read where the agent runs."""
+
+    @model_validator(mode="after")
+    def _url_is_http(self) -> AgentSpec:
+        if self.base_url is not None and not re.match(r"^https?://", self.base_url):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        return self
 
 
 class Step(_Model):
