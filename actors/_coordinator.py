@@ -16,7 +16,7 @@ from actors._packages import PackageKeeper
 from actors._ray_runner import RayFailurePolicy, RayMonitorFeed, RayTaskRunner, cluster_capacity
 from runtime.config import EngineConfig
 from runtime.coordinator import CoordinatorCore
-from runtime.plugins import step_runners
+from runtime.plugins import agent_driver, step_runners
 
 
 class _Coordinator(CoordinatorCore):
@@ -31,3 +31,4 @@ class _Coordinator(CoordinatorCore):
                          capacity=cluster_capacity, event_log=event_log, owner=owner)
         runner.packages = PackageKeeper(lambda: self.event_log, self.config.max_package_mb * 2**20)
         self.machine.runners.update(step_runners(self))
+        self.machine.agents = agent_driver("ray", self)

@@ -89,6 +89,13 @@ class EngineConfig:
         log_retention_days: Audit log entries (``Engine.logs``) older than this are removed
             (hourly, with the purge of old executions); an execution's entries also go when
             the execution itself is removed (``retention_days``), whichever comes first.
+        agent_hosts: How many agent host actors run the sessions of Agent Centric Runs (each
+            holds many sessions as asyncio tasks, and one MCP client pool).
+        agent_heartbeat_s: An agent session reports its status at least this often.
+        agent_silence_s: A session not heard from for this long is taken as lost and started
+            again from its recording (it must exceed ``agent_heartbeat_s``).
+        agent_restarts: How many times a lost session is started again before its execution
+            fails.
     """
 
     state: str = ""
@@ -111,6 +118,10 @@ class EngineConfig:
     metrics_sop_labels: int = 50
     log_retention_days: float = 90.0
     max_package_mb: int = 256
+    agent_hosts: int = 2
+    agent_heartbeat_s: float = 30.0
+    agent_silence_s: float = 90.0
+    agent_restarts: int = 3
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -136,6 +147,13 @@ class EngineConfig:
             raise ValueError(f"keep_finished must be >= 0, got {self.keep_finished}")
         if not (isinstance(self.max_package_mb, int) and self.max_package_mb >= 1):
             raise ValueError(f"max_package_mb must be an integer >= 1, got {self.max_package_mb!r}")
+        if not (isinstance(self.agent_hosts, int) and 1 <= self.agent_hosts <= 64):
+            raise ValueError(f"agent_hosts must be an integer from 1 to 64, got {self.agent_hosts!r}")
+        if not (isinstance(self.agent_restarts, int) and self.agent_restarts >= 0):
+            raise ValueError(f"agent_restarts must be an integer >= 0, got {self.agent_restarts!r}")
+        if not 0 < self.agent_heartbeat_s < self.agent_silence_s < float("inf"):
+            raise ValueError(f"agent_heartbeat_s ({self.agent_heartbeat_s}) must be > 0 and below "
+                             f"agent_silence_s ({self.agent_silence_s})")
         if self.api_port is not None and not (isinstance(self.api_port, int) and 0 <= self.api_port <= 65535):
             raise ValueError(f"api_port must be 0 (any free port) to 65535, got {self.api_port!r}")
         for name in ("expected_duration_s", "alert_queued_s", "alert_decision_s"):

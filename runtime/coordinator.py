@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from runtime.admission import LocalAdmission
+from runtime.agentic import AgentSessionEnded
 from runtime.alerts import raise_due
 from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import ExecutionError, ExecutionNotFound, IdempotencyConflict, StateStoreError
@@ -373,6 +374,24 @@ class CoordinatorCore:
         flight = exe.inflight.get(step_id) if exe is not None else None
         if exe is not None and flight is not None and flight.number == attempt:
             self.machine.progress(exe, flight, fraction, message)
+
+    async def agent_call(self, execution_id: str, session: int, op: str, args: dict[str, Any],
+                         call: int | None = None) -> Any:
+        """One call of an execution's agent session (see :mod:`runtime.agentic`); answered once what
+        it changed is durable (a step call: once the step has ended).
+
+        Raises:
+            AgentSessionEnded: the execution ended, or the session was replaced by a newer one.
+        """
+        await self.ready()
+        exe = self.executions.get(execution_id)
+        if exe is None:
+            raise AgentSessionEnded(f"execution {execution_id} is not running")
+        result = self.machine.agent_op(exe, session, op, args, call)
+        if isinstance(result, asyncio.Future):
+            result = await result
+        await self.journal.durable()
+        return result
 
     async def list_ids(self) -> list[str]:
         return list(self.executions)

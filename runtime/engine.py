@@ -230,14 +230,17 @@ class Engine:
 
     def submit(self, sop: str | os.PathLike[str] | Sop, inputs: Mapping[str, Any] | None = None, *,
                mode: str | None = None, priority: int | str | None = None, idempotency_key: str | None = None,
-               inputs_from_text: bool = False, submitted_by: str | None = None) -> ExecutionId:
+               inputs_from_text: bool = False, submitted_by: str | None = None,
+               agent: Mapping[str, Any] | None = None) -> ExecutionId:
         """Validate and submit an SOP; returns at once with the execution's id.
 
         ``priority`` is a class — ``critical``, ``high``, ``normal``, ``low``: classes share
         the run slots by weight while several wait (``EngineConfig.priority_weights``) — or
         a whole number (higher first, within ``normal``); None takes the SOP's ``priority``.
         ``submitted_by`` names who or what submits it in the audit log (``Engine.logs``);
-        the default is this process's OS user and host, ``user@host``.
+        the default is this process's OS user and host, ``user@host``. ``agent`` overrides
+        fields of the SOP's ``agent:`` block for this run (``model``, ``temperature``,
+        ``max_tokens``, ``max_model_calls``, ``token_budget`` ...).
 
         Raises:
             SopValidationError: the SOP is invalid (every problem listed).
@@ -246,13 +249,13 @@ class Engine:
         # A key makes the submission safe to send again if the coordinator restarts meanwhile.
         request = self._request(sop, dict(inputs or {}), mode=mode, priority=priority,
                                 idempotency_key=idempotency_key or f"auto:{uuid.uuid4().hex}",
-                                inputs_from_text=inputs_from_text, submitted_by=submitted_by)
+                                inputs_from_text=inputs_from_text, submitted_by=submitted_by, agent=agent)
         return ExecutionId(self._conn.call("coordinator", "submit", request))
 
     def submit_many(self, sop: str | os.PathLike[str] | Sop, inputs: list[Mapping[str, Any]], *,
                     mode: str | None = None, priority: int | str | None = None,
                     idempotency_keys: list[str] | None = None,
-                    submitted_by: str | None = None) -> list[ExecutionId]:
+                    submitted_by: str | None = None, agent: Mapping[str, Any] | None = None) -> list[ExecutionId]:
         """Submit one SOP many times (one execution per inputs mapping) in a single round trip.
 
         The SOP is validated once; the batch is committed to the log in one go.
@@ -270,7 +273,7 @@ class Engine:
         model, _, source = self.load(sop)
         keys = idempotency_keys or [f"auto:{uuid.uuid4().hex}" for _ in inputs]
         base = self._request(model, dict(inputs[0]), mode=mode, priority=priority, idempotency_key=keys[0],
-                             source=source, submitted_by=submitted_by)
+                             source=source, submitted_by=submitted_by, agent=agent)
         # One SOP object and definition shared by every request: pickled once for the whole batch.
         requests = [base, *(dataclasses.replace(base, inputs=resolve_inputs(model, dict(i), source=source),
                                                 idempotency_key=k) for i, k in zip(inputs[1:], keys[1:]))]
@@ -279,11 +282,14 @@ class Engine:
 
     def _request(self, sop: Any, inputs: dict[str, Any], *, mode: str | None, priority: int | str | None,
                  idempotency_key: str | None, inputs_from_text: bool = False,
-                 source: str | None = None, submitted_by: str | None = None) -> Any:
+                 source: str | None = None, submitted_by: str | None = None,
+                 agent: Mapping[str, Any] | None = None) -> Any:
         from runtime.request import SubmitRequest, sop_definition, submitter
 
         model, _, loaded_from = self.load(sop)
         source = source or loaded_from
+        if agent:
+            model = _with_agent_settings(model, agent, source)
         chosen = self._mode(model, mode, source)
         priority_class, rank = _priority(model.priority if priority is None else priority)
         resolved = resolve_inputs(model, inputs, source=source, from_text=inputs_from_text)
@@ -291,7 +297,8 @@ class Engine:
         return SubmitRequest(model, resolved, chosen, rank, idempotency_key, self._handlers(model),
                              self._subsops(model, base, ()), _secrets(model), source,
                              definition=sop_definition(model), priority_class=priority_class,
-                             submitted_by=submitter(submitted_by), runtime_env=self._runtime_env())
+                             submitted_by=submitter(submitted_by), runtime_env=self._runtime_env(),
+                             agent=model.agent.model if chosen == "agent_centric" else None)
 
     def _runtime_env(self) -> dict[str, Any] | None:
         """This client job's runtime_env, read once: the code (``working_dir`` ...) its steps run with."""
@@ -326,17 +333,6 @@ class Engine:
         chosen, reason = choose_mode(declared, depends, rules)
         if chosen is None:
             raise SubmissionError(f"cannot run {source} in mode {declared}: {reason}")
-        if chosen == Mode.AGENT_CENTRIC:
-            if declared == Mode.AGENT_CENTRIC:
-                raise SubmissionError(
-                    f"cannot run {source} in mode agent_centric: Agent Centric Runs are not available in "
-                    "this version of sopflow; submit with mode='system_design'")
-            chosen = Mode.SYSTEM_DESIGN  # auto falls back to the mode this version runs
-        for step in (*model.steps, *model.rollback):
-            if step.handler.startswith("mcp:"):
-                raise SubmissionError(
-                    f"step {step.id!r} of {source} uses {step.handler}: MCP steps run with the Agent "
-                    "Centric Run, which is not available in this version of sopflow")
         return chosen.value
 
     def _handlers(self, model: Sop) -> dict[str, Any]:
@@ -637,3 +633,21 @@ def _operator(by: str | None) -> str:
 
 def _secrets(model: Sop) -> tuple[str, ...]:
     return tuple(k for k, v in model.inputs.items() if v.secret)
+
+
+def _with_agent_settings(model: Sop, agent: Mapping[str, Any], source: str) -> Sop:
+    """``model`` with fields of its ``agent:`` block overridden for one submission.
+
+    Raises:
+        SubmissionError: an unknown field or a value the agent block refuses.
+    """
+    from pydantic import ValidationError
+
+    from sop.model import AgentSpec
+
+    try:
+        merged = AgentSpec.model_validate({**model.agent.model_dump(exclude_unset=True), **dict(agent)})
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'agent'}: {err['msg']}" for err in e.errors())
+        raise SubmissionError(f"the agent settings given for {source} do not fit: {problems}") from None
+    return model.model_copy(update={"agent": merged})

@@ -59,6 +59,22 @@ class EventKind(StrEnum):
     FINISHED = "execution_finished"
     DATA_ACCESSED = "data_accessed"
     """A step or an agent read or wrote data through an MCP server (one tool call); changes no state."""
+    AGENT_STARTED = "agent_started"
+    """An agent session (Agent Centric Run) started on a host, or started again after its host was lost."""
+    MODEL_CALLED = "model_called"
+    """The agent's model answered one request (recorded for resumption and replay)."""
+    TOOL_STARTED = "tool_started"
+    """The agent is about to call an MCP tool that is not idempotent (so an interruption is visible)."""
+    TOOL_CALLED = "tool_called"
+    """One MCP tool call of the agent ended (recorded for resumption and replay)."""
+    AGENT_DECIDED = "agent_decided"
+    """The agent decided something about a step, with its rationale."""
+    AGENT_STATUS = "agent_status"
+    """The agent reported its status (at every decision and at least every heartbeat)."""
+    AGENT_LOST = "agent_lost"
+    """The agent session stopped answering or its host died; it is started again from its recording."""
+    AGENT_REPORTED = "agent_reported"
+    """The agent finished and reported its result to the engine."""
 
 
 EVENT_SCHEMA = 2
@@ -431,9 +447,11 @@ class Finished(Payload):
     """``{"outputs": the SOP's outputs, "steps": each succeeded step's output}``."""
     output_errors: dict[str, str] = field(default_factory=dict)
     """SOP outputs that could not be rendered, and why."""
+    reason: str | None = None
+    """Why it failed, when no step's failure says it (an agent that stopped without its report)."""
 
     def summary(self) -> str:
-        return self.status
+        return f"{self.status}: {self.reason}" if self.reason else self.status
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,6 +477,129 @@ class DataAccessed(Payload):
 
     def summary(self) -> str:
         return f"{self.server}.{self.tool} {'ok' if self.ok else 'failed: ' + str(self.error)}"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStarted(Payload):
+    """An agent session started (``session`` 1), or started again (2, 3 ...) after its host was lost."""
+
+    kind: ClassVar[EventKind] = EventKind.AGENT_STARTED
+    session: int = 1
+    agent: str = ""
+    """The agent's id: ``<sop>/<execution>``, or ``<sop>/<execution>/<step>`` for an ``agent`` step."""
+    model: str = ""
+    host: str = ""
+    """Where the session runs (a host actor's name, or ``local``)."""
+    recorded: int = 0
+    """Model and tool calls replayed from the recording before the session went on live."""
+
+    def summary(self) -> str:
+        again = f" (again, {self.recorded} recorded calls replayed)" if self.session > 1 else ""
+        return f"session {self.session} of {self.agent} with model {self.model} on {self.host}{again}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCalled(Payload):
+    """The model answered request ``index`` of the session (0-based, in order)."""
+
+    kind: ClassVar[EventKind] = EventKind.MODEL_CALLED
+    index: int = 0
+    request: str = ""
+    """A digest of the request (instruction, conversation, tools): replay matches calls by it."""
+    response: dict[str, Any] = field(default_factory=dict)
+    """The model's response (``LlmResponse`` as data), secrets masked."""
+    prompt_tokens: int = 0
+    response_tokens: int = 0
+    duration_s: float = 0.0
+
+    def summary(self) -> str:
+        calls = [p["function_call"]["name"] for p in (self.response.get("content") or {}).get("parts") or []
+                 if isinstance(p, dict) and p.get("function_call")]
+        return f"call {self.index}: " + (", ".join(calls) if calls else "text")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStarted(Payload):
+    """The agent is about to call a tool that is not idempotent: if the session is lost before
+    :class:`ToolCalled`, the call may or may not have taken effect."""
+
+    kind: ClassVar[EventKind] = EventKind.TOOL_STARTED
+    index: int = 0
+    tool: str = ""
+    request: str = ""
+    """A digest of the tool's name and arguments."""
+
+    def summary(self) -> str:
+        return f"call {self.index}: {self.tool}"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCalled(Payload):
+    """Tool call ``index`` of the session (0-based, counting the agent's MCP tool calls) ended."""
+
+    kind: ClassVar[EventKind] = EventKind.TOOL_CALLED
+    index: int = 0
+    tool: str = ""
+    request: str = ""
+    """A digest of the tool's name and arguments: replay matches calls by it."""
+    result: Any = None
+    """What the tool answered (secrets masked)."""
+    ok: bool = True
+    duration_s: float = 0.0
+
+    def summary(self) -> str:
+        return f"call {self.index}: {self.tool} {'ok' if self.ok else 'failed'}"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDecided(Payload):
+    """The agent decided about a step (``run``, ``skip``, ``halt`` or its own word), and why."""
+
+    kind: ClassVar[EventKind] = EventKind.AGENT_DECIDED
+    decision: str = ""
+    rationale: str = ""
+    call: int | None = None
+    """The session's tool call that made it (a resumed session repeating it changes nothing)."""
+
+    def summary(self) -> str:
+        return f"{self.decision}: {self.rationale}"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus(Payload):
+    """What the agent says it is doing."""
+
+    kind: ClassVar[EventKind] = EventKind.AGENT_STATUS
+    message: str = ""
+    progress: float | None = None
+    """Fraction done (0..1), when the agent says."""
+
+    def summary(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLost(Payload):
+    """Session ``session`` was lost (its host died, or it went silent)."""
+
+    kind: ClassVar[EventKind] = EventKind.AGENT_LOST
+    session: int = 1
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReported(Payload):
+    """The agent finished and reported its result to the engine."""
+
+    kind: ClassVar[EventKind] = EventKind.AGENT_REPORTED
+    summary_text: str = ""
+    """The agent's own account of the run."""
+    outputs: dict[str, Any] = field(default_factory=dict)
+    """The outputs the agent reported (the SOP's declared outputs are rendered by the engine)."""
+    call: int | None = None
+
+    def summary(self) -> str:
+        return self.summary_text
 
 
 PAYLOADS: dict[EventKind, type[Payload]] = {cls.kind: cls for cls in Payload.__subclasses__()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.events import Event, EventKind
@@ -42,6 +42,26 @@ class InFlight:
     """When (``time.monotonic``) its last progress report was logged."""
 
 
+@dataclass(slots=True)
+class AgentRun:
+    """What the machine keeps in memory about an execution's agent session (its state is in the log)."""
+
+    session: int = 0
+    """The running session's number; calls from an older one are refused."""
+    handle: Any = None
+    """The running session (its driver's handle: ``cancel()``)."""
+    done: bool = False
+    """The agent reported its result, gave up, or the execution is being cancelled."""
+    failure: str | None = None
+    """Why the run failed without the agent's report (it stopped, or its host was lost too often)."""
+    waiters: dict[str, list[Any]] = field(default_factory=dict)
+    """Step -> futures of the agent's step tool calls waiting for the step to end."""
+    contact: float = 0.0
+    """When (``time.monotonic``) the session was last heard from."""
+    watchdog: Any = None
+    status_at: float = float("-inf")
+
+
 class Execution:
     """Runtime companions of an :class:`ExecutionState`: the SOP, graph, attempts in flight."""
 
@@ -74,6 +94,9 @@ class Execution:
         self._tolerated: set[str] | None = None
         self._ctx_execution = {"id": execution_id, "sop": self.sop.sop, "version": self.sop.version,
                                "mode": request.mode}
+        self.agentic = request.mode == "agent_centric"
+        """An agent, not the DAG, decides which step runs next (see :mod:`runtime.agentic`)."""
+        self.agent: AgentRun | None = AgentRun() if self.agentic else None
 
     @property
     def memory_mb(self) -> dict[str, int]:

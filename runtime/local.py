@@ -21,7 +21,7 @@ from runtime.coordinator import CoordinatorCore
 from runtime.events import Event
 from runtime.failure_handler import FailureHandler
 from runtime.monitor import ExecutionMonitor
-from runtime.plugins import step_runners
+from runtime.plugins import agent_driver, step_runners
 from runtime.runners import InProcessRunner
 
 _TARGETS = ("coordinator", "monitor", "failure_handler")
@@ -52,6 +52,7 @@ class InProcessConnection:
         core = CoordinatorCore(self.config, task_runner=InProcessRunner(), policy=self.failure_handler,
                                monitor=_LocalFeed(self.monitor, self._loop), service_name="sopflow")
         core.machine.runners.update(step_runners(core))
+        core.machine.agents = agent_driver("local", core)
         return core
 
     def _run(self, coro: Awaitable[Any], timeout: float | None = None) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from runtime.agentic import AgentRunsMixin
 from runtime.alerts import Alert
 from runtime import events as ev
 from runtime.attempts import AttemptsMixin, runner_kind
@@ -30,7 +31,7 @@ from runtime.execution import Execution
 from runtime.hooks import Hooks
 from runtime.outputs import OutputNotData, as_data
 from runtime.scheduling import Verdict, verdict
-from runtime.seams import Admission, ExecutionHost, FailurePolicy, StepRunner
+from runtime.seams import Admission, AgentDriver, ExecutionHost, FailurePolicy, StepRunner
 from runtime.state import final_status
 from runtime.status import ExecutionStatus, StepStatus
 from sop import Step, render
@@ -45,7 +46,7 @@ DECISIONS = ("rerun", "succeed", "fail", "skip")
 """What an operator may decide for a step that waits for a decision."""
 
 
-class StateMachine(AttemptsMixin):
+class StateMachine(AttemptsMixin, AgentRunsMixin):
     """Advances executions; see the module docstring.
 
     Args:
@@ -54,11 +55,15 @@ class StateMachine(AttemptsMixin):
         admission: Run slots for attempts whose runner needs one.
         policy: What a failed attempt means.
         hooks: Observers of attempts, retries, escalations and ends.
+        agents: Runs the agent sessions of Agent Centric Runs (None: such runs fail, saying so).
     """
 
     def __init__(self, host: ExecutionHost, runners: Mapping[str, StepRunner], admission: Admission,
-                 policy: FailurePolicy, hooks: Hooks | None = None) -> None:
+                 policy: FailurePolicy, hooks: Hooks | None = None, agents: AgentDriver | None = None) -> None:
         self.host = host
+        self.agents = agents
+        self.replaying = False
+        """An offline replay drives this machine: agent sessions may call nothing live."""
         self.runners = dict(runners)
         self.admission = admission
         self.policy = policy
@@ -70,7 +75,10 @@ class StateMachine(AttemptsMixin):
     # -- the execution --------------------------------------------------------------------
 
     def begin(self, exe: Execution) -> None:
-        """Start a submitted execution: its root steps run (or wait for slots)."""
+        """Start a submitted execution: its root steps run (or wait for slots), or its agent starts."""
+        if exe.agentic:
+            self.begin_agent(exe)
+            return
         self.host.emit(exe, ev.Started())
         self.advance(exe, exe.graph.roots())
 
@@ -82,6 +90,9 @@ class StateMachine(AttemptsMixin):
         """
         state = exe.state
         if state.status.terminal:
+            return
+        if exe.agentic and not state.rolling_back:
+            self._maybe_finish(exe)  # the agent decides which step runs; the DAG only after it (rollback)
             return
         graph = exe.active_graph
         stopping = state.cancel_requested or (exe.rollback_requested and not state.rolling_back)
@@ -127,12 +138,16 @@ class StateMachine(AttemptsMixin):
             if not exe.rollback_requested and not exe.state.rolling_back:
                 exe.rollback_requested = True
                 self._stop_retries(exe, "rollback started")  # no step waits out a backoff to no end
+        if exe.agentic and sid in exe.graph:
+            self.agent_step_ended(exe, sid)
         self.advance(exe, exe.active_graph.dependents(sid) if sid in exe.active_graph else [])
 
     def _maybe_finish(self, exe: Execution) -> None:
         state = exe.state
         if exe.inflight or exe.waiting_retry:
             return
+        if exe.agentic and not exe.agent.done and not state.cancel_requested:
+            return  # the agent has not reported yet
         graph = exe.active_graph
         if state.cancel_requested:
             for sid in graph.nodes:
@@ -151,7 +166,8 @@ class StateMachine(AttemptsMixin):
         if state.rolling_back:
             self._finish(exe, ExecutionStatus.FAILED)
             return
-        status = final_status({s.id: state.steps[s.id].status for s in exe.sop.steps}, exe.tolerated)
+        status = self.agent_final_status(
+            exe, final_status({s.id: state.steps[s.id].status for s in exe.sop.steps}, exe.tolerated))
         if exe.sop.rollback and (exe.rollback_requested or status == ExecutionStatus.FAILED):
             why = "a step asked for rollback" if exe.rollback_requested else "execution failed"
             self.host.emit(exe, ev.RollbackStarted(reason=why))
@@ -160,8 +176,11 @@ class StateMachine(AttemptsMixin):
         self._finish(exe, status)
 
     def _finish(self, exe: Execution, status: ExecutionStatus) -> None:
+        if exe.agentic:
+            self.stop_agent(exe)
         outputs, problems = self._outputs(exe)
-        self.host.emit(exe, ev.Finished(status=status.value, outputs=outputs, output_errors=problems))
+        self.host.emit(exe, ev.Finished(status=status.value, outputs=outputs, output_errors=problems,
+                                        reason=exe.agent.failure if exe.agent is not None else None))
         if exe.span is not None:
             exe.span.set_attribute("sopflow.status", status.value)
             if status in (ExecutionStatus.FAILED, ExecutionStatus.PARTIALLY_COMPLETED):
@@ -181,6 +200,8 @@ class StateMachine(AttemptsMixin):
             except ExpressionError as e:
                 values[key] = None
                 problems[key] = str(e)
+        if exe.agentic and not exe.sop.outputs and exe.state.agent is not None:
+            values = dict(exe.state.agent["outputs"] or {})  # the agent's own result, as it reported it
         step_outputs = {sid: st.output for sid, st in exe.state.steps.items()
                         if st.status == StepStatus.SUCCEEDED}
         return {"outputs": values, "steps": step_outputs}, problems
@@ -203,6 +224,8 @@ class StateMachine(AttemptsMixin):
         if state.status.terminal or (state.cancel_requested and not force):
             return
         self.host.emit(exe, ev.CancelRequested(force=force, by=by))
+        if exe.agentic:
+            self.stop_agent(exe)
         self._stop_retries(exe, "cancelled while waiting to retry")
         if force:
             self.kill_inflight(exe)

@@ -6,7 +6,9 @@ provide in ``pyproject.toml`` and ``runtime`` finds it here:
 - ``sopflow.connections``: how an :class:`runtime.Engine` reaches an engine
   (``ray``: the actors on a Ray cluster, from :mod:`actors`);
 - ``sopflow.step_runners``: extra step runners by kind (``mcp``, agents), each
-  entry point a factory called with the :class:`runtime.seams.ExecutionHost`.
+  entry point a factory called with the :class:`runtime.seams.ExecutionHost`;
+- ``sopflow.agent_drivers``: where agent sessions run (``ray``: host actors; ``local``:
+  this process), each a factory called with the host (see :class:`runtime.seams.AgentDriver`).
 """
 
 from __future__ import annotations
@@ -46,3 +48,16 @@ def step_runners(host: Any) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - one broken plugin must not stop the engine
             log.exception("the step runner plugin %s (%s) cannot be loaded", ep.name, ep.value)
     return runners
+
+
+def agent_driver(name: str, host: Any) -> Any:
+    """The ``sopflow.agent_drivers`` plugin ``name`` made for ``host``, or None when it is missing
+    or broken (logged): Agent Centric Runs then fail, saying why, and nothing else is affected."""
+    for ep in entry_points(group="sopflow.agent_drivers"):
+        if ep.name == name:
+            try:
+                return ep.load()(host)
+            except Exception:  # noqa: BLE001 - a broken plugin must not stop the engine
+                log.exception("the agent driver plugin %s (%s) cannot be loaded", ep.name, ep.value)
+                return None
+    return None

@@ -185,6 +185,11 @@ def resume(c: CoordinatorCore, exe: Execution) -> dict[str, int]:
             exe.waiting_retry[sid] = c.call_later(max(0.0, due - time.time()), machine.retry,
                                                   exe, exe.steps_by_id[sid], int(attempt))
         counts["retries"] += 1
+    if exe.agentic and not state.status.terminal and not state.rolling_back:
+        if state.cancel_requested or (state.agent is not None and state.agent["summary"] is not None):
+            exe.agent.done = True  # it reported (or is being cancelled): only the ending is left
+        else:
+            machine.launch_agent(exe)  # from its recording: no model or tool call is made twice
     machine.advance(exe, list(exe.active_graph.nodes))
     return counts
 

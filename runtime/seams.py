@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from runtime.outputs import Artifacts
     from runtime.request import SubmitRequest
     from runtime.state import ExecutionState
-    from sop import Step
+    from sop import Sop, Step
 
 
 @runtime_checkable
@@ -154,6 +154,58 @@ class FailurePolicy(Protocol):
     def judge(self, exe: Execution, step: Step, attempt: int, error: ErrorInfo) -> Awaitable[Decision]:
         """Retry (with a delay), fail, or escalate attempt ``attempt`` of ``step``; never raises."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSessionSpec:
+    """Everything an agent host needs to run (or resume, or replay) one execution's agent.
+
+    Attributes:
+        execution_id: The execution.
+        session: The session's number: 1, then one more each time it is started again.
+        sop: The SOP (its ``agent`` block already holds any overrides given at submit).
+        inputs: The inputs, secret values included (they travel to the host, never into events).
+        secrets: Names of the secret inputs.
+        records: The recording to replay before going live: ``{"models": [...], "tools": {...}}``
+            as :func:`runtime.state.new_agent_state` keeps them.
+        replay: An offline replay: nothing may be called live (no model, no MCP server).
+        trace: The W3C trace context of the execution's span.
+        agent_id: The agent's id (``<sop>/<execution>``).
+    """
+
+    execution_id: str
+    session: int
+    sop: Sop
+    inputs: dict[str, Any]
+    secrets: tuple[str, ...]
+    records: dict[str, Any]
+    replay: bool = False
+    trace: dict[str, str] | None = None
+    agent_id: str = ""
+
+
+class AgentDriver(Protocol):
+    """Runs agent sessions somewhere (host actors on Ray, or this process) for the state machine.
+
+    The session talks back to the engine through the host's ``agent_call`` (see
+    :meth:`runtime.coordinator.CoordinatorCore.agent_call`).
+    """
+
+    def start(self, spec: AgentSessionSpec, ended: Callable[[str | None, bool], None]) -> AgentHandle:
+        """Start the session; ``ended(error, lost)`` is called on the machine's loop when it stops:
+        ``(None, False)`` when it returned, ``(why, False)`` when it failed, ``(why, True)`` when it
+        was lost (its host died) and may be started again from its recording."""
+        ...
+
+
+class AgentHandle(Protocol):
+    """A running agent session."""
+
+    where: str
+    """The host it runs on, for status and the log."""
+
+    def cancel(self) -> None:
+        """Stop the session (``ended`` is not called after this)."""
 
 
 class ExecutionHost(Protocol):

@@ -65,6 +65,8 @@ class ExecutionState:
     """Running step -> ``[fraction done, message]`` it last reported (``context.report_progress``)."""
     alerts: list[dict[str, Any]] = field(default_factory=list)
     """Alerts raised (``alert_raised`` events): ``{"rule", "step", "attempt", "reason", "at"}`` each."""
+    agent: dict[str, Any] | None = None
+    """The agent of an Agent Centric Run (see :func:`new_agent_state`); None for a DAG run."""
 
     def view(self, *, with_outputs: bool = False) -> ExecutionView:
         main = [s for k, s in self.steps.items() if k not in self.rollback_steps or self.rolling_back]
@@ -77,7 +79,32 @@ class ExecutionState:
                                s.ended_at, *self.progress.get(k, (None, ""))) for k, s in self.steps.items()},
             submitted_at=self.submitted_at, ended_at=self.ended_at,
             outputs=self.outputs if with_outputs else None, priority=self.priority,
-            trace_id=self.trace_id, priority_class=self.priority_class, alerts=[dict(a) for a in self.alerts])
+            trace_id=self.trace_id, priority_class=self.priority_class, alerts=[dict(a) for a in self.alerts],
+            agent=agent_view(self.agent) if self.agent is not None else None)
+
+
+def new_agent_state() -> dict[str, Any]:
+    """The agent part of an :class:`ExecutionState`, as data (it goes into snapshots as it is).
+
+    ``session``: the running session's number (1, then one more each time it is started again);
+    ``models``: recorded model calls ``{"request", "response"}`` in order; ``tools``: recorded MCP
+    tool calls by index (as text) ``{"tool", "request", "result", "ok"}``, or ``{"tool", "request",
+    "started": True}`` while one that is not idempotent runs; ``calls``: indices of the session's tool
+    calls the engine has applied (a resumed session repeating one changes nothing); ``decisions``:
+    ``{"step", "decision", "rationale", "at"}``; ``message``/``progress``/``seen``: its last status.
+    """
+    return {"session": 0, "agent": "", "model": "", "host": "", "message": "", "progress": None, "seen": None,
+            "decisions": [], "models": [], "tools": {}, "calls": [], "tokens": 0, "lost": 0, "summary": None,
+            "outputs": None}
+
+
+def agent_view(agent: dict[str, Any]) -> dict[str, Any]:
+    """What status shows of the agent: no recorded calls, only their counts."""
+    return {"session": agent["session"], "agent": agent["agent"], "model": agent["model"], "host": agent["host"],
+            "message": agent["message"], "progress": agent["progress"], "seen": agent["seen"],
+            "decisions": [dict(d) for d in agent["decisions"]], "model_calls": len(agent["models"]),
+            "tool_calls": len(agent["tools"]), "tokens": agent["tokens"], "lost": agent["lost"],
+            "summary": agent["summary"], "outputs": agent["outputs"]}
 
 
 def apply(state: ExecutionState, event: Event) -> None:
@@ -227,6 +254,65 @@ def _alerted(state: ExecutionState, event: Event, _: StepState | None, p: ev.Ale
                          "at": event.ts})
 
 
+def _agent(state: ExecutionState) -> dict[str, Any]:
+    if state.agent is None:
+        state.agent = new_agent_state()
+    return state.agent
+
+
+def _agent_started(state: ExecutionState, event: Event, _: StepState | None, p: ev.AgentStarted) -> None:
+    agent = _agent(state)
+    agent.update(session=p.session, agent=p.agent, model=p.model, host=p.host, seen=event.ts)
+
+
+def _model_called(state: ExecutionState, event: Event, _: StepState | None, p: ev.ModelCalled) -> None:
+    agent = _agent(state)
+    if p.index == len(agent["models"]):  # a resumed session's replayed prefix is not logged again
+        agent["models"].append({"request": p.request, "response": p.response})
+        agent["tokens"] += p.prompt_tokens + p.response_tokens
+    agent["seen"] = event.ts
+
+
+def _tool_started(state: ExecutionState, event: Event, _: StepState | None, p: ev.ToolStarted) -> None:
+    agent = _agent(state)
+    agent["tools"].setdefault(str(p.index), {"tool": p.tool, "request": p.request, "started": True})
+    agent["seen"] = event.ts
+
+
+def _tool_called(state: ExecutionState, event: Event, _: StepState | None, p: ev.ToolCalled) -> None:
+    agent = _agent(state)
+    agent["tools"][str(p.index)] = {"tool": p.tool, "request": p.request, "result": p.result, "ok": p.ok}
+    agent["seen"] = event.ts
+
+
+def _agent_decided(state: ExecutionState, event: Event, _: StepState | None, p: ev.AgentDecided) -> None:
+    agent = _agent(state)
+    agent["decisions"].append({"step": event.step, "decision": p.decision, "rationale": p.rationale,
+                               "at": event.ts})
+    if p.call is not None:
+        agent["calls"].append(p.call)
+    agent["message"] = f"{event.step}: {p.decision}" if event.step else p.decision
+    agent["seen"] = event.ts
+
+
+def _agent_status(state: ExecutionState, event: Event, _: StepState | None, p: ev.AgentStatus) -> None:
+    agent = _agent(state)
+    agent["message"], agent["progress"], agent["seen"] = p.message, p.progress, event.ts
+
+
+def _agent_lost(state: ExecutionState, event: Event, _: StepState | None, p: ev.AgentLost) -> None:
+    agent = _agent(state)
+    agent["lost"] += 1
+    agent["message"] = f"session {p.session} lost: {p.reason}"
+
+
+def _agent_reported(state: ExecutionState, event: Event, _: StepState | None, p: ev.AgentReported) -> None:
+    agent = _agent(state)
+    agent["summary"], agent["outputs"], agent["seen"] = p.summary_text, p.outputs, event.ts
+    if p.call is not None:
+        agent["calls"].append(p.call)
+
+
 def _finished(state: ExecutionState, event: Event, _: StepState | None, p: ev.Finished) -> None:
     state.status, state.outputs, state.ended_at = ExecutionStatus(p.status), p.outputs, event.ts
 
@@ -254,6 +340,14 @@ _APPLY: dict[EventKind, Callable[[ExecutionState, Event, StepState | None, Any],
     EventKind.DECIDED: _decided,
     EventKind.ALERTED: _alerted,
     EventKind.FINISHED: _finished,
+    EventKind.AGENT_STARTED: _agent_started,
+    EventKind.MODEL_CALLED: _model_called,
+    EventKind.TOOL_STARTED: _tool_started,
+    EventKind.TOOL_CALLED: _tool_called,
+    EventKind.AGENT_DECIDED: _agent_decided,
+    EventKind.AGENT_STATUS: _agent_status,
+    EventKind.AGENT_LOST: _agent_lost,
+    EventKind.AGENT_REPORTED: _agent_reported,
 }
 """Event kind -> how it changes the state (kinds that change nothing are absent)."""
 

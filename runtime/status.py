@@ -99,6 +99,15 @@ class ExecutionView:
     """critical, high, normal or low."""
     alerts: list[dict[str, Any]] = field(default_factory=list)
     """Alerts raised for it (see :mod:`runtime.alerts`): ``{"rule", "step", "attempt", "reason", "at"}`` each."""
+    agent: dict[str, Any] | None = None
+    """Its agent (Agent Centric Run): ``session``, ``model``, ``message``, ``progress``, ``seen`` (its last
+    status), ``decisions`` (``{"step", "decision", "rationale", "at"}``), ``model_calls``, ``tool_calls``,
+    ``tokens``, ``lost`` (sessions lost), ``summary`` and ``outputs`` (its report); None for a DAG run."""
+
+    @property
+    def decisions(self) -> list[dict[str, Any]]:
+        """The agent's decisions, each with its rationale (none for a DAG run)."""
+        return list(self.agent["decisions"]) if self.agent else []
 
     @property
     def alerting(self) -> bool:
