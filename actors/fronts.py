@@ -208,8 +208,18 @@ class Actors:
             ray.get(self.api.stop.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - already gone: a stale file names a dead pid, which clients skip
             pass
-        for handle in (self.coordinator, self.monitor, self.failure_handler, self.api):
+        for handle in (self.coordinator, self.monitor, self.failure_handler, self.api, *self._agent_hosts()):
             ray.kill(handle, no_restart=True)
+
+    def _agent_hosts(self) -> list[Any]:
+        """The agent host actors the coordinator started (``sopflow-agent-host-<i>``), if any."""
+        found = []
+        for i in range(64):  # EngineConfig.agent_hosts is at most 64
+            try:
+                found.append(ray.get_actor(f"sopflow-agent-host-{i}", namespace=self.namespace))
+            except ValueError:
+                break
+        return found
 
 
 class RayConnection:

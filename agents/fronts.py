@@ -1,0 +1,123 @@
+"""Agent hosts on Ray: the ``AgentHost`` actor and the driver the coordinator starts sessions with.
+
+A few host actors (``EngineConfig.agent_hosts``; named ``sopflow-agent-host-<i>``, in
+the engine's namespace, detached, restarted by Ray when they die) each run many
+sessions as asyncio tasks. The coordinator's :class:`RayAgentDriver` puts a new
+session on the host with the fewest, and waits for its end: a host that dies loses
+its sessions, which the coordinator starts again — from their recordings — on a host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from agents.host import AgentHost as _AgentHost
+from runtime.config import EngineConfig
+from runtime.seams import AgentSessionSpec
+
+log = logging.getLogger("sopflow.agents")
+
+HOST_NAME = "sopflow-agent-host-{}"
+
+
+class AgentHost(_AgentHost):
+    """The agent host as a Ray actor (the class name is what the dashboard shows)."""
+
+    def __init__(self, name: str, config: EngineConfig) -> None:
+        super().__init__(name, config)
+
+    async def run_session(self, spec: AgentSessionSpec, coordinator: Any) -> dict[str, Any]:
+        """Run a session to its end, calling the engine through the coordinator actor."""
+        async def port(op: str, args: dict[str, Any], call: int | None) -> Any:
+            return await coordinator.agent_call.remote(spec.execution_id, spec.session, op, args, call)
+
+        return await self.run(spec, port)
+
+    async def stop_session(self, execution_id: str, session: int) -> bool:
+        return self.cancel(execution_id, session)
+
+    async def ping(self) -> dict[str, Any]:
+        return self.info()
+
+    def __repr__(self) -> str:
+        return f"AgentHost({getattr(self, 'name', '?')}, {len(getattr(self, 'sessions', ()))} sessions)"
+
+
+class _RayHandle:
+    def __init__(self, where: str, host: Any, spec: AgentSessionSpec, waiter: asyncio.Task) -> None:
+        self.where, self.host, self.spec, self.waiter = where, host, spec, waiter
+
+    def cancel(self) -> None:
+        self.waiter.cancel()
+        try:
+            self.host.stop_session.remote(self.spec.execution_id, self.spec.session)
+        except Exception:  # noqa: BLE001 - the host is gone: so is the session
+            pass
+
+
+class RayAgentDriver:
+    """Starts sessions on the host actors for the coordinator (``sopflow.agent_drivers``: ``ray``)."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self.config: EngineConfig = core.config
+        self.hosts: list[Any] = []
+        self.load: dict[str, int] = {}
+
+    def _ensure_hosts(self) -> None:
+        if self.hosts:
+            return
+        namespace = ray.get_runtime_context().namespace
+        for i in range(self.config.agent_hosts):
+            name = HOST_NAME.format(i)
+            self.hosts.append(ray.remote(AgentHost).options(
+                name=name, namespace=namespace, lifetime="detached", get_if_exists=True, num_cpus=0,
+                max_restarts=-1, max_task_retries=0, max_concurrency=100_000).remote(name, self.config))
+            self.load[name] = 0
+
+    def start(self, spec: AgentSessionSpec, ended: Callable[[str | None, bool], None]) -> _RayHandle:
+        self._ensure_hosts()
+        i = min(range(len(self.hosts)), key=lambda k: self.load[HOST_NAME.format(k)])
+        where, host = HOST_NAME.format(i), self.hosts[i]
+        me = ray.get_runtime_context().current_actor
+        ref = host.run_session.remote(spec, me)
+        self.load[where] += 1
+
+        async def wait() -> None:
+            try:
+                await ref
+            except asyncio.CancelledError:
+                raise
+            except RayActorError as e:  # the host died (or was killed) with the session on it
+                ended(f"its host {where} was lost: {_first_line(e)}", True)
+            except RayTaskError as e:
+                cause = e.cause if getattr(e, "cause", None) is not None else e
+                ended(f"{type(cause).__name__}: {_first_line(cause)}", False)
+            except Exception as e:  # noqa: BLE001 - anything else: the session is gone, say why
+                ended(f"{type(e).__name__}: {_first_line(e)}", True)
+            else:
+                ended(None, False)
+            finally:
+                self.load[where] -= 1
+
+        return _RayHandle(where, host, spec, asyncio.get_running_loop().create_task(wait()))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[-1] if text else type(e).__name__
+
+
+def ray_driver(core: Any) -> RayAgentDriver:
+    """The ``ray`` entry point of ``sopflow.agent_drivers``."""
+    return RayAgentDriver(core)
+
+
+def host_names(config: EngineConfig) -> list[str]:
+    return [HOST_NAME.format(i) for i in range(config.agent_hosts)]
