@@ -45,6 +45,8 @@ class AgentRunsMixin:
 
     host: ExecutionHost
     agents: AgentDriver | None
+    replaying: bool
+    agent_recording: dict[str, Any] | None
 
     # -- the session's life -------------------------------------------------------------------
 
@@ -59,11 +61,11 @@ class AgentRunsMixin:
             self.agent_failed(exe, "no agent driver is installed (install sopflow with `pip install -e .`)")
             return
         recorded = exe.state.agent or {}
-        run.session = int(recorded.get("session", 0)) + 1
+        run.session = int(recorded.get("session", 0)) + 1 if exe.state.agent else 1
+        if self.agent_recording is not None and exe.request.parent is None and not recorded:
+            recorded = self.agent_recording  # a replay: the recorded run's calls, not this run's (none yet)
         records = {"models": list(recorded.get("models", [])), "tools": dict(recorded.get("tools", {}))}
-        spec = AgentSessionSpec(
-            exe.id, run.session, exe.sop, dict(exe.request.inputs), tuple(exe.request.secrets), records,
-            replay=self.replaying, trace=_carrier(exe), agent_id=f"{exe.sop.sop}/{exe.id}")
+        spec = session_spec(exe, run.session, records, self.replaying)
         session = run.session
         run.handle = self.agents.start(spec, lambda error, lost: self.agent_ended(exe, session, error, lost))
         run.contact = time.monotonic()
@@ -287,6 +289,12 @@ class AgentRunsMixin:
     def agent_final_status(self, exe: Execution, status: ExecutionStatus) -> ExecutionStatus:
         """A run whose agent gave up failed, whatever its steps did."""
         return ExecutionStatus.FAILED if exe.agent is not None and exe.agent.failure else status
+
+
+def session_spec(exe: Execution, session: int, records: dict[str, Any], replay: bool = False) -> AgentSessionSpec:
+    """What the agent host gets to run session ``session`` of ``exe``'s agent (its execution context)."""
+    return AgentSessionSpec(exe.id, session, exe.sop, dict(exe.request.inputs), tuple(exe.request.secrets),
+                            records, replay=replay, trace=_carrier(exe), agent_id=f"{exe.sop.sop}/{exe.id}")
 
 
 _OPS = {"record": AgentRunsMixin._op_record, "step": AgentRunsMixin._op_step,

@@ -297,8 +297,7 @@ class Engine:
         return SubmitRequest(model, resolved, chosen, rank, idempotency_key, self._handlers(model),
                              self._subsops(model, base, ()), _secrets(model), source,
                              definition=sop_definition(model), priority_class=priority_class,
-                             submitted_by=submitter(submitted_by), runtime_env=self._runtime_env(),
-                             agent=model.agent.model if chosen == "agent_centric" else None)
+                             submitted_by=submitter(submitted_by), runtime_env=self._runtime_env())
 
     def _runtime_env(self) -> dict[str, Any] | None:
         """This client job's runtime_env, read once: the code (``working_dir`` ...) its steps run with."""
