@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 AGENT_DECISIONS = ("run", "skip", "halt")
 """Decisions that change a step: ``skip`` and ``halt`` end a pending step; any other word is only logged."""
+START_S = 120.0
+"""The least time a new session gets to say its first word before it counts as lost."""
 STATUS_EVERY_S = 0.2
 """The agent's status is logged at most this often (a heartbeat; every decision is logged anyway)."""
 
@@ -68,27 +70,33 @@ class AgentRunsMixin:
         spec = session_spec(exe, run.session, records, self.replaying)
         session = run.session
         run.handle = self.agents.start(spec, lambda error, lost: self.agent_ended(exe, session, error, lost))
-        run.contact = time.monotonic()
+        run.contact, run.heard = time.monotonic(), False
         replayed = len(records["models"]) + sum(1 for t in records["tools"].values() if "result" in t)
         self.host.emit(exe, ev.AgentStarted(session=session, agent=spec.agent_id, model=exe.sop.agent.model,
                                             host=getattr(run.handle, "where", ""), recorded=replayed))
         self._watch(exe, session)
 
     def _watch(self, exe: Execution, session: int) -> None:
-        """Take the session as lost when it is silent for ``agent_silence_s`` (its heartbeat stopped)."""
-        silence = self.host.config.agent_silence_s
+        """Take the session as lost when it is silent for ``agent_silence_s`` (its heartbeat stopped).
+
+        Until its first word, a session gets at least :data:`START_S`: a host that Ray starts anew
+        takes seconds to come up, which is not silence.
+        """
         run = exe.agent
 
         def check() -> None:
             if run.session != session or run.done or exe.state.status.terminal:
                 return
+            silence = self.host.config.agent_silence_s if run.heard else max(self.host.config.agent_silence_s,
+                                                                              START_S)
             quiet = time.monotonic() - run.contact
             if quiet >= silence:
                 self.agent_ended(exe, session, f"no word from the session for {quiet:.0f} s", True)
             else:
-                run.watchdog = self.host.call_later(silence - quiet, check)
+                # at least every agent_silence_s: the first word may come while a longer start wait runs
+                run.watchdog = self.host.call_later(min(silence - quiet, self.host.config.agent_silence_s), check)
 
-        run.watchdog = self.host.call_later(silence, check)
+        run.watchdog = self.host.call_later(self.host.config.agent_silence_s, check)
 
     def agent_ended(self, exe: Execution, session: int, error: str | None, lost: bool) -> None:
         """The driver says session ``session`` stopped (returned, failed, or was lost)."""
@@ -96,7 +104,7 @@ class AgentRunsMixin:
         if run.session != session or exe.state.status.terminal:
             return
         if run.handle is not None and lost:
-            run.handle.cancel()  # a silent session may still be alive somewhere: stop it for good
+            run.handle.cancel(lost=True)  # a silent session may still be alive somewhere: stop it for good
         run.handle = None
         if run.done:
             return  # it reported its result (or the execution is being cancelled): nothing is missing
@@ -151,7 +159,7 @@ class AgentRunsMixin:
         if run.session != session or exe.state.status.terminal:
             raise AgentSessionEnded(f"session {session} of execution {exe.id} has ended "
                                     f"(the execution is {exe.state.status.value}, its session {run.session})")
-        run.contact = time.monotonic()
+        run.contact, run.heard = time.monotonic(), True
         handler = _OPS.get(op)
         if handler is None:
             raise ExecutionError(f"unknown agent operation {op!r}; known: {', '.join(sorted(_OPS))}")
