@@ -419,6 +419,8 @@ class _Checker:
                  if isinstance(s.get("id"), str)}
         fit = mode_fit(declared, depends, rules)
         self.mode, self.mode_reason = fit.mode, fit.reason
+        if self.requested_mode and fit.reason.startswith("declared "):
+            self.mode_reason = "requested " + fit.reason.removeprefix("declared ")
         if fit.mode is None and self.requested_mode:
             # The words of a refused submission (runtime.engine), so both say the same.
             self.problem((), f"cannot run this SOP in mode {declared}: {fit.reason}", code="bad-mode")
