@@ -28,12 +28,12 @@ if TYPE_CHECKING:
         StepDefaults,
         TriggerRule,
     )
+    from sop._added_steps import check_new_steps
     from sop.modes import change_mode, choose_mode
     from sop.validate import (
         HandlerCatalog,
         ValidationReport,
         check_file,
-        check_new_steps,
         check_text,
         load,
         loads,
@@ -65,7 +65,7 @@ _LAZY = {
     "HandlerCatalog": "sop.validate",
     "ValidationReport": "sop.validate",
     "check_file": "sop.validate",
-    "check_new_steps": "sop.validate",
+    "check_new_steps": "sop._added_steps",
     "check_text": "sop.validate",
     "change_mode": "sop.modes",
     "choose_mode": "sop.modes",
