@@ -13,6 +13,7 @@ import re
 import shlex
 from collections.abc import Iterable
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from sop._suggest import did_you_mean
 from sop.expressions import ExpressionError, compile_expression, find_references
@@ -27,6 +28,8 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # A stdio command is exec'd as one program, without a shell: any of these means the author
 # wrote a shell command line, whose separators, quotes and expansions would not work.
 _SHELL_SYNTAX = re.compile(r"[;&|<>`$()'\"*?\n\\]")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an RFC 9110 token
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "api-key")
 _CREDENTIAL_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL", re.IGNORECASE)
 _SECRET_HINT = "credentials must come from secret inputs, which are masked in logs, events and traces, " \
@@ -187,6 +190,7 @@ def check_data_sources(problem: Reporter, sources: dict, inputs: dict) -> None:
                 if isinstance(value, str):
                     _credential(problem, where + (section, key), f"{label} {key!r} of data source {name!r}",
                                 section, str(key), value, inputs)
+        _transport(problem, where, name, ds)
         declared, idempotent = ds.get("tools"), ds.get("idempotent_tools")
         if isinstance(declared, list):
             for k, tool in enumerate(_list(idempotent)):
@@ -195,6 +199,45 @@ def check_data_sources(problem: Reporter, sources: dict, inputs: dict) -> None:
                             "so it cannot list it as idempotent", code="unknown-tool",
                             suggestion=did_you_mean(tool, declared) or
                             f"it offers {', '.join(map(str, declared))}")
+
+
+def _transport(problem: Reporter, where: tuple, name: str, ds: dict) -> None:
+    """Env names, header names and values that stay what they say, and credentials kept off the wire."""
+    env, headers = ds.get("env"), ds.get("headers")
+    for key, value in (env.items() if isinstance(env, dict) else ()):
+        if not _ENV_NAME.match(str(key)):
+            problem(where + ("env", key), f"env variable name {key!r} of data source {name!r} is not a variable "
+                    "name (letters, digits and _, not starting with a digit)", code="bad-name")
+        elif isinstance(value, str) and "\0" in value:
+            problem(where + ("env", key), f"env variable {key!r} of data source {name!r} holds a NUL character, "
+                    "which no environment variable can hold", code="bad-value")
+    sends_credentials = False
+    for key, value in (headers.items() if isinstance(headers, dict) else ()):
+        if not _HEADER_NAME.match(str(key)):
+            problem(where + ("headers", key), f"header name {key!r} of data source {name!r} is not a valid "
+                    "HTTP header name", code="bad-header")
+        elif isinstance(value, str) and any(c in value for c in "\r\n\0"):
+            problem(where + ("headers", key), f"header {key!r} of data source {name!r} holds a line break or "
+                    "NUL, which would end the header and start another (header injection)", code="bad-header")
+        sends_credentials |= str(key).lower() in _CREDENTIAL_HEADERS or (isinstance(value, str) and "${{" in value)
+    url = ds.get("url")
+    if not isinstance(url, str):
+        return
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        password = parts.password
+    except ValueError:
+        return  # the schema layer reports a URL it cannot read
+    if password:
+        problem(where + ("url",), f"url of data source {name!r} holds a password; the SOP's text is stored with "
+                "every execution, so the credential would be too", code="literal-credential", severity="warning",
+                suggestion="send it in a header from a secret input: headers: {Authorization: "
+                "\"Bearer ${{ inputs.api_token }}\"}")
+    if sends_credentials and parts.scheme == "http" and host not in _LOOPBACK:
+        problem(where + ("url",), f"data source {name!r} sends credentials over plain http:// to {host}; anyone "
+                "on the network path can read them", code="insecure-transport", severity="warning",
+                suggestion="use https://")
 
 
 def _command(problem: Reporter, path: tuple, command: str) -> None:

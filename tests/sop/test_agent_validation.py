@@ -354,3 +354,53 @@ def test_an_agent_step_added_to_a_running_sop_is_checked() -> None:
     with pytest.raises(SopValidationError) as caught:
         check_new_steps(sop, graph, [{"id": "more", "uses": "agent", "with": {"tools": ["ledger.list"]}}])
     assert [p.code for p in caught.value.problems] == ["bad-agent-step"]
+
+
+# -- hostile transports ----------------------------------------------------------------------
+
+
+def test_a_header_value_with_a_line_break_is_header_injection() -> None:
+    p = only(source_sop('{url: "https://x.example", headers: {X-Id: "a\\r\\nHost: evil.example"}}'))
+    assert (p.path, p.code, p.message) == (
+        "data_sources.api.headers.X-Id", "bad-header", "header 'X-Id' of data source 'api' holds a line break "
+        "or NUL, which would end the header and start another (header injection)")
+
+
+def test_a_header_name_must_be_a_token() -> None:
+    p = only(source_sop('{url: "https://x.example", headers: {"X Id: a": b}}'))
+    assert (p.code, p.message) == ("bad-header", "header name 'X Id: a' of data source 'api' is not a valid HTTP "
+                                   "header name")
+
+
+@pytest.mark.parametrize("key", ["1X", "A=B", "A B", ""])
+def test_an_env_name_must_be_a_variable_name(key: str) -> None:
+    p = only(source_sop(f'{{command: server, env: {{"{key}": a}}}}'))
+    assert (p.code, p.message) == ("bad-name", f"env variable name {key!r} of data source 'api' is not a variable "
+                                   "name (letters, digits and _, not starting with a digit)")
+
+
+def test_an_env_value_with_a_nul_is_refused() -> None:
+    p = only(source_sop('{command: server, env: {A: "x\\0y"}}'))
+    assert (p.code, p.message) == ("bad-value", "env variable 'A' of data source 'api' holds a NUL character, "
+                                   "which no environment variable can hold")
+
+
+def test_a_password_in_the_url_is_a_warning() -> None:
+    report = check_text(source_sop("{url: 'https://bot:hunter22@mcp.example.com/mcp'}"))
+    [p] = report.problems
+    assert report.ok and (p.severity, p.code, p.path) == ("warning", "literal-credential", "data_sources.api.url")
+    assert p.message == ("url of data source 'api' holds a password; the SOP's text is stored with every "
+                         "execution, so the credential would be too")
+
+
+def test_credentials_over_plain_http_are_a_warning_except_to_this_machine() -> None:
+    source = "{url: '%s', headers: {Authorization: 'Bearer ${{ inputs.token }}'}}"
+    secret = "{token: {type: string, secret: true}}"
+    report = check_text(source_sop(source % "http://mcp.example.com/mcp", secret))
+    [p] = report.problems
+    assert report.ok and (p.severity, p.code, p.suggestion) == ("warning", "insecure-transport", "use https://")
+    assert p.message == ("data source 'api' sends credentials over plain http:// to mcp.example.com; anyone on "
+                         "the network path can read them")
+    for url in ("http://127.0.0.1:8000/mcp", "http://localhost:8000/mcp", "https://mcp.example.com/mcp"):
+        ok(source_sop(source % url, secret))
+    ok(source_sop("{url: 'http://mcp.example.com/mcp', headers: {Accept: application/json}}"))
