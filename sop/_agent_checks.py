@@ -22,13 +22,14 @@ MODEL_KINDS_HINT = "use offline, gemini-<version>, litellm:<provider>/<model> or
 AGENT_STEP_FIELDS = ("instruction", "tools", "model")
 """What an agent step takes under ``with:``."""
 
-_GEMINI = re.compile(r"^gemini-[A-Za-z0-9][A-Za-z0-9._\-]*$")
-_LITELLM = re.compile(r"^litellm:([A-Za-z0-9_\-]+)/(\S+)$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Matched with fullmatch: '$' would also accept a trailing newline.
+_GEMINI = re.compile(r"gemini-[A-Za-z0-9][A-Za-z0-9._\-]*")
+_LITELLM = re.compile(r"litellm:([A-Za-z0-9_\-]+)/(\S+)")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A stdio command is exec'd as one program, without a shell: any of these means the author
 # wrote a shell command line, whose separators, quotes and expansions would not work.
 _SHELL_SYNTAX = re.compile(r"[;&|<>`$()'\"*?\n\\]")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an RFC 9110 token
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "api-key")
 _CREDENTIAL_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL", re.IGNORECASE)
@@ -63,9 +64,9 @@ def model_kind(model: str) -> str | None:
     """``offline``, ``gemini``, ``litellm`` or ``registered`` for a well-formed name; else ``None``."""
     if model == "offline":
         return "offline"
-    if _GEMINI.match(model):
+    if _GEMINI.fullmatch(model):
         return "gemini"
-    if _LITELLM.match(model):
+    if _LITELLM.fullmatch(model):
         return "litellm"
     if model and ":" not in model and not model.startswith("gemini") and not any(c.isspace() for c in model):
         return "registered"
@@ -145,7 +146,7 @@ def check_agent(problem: Reporter, agent: Any, sources: dict, inputs: dict,
     if isinstance(key_input, str):
         _secret_input(problem, ("agent", "api_key_input"), key_input, inputs,
                       f"agent.api_key_input names input {key_input!r}", "the model's API key")
-    if isinstance(key_env, str) and not _ENV_NAME.match(key_env):
+    if isinstance(key_env, str) and not _ENV_NAME.fullmatch(key_env):
         problem(("agent", "api_key_env"), f"api_key_env must be an environment variable name (letters, "
                 f"digits and _), got {key_env!r}", code="bad-agent")
     if key_input is not None and key_env is not None:
@@ -205,7 +206,7 @@ def _transport(problem: Reporter, where: tuple, name: str, ds: dict) -> None:
     """Env names, header names and values that stay what they say, and credentials kept off the wire."""
     env, headers = ds.get("env"), ds.get("headers")
     for key, value in (env.items() if isinstance(env, dict) else ()):
-        if not _ENV_NAME.match(str(key)):
+        if not _ENV_NAME.fullmatch(str(key)):
             problem(where + ("env", key), f"env variable name {key!r} of data source {name!r} is not a variable "
                     "name (letters, digits and _, not starting with a digit)", code="bad-name")
         elif isinstance(value, str) and "\0" in value:
@@ -213,7 +214,7 @@ def _transport(problem: Reporter, where: tuple, name: str, ds: dict) -> None:
                     "which no environment variable can hold", code="bad-value")
     sends_credentials = False
     for key, value in (headers.items() if isinstance(headers, dict) else ()):
-        if not _HEADER_NAME.match(str(key)):
+        if not _HEADER_NAME.fullmatch(str(key)):
             problem(where + ("headers", key), f"header name {key!r} of data source {name!r} is not a valid "
                     "HTTP header name", code="bad-header")
         elif isinstance(value, str) and any(c in value for c in "\r\n\0"):

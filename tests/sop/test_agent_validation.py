@@ -404,3 +404,19 @@ def test_credentials_over_plain_http_are_a_warning_except_to_this_machine() -> N
     for url in ("http://127.0.0.1:8000/mcp", "http://localhost:8000/mcp", "https://mcp.example.com/mcp"):
         ok(source_sop(source % url, secret))
     ok(source_sop("{url: 'http://mcp.example.com/mcp', headers: {Accept: application/json}}"))
+
+
+@pytest.mark.parametrize(("source", "code"), [
+    ('{url: "https://x.example", headers: {"X-Id\\n": a}}', "bad-header"),
+    ('{command: server, env: {"A\\n": a}}', "bad-name")])
+def test_a_name_ending_in_a_line_break_is_refused(source: str, code: str) -> None:
+    assert only(source_sop(source)).code == code
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash\\n", "litellm:openai/gpt-4o\\n"])
+def test_a_model_ending_in_a_line_break_is_refused(model: str) -> None:
+    assert only(agent_sop(f'{{model: "{model}"}}')).code == "bad-model"
+
+
+def test_an_api_key_env_ending_in_a_line_break_is_refused() -> None:
+    assert only(agent_sop('{api_key_env: "KEY\\n"}')).code == "bad-agent"
