@@ -31,7 +31,8 @@ def check_new_steps(sop: Sop, graph: Graph, new_steps: Sequence[Mapping[str, Any
     """
     raw_steps = list(new_steps)
     inputs = {k: v.model_dump() for k, v in sop.inputs.items()}
-    sources = {k: v.model_dump(exclude_none=True) for k, v in sop.data_sources.items()}
+    # mode="json": tools as lists, as the checks read them in a file (a tuple was never checked)
+    sources = {k: v.model_dump(mode="json", exclude_none=True) for k, v in sop.data_sources.items()}
     loaded = Loaded({"steps": raw_steps}, file)
     problems: list[Problem] = []
     parsed: list[Step] = []

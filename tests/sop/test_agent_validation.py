@@ -420,3 +420,14 @@ def test_a_model_ending_in_a_line_break_is_refused(model: str) -> None:
 
 def test_an_api_key_env_ending_in_a_line_break_is_refused() -> None:
     assert only(agent_sop('{api_key_env: "KEY\\n"}')).code == "bad-agent"
+
+
+def test_a_step_added_to_a_running_sop_may_use_only_tools_its_sources_declare() -> None:
+    sop = loads(step_sop("with: {instruction: go}"))
+    graph = Graph.from_dependencies({s.id: list(s.depends_on) for s in sop.steps})
+    with pytest.raises(SopValidationError) as caught:
+        check_new_steps(sop, graph, [{"id": "m", "uses": "mcp:ledger/lst"},
+                                     {"id": "n", "uses": "agent", "with": {"instruction": "go", "tools": ["ledger.gt"]}}])
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("steps[0].uses", "data source 'ledger' declares no tool 'lst'"),
+        ("steps[1].with.tools[0]", "data source 'ledger' declares no tool 'gt'")]
