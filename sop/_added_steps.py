@@ -52,7 +52,7 @@ def check_new_steps(sop: Sop, graph: Graph, new_steps: Sequence[Mapping[str, Any
         sid = raw.get("id")
         checker._expressions(("steps", i), raw, upstream.get(sid) if ids.get(sid) == i else None,
                              all_ids, inputs)
-        checker._handler(("steps", i), raw, sources)
+        checker._handler(("steps", i), raw, sources, inputs)
     problems.extend(checker.problems)
     if not problems:
         edges = [(d, sid) for sid, deps in depends.items() for d in deps]

@@ -295,7 +295,7 @@ def _credential(problem: Reporter, path: tuple, what: str, section: str, key: st
                 _secret_input(problem, path, ref.name, inputs, f"{what} reads input {ref.name!r}", "a credential")
 
 
-def check_agent_step(problem: Reporter, where: tuple, step: dict, sources: dict,
+def check_agent_step(problem: Reporter, where: tuple, step: dict, sources: dict, inputs: dict,
                      models: ModelCatalog | None) -> None:
     """A ``uses: agent`` step: ``with.instruction`` (required), ``with.tools`` and ``with.model``."""
     args = step.get("with")
@@ -309,6 +309,8 @@ def check_agent_step(problem: Reporter, where: tuple, step: dict, sources: dict,
         got = "empty text" if isinstance(instruction, str) else type(instruction).__name__
         problem(where + ("with", "instruction"), f"with.instruction of an agent step must be non-empty text, "
                 f"got {got}", code="bad-agent-step")
+    else:
+        _no_secret_in_prompt(problem, where + ("with", "instruction"), instruction, inputs)
     for key in args:
         if key not in AGENT_STEP_FIELDS:
             problem(where + ("with", key), f"an agent step takes {_and(AGENT_STEP_FIELDS)} under with:, "
@@ -316,6 +318,22 @@ def check_agent_step(problem: Reporter, where: tuple, step: dict, sources: dict,
     check_tool_names(problem, where + ("with", "tools"), args.get("tools"), sources)
     if "model" in args and not (isinstance(args["model"], str) and "${{" in args["model"]):
         check_model(problem, where + ("with", "model"), args["model"], models)
+
+
+def _no_secret_in_prompt(problem: Reporter, path: tuple, text: str, inputs: dict) -> None:
+    """An instruction is sent to the model's provider and kept in the run's record: no secrets in it."""
+    for source in find_references(text):
+        try:
+            refs = compile_expression(source).references
+        except ExpressionError:
+            continue  # reported by the expression checks
+        for ref in refs:
+            spec = inputs.get(ref.name) if ref.root == "inputs" and ref.name else None
+            if isinstance(spec, dict) and spec.get("secret") is True:
+                problem(path, f"the instruction reads secret input {ref.name!r}, but an instruction is sent to "
+                        "the model's provider as it is", code="secret-in-prompt",
+                        suggestion="give the secret to the tool that needs it (a data source's env or headers), "
+                        "not to the model")
 
 
 def _and(words: tuple[str, ...]) -> str:

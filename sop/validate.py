@@ -200,7 +200,7 @@ class _Checker:
                 if graph is not None and isinstance(sid, str) and sid in graph and _reads_steps(step):
                     upstream = graph.ancestors(sid) | visible
                 self._expressions((section, i), step, upstream, known, inputs)
-                self._handler((section, i), step, sources)
+                self._handler((section, i), step, sources, inputs)
         outputs = self.data.get("outputs")
         if isinstance(outputs, dict):
             for key, value in outputs.items():
@@ -356,13 +356,13 @@ class _Checker:
 
     # -- handlers, data sources, agent, mode ----------------------------------------------
 
-    def _handler(self, where: tuple, step: dict, sources: dict) -> None:
+    def _handler(self, where: tuple, step: dict, sources: dict, inputs: dict) -> None:
         uses = step.get("uses")
         if not isinstance(uses, str):
             return
         path = where + ("uses",)
         if uses == "agent":
-            check_agent_step(self.problem, where, step, sources, models_of(self.handlers))
+            check_agent_step(self.problem, where, step, sources, inputs, models_of(self.handlers))
             return
         if uses in BUILTIN_HANDLERS:
             return

@@ -431,3 +431,13 @@ def test_a_step_added_to_a_running_sop_may_use_only_tools_its_sources_declare() 
     assert [(p.path, p.message) for p in caught.value.problems] == [
         ("steps[0].uses", "data source 'ledger' declares no tool 'lst'"),
         ("steps[1].with.tools[0]", "data source 'ledger' declares no tool 'gt'")]
+
+
+def test_an_agent_step_instruction_may_not_read_a_secret_input() -> None:
+    text = ("sop: a\ninputs: {token: {type: string, secret: true}, account: {type: string}}\nsteps:\n"
+            "  - {id: ag, uses: agent, with: {instruction: 'Check ${{ inputs.account }} with ${{ inputs.token }}'}}\n")
+    p = only(text)
+    assert (p.path, p.code, p.message, p.suggestion) == (
+        "steps[0].with.instruction", "secret-in-prompt",
+        "the instruction reads secret input 'token', but an instruction is sent to the model's provider as it is",
+        "give the secret to the tool that needs it (a data source's env or headers), not to the model")
