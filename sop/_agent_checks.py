@@ -134,6 +134,8 @@ def check_agent(problem: Reporter, agent: Any, sources: dict, inputs: dict,
     if not isinstance(agent, dict):
         return
     check_tool_names(problem, ("agent", "tools"), agent.get("tools"), sources)
+    if isinstance(agent.get("instruction"), str):
+        _no_secret_in_prompt(problem, ("agent", "instruction"), agent["instruction"], inputs)
     model = agent.get("model", "offline")
     if "model" in agent:
         check_model(problem, ("agent", "model"), model, models)

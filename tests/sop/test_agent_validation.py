@@ -441,3 +441,8 @@ def test_an_agent_step_instruction_may_not_read_a_secret_input() -> None:
         "steps[0].with.instruction", "secret-in-prompt",
         "the instruction reads secret input 'token', but an instruction is sent to the model's provider as it is",
         "give the secret to the tool that needs it (a data source's env or headers), not to the model")
+
+
+def test_the_agent_instruction_may_not_read_a_secret_input() -> None:
+    p = only(agent_sop("{instruction: 'Use ${{ inputs.key }}'}", "{key: {type: string, secret: true}}"))
+    assert (p.path, p.code) == ("agent.instruction", "secret-in-prompt")
