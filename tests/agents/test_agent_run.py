@@ -29,7 +29,8 @@ def test_the_agent_runs_the_steps_through_the_engine_and_decides_at_each_decisio
     assert view.agent["model"] == "offline" and view.agent["session"] == 1 and view.agent["model_calls"] == 5
     kinds = [e.kind for e in inproc.history(eid)]
     # every step was asked for by the model before the engine started it (the DAG started none itself)
-    assert kinds[:6] == [K.SUBMITTED, K.STARTED, K.AGENT_STARTED, K.MODEL_CALLED, K.STEP_STARTED, K.STEP_SUCCEEDED]
+    assert kinds[:7] == [K.SUBMITTED, K.STARTED, K.AGENT_STARTED, K.AGENT_STATUS, K.MODEL_CALLED, K.STEP_STARTED,
+                         K.STEP_SUCCEEDED]
     assert kinds[-2:] == [K.AGENT_REPORTED, K.FINISHED]
 
 
