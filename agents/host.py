@@ -38,6 +38,8 @@ class AgentHost:
         self.name = name
         self.config = config or EngineConfig(state="memory://")
         self.sessions: dict[tuple[str, int], asyncio.Task] = {}
+        # ADK puts prompts and answers into its spans unless told not to: only when configured
+        os.environ.setdefault("ADK_CAPTURE_MESSAGE_CONTENT_IN_SPANS", str(self.config.agent_trace_content).lower())
 
     async def run(self, spec: AgentSessionSpec, port: EnginePort) -> dict[str, Any]:
         """Run a session to its end (see :func:`agents.session.run_session`)."""
