@@ -63,8 +63,10 @@ class Recording:
                                    "recorded outcome", retryable=False)
         if event.kind == EventKind.STEP_SUCCEEDED:
             return StepOutcome(key, True, event.data.get("output"), duration_s=event.data.get("duration_s", 0.0)), None
-        error = ErrorInfo(event.data.get("error_type") or "RecordedError",
-                          str(event.data.get("error") or event.data.get("reason") or ""), retryable=False)
+        kind = event.data.get("error_type") or "RecordedError"
+        text = str(event.data.get("error") or event.data.get("reason") or "")
+        # the log keeps str(ErrorInfo), "<type>: <message>": the same error again, not "<type>: <type>: ..."
+        error = ErrorInfo(kind, text.removeprefix(f"{kind}: ") if text != kind else "", retryable=False)
         return StepOutcome(key, False, event.data.get("output"), error), None
 
 
