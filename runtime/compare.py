@@ -254,7 +254,9 @@ def mode_problem(sop: Any, mode: str) -> str | None:
     depends = {s.id: list(s.depends_on) for s in sop.steps}
     rules = {s.id: s.trigger_rule.value for s in sop.steps}
     chosen, reason = choose_mode(mode, depends, rules)
-    return None if chosen is not None and chosen.value == mode else reason
+    if chosen is None or (mode != "auto" and chosen.value != mode):
+        return reason
+    return None
 
 
 def check_both_modes(sop: Any, source: str) -> None:
