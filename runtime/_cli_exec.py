@@ -225,6 +225,8 @@ def _print_agent(out: Any, agent: dict[str, Any]) -> None:
     out.print(f"  status: {escape(str(agent.get('message') or '(nothing yet)'))}{done}")
     out.print(f"  {agent.get('model_calls', 0)} model calls, {agent.get('tool_calls', 0)} tool calls, "
               f"{agent.get('tokens', 0)} tokens")
+    if agent.get("summary"):
+        out.print(f"  summary: {escape(str(agent['summary']))}")
     decisions = agent.get("decisions") or []
     if decisions:
         table = Table("step", "decision", "rationale", box=None, pad_edge=False, header_style="bold",
@@ -234,8 +236,6 @@ def _print_agent(out: Any, agent: dict[str, Any]) -> None:
             table.add_row(escape(str(d.get("step") or "-")), escape(str(d.get("decision"))),
                           escape(str(d.get("rationale"))))
         out.print(table)
-    if agent.get("summary"):
-        out.print(f"  summary: {escape(str(agent['summary']))}")
 
 
 def _view_dict(view: ExecutionView) -> dict[str, Any]:
