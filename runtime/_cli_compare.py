@@ -52,7 +52,7 @@ def register_commands(main: click.Group) -> None:
         pairs = cli_exec._parse_inputs(inputs)
         engine, temporary = cli_exec._connect(address, start_if_missing=True)
         err = console(stderr=True)
-        err.print(f"running {report.sop.sop} in both modes" + (" on a temporary local Ray cluster" if temporary
+        err.print(f"running {report.sop.sop} once in each mode" + (" on a temporary local Ray cluster" if temporary
                                                                   else ""))
         try:
             comparison = engine.compare(file, pairs, timeout=timeout, inputs_from_text=True)
