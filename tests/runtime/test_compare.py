@@ -151,6 +151,21 @@ def test_a_checklist_with_a_false_and_a_true_condition_is_equivalent_in_both_mod
     assert [d["decision"] for d in ac.decisions if d["step"] == "big"] == ["skip"]  # the agent decided it
 
 
+def test_a_failure_and_the_step_it_halts_end_the_same_in_both_modes(inproc) -> None:
+    failing = """
+sop: failing
+version: "1"
+steps:
+  - {id: ok, run: "echo ok"}
+  - {id: bad, run: "exit 3", retry: {max_attempts: 1}}
+  - {id: after, run: "echo after", depends_on: [bad]}
+"""
+    comparison = inproc.compare(failing, timeout=60)
+    assert comparison.equivalent, str(comparison)
+    assert comparison.agent_centric.status == "partially_completed"
+    assert comparison.agent_centric.steps == {"ok": "succeeded", "bad": "failed", "after": "upstream_failed"}
+
+
 def test_a_step_that_behaves_differently_per_mode_makes_them_differ(inproc) -> None:
     comparison = inproc.compare(PER_MODE, timeout=60)
     assert not comparison.equivalent
