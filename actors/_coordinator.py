@@ -23,7 +23,9 @@ class _Coordinator(CoordinatorCore):
     """Plain class behind the Coordinator actor; see :class:`actors.Actors`."""
 
     def __init__(self, monitor: Any = None, failure_handler: Any = None, config: EngineConfig | None = None,
-                 event_log: Any = None, owner: str | None = None) -> None:
+                 event_log: Any = None, owner: str | None = None, namespace: str | None = None) -> None:
+        self.namespace = namespace
+        """The Ray namespace of the engine's actors (its agent hosts are created there too)."""
         runner = RayTaskRunner()
         super().__init__(config, task_runner=runner,
                          policy=RayFailurePolicy(failure_handler) if failure_handler is not None else None,

@@ -191,7 +191,7 @@ class Actors:
         # it restarts, so a restarted coordinator is the same owner and recovers at once.
         owner = f"{namespace}/{uuid.uuid4().hex}"
         self.coordinator = _actor(Coordinator, "sopflow-coordinator", namespace, self.monitor,
-                                  self.failure_handler, config, None, owner, max_concurrency=100_000,
+                                  self.failure_handler, config, None, owner, namespace, max_concurrency=100_000,
                                   **placement)
         self.api = _actor(HttpApi, "sopflow-api", namespace, namespace, config, resources=HEAD_NODE)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ from runtime.seams import AgentSessionSpec
 log = logging.getLogger("sopflow.agents")
 
 HOST_NAME = "sopflow-agent-host-{}"
+SUSPECT_S = 300.0
+"""How long a host that lost a session is passed over for new ones (while another host is free of doubt)."""
 
 
 class AgentHost(_AgentHost):
@@ -50,10 +53,13 @@ class AgentHost(_AgentHost):
 
 
 class _RayHandle:
-    def __init__(self, where: str, host: Any, spec: AgentSessionSpec, waiter: asyncio.Task) -> None:
-        self.where, self.host, self.spec, self.waiter = where, host, spec, waiter
+    def __init__(self, driver: RayAgentDriver, where: str, host: Any, spec: AgentSessionSpec,
+                 waiter: asyncio.Task) -> None:
+        self.driver, self.where, self.host, self.spec, self.waiter = driver, where, host, spec, waiter
 
-    def cancel(self) -> None:
+    def cancel(self, lost: bool = False) -> None:
+        if lost:
+            self.driver.suspect[self.where] = time.monotonic()
         self.waiter.cancel()
         try:
             self.host.stop_session.remote(self.spec.execution_id, self.spec.session)
@@ -69,11 +75,13 @@ class RayAgentDriver:
         self.config: EngineConfig = core.config
         self.hosts: list[Any] = []
         self.load: dict[str, int] = {}
+        self.suspect: dict[str, float] = {}
+        """Host -> when (``time.monotonic``) a session on it was last lost: new sessions avoid it a while."""
 
     def _ensure_hosts(self) -> None:
         if self.hosts:
             return
-        namespace = ray.get_runtime_context().namespace
+        namespace = getattr(self.core, "namespace", None) or ray.get_runtime_context().namespace
         for i in range(self.config.agent_hosts):
             name = HOST_NAME.format(i)
             self.hosts.append(ray.remote(AgentHost).options(
@@ -83,7 +91,9 @@ class RayAgentDriver:
 
     def start(self, spec: AgentSessionSpec, ended: Callable[[str | None, bool], None]) -> _RayHandle:
         self._ensure_hosts()
-        i = min(range(len(self.hosts)), key=lambda k: self.load[HOST_NAME.format(k)])
+        now = time.monotonic()
+        i = min(range(len(self.hosts)), key=lambda k: (
+            now - self.suspect.get(HOST_NAME.format(k), -SUSPECT_S) < SUSPECT_S, self.load[HOST_NAME.format(k)]))
         where, host = HOST_NAME.format(i), self.hosts[i]
         me = ray.get_runtime_context().current_actor
         ref = host.run_session.remote(spec, me)
@@ -95,6 +105,7 @@ class RayAgentDriver:
             except asyncio.CancelledError:
                 raise
             except RayActorError as e:  # the host died (or was killed) with the session on it
+                self.suspect[where] = time.monotonic()
                 ended(f"its host {where} was lost: {_first_line(e)}", True)
             except RayTaskError as e:
                 cause = e.cause if getattr(e, "cause", None) is not None else e
@@ -106,7 +117,7 @@ class RayAgentDriver:
             finally:
                 self.load[where] -= 1
 
-        return _RayHandle(where, host, spec, asyncio.get_running_loop().create_task(wait()))
+        return _RayHandle(self, where, host, spec, asyncio.get_running_loop().create_task(wait()))
 
 
 def _first_line(e: BaseException) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -77,7 +78,7 @@ class AgentHost:
         return lambda name: name in safe
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "sessions": len(self.sessions)}
+        return {"name": self.name, "sessions": len(self.sessions), "pid": os.getpid()}
 
 
 class _LocalHandle:
@@ -86,7 +87,7 @@ class _LocalHandle:
     def __init__(self, task: asyncio.Task) -> None:
         self.task = task
 
-    def cancel(self) -> None:
+    def cancel(self, lost: bool = False) -> None:
         self.task.cancel()
 
 

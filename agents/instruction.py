@@ -32,9 +32,12 @@ def mcp_tool_name(source: str, tool: str) -> str:
 
 
 def plan(ctx: AgentContext) -> dict[str, Any]:
-    """The SOP as data for the agent: what the offline model follows step by step."""
+    """The SOP as data for the agent: what the offline model follows step by step.
+
+    Nothing in it depends on the execution's id or time, so a replay asks the model the same.
+    """
     return {
-        "sop": ctx.sop.sop, "version": ctx.sop.version, "execution": ctx.execution_id,
+        "sop": ctx.sop.sop, "version": ctx.sop.version,
         "inputs": ctx.public_inputs,
         "steps": [_step(s) for s in ctx.steps],
         "outputs": dict(ctx.sop.outputs),
@@ -53,8 +56,7 @@ def render_instruction(ctx: AgentContext) -> str:
     """The agent's whole instruction."""
     sop = ctx.sop
     lines = [
-        f"You run the standard operating procedure (SOP) '{sop.sop}' version {sop.version} as execution "
-        f"{ctx.execution_id}.",
+        f"You run the standard operating procedure (SOP) '{sop.sop}' version {sop.version}.",
     ]
     if sop.description:
         lines.append(f"What it is for: {sop.description}")

@@ -129,8 +129,7 @@ def _context(plan: dict[str, Any], seen: _Conversation) -> dict[str, Any]:
         steps[sid] = {"output": result.get("output"), "status": status, "attempts": result.get("attempts", 0),
                       "error": result.get("error")}
     return {"inputs": plan.get("inputs", {}), "steps": steps,
-            "execution": {"id": plan.get("execution"), "sop": plan.get("sop"), "version": plan.get("version"),
-                          "mode": "agent_centric"}}
+            "execution": {"sop": plan.get("sop"), "version": plan.get("version"), "mode": "agent_centric"}}
 
 
 def _outputs(plan: dict[str, Any], seen: _Conversation) -> dict[str, Any]:

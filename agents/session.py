@@ -59,6 +59,7 @@ async def run_session(spec: AgentSessionSpec, port: EnginePort, *, model: BaseLl
         Exception: the session failed (its model failed, the token budget ran out, an offline
             replay diverged ...); the engine fails the run with the message.
     """
+    await port("status", {"message": f"session {spec.session} started"}, None)  # its first word: it is alive
     ctx = AgentContext.from_spec(spec)
     recorder = SessionRecorder(port, spec.records, replay=spec.replay, idempotent=idempotent,
                                token_budget=ctx.settings.token_budget)

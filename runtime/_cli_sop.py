@@ -37,10 +37,13 @@ def summary(report: ValidationReport) -> str:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="text for people, json for machines.")
-def validate(files: tuple[str, ...], fmt: str) -> None:
+@click.option("--mode", type=click.Choice(["system_design", "agent_centric", "auto"]), default=None,
+              help="Check that each SOP fits this mode, as submitting it with this mode would, "
+              "instead of the mode the file declares.")
+def validate(files: tuple[str, ...], fmt: str, mode: str | None) -> None:
     """Check SOP files and report every problem; exit 1 if any file is invalid."""
     registry = Registry()
-    reports = [check_file(f, handlers=registry) for f in files]
+    reports = [check_file(f, handlers=registry, mode=mode) for f in files]
     if fmt == "json":
         payload = [{"file": r.file, "valid": r.ok,
                     "mode": r.mode.value if r.mode else None,

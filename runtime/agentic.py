@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 AGENT_DECISIONS = ("run", "skip", "halt")
 """Decisions that change a step: ``skip`` and ``halt`` end a pending step; any other word is only logged."""
+START_S = 120.0
+"""The least time a new session gets to say its first word before it counts as lost."""
 STATUS_EVERY_S = 0.2
 """The agent's status is logged at most this often (a heartbeat; every decision is logged anyway)."""
 
@@ -45,6 +47,8 @@ class AgentRunsMixin:
 
     host: ExecutionHost
     agents: AgentDriver | None
+    replaying: bool
+    agent_recording: dict[str, Any] | None
 
     # -- the session's life -------------------------------------------------------------------
 
@@ -59,34 +63,40 @@ class AgentRunsMixin:
             self.agent_failed(exe, "no agent driver is installed (install sopflow with `pip install -e .`)")
             return
         recorded = exe.state.agent or {}
-        run.session = int(recorded.get("session", 0)) + 1
+        run.session = int(recorded.get("session", 0)) + 1 if exe.state.agent else 1
+        if self.agent_recording is not None and exe.request.parent is None and not recorded:
+            recorded = self.agent_recording  # a replay: the recorded run's calls, not this run's (none yet)
         records = {"models": list(recorded.get("models", [])), "tools": dict(recorded.get("tools", {}))}
-        spec = AgentSessionSpec(
-            exe.id, run.session, exe.sop, dict(exe.request.inputs), tuple(exe.request.secrets), records,
-            replay=self.replaying, trace=_carrier(exe), agent_id=f"{exe.sop.sop}/{exe.id}")
+        spec = session_spec(exe, run.session, records, self.replaying)
         session = run.session
         run.handle = self.agents.start(spec, lambda error, lost: self.agent_ended(exe, session, error, lost))
-        run.contact = time.monotonic()
+        run.contact, run.heard = time.monotonic(), False
         replayed = len(records["models"]) + sum(1 for t in records["tools"].values() if "result" in t)
         self.host.emit(exe, ev.AgentStarted(session=session, agent=spec.agent_id, model=exe.sop.agent.model,
                                             host=getattr(run.handle, "where", ""), recorded=replayed))
         self._watch(exe, session)
 
     def _watch(self, exe: Execution, session: int) -> None:
-        """Take the session as lost when it is silent for ``agent_silence_s`` (its heartbeat stopped)."""
-        silence = self.host.config.agent_silence_s
+        """Take the session as lost when it is silent for ``agent_silence_s`` (its heartbeat stopped).
+
+        Until its first word, a session gets at least :data:`START_S`: a host that Ray starts anew
+        takes seconds to come up, which is not silence.
+        """
         run = exe.agent
 
         def check() -> None:
             if run.session != session or run.done or exe.state.status.terminal:
                 return
+            silence = self.host.config.agent_silence_s if run.heard else max(self.host.config.agent_silence_s,
+                                                                              START_S)
             quiet = time.monotonic() - run.contact
             if quiet >= silence:
                 self.agent_ended(exe, session, f"no word from the session for {quiet:.0f} s", True)
             else:
-                run.watchdog = self.host.call_later(silence - quiet, check)
+                # at least every agent_silence_s: the first word may come while a longer start wait runs
+                run.watchdog = self.host.call_later(min(silence - quiet, self.host.config.agent_silence_s), check)
 
-        run.watchdog = self.host.call_later(silence, check)
+        run.watchdog = self.host.call_later(self.host.config.agent_silence_s, check)
 
     def agent_ended(self, exe: Execution, session: int, error: str | None, lost: bool) -> None:
         """The driver says session ``session`` stopped (returned, failed, or was lost)."""
@@ -94,7 +104,7 @@ class AgentRunsMixin:
         if run.session != session or exe.state.status.terminal:
             return
         if run.handle is not None and lost:
-            run.handle.cancel()  # a silent session may still be alive somewhere: stop it for good
+            run.handle.cancel(lost=True)  # a silent session may still be alive somewhere: stop it for good
         run.handle = None
         if run.done:
             return  # it reported its result (or the execution is being cancelled): nothing is missing
@@ -149,7 +159,7 @@ class AgentRunsMixin:
         if run.session != session or exe.state.status.terminal:
             raise AgentSessionEnded(f"session {session} of execution {exe.id} has ended "
                                     f"(the execution is {exe.state.status.value}, its session {run.session})")
-        run.contact = time.monotonic()
+        run.contact, run.heard = time.monotonic(), True
         handler = _OPS.get(op)
         if handler is None:
             raise ExecutionError(f"unknown agent operation {op!r}; known: {', '.join(sorted(_OPS))}")
@@ -287,6 +297,12 @@ class AgentRunsMixin:
     def agent_final_status(self, exe: Execution, status: ExecutionStatus) -> ExecutionStatus:
         """A run whose agent gave up failed, whatever its steps did."""
         return ExecutionStatus.FAILED if exe.agent is not None and exe.agent.failure else status
+
+
+def session_spec(exe: Execution, session: int, records: dict[str, Any], replay: bool = False) -> AgentSessionSpec:
+    """What the agent host gets to run session ``session`` of ``exe``'s agent (its execution context)."""
+    return AgentSessionSpec(exe.id, session, exe.sop, dict(exe.request.inputs), tuple(exe.request.secrets),
+                            records, replay=replay, trace=_carrier(exe), agent_id=f"{exe.sop.sop}/{exe.id}")
 
 
 _OPS = {"record": AgentRunsMixin._op_record, "step": AgentRunsMixin._op_step,

@@ -58,6 +58,9 @@ class LogKind(StrEnum):
     """A line a handler wrote through ``context.logger``."""
     OUTPUT = "output"
     """A line of a shell step's stdout or stderr (its tail)."""
+    AGENT = "agent"
+    """An agent's own action (Agent Centric Run): its session started or was lost, a model call, its
+    status, its report (its decisions are ``decision`` entries, its MCP calls ``data_access`` ones)."""
     EVENT = "event"
     """An event whose data could not be described (an odd import): its kind and seq, and why."""
 
@@ -253,6 +256,8 @@ def _entries_of(event: Event, ctx: LogContext) -> list[LogEntry]:
                   duration_s=d.get("duration_s"), agent=d.get("agent")))
         if who and who != ctx.agent:
             entries[-1] = replace(entries[-1], agent=who)
+    elif k in _AGENT_KINDS:
+        _agent_entry(event, k, add)
     elif k is _K.FINISHED:
         status = str(d.get("status", ""))
         duration = None if ctx.submitted_at is None else round(event.ts - ctx.submitted_at, 6)
@@ -262,6 +267,42 @@ def _entries_of(event: Event, ctx: LogContext) -> list[LogEntry]:
             + (f"; outputs: {', '.join(summary)}" if summary else ""), status,
             _some(duration_s=duration, outputs=summary or None, output_errors=d.get("output_errors") or None))
     return entries
+
+
+_AGENT_KINDS = frozenset({_K.AGENT_STARTED, _K.AGENT_LOST, _K.MODEL_CALLED, _K.TOOL_STARTED, _K.TOOL_CALLED,
+                          _K.AGENT_DECIDED, _K.AGENT_STATUS, _K.AGENT_REPORTED})
+
+
+def _agent_entry(event: Event, k: EventKind, add: Any) -> None:
+    """The audit entry of an agent's event: what it did, decided, accessed and reported."""
+    d, p = event.data, event.payload
+    if k is _K.AGENT_DECIDED:
+        add(LogKind.DECISION, logging.INFO, f"agent decided {event.step or 'the run'}: {d.get('decision')} "
+            f"({d.get('rationale')})", str(d.get("decision")),
+            _some(by="agent", decision=d.get("decision"), rationale=d.get("rationale")))
+    elif k is _K.TOOL_CALLED:
+        ok = bool(d.get("ok", True))
+        add(LogKind.DATA_ACCESS, logging.INFO if ok else logging.WARNING,
+            f"agent called MCP tool {d.get('tool')}: {'ok' if ok else 'failed'} in {_secs(d.get('duration_s'))}",
+            "ok" if ok else "failed", _some(tool=d.get("tool"), request=d.get("request"), by="agent",
+                                            duration_s=d.get("duration_s")))
+    elif k is _K.MODEL_CALLED:
+        add(LogKind.AGENT, logging.DEBUG, f"model {p.summary()} in {_secs(d.get('duration_s'))}", "model_called",
+            _some(index=d.get("index"), prompt_tokens=d.get("prompt_tokens"),
+                  response_tokens=d.get("response_tokens")))
+    elif k is _K.AGENT_REPORTED:
+        add(LogKind.AGENT, logging.INFO, f"agent reported its result: {d.get('summary_text', '')}", "reported",
+            _some(outputs=sorted(d.get("outputs") or {}) or None))
+    elif k is _K.AGENT_LOST:
+        add(LogKind.AGENT, logging.WARNING, f"agent session {d.get('session')} lost: {d.get('reason')}", "lost")
+    elif k is _K.AGENT_STARTED:
+        add(LogKind.AGENT, logging.INFO, f"agent {p.summary()}", "started",
+            _some(session=d.get("session"), model=d.get("model"), host=d.get("host")))
+    elif k is _K.TOOL_STARTED:
+        add(LogKind.AGENT, logging.DEBUG, f"agent calling MCP tool {d.get('tool')}", "tool_started")
+    else:
+        add(LogKind.AGENT, logging.DEBUG, f"agent status: {d.get('message', '')}", "status",
+            _some(progress=d.get("progress")))
 
 
 def _operator(event: Event, action: str, step: str, add: Any) -> None:

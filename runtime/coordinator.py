@@ -231,7 +231,8 @@ class CoordinatorCore:
                                     trace=carrier_for(exe.span) if exe.span.is_recording() else {},
                                     submitted_by=request.submitted_by or (
                                         f"execution {request.parent}" if request.parent else ""),
-                                    agent=request.agent, **fingerprinted))
+                                    agent=request.agent or (f"{sop.sop}/{exe.id}" if exe.agentic else None),
+                                    **fingerprinted))
         self.machine.begin(exe)
         return exe.id
 

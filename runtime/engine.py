@@ -300,8 +300,7 @@ class Engine:
         return SubmitRequest(model, resolved, chosen, rank, idempotency_key, self._handlers(model),
                              self._subsops(model, base, ()), _secrets(model), source,
                              definition=sop_definition(model), priority_class=priority_class,
-                             submitted_by=submitter(submitted_by), runtime_env=self._runtime_env(),
-                             agent=model.agent.model if chosen == "agent_centric" else None)
+                             submitted_by=submitter(submitted_by), runtime_env=self._runtime_env())
 
     def compare(self, sop: str | os.PathLike[str] | Sop, inputs: Mapping[str, Any] | None = None, *,
                 timeout: float | None = None, inputs_from_text: bool = False) -> Comparison:

@@ -57,7 +57,9 @@ class AgentRun:
     waiters: dict[str, list[Any]] = field(default_factory=dict)
     """Step -> futures of the agent's step tool calls waiting for the step to end."""
     contact: float = 0.0
-    """When (``time.monotonic``) the session was last heard from."""
+    """When (``time.monotonic``) the session was last heard from (or started)."""
+    heard: bool = False
+    """The running session has called the engine at least once."""
     watchdog: Any = None
     status_at: float = float("-inf")
 

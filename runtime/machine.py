@@ -64,6 +64,8 @@ class StateMachine(AttemptsMixin, AgentRunsMixin):
         self.agents = agents
         self.replaying = False
         """An offline replay drives this machine: agent sessions may call nothing live."""
+        self.agent_recording: dict[str, Any] | None = None
+        """A replay's recording of the root execution's agent session (``{"models", "tools"}``)."""
         self.runners = dict(runners)
         self.admission = admission
         self.policy = policy

@@ -78,7 +78,7 @@ def import_object(reference: str) -> Any:
 
 
 class Registry:
-    """Name -> implementation, per kind. Satisfies :class:`sop.HandlerCatalog`."""
+    """Name -> implementation, per kind. Satisfies :class:`sop.HandlerCatalog` (with models too)."""
 
     def __init__(self, *, discover: bool = True) -> None:
         self._entries: dict[str, dict[str, Registration]] = {k: {} for k in KINDS}
@@ -158,3 +158,14 @@ class Registry:
 
     def handler_names(self) -> Iterable[str]:
         return self.names("handler")
+
+    # sop validation's model catalog (agent.model and an agent step's with.model)
+    def has_model(self, name: str) -> bool:
+        try:
+            self.lookup("model", name)
+        except RegistryError:
+            return False
+        return True
+
+    def model_names(self) -> Iterable[str]:
+        return self.names("model")

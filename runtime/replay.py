@@ -23,7 +23,8 @@ from runtime.events import Event, EventKind
 from runtime.execution import Execution
 from runtime.failure import Action, Classification, Decision, ErrorInfo
 from runtime.handlers import StepOutcome
-from runtime.replay_report import ReplayReport, StepDiff, compare, normalise
+from runtime.plugins import agent_driver
+from runtime.replay_report import ReplayReport, StepDiff, agent_differences, compare, normalise
 from runtime.request import request_from_log
 from runtime.runners import InProcessRunner, SubSopRunner
 from runtime.seams import AttemptReport, AttemptSpec, StepRunner
@@ -218,6 +219,10 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
     coordinator.machine.runners["sop"] = RecordedRunner(recording, SubSopRunner(coordinator), decide)
     coordinator.recovery = {}  # a private, empty log: nothing to recover
     coordinator.machine.backoff_scale = 0.0  # retry backoffs are not waited out
+    if recorded.agent is not None:  # an Agent Centric Run: its agent runs again from its recording
+        coordinator.machine.agents = agent_driver("local", coordinator)
+        coordinator.machine.replaying = from_step is None  # whole: nothing live; from a step: live after it
+        coordinator.machine.agent_recording = {"models": recorded.agent["models"], "tools": recorded.agent["tools"]}
     coordinator.artifacts.extra.update(artifacts)
     try:
         rid = await coordinator.submit(request)
@@ -242,6 +247,7 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
               for sid in recorded_inputs.keys() & replayed_inputs.keys()}
     diffs = compare(recorded, replayed, rerun=rerun, upstream=upstream, context_notes=recording.context_notes,
                     inputs=inputs)
+    diffs += agent_differences(recorded, replayed)
     outputs_match = normalise((recorded.outputs or {}).get("outputs")) == normalise(
         (replayed.outputs or {}).get("outputs"))
     order = [sid for sid in probe.graph.topological_order() if sid in rerun]

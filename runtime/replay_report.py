@@ -161,3 +161,27 @@ def _with_cause(d: StepDiff, rerun: set[str], upstream: Callable[[str], set[str]
 def _short(value: Any, limit: int = 80) -> str:
     text = json.dumps(value, default=repr) if not isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def agent_differences(recorded: ExecutionState, replayed: ExecutionState) -> list[StepDiff]:
+    """How the agents of two Agent Centric Runs differ: their decisions, in order, and their reports."""
+    if recorded.agent is None and replayed.agent is None:
+        return []
+    a, b = recorded.agent or {}, replayed.agent or {}
+    diffs: list[StepDiff] = []
+    mine = [(d["step"], d["decision"], d["rationale"]) for d in a.get("decisions", ())]
+    theirs = [(d["step"], d["decision"], d["rationale"]) for d in b.get("decisions", ())]
+    for i in range(max(len(mine), len(theirs))):
+        x = mine[i] if i < len(mine) else None
+        y = theirs[i] if i < len(theirs) else None
+        if x != y:
+            diffs.append(StepDiff((x or y)[0] or "(agent)", "decision", _decision(x), _decision(y),
+                                  f"the agent's decision {i + 1} differs"))
+    if normalise(a.get("outputs")) != normalise(b.get("outputs")):
+        diffs.append(StepDiff("(agent)", "output", normalise(a.get("outputs")), normalise(b.get("outputs")),
+                              "the agent reported another result"))
+    return diffs
+
+
+def _decision(d: tuple[str | None, str, str] | None) -> str | None:
+    return None if d is None else f"{d[1]}: {d[2]}"

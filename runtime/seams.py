@@ -204,8 +204,9 @@ class AgentHandle(Protocol):
     where: str
     """The host it runs on, for status and the log."""
 
-    def cancel(self) -> None:
-        """Stop the session (``ended`` is not called after this)."""
+    def cancel(self, lost: bool = False) -> None:
+        """Stop the session (``ended`` is not called after this); ``lost``: it went silent, so its host
+        is suspect (a new session should go elsewhere if it can)."""
 
 
 class ExecutionHost(Protocol):

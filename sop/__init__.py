@@ -12,7 +12,7 @@ from sop._lazy import lazy_exports
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sop.errors import Problem, SopflowError, SopValidationError
+    from sop.errors import ModeError, Problem, SopflowError, SopValidationError
     from sop.expressions import Expression, ExpressionError, compile_expression, render
     from sop.graph import CriticalPath, Graph, GraphError
     from sop.model import (
@@ -28,18 +28,19 @@ if TYPE_CHECKING:
         StepDefaults,
         TriggerRule,
     )
+    from sop._added_steps import check_new_steps
+    from sop.modes import change_mode, choose_mode
     from sop.validate import (
         HandlerCatalog,
         ValidationReport,
         check_file,
-        check_new_steps,
         check_text,
-        choose_mode,
         load,
         loads,
     )
 
 _LAZY = {
+    "ModeError": "sop.errors",
     "Problem": "sop.errors",
     "SopflowError": "sop.errors",
     "SopValidationError": "sop.errors",
@@ -64,9 +65,10 @@ _LAZY = {
     "HandlerCatalog": "sop.validate",
     "ValidationReport": "sop.validate",
     "check_file": "sop.validate",
-    "check_new_steps": "sop.validate",
+    "check_new_steps": "sop._added_steps",
     "check_text": "sop.validate",
-    "choose_mode": "sop.validate",
+    "change_mode": "sop.modes",
+    "choose_mode": "sop.modes",
     "load": "sop.validate",
     "loads": "sop.validate",
 }
@@ -78,6 +80,7 @@ __all__ = [
     "Problem",
     "ExpressionError",
     "GraphError",
+    "ModeError",
     # model
     "Sop",
     "Step",
@@ -97,6 +100,7 @@ __all__ = [
     "check_text",
     "check_new_steps",
     "choose_mode",
+    "change_mode",
     "ValidationReport",
     "HandlerCatalog",
     # graph and expressions

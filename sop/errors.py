@@ -95,3 +95,28 @@ class SopValidationError(SopflowError):
 
     def __str__(self) -> str:
         return self._summary()
+
+
+class ModeError(SopflowError):
+    """Raised when an SOP is asked to run in (or change to) a mode that does not fit it.
+
+    Attributes:
+        sop: The SOP's name.
+        mode: The mode that was asked for.
+        reason: What is in the way, and which mode to use instead.
+        step: The step in the way, when one is.
+        suggestion: A fix for a misspelt mode, when one is close.
+    """
+
+    def __init__(self, sop: str, mode: str, reason: str, *, step: str | None = None,
+                 suggestion: str | None = None) -> None:
+        self.sop, self.mode, self.reason, self.step, self.suggestion = sop, mode, reason, step, suggestion
+        hint = f"; {suggestion}" if suggestion else ""
+        super().__init__(f"cannot change SOP {sop!r} to mode {mode}: {reason}{hint}")
+
+    def __reduce__(self) -> tuple:  # survive pickling across Ray with the original arguments
+        return (_mode_error, (self.sop, self.mode, self.reason, self.step, self.suggestion))
+
+
+def _mode_error(sop: str, mode: str, reason: str, step: str | None, suggestion: str | None) -> ModeError:
+    return ModeError(sop, mode, reason, step=step, suggestion=suggestion)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -20,21 +20,23 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from sop._agent_checks import check_agent, check_agent_step, check_data_sources, check_tool, models_of
 from sop._pydantic_errors import translate
 from sop._suggest import did_you_mean
 from sop._yaml import Loaded, format_path, load_text
 from sop.errors import Problem, SopValidationError
 from sop.expressions import STEP_FIELDS, ExpressionError, compile_expression, \
     find_references, strip_braces
-from sop.graph import Graph, GraphError, format_cycle
-from sop.model import Mode, Sop, Step
+from sop.graph import Graph, format_cycle
+from sop.model import Mode, Sop
+from sop.modes import choose_mode, mode_fit  # noqa: F401 - choose_mode: runtime.engine imports it from here
 from sop.paths import SubSopPathError, resolve_sub_sop
 from sop.shell import UNQUOTED
 from sop.shell import placements as shell_placements
 from sop.shell import problems as shell_problems
 
 EXECUTION_FIELDS = ("id", "sop", "version", "mode")
-BUILTIN_HANDLERS = ("shell",)
+BUILTIN_HANDLERS = ("shell", "agent")
 _PYTHON_USES = re.compile(r"^python:([A-Za-z_][\w.]*):([A-Za-z_]\w*)$")
 _MCP_USES = re.compile(r"^mcp:([^/]+)/(.+)$")
 
@@ -45,6 +47,9 @@ class HandlerCatalog(Protocol):
     def has_handler(self, name: str) -> bool: ...
 
     def handler_names(self) -> Iterable[str]: ...
+
+    # A catalog may also offer ``has_model(name)`` and ``model_names()`` (see
+    # ``sop._agent_checks.ModelCatalog``); then plain model names are checked too.
 
 
 @dataclass(slots=True)
@@ -84,9 +89,16 @@ def loads(text: str, *, file: str = "<string>", base_dir: str | Path | None = No
     return check_text(text, file=file, base_dir=base_dir, handlers=handlers).raise_for_problems()
 
 
-def check_file(path: str | Path, *, handlers: HandlerCatalog | None = None,
+def check_file(path: str | Path, *, handlers: HandlerCatalog | None = None, mode: str | None = None,
                _stack: tuple[str, ...] = ()) -> ValidationReport:
-    """Validate an SOP file without raising; the report holds the problems."""
+    """Validate an SOP file without raising; the report holds the problems.
+
+    Args:
+        path: The SOP file.
+        handlers: Registered handlers (and models) to check names against; unchecked when None.
+        mode: Check that the SOP fits this mode, as a submission asking for it would,
+            instead of the mode the file declares.
+    """
     p = Path(path)
     try:
         if p.stat().st_size > 64 * 1024 * 1024:
@@ -96,13 +108,14 @@ def check_file(path: str | Path, *, handlers: HandlerCatalog | None = None,
         reason = e.strerror or str(e)
         return ValidationReport(str(path), [Problem(f"cannot read SOP file: {reason}", file=str(path),
                                                     code="unreadable")])
-    return check_text(raw, file=str(path), base_dir=p.parent, handlers=handlers,
+    return check_text(raw, file=str(path), base_dir=p.parent, handlers=handlers, mode=mode,
                       _stack=_stack + (str(p.resolve()),))
 
 
 def check_text(text: str | bytes, *, file: str = "<string>", base_dir: str | Path | None = None,
-               handlers: HandlerCatalog | None = None, _stack: tuple[str, ...] = ()) -> ValidationReport:
-    """Validate SOP text without raising; the report holds the problems."""
+               handlers: HandlerCatalog | None = None, mode: str | None = None,
+               _stack: tuple[str, ...] = ()) -> ValidationReport:
+    """Validate SOP text without raising; the report holds the problems. See :func:`check_file`."""
     loaded = load_text(text, file)
     report = ValidationReport(file, list(loaded.problems))
     if loaded.data is None:
@@ -120,7 +133,7 @@ def check_text(text: str | bytes, *, file: str = "<string>", base_dir: str | Pat
     except ValidationError as e:
         sop = None
         report.problems.extend(translate(e, loaded, Sop))
-    checker = _Checker(loaded, Path(base_dir) if base_dir else Path.cwd(), handlers, _stack)
+    checker = _Checker(loaded, Path(base_dir) if base_dir else Path.cwd(), handlers, _stack, mode)
     checker.run()
     report.problems.extend(checker.problems)
     if sop is not None and report.ok:
@@ -128,32 +141,6 @@ def check_text(text: str | bytes, *, file: str = "<string>", base_dir: str | Pat
         report.mode, report.mode_reason = checker.mode, checker.mode_reason
     report.problems.sort(key=lambda p: (p.line or 0, p.column or 0))
     return report
-
-
-def choose_mode(declared: str, depends: Mapping[str, Sequence[str]],
-                trigger_rules: Mapping[str, str]) -> tuple[Mode | None, str]:
-    """The mode an SOP runs in, and why; ``(None, reason)`` when the declared mode cannot work."""
-    has_deps = any(depends.values())
-    if declared in (Mode.AUTO, "auto"):
-        if has_deps:
-            return Mode.SYSTEM_DESIGN, "auto: steps declare dependencies, so they run as a DAG"
-        return Mode.AGENT_CENTRIC, "auto: no step declares dependencies, so an agent follows the SOP"
-    if declared == Mode.AGENT_CENTRIC:
-        dependents: dict[str, int] = {}
-        for deps in depends.values():
-            for d in deps:
-                dependents[d] = dependents.get(d, 0) + 1
-        joins = [s for s, deps in depends.items() if len(deps) > 1]
-        forks = [s for s, n in dependents.items() if n > 1]
-        rules = [s for s, r in trigger_rules.items() if r != "all_success"]
-        if joins or forks or rules:
-            what = (f"step '{joins[0]}' joins {len(depends[joins[0]])} branches" if joins else
-                    f"step '{forks[0]}' fans out to {dependents[forks[0]]} steps" if forks else
-                    f"step '{rules[0]}' has trigger_rule {trigger_rules[rules[0]]}")
-            return None, (f"agent_centric needs a checklist an agent can follow in order, but {what}; "
-                          "use mode: system_design (or auto) for branching dependencies")
-        return Mode.AGENT_CENTRIC, "declared agent_centric; the steps form a simple sequence"
-    return Mode(declared) if declared in Mode._value2member_map_ else None, f"declared {declared}"
 
 
 @lru_cache(maxsize=1024)
@@ -173,8 +160,9 @@ class _Checker:
     """The semantic checks, over the raw document."""
 
     def __init__(self, loaded: Loaded, base_dir: Path, handlers: HandlerCatalog | None,
-                 stack: tuple[str, ...]) -> None:
+                 stack: tuple[str, ...], requested_mode: str | None = None) -> None:
         self.loaded = loaded
+        self.requested_mode = requested_mode
         self.data: dict[str, Any] = loaded.data
         self.base_dir = base_dir
         self.handlers = handlers
@@ -212,12 +200,13 @@ class _Checker:
                 if graph is not None and isinstance(sid, str) and sid in graph and _reads_steps(step):
                     upstream = graph.ancestors(sid) | visible
                 self._expressions((section, i), step, upstream, known, inputs)
-                self._handler((section, i), step, sources)
+                self._handler((section, i), step, sources, inputs)
         outputs = self.data.get("outputs")
         if isinstance(outputs, dict):
             for key, value in outputs.items():
                 self._templates(("outputs", key), value, None, None, known, inputs)
-        self._agent(sources)
+        check_data_sources(self.problem, sources, inputs)
+        check_agent(self.problem, self.data.get("agent"), sources, inputs, models_of(self.handlers))
         self._mode(depends, steps)
 
     # -- ids and dependencies -------------------------------------------------------------
@@ -367,11 +356,14 @@ class _Checker:
 
     # -- handlers, data sources, agent, mode ----------------------------------------------
 
-    def _handler(self, where: tuple, step: dict, sources: dict) -> None:
+    def _handler(self, where: tuple, step: dict, sources: dict, inputs: dict) -> None:
         uses = step.get("uses")
         if not isinstance(uses, str):
             return
         path = where + ("uses",)
+        if uses == "agent":
+            check_agent_step(self.problem, where, step, sources, inputs, models_of(self.handlers))
+            return
         if uses in BUILTIN_HANDLERS:
             return
         if uses.startswith("python:"):
@@ -387,7 +379,7 @@ class _Checker:
             if not m:
                 self.problem(path, f"expected mcp:<data source>/<tool>, got {uses!r}", code="bad-handler")
             else:
-                self._tool(path, m.group(1), m.group(2), sources)
+                check_tool(self.problem, path, m.group(1), m.group(2), sources)
         elif uses.startswith("sop:"):
             self._sub_sop(path, uses[4:])
         elif ":" in uses:
@@ -398,16 +390,6 @@ class _Checker:
             self.problem(path, f"no step handler is registered as {uses!r}", code="unknown-handler",
                          suggestion=did_you_mean(uses, known) or "register it with @registry.handler, or "
                          "use python:<module>:<function>")
-
-    def _tool(self, path: tuple, source: str, tool: str, sources: dict) -> None:
-        if source not in sources:
-            self.problem(path, f"data source {source!r} is not defined under 'data_sources'",
-                         code="unknown-source", suggestion=did_you_mean(source, sources))
-            return
-        declared = sources[source].get("tools") if isinstance(sources[source], dict) else None
-        if isinstance(declared, list) and tool not in declared:
-            self.problem(path, f"data source {source!r} declares no tool {tool!r}", code="unknown-tool",
-                         suggestion=did_you_mean(tool, declared) or f"it offers {', '.join(declared)}")
 
     def _sub_sop(self, path: tuple, ref: str) -> None:
         try:
@@ -429,29 +411,21 @@ class _Checker:
                          code="invalid-sub-sop")
             self.problems.extend(sub.problems)
 
-    def _agent(self, sources: dict) -> None:
-        agent = self.data.get("agent")
-        tools = agent.get("tools") if isinstance(agent, dict) else None
-        for k, name in enumerate(tools if isinstance(tools, list) else []):
-            if not isinstance(name, str):
-                continue
-            source, dot, tool = name.partition(".")
-            if not dot:
-                self.problem(("agent", "tools", k), f"expected <data source>.<tool>, got {name!r}",
-                             code="bad-handler")
-            else:
-                self._tool(("agent", "tools", k), source, tool, sources)
-
     def _mode(self, depends: dict[str, list[str]], steps: list[tuple[int, dict]]) -> None:
-        declared = self.data.get("mode", "auto")
-        if not isinstance(declared, str) or declared not in Mode._value2member_map_:
+        declared = self.requested_mode or self.data.get("mode", "auto")
+        if not self.requested_mode and (not isinstance(declared, str) or declared not in Mode._value2member_map_):
             return  # the schema layer reports it
         rules = {s["id"]: s.get("trigger_rule", "all_success") for _, s in steps
                  if isinstance(s.get("id"), str)}
-        self.mode, self.mode_reason = choose_mode(declared, depends, rules)
-        if self.mode is None:
-            self.problem(("mode",), f"mode {declared} does not fit this SOP: {self.mode_reason}",
-                         code="bad-mode")
+        fit = mode_fit(declared, depends, rules)
+        self.mode, self.mode_reason = fit.mode, fit.reason
+        if self.requested_mode and fit.reason.startswith("declared "):
+            self.mode_reason = "requested " + fit.reason.removeprefix("declared ")
+        if fit.mode is None and self.requested_mode:
+            # The words of a refused submission (runtime.engine), so both say the same.
+            self.problem((), f"cannot run this SOP in mode {declared}: {fit.reason}", code="bad-mode")
+        elif fit.mode is None:
+            self.problem(("mode",), f"mode {declared} does not fit this SOP: {fit.reason}", code="bad-mode")
 
 
 def steps_dep_list(steps: list[tuple[int, dict]], index: int) -> list[str]:
@@ -469,72 +443,3 @@ def _reads_steps(step: dict) -> bool:
 
 def _dicts(value: Any) -> list[tuple[int, dict]]:
     return [(i, v) for i, v in enumerate(value) if isinstance(v, dict)] if isinstance(value, list) else []
-
-
-def check_new_steps(sop: Sop, graph: Graph, new_steps: Sequence[Mapping[str, Any]], *,
-                    handlers: HandlerCatalog | None = None,
-                    file: str = "<added steps>") -> list[Step]:
-    """Validate steps being added to a running SOP, checking only what changed.
-
-    New steps may depend on existing steps and on each other; existing steps are
-    not changed. Only the new steps are checked, and the cycle check walks only
-    from the new edges (:meth:`Graph.add`). On success ``graph`` now holds the new
-    steps; on any problem it is untouched.
-
-    Raises:
-        SopValidationError: every problem, with paths like ``steps[0].depends_on[1]``.
-    """
-    raw_steps = list(new_steps)
-    inputs = {k: v.model_dump() for k, v in sop.inputs.items()}
-    sources = {k: v.model_dump(exclude_none=True) for k, v in sop.data_sources.items()}
-    loaded = Loaded({"steps": raw_steps}, file)
-    problems: list[Problem] = []
-    parsed: list[Step] = []
-    for i, raw in enumerate(raw_steps):
-        try:
-            parsed.append(Step.model_validate(raw))
-        except ValidationError as e:
-            problems.extend(translate(e, loaded, Step, prefix=("steps", i)))
-    checker = _Checker(loaded, Path.cwd(), handlers, ())
-    items = _dicts(raw_steps)
-    existing = {n: -1 for n in graph.nodes}
-    ids = checker._ids("steps", items, existing)
-    depends = checker._dependencies("steps", items, {**existing, **ids})
-    upstream = _upstream_of_new(graph, depends)
-    all_ids = set(graph.nodes) | set(ids)
-    for i, raw in items:
-        sid = raw.get("id")
-        checker._expressions(("steps", i), raw, upstream.get(sid) if ids.get(sid) == i else None,
-                             all_ids, inputs)
-        checker._handler(("steps", i), raw, sources)
-    problems.extend(checker.problems)
-    if not problems:
-        edges = [(d, sid) for sid, deps in depends.items() for d in deps]
-        try:
-            graph.add(list(ids), edges)
-        except GraphError as e:
-            problems.append(Problem(str(e), path="steps", file=file,
-                                    code="cycle" if e.cycles else "invalid"))
-    if problems:
-        raise SopValidationError(problems)
-    return parsed
-
-
-def _upstream_of_new(graph: Graph, depends: Mapping[str, Sequence[str]]) -> dict[str, set[str]]:
-    """Ancestors of each new step: existing ones from the graph, new ones by closure."""
-    memo: dict[str, set[str]] = {}
-
-    def up(step: str, visiting: frozenset[str]) -> set[str]:
-        if step in memo:
-            return memo[step]
-        if step not in depends:
-            return graph.ancestors(step) if step in graph else set()
-        out: set[str] = set()
-        for d in depends[step]:
-            out.add(d)
-            if d not in visiting:  # a cycle among new steps is reported by Graph.add
-                out |= up(d, visiting | {step})
-        memo[step] = out
-        return out
-
-    return {s: up(s, frozenset()) for s in depends}

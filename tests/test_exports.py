@@ -29,6 +29,7 @@ SOP_NAMES = [
     "HandlerCatalog",
     "InputSpec",
     "Mode",
+    "ModeError",
     "OnFailure",
     "Problem",
     "Resources",
@@ -40,6 +41,7 @@ SOP_NAMES = [
     "StepDefaults",
     "TriggerRule",
     "ValidationReport",
+    "change_mode",
     "check_file",
     "check_new_steps",
     "check_text",
@@ -103,7 +105,7 @@ def test_the_registry_names_are_importable_without_ray() -> None:
 
 
 def test_every_sop_error_derives_from_the_root() -> None:
-    for error in (sop.SopValidationError, sop.ExpressionError, sop.GraphError):
+    for error in (sop.SopValidationError, sop.ExpressionError, sop.GraphError, sop.ModeError):
         assert issubclass(error, sop.SopflowError)
 
 

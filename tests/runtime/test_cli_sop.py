@@ -227,3 +227,69 @@ def test_validate_shows_each_unquoted_shell_reference_as_a_warning(runner: CliRu
     assert result.exit_code == 0, result.output
     assert f"{path}:6:" in result.output and "steps[0].run" in result.output and "warning" in result.output
     assert "pasted into the command as shell text" in result.output
+
+
+# -- validate --mode -------------------------------------------------------------------------
+
+FAN_OUT = """\
+sop: orders
+steps:
+  - {id: fetch, run: echo}
+  - {id: a, run: echo, depends_on: [fetch]}
+  - {id: b, run: echo, depends_on: [fetch]}
+"""
+
+
+def test_validate_mode_refuses_a_mode_that_does_not_fit_with_the_submit_reason(
+        runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "fan.yaml"
+    path.write_text(FAN_OUT)
+    result = runner.invoke(main, ["validate", "--mode", "agent_centric", str(path)])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"{path}:1:1: error cannot run this SOP in mode agent_centric: agent_centric needs a checklist an "
+        "agent can follow in order, but step 'fetch' fans out to 2 steps; use mode: system_design (or auto) "
+        "for branching dependencies",
+        f"✗ {path}: 1 problem"]
+
+
+def test_validate_mode_accepts_a_mode_that_fits(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "fan.yaml"
+    path.write_text(FAN_OUT.replace("sop: orders", "sop: orders\nmode: agent_centric"))
+    assert runner.invoke(main, ["validate", str(path)]).exit_code == 1  # the file's own mode does not fit
+    result = runner.invoke(main, ["validate", "--mode", "system_design", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "mode system_design (requested system_design)" in result.output
+
+
+def test_validate_mode_is_in_the_json_report(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "seq.yaml"
+    path.write_text("sop: seq\nsteps:\n  - {id: a, run: echo}\n  - {id: b, run: echo, depends_on: [a]}\n")
+    doc = json.loads(runner.invoke(main, ["validate", "--format", "json", "--mode", "agent_centric",
+                                          str(path)]).stdout)
+    assert (doc["valid"], doc["mode"]) == (True, "agent_centric")
+
+
+def test_validate_mode_refuses_an_unknown_mode(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "seq.yaml"
+    path.write_text("sop: seq\nsteps:\n  - {id: a, run: echo}\n")
+    result = runner.invoke(main, ["validate", "--mode", "agentic", str(path)])
+    assert result.exit_code == 2
+    assert "'agentic' is not one of 'system_design', 'agent_centric', 'auto'" in result.output
+
+
+def test_validate_prints_agent_sop_problems_with_hints(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("sop: agent\ninputs:\n  token: {type: string}\ndata_sources:\n  api:\n"
+                    "    url: https://mcp.example.com/mcp\n"
+                    "    headers: {Authorization: \"Bearer ${{ inputs.token }}\"}\n"
+                    "steps:\n  - {id: a, uses: agent, with: {instruction: Check the api}}\n")
+    result = runner.invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"{path}:7:30: data_sources.api.headers.Authorization: error header 'Authorization' of data source "
+        "'api' reads input 'token', which holds a credential but is not secret: true; credentials must come "
+        "from secret inputs, which are masked in logs, events and traces, while a plain input is recorded "
+        "as given",
+        "    hint: mark it secret: inputs: {token: {type: string, secret: true}}",
+        f"✗ {path}: 1 problem"]

@@ -152,7 +152,17 @@ def test_the_registry_is_a_handler_catalog_for_validation() -> None:
     assert check_text("sop: x\nsteps:\n  - {id: a, uses: greet}\n", handlers=reg).ok
     report = check_text("sop: x\nsteps:\n  - {id: a, uses: gret}\n", handlers=reg)
     [problem] = report.problems
-    assert problem.suggestion == "did you mean 'greet'?"
+    assert problem.suggestion == "did you mean 'greet' or 'agent'?"  # registered first, then built-in
+
+
+def test_the_registry_is_a_model_catalog_for_validation() -> None:
+    reg = Registry(discover=False)
+    reg.register("model", "house-llm", implementation=greet)
+    sop = "sop: x\nagent: {{model: {model}}}\nsteps:\n  - {{id: a, run: echo}}\n"
+    assert check_text(sop.format(model="house-llm"), handlers=reg).ok
+    [problem] = check_text(sop.format(model="house-lm"), handlers=reg).problems
+    assert (problem.code, problem.message) == ("unknown-model", "no model is registered as 'house-lm'")
+    assert problem.suggestion == "did you mean 'house-llm'?"
 
 
 # -- Registration.reference ------------------------------------------------------------------
