@@ -247,15 +247,13 @@ def _difference_dict(d: Difference) -> dict[str, Any]:
 def mode_problem(sop: Any, mode: str) -> str | None:
     """Why SOP ``sop`` (a :class:`sop.Sop`) cannot run in ``mode``, or None when it can.
 
-    The reason is :func:`sop.validate.choose_mode`'s, so it reads as ``sopflow validate`` says it.
+    The reason is :func:`sop.modes.sop_mode_fit`'s, the one validation and submission give.
     """
-    from sop.validate import choose_mode
+    from sop.modes import sop_mode_fit
 
-    depends = {s.id: list(s.depends_on) for s in sop.steps}
-    rules = {s.id: s.trigger_rule.value for s in sop.steps}
-    chosen, reason = choose_mode(mode, depends, rules)
-    if chosen is None or (mode != "auto" and chosen.value != mode):
-        return reason
+    fit = sop_mode_fit(sop, mode)
+    if fit.mode is None or (mode != "auto" and fit.mode.value != mode):
+        return fit.reason
     return None
 
 
