@@ -586,6 +586,9 @@ class AgentLost(Payload):
     session: int = 1
     reason: str = ""
 
+    def summary(self) -> str:
+        return f"session {self.session}: {self.reason}"
+
 
 @dataclass(frozen=True, slots=True)
 class AgentReported(Payload):
