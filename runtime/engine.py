@@ -332,11 +332,6 @@ class Engine:
                     f"cannot run {source} in mode agent_centric: Agent Centric Runs are not available in "
                     "this version of sopflow; submit with mode='system_design'")
             chosen = Mode.SYSTEM_DESIGN  # auto falls back to the mode this version runs
-        for step in (*model.steps, *model.rollback):
-            if step.handler.startswith("mcp:"):
-                raise SubmissionError(
-                    f"step {step.id!r} of {source} uses {step.handler}: MCP steps run with the Agent "
-                    "Centric Run, which is not available in this version of sopflow")
         return chosen.value
 
     def _handlers(self, model: Sop) -> dict[str, Any]:
