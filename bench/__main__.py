@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "durability": "bench.durability",
     "cli": "bench.cli",
     "logs": "bench.logs",
+    "mcp": "bench.mcp_pool",
 }
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -22,7 +22,7 @@ from mcp import ClientSession, types
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 if TYPE_CHECKING:
-    from agents.mcp.pool import SourceSpec
+    from agents.mcp.source import SourceSpec
 
 
 class _Unchecked(ClientSession):

@@ -67,7 +67,9 @@ def open_db(path: str | os.PathLike[str]) -> sqlite3.Connection:
 def build(db_path: str | os.PathLike[str]) -> MCPServer:
     """The server, reading ``db_path``."""
     db = open_db(db_path)
-    server = MCPServer("ledger", instructions="A ledger and its bank statements, by account.")
+    # WARNING: the SDK's INFO line per request would fill the host's log (stderr is passed through).
+    server = MCPServer("ledger", instructions="A ledger and its bank statements, by account.",
+                       log_level=os.environ.get("LEDGER_LOG_LEVEL", "WARNING"))  # type: ignore[arg-type]
 
     @server.tool(structured_output=False)
     def list_transactions(account: str) -> str:

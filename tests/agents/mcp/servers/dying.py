@@ -7,7 +7,7 @@ import os
 
 from mcp.server.mcpserver import MCPServer
 
-server = MCPServer("dying")
+server = MCPServer("dying", log_level="WARNING")
 calls = {"n": 0}
 
 

@@ -14,7 +14,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from typing_extensions import TypedDict
 
-server = MCPServer("echo")
+server = MCPServer("echo", log_level="WARNING")  # no INFO line per request in the test logs
 calls = {"n": 0}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-server = MCPServer("flaky")
+server = MCPServer("flaky", log_level="WARNING")
 calls = {"n": 0}
 
 

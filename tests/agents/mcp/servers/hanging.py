@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 from mcp.server.mcpserver import MCPServer
 
-server = MCPServer("hanging")
+server = MCPServer("hanging", log_level="WARNING")
 
 
 @server.tool()
