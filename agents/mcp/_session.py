@@ -19,10 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from mcp import ClientSession, types
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.stdio import StdioServerParameters
+
+from agents.mcp._stdio import bounded_stdio_client
 
 if TYPE_CHECKING:
     from agents.mcp.source import SourceSpec
+
+
+_ENVELOPE = 64 * 1024
+"""Bytes allowed over an answer's size for the JSON-RPC envelope around it."""
 
 
 class _Unchecked(ClientSession):
@@ -43,10 +49,13 @@ class Session:
     Args:
         spec: The source.
         clock: Monotonic time, for idle tracking.
+        max_bytes: The largest answer the pool accepts: no message larger than this (and its
+            envelope) is kept in memory, over stdio (:mod:`agents.mcp._stdio`) or HTTP.
     """
 
-    def __init__(self, spec: SourceSpec, clock: Any) -> None:
+    def __init__(self, spec: SourceSpec, clock: Any, max_bytes: int) -> None:
         self.spec = spec
+        self.max_bytes = max_bytes
         self.clock = clock
         self.client: ClientSession | None = None
         self.tools: dict[str, types.Tool] = {}
@@ -108,7 +117,8 @@ class Session:
         if spec.command is not None:
             params = StdioServerParameters(command=_command(spec.command), args=list(spec.args), env=dict(spec.env))
             try:
-                return await stack.enter_async_context(stdio_client(params, errlog=sys.stderr))
+                return await stack.enter_async_context(
+                    bounded_stdio_client(params, max_line=self.max_bytes + _ENVELOPE, errlog=sys.stderr))
             except OSError as e:
                 raise SpawnError(f"{type(e).__name__}: {e.strerror or e}") from None
         from mcp.client.streamable_http import streamable_http_client
@@ -118,7 +128,9 @@ class Session:
 
         timeout = httpx2.Timeout(spec.connect_timeout_s, read=spec.timeout_s + 5)
         http = await stack.enter_async_context(create_mcp_http_client(headers=dict(spec.headers), timeout=timeout))
-        return await stack.enter_async_context(streamable_http_client(spec.url, http_client=http))  # type: ignore[arg-type]
+        # The SDK's own 1 MiB cap per event would refuse answers the pool accepts; ours bounds it instead.
+        return await stack.enter_async_context(streamable_http_client(
+            spec.url, http_client=http, max_sse_event_size=self.max_bytes + _ENVELOPE))  # type: ignore[arg-type]
 
 
 async def _list_tools(client: ClientSession) -> dict[str, types.Tool]:

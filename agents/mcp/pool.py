@@ -36,9 +36,10 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
 from agents.mcp._session import Session, SpawnError
+from agents.mcp._stdio import TOO_LARGE
 from agents.mcp.breaker import CircuitBreaker
-from agents.mcp.errors import (McpBreakerOpen, McpError, McpNotAllowed, McpSourceError, McpToolError,
-                               McpUnavailable)
+from agents.mcp.errors import (McpBreakerOpen, McpError, McpNotAllowed, McpResultTooLarge, McpSourceError,
+                               McpToolError, McpUnavailable)
 from agents.mcp.results import DEFAULT_MAX_RESULT_BYTES, ToolResult, check_output, size_of, to_result
 from agents.mcp.source import SourceSpec
 
@@ -148,6 +149,9 @@ class McpPool:
                 except McpToolError:
                     breaker.record(True)  # the server answered (a refusal is an answer)
                     raise
+                except McpResultTooLarge:
+                    breaker.record(False)
+                    raise
                 except BaseException:
                     breaker.abandon()
                     raise
@@ -225,6 +229,12 @@ class McpPool:
         try:
             raw = await session.client.call_tool(tool, arguments, read_timeout_seconds=source.timeout_s)
         except MCPError as e:
+            if e.code == TOO_LARGE or (e.code == CONNECTION_CLOSED and "byte limit" in e.error.message):
+                # Refused unread by our stdio transport, or over HTTP by the SDK's cap per event (set to ours),
+                # which reports the request's stream as closed with this text; the session itself is fine.
+                raise McpResultTooLarge(f"the answer of tool {tool!r} of data source {source.name!r} is over the "
+                                        f"limit of {self.max_result_bytes} bytes and was not read; ask the tool "
+                                        "for less (a narrower query, paging) or raise max_result_bytes") from None
             if e.code == CONNECTION_CLOSED:
                 session.mark_broken()
                 raise _Transient("the server closed the connection during the call", reached=True) from None
@@ -260,7 +270,7 @@ class McpPool:
                 await session.close()  # reap the dead server before starting its successor
                 session = None
             if session is None:
-                session = Session(source, self.clock)
+                session = Session(source, self.clock, self.max_result_bytes)
                 try:
                     await session.started()
                 except SpawnError as e:

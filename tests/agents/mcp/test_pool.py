@@ -276,22 +276,36 @@ def test_a_credential_in_env_or_headers_reaches_the_server_but_never_a_call_reco
     assert token not in repr(stdio("echo", ECHO, env={"API_TOKEN": token}))  # nor in a spec's repr
 
 
-def test_an_oversized_answer_is_refused_with_a_clear_error() -> None:
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_an_oversized_answer_is_refused_unread_with_a_clear_error(transport: str, http_server) -> None:
+    """A 20 MiB answer against a 1 MiB limit: refused while it streams in (this process never holds it),
+    the session goes on serving."""
+    import tracemalloc
+
     records: list[CallRecord] = []
+    source = stdio("echo", ECHO) if transport == "stdio" else SourceSpec("echo", url=http_server(ECHO))
 
     async def scenario():
         pool = McpPool(on_call=records.append, max_result_bytes=2**20)
         try:
-            ok = await pool.call(stdio("echo", ECHO), "big", {"mib": 0.25}, owner="o")
-            with pytest.raises(McpResultTooLarge, match=r"over the limit of 1048576 bytes; ask the tool for less"):
-                await pool.call(stdio("echo", ECHO), "big", {"mib": 11}, owner="o")
-            return ok
+            ok = await pool.call(source, "big", {"mib": 0.25}, owner="o")
+            tracemalloc.start()
+            try:
+                with pytest.raises(McpResultTooLarge, match=r"over the limit of 1048576 bytes.*ask the tool for less"):
+                    await pool.call(source, "big", {"mib": 20}, owner="o")
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            after = await pool.call(source, "echo", {"text": "still here"}, owner="o")
+            return ok, peak, after
         finally:
             await pool.close()
 
-    ok = asyncio.run(scenario())
+    ok, peak, after = asyncio.run(scenario())
     assert len(ok.data["result"]) == 2**18  # a str answer comes as {"result": ...} structured content
-    assert records[-1].outcome == "too_large" and records[-1].result_bytes > 11 * 2**20
+    assert peak < 8 * 2**20, f"{peak} bytes held while refusing a 40 MiB message"
+    assert after.data["text"] == "still here"
+    assert [r.outcome for r in records] == ["ok", "too_large", "ok"]
 
 
 def test_a_missing_command_is_a_source_error_not_retried() -> None:
