@@ -69,6 +69,17 @@ class Session:
     def alive(self) -> bool:
         return not self.broken and not self.task.done()
 
+    @property
+    def connection_closed(self) -> bool:
+        """The server's end is gone (its process exited, its stream ended) while nothing was in flight.
+
+        Read from the SDK dispatcher's own flag (mcp is pinned): the session is then known dead
+        before a call is sent, so the call goes to a new session instead of failing as "may have
+        reached the server".
+        """
+        dispatcher = getattr(self.client, "_dispatcher", None)
+        return bool(getattr(dispatcher, "_closed", False))
+
     async def started(self) -> None:
         """Wait until the session is initialised and its tools are listed.
 

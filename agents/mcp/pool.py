@@ -262,6 +262,8 @@ class McpPool:
         self._owners.setdefault(key, set()).add(owner)
         async with self._locks.setdefault(key, asyncio.Lock()):
             session = self._sessions.get(key)
+            if session is not None and session.alive and session.connection_closed:
+                session.mark_broken()  # the server went away while idle: nothing sent yet, start a new one
             if session is not None and session.alive and self.clock() - session.last_ok > self.health_after_s:
                 if not await self._healthy(session):
                     session.mark_broken()
@@ -319,6 +321,8 @@ def _gave_up(source: SourceSpec, tool: str, why: str, attempts: int, not_idempot
 
 def _open_message(source: SourceSpec, breaker: CircuitBreaker) -> str:
     snap = breaker.snapshot()
+    failing = f"data source {source.name!r} is failing ({snap['failures']} of its last {snap['calls']} calls failed)"
+    if snap["state"] == "half_open":
+        return f"{failing}: its circuit breaker is half open and a probe call is under way; try again shortly"
     wait = max(0.0, breaker.open_s - (breaker.clock() - (snap["opened_at"] or 0.0)))
-    return (f"data source {source.name!r} is failing ({snap['failures']} of its last {snap['calls']} calls "
-            f"failed): its circuit breaker is open; the next call is tried in {wait:.0f} s")
+    return f"{failing}: its circuit breaker is open; the next call is tried in {wait:.0f} s"

@@ -335,3 +335,44 @@ def test_connection_refused_over_http_is_retried_after_1_2_4_s_then_handed_on() 
 
     assert asyncio.run(scenario()).transient
     assert sleeps.delays == [1.0, 2.0, 4.0] and records[-1].attempts == 4 and records[-1].outcome == "unavailable"
+
+
+async def _until(check, timeout: float = 15.0) -> None:
+    """Wait (yielding to the loop) until ``check()`` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "timed out waiting for a condition"
+        await asyncio.sleep(0.02)
+
+
+def test_an_idle_session_is_pinged_before_reuse_and_one_whose_server_died_is_replaced_unretried() -> None:
+    import psutil
+
+    clock = Clock()
+    sleeps = Sleeps()
+    records: list[CallRecord] = []
+    before = children()
+
+    async def scenario():
+        pool = McpPool(on_call=records.append, clock=clock, sleep=sleeps, health_after_s=30.0)
+        echo = stdio("echo", ECHO)  # echo is not idempotent: a retry would be refused
+        await pool.call(echo, "echo", {"text": "one"}, owner="o")
+        first = children() - before
+        clock.now += 31  # idle past health_after_s: pinged, alive, reused
+        await pool.call(echo, "echo", {"text": "two"}, owner="o")
+        reused = children() - before
+        for pid in first:
+            psutil.Process(pid).kill()  # the server dies while idle
+        session = pool._sessions[echo.key]
+        await _until(lambda: session.connection_closed or not session.alive)
+        answer = await pool.call(echo, "echo", {"text": "three"}, owner="o")
+        replaced = children() - before
+        await pool.close()
+        return first, reused, replaced, answer
+
+    first, reused, replaced, answer = asyncio.run(scenario())
+    assert len(first) == 1 and reused == first
+    assert answer.data["text"] == "three" and len(replaced) == 1 and replaced != first
+    assert sleeps.delays == [] and [r.outcome for r in records] == ["ok"] * 3
+    wait_for(lambda: not (children() - before), what="every server to be reaped")

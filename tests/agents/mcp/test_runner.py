@@ -104,6 +104,31 @@ steps:
     assert delays == [1.0, 2.0, 4.0] * 2
 
 
+def test_stopping_the_engine_mid_call_stops_and_reaps_its_mcp_servers(sop_file) -> None:
+    """The host stops while a tool call hangs: the session's task is cancelled and its server is reaped."""
+    from runtime import Engine, Registry
+
+    before = children()
+    engine = Engine.in_process(registry=Registry())
+    try:
+        path = sop_file("""
+sop: stuck
+version: "1"
+data_sources:
+  slow: {command: python, args: ["-m", "tests.agents.mcp.servers.hanging"], timeout_s: 600}
+steps:
+  - id: ask
+    uses: mcp:slow/hang
+    timeout_s: 600
+""")
+        eid = engine.submit(path, mode="system_design")
+        wait_for(lambda: len(children() - before) == 1, what="the hanging server to start")
+        assert engine.status(eid).steps["ask"].status.value == "running"
+    finally:
+        engine.shutdown()
+    wait_for(lambda: not (children() - before), what="the hanging server to be reaped at shutdown")
+
+
 def test_mcp_steps_run_in_the_coordinator_actor_on_ray(engine, sop_file, tmp_path: Path) -> None:
     """The same runner plugs into the Coordinator actor: its pool lives in the coordinator's process."""
     path = sop_file(SOP.replace('"DB"', json.dumps(str(tmp_path / "ledger.sqlite3"))))
