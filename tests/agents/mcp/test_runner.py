@@ -104,6 +104,20 @@ steps:
     assert delays == [1.0, 2.0, 4.0] * 2
 
 
+@pytest.mark.parametrize(("account", "mismatches", "escalate"), [("ACME-001", 1, "succeeded"),
+                                                                 ("CLEAN-001", 0, "skipped")])
+def test_the_invoice_reconciliation_example_runs_against_the_example_ledger(inproc, examples_dir: Path, tmp_path: Path,
+                                                                             monkeypatch, account: str,
+                                                                             mismatches: int, escalate: str) -> None:
+    monkeypatch.chdir(tmp_path)  # the ledger's database is ./ledger.sqlite3 of wherever the engine runs
+    view = inproc.wait(inproc.submit(str(examples_dir / "invoice-reconciliation.yaml"),
+                                     inputs={"account_id": account}, mode="system_design"), 120)
+    assert view.status.value == "completed", view.steps
+    assert view.outputs["outputs"] == {"mismatches": mismatches}
+    assert view.steps["escalate"].status.value == escalate
+    assert (tmp_path / "ledger.sqlite3").exists()
+
+
 def test_stopping_the_engine_mid_call_stops_and_reaps_its_mcp_servers(sop_file) -> None:
     """The host stops while a tool call hangs: the session's task is cancelled and its server is reaped."""
     from runtime import Engine, Registry
