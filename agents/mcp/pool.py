@@ -105,7 +105,6 @@ class McpPool:
         self._owners: dict[str, set[str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._breakers: dict[str, tuple[str, CircuitBreaker]] = {}
-        self._closed = False
 
     async def call(self, source: SourceSpec, tool: str, arguments: dict[str, Any], *, owner: str,
                    idempotent: bool | None = None, mask: Callable[[Any], Any] = lambda v: v) -> ToolResult:

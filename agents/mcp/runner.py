@@ -32,6 +32,7 @@ from runtime.failure import ErrorInfo
 from runtime.handlers import StepOutcome
 from runtime.outputs import DEFAULT_INLINE_OUTPUT_BYTES, settle_output
 from runtime.seams import AttemptReport, AttemptSpec
+from sop import render
 
 log = logging.getLogger("sopflow.mcp")
 
@@ -53,6 +54,7 @@ class McpStepRunner:
         self.call = call
         self.release = release
         self._watched: set[str] = set()
+        self._watchers: set[asyncio.Task] = set()  # held: the loop keeps only weak references to tasks
 
     def start(self, spec: AttemptSpec, report: AttemptReport) -> _McpAttempt:
         attempt = _McpAttempt(report)
@@ -60,7 +62,9 @@ class McpStepRunner:
         exe = spec.execution
         if self.release is not None and exe.id not in self._watched:
             self._watched.add(exe.id)
-            asyncio.get_running_loop().create_task(self._release_when_done(exe))
+            watcher = asyncio.get_running_loop().create_task(self._release_when_done(exe))
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
         return attempt
 
     async def _run(self, spec: AttemptSpec, attempt: _McpAttempt) -> None:
@@ -74,8 +78,6 @@ class McpStepRunner:
                                          "defined under 'data_sources'", retryable=False))
             return
         try:
-            from sop import render
-
             context = exe.expression_context()
             source = SourceSpec.from_data_source(name, ds, lambda v: render(v, context))
             result = await self.call(source, tool, dict(spec.args), exe.id, None)
