@@ -376,3 +376,21 @@ def test_an_idle_session_is_pinged_before_reuse_and_one_whose_server_died_is_rep
     assert answer.data["text"] == "three" and len(replaced) == 1 and replaced != first
     assert sleeps.delays == [] and [r.outcome for r in records] == ["ok"] * 3
     wait_for(lambda: not (children() - before), what="every server to be reaped")
+
+
+def test_a_hung_call_holds_up_only_itself_on_a_shared_session() -> None:
+    async def scenario():
+        pool = McpPool(sleep=Sleeps())
+        hanging = stdio("hanging", "tests.agents.mcp.servers.hanging", timeout_s=20.0)
+        try:
+            await pool.call(hanging, "quick", {}, owner="o")  # the session is up
+            hung = asyncio.ensure_future(pool.call(hanging, "hang", {}, owner="o"))
+            quick = await asyncio.wait_for(pool.call(hanging, "quick", {}, owner="p"), 10)
+            still_waiting = not hung.done()
+            hung.cancel()
+            return quick, still_waiting, await asyncio.gather(hung, return_exceptions=True)
+        finally:
+            await pool.close()
+
+    quick, still_waiting, (hung,) = asyncio.run(scenario())
+    assert quick.data == {"ok": True} and still_waiting and isinstance(hung, asyncio.CancelledError)
