@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "cli": "bench.cli",
     "logs": "bench.logs",
     "agents": "bench.agents",
+    "mcp": "bench.mcp_pool",
 }
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
