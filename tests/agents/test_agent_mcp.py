@@ -13,10 +13,10 @@ EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "invoice-reconc
 
 @pytest.fixture
 def ledger(tmp_path, monkeypatch) -> Path:
-    """The example ledger server's SQLite file, fresh for the test (the server seeds it)."""
-    path = tmp_path / "ledger.sqlite3"
-    monkeypatch.setenv("LEDGER_DB", str(path))
-    return path
+    """The example ledger server's SQLite file, fresh for the test: the server (started by the engine in
+    this process's working directory) seeds ``./ledger.sqlite3`` on its first start."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "ledger.sqlite3"
 
 
 @pytest.mark.parametrize(("account", "mismatches"), [("ACME-001", 1), ("CLEAN-001", 0)])
