@@ -23,7 +23,7 @@ from runtime.events import Event, EventKind
 from runtime.execution import Execution
 from runtime.failure import Action, Classification, Decision, ErrorInfo
 from runtime.handlers import StepOutcome
-from runtime.plugins import agent_driver
+from runtime.plugins import agent_driver, step_runners
 from runtime.replay_report import ReplayReport, StepDiff, agent_differences, compare, normalise
 from runtime.request import request_from_log
 from runtime.runners import InProcessRunner, SubSopRunner
@@ -219,6 +219,8 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
                                   policy=RecordedPolicy(recording), capacity=lambda: 1 << 30,
                                   service_name="sopflow-replay")
     coordinator.machine.runners["sop"] = RecordedRunner(recording, SubSopRunner(coordinator), decide)
+    for kind, fresh in step_runners(coordinator).items():  # mcp: ...: recorded, or live from the checkpoint on
+        coordinator.machine.runners[kind] = RecordedRunner(recording, fresh, decide)
     coordinator.recovery = {}  # a private, empty log: nothing to recover
     coordinator.machine.backoff_scale = 0.0  # retry backoffs are not waited out
     if recorded.agent is not None:  # an Agent Centric Run: its agent runs again from its recording
