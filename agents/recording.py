@@ -178,6 +178,10 @@ class SessionRecorder(BasePlugin):
                                    "repeated: check its effect before going on, or escalate"}
                 await self._record("tool", {"index": index, "tool": tool.name, "request": digest,
                                             "result": answer, "ok": False})
+                if not self.replay:  # the operators hear of it at once, as of a step that needs a decision
+                    await self.port("escalate", {"reason": f"the call to {tool.name} was interrupted when the "
+                                                           "agent's host was lost; it is not idempotent, so it was "
+                                                           "not repeated: check whether it took effect"}, None)
                 return answer
         elif self.replay:
             raise ReplayDivergence(f"tool call {index} ({tool.name}) is not in the recording")
