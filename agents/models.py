@@ -123,10 +123,12 @@ def _litellm(name: str, settings: AgentSpec, api_key: str | None) -> BaseLlm:
     # LiteLLM fetches a price list from GitHub on import unless told not to: no network at import.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
-        import litellm  # noqa: F401  (only to fail early and clearly)
+        import litellm
         from google.adk.models.lite_llm import LiteLlm
     except ImportError:
         raise ModelNotFound(f"model {name!r} needs LiteLLM, which is not installed: {INSTALL_LITELLM}") from None
+    # Our errors say what failed; LiteLLM's "Give Feedback / Get Help" banner on stdout only adds noise.
+    litellm.suppress_debug_info = True
     kwargs: dict[str, Any] = {
         # One retry layer (LimitedModel): LiteLLM's own retries and the OpenAI client's
         # (max_retries, 2 by default) are both off.

@@ -102,7 +102,7 @@ def serve() -> Iterator[FakeOpenAI]:
                 body = json.loads(raw or b"null")
             except ValueError:
                 body = raw.decode("utf-8", "replace")
-            reply = state._next(Recorded(self.path, dict(self.headers.items()), body))
+            reply = state._next(Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
             data = json.dumps(reply.body).encode()
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")
