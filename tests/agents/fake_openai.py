@@ -38,12 +38,20 @@ def tool_call(name: str, arguments: dict, *, call_id: str = "call_1", tokens: in
     return _completion(message, "tool_calls", tokens)
 
 
-def error(status: int, *, retry_after: str | None = None) -> Reply:
+def error(status: int, *, retry_after: str | None = None, message: str | None = None) -> Reply:
     """An error answer (429 with ``Retry-After`` when given, 500, 503 ...)."""
     headers = {"Retry-After": retry_after} if retry_after is not None else {}
     kind = "rate_limit_exceeded" if status == 429 else "server_error"
-    return Reply(status, {"error": {"message": f"scripted {status}", "type": kind, "code": status,
+    return Reply(status, {"error": {"message": message or f"scripted {status}", "type": kind, "code": status,
                                     "status": "RESOURCE_EXHAUSTED" if status == 429 else "UNAVAILABLE"}}, headers)
+
+
+def gemini_text(content: str, *, tokens: int = 5) -> Reply:
+    """A google-genai ``generateContent`` answer (for ``gemini-…`` models pointed here by base_url)."""
+    return Reply(200, {"candidates": [{"content": {"role": "model", "parts": [{"text": content}]},
+                                       "finishReason": "STOP", "index": 0}],
+                       "usageMetadata": {"promptTokenCount": tokens - 2, "candidatesTokenCount": 2,
+                                         "totalTokenCount": tokens}})
 
 
 def _completion(message: dict, finish: str, tokens: int) -> Reply:
@@ -68,7 +76,8 @@ class FakeOpenAI:
         self.script: list[Reply] = []
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
-        self.url = ""
+        self.url = ""   # the OpenAI-style base URL (…/v1)
+        self.root = ""  # the server's root (google-genai adds its own version path)
 
     def push(self, *replies: Reply) -> None:
         with self._lock:
@@ -119,7 +128,8 @@ def serve() -> Iterator[FakeOpenAI]:
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="fake-openai", daemon=True)
     thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    state.root = f"http://127.0.0.1:{server.server_address[1]}"
+    state.url = f"{state.root}/v1"
     try:
         yield state
     finally:
