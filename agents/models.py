@@ -223,15 +223,14 @@ class LimitedModel(BaseLlm):
         for attempt in range(1, self.max_attempts + 1):
             if self.limiter is not None:
                 await self.limiter.acquire(self.provider, estimate)
-            yielded, used = False, 0
+            yielded, used, reported = False, 0, False
             try:
                 async for response in self.inner.generate_content_async(llm_request, stream):
                     used = _tokens_of(response) or used
                     yielded = True
                     yield response
             except Exception as e:  # noqa: BLE001 - sorted below: ours to retry, or the caller's
-                if self.limiter is not None:
-                    self.limiter.report(self.provider, used)
+                reported = self._report(used)
                 status = http_status(e)
                 if yielded or status not in RETRYABLE_STATUS:
                     raise self._refused(e, status) from None
@@ -247,9 +246,17 @@ class LimitedModel(BaseLlm):
                          self.model, status, attempt, self.max_attempts, wait)
                 await self.sleep(wait)
                 continue
-            if self.limiter is not None:
-                self.limiter.report(self.provider, used)
+            finally:
+                # Also when the caller stops reading early (GeneratorExit): every booking gets its
+                # report, or the limiter would pair later reports with the wrong bookings.
+                if not reported:
+                    self._report(used)
             return
+
+    def _report(self, used: int) -> bool:
+        if self.limiter is not None:
+            self.limiter.report(self.provider, used)
+        return True
 
     def _apply_defaults(self, llm_request: LlmRequest) -> None:
         if llm_request.config is None:

@@ -10,6 +10,7 @@ so every agent host of a namespace shares one limit per provider.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,6 +22,8 @@ WINDOW_S = 60.0
 """Limits are per minute: no 60 s window admits more than the configured amounts."""
 
 ACTOR_NAME = "sopflow-model-limiter"
+
+log = logging.getLogger(__name__)
 
 
 class _Booking:
@@ -236,10 +239,18 @@ class RayLimiter:
         self._sleep = sleep
 
     async def acquire(self, provider: str, est_tokens: int) -> None:
-        wait = await self.actor.reserve.remote(provider, est_tokens)
-        while wait > 0:
-            await self._sleep(wait)
-            wait = await self.actor.hold.remote(provider)
+        import ray
+
+        try:
+            wait = await self.actor.reserve.remote(provider, est_tokens)
+            while wait > 0:
+                await self._sleep(wait)
+                wait = await self.actor.hold.remote(provider)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+            # Ray restarts the actor (max_restarts=-1); meanwhile a model call is worth more than
+            # the limit's precision, and the provider's own 429s still make us back off.
+            log.warning("the shared model rate limiter is unreachable (%s); calling %s unthrottled",
+                        type(e).__name__, provider)
 
     def report(self, provider: str, used_tokens: int) -> None:
         self.actor.settle.remote(provider, used_tokens)  # fire and forget: nothing waits on it

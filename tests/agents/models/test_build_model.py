@@ -200,3 +200,38 @@ def test_status_and_retry_after_are_read_from_sdk_errors() -> None:
     wrapped.__cause__ = error
     assert http_status(wrapped) == 429
     assert http_status(ValueError("x")) is None and retry_after(ValueError("x")) is None
+
+
+class Counted(BaseLlm):
+    """Answers two partial responses, the second with usage metadata (a streamed answer)."""
+
+    @classmethod
+    def supported_models(cls) -> list[str]:
+        return []
+
+    async def generate_content_async(self, llm_request: LlmRequest,
+                                     stream: bool = False) -> AsyncGenerator[LlmResponse, None]:
+        yield LlmResponse(content=types.Content(role="model", parts=[types.Part(text="a")]), partial=True)
+        yield LlmResponse(content=types.Content(role="model", parts=[types.Part(text="b")]),
+                          usage_metadata=types.GenerateContentResponseUsageMetadata(total_token_count=42))
+
+
+def test_every_booking_is_reported_even_when_the_caller_stops_reading_early() -> None:
+    from agents.ratelimit import LocalLimiter
+
+    limiter = LocalLimiter({"p": (10, 1000)})
+    model = LimitedModel(inner=Counted(model="c"), provider="p", limiter=limiter, max_tokens=100)
+
+    async def read(n: int) -> None:
+        stream = model.generate_content_async(LlmRequest(contents=[types.Content(
+            role="user", parts=[types.Part(text="x" * 400)])]), stream=True)
+        async for _ in stream:
+            n -= 1
+            if n == 0:
+                break
+        await stream.aclose()
+
+    asyncio.run(read(2))
+    asyncio.run(read(1))
+    # Estimated 400/4 + 100 = 200 each; corrected to what was used: 42, then 0 (no usage seen yet).
+    assert [t for _, t in limiter.limiter.window("p")] == [42, 0]
