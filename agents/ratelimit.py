@@ -29,11 +29,12 @@ log = logging.getLogger(__name__)
 class _Booking:
     """One admitted call: when, and how many tokens it is counted for (corrected by ``settle``)."""
 
-    __slots__ = ("at", "tokens")
+    __slots__ = ("at", "tokens", "live")
 
     def __init__(self, at: float, tokens: int) -> None:
         self.at = at
         self.tokens = tokens
+        self.live = True  # still in the provider's log (counted in its running total)
 
 
 class _Provider:
@@ -41,6 +42,7 @@ class _Provider:
         self.rpm, self.tpm = rpm, tpm
         self.log: deque[_Booking] = deque()       # admission times never decrease (first come first served)
         self.unsettled: deque[_Booking] = deque()  # bookings whose real token count is not known yet
+        self.tokens = 0                            # the sum over `log`, kept as it changes
         self.blocked_until = float("-inf")
 
 
@@ -92,7 +94,9 @@ class RateLimiter:
         if not (p.rpm or p.tpm):
             return max(0.0, start - now)
         while p.log and p.log[0].at <= now - WINDOW_S:  # out of every window that can still matter
-            p.log.popleft()
+            gone = p.log.popleft()
+            gone.live = False
+            p.tokens -= gone.tokens
         tokens = max(0, int(tokens))
         if p.tpm:
             tokens = min(tokens, p.tpm)
@@ -100,6 +104,7 @@ class RateLimiter:
         at = self._earliest_fit(p, at, tokens)
         booking = _Booking(at, tokens)
         p.log.append(booking)
+        p.tokens += tokens
         p.unsettled.append(booking)
         return max(0.0, at - now)
 
@@ -108,18 +113,21 @@ class RateLimiter:
         # Walk the window forward: whenever the window (at - 60, at] is too full, move `at` to
         # the moment its oldest booking leaves it. Terminates: each move drops one booking.
         # Every booking is at or before `at` (bookings never go back in time), so the window's
-        # content is the log's tail from `first`: kept as a running count and sum (linear overall).
-        log = list(p.log)  # one copy: indexing the middle of a deque is not O(1)
-        first, count, used = 0, len(log), sum(b.tokens for b in log)
+        # content is the log's tail: start from the whole log's running totals and drop bookings
+        # from the head as the window moves (no copy, no re-summing: constant work per move).
+        count, used = len(p.log), p.tokens
+        oldest = iter(p.log)
+        head = next(oldest, None)
         while True:
-            while first < len(log) and log[first].at <= at - WINDOW_S:
-                count, used = count - 1, used - log[first].tokens
-                first += 1
+            while head is not None and head.at <= at - WINDOW_S:
+                count, used = count - 1, used - head.tokens
+                head = next(oldest, None)
             over_requests = p.rpm and count + 1 > p.rpm
             over_tokens = p.tpm and used + tokens > p.tpm
             if not (over_requests or over_tokens):
                 return at
-            at = log[first].at + WINDOW_S
+            assert head is not None  # over a limit means some booking is in the window
+            at = head.at + WINDOW_S
 
     def settle(self, provider: str, actual_tokens: int) -> None:
         """Correct the oldest unsettled booking of ``provider`` to the tokens the call really used.
@@ -130,9 +138,13 @@ class RateLimiter:
         p = self._provider(provider)
         actual = max(0, int(actual_tokens))
         if p.unsettled:
-            p.unsettled.popleft().tokens = actual
+            booking = p.unsettled.popleft()
+            if booking.live:
+                p.tokens += actual - booking.tokens
+            booking.tokens = actual
         elif p.tpm and actual:
             p.log.append(_Booking(max(self._clock(), p.log[-1].at if p.log else float("-inf")), actual))
+            p.tokens += actual
 
     def penalize(self, provider: str, retry_after_s: float) -> None:
         """The provider answered 429 (or 503): admit no call of it for ``retry_after_s`` seconds."""
