@@ -51,6 +51,10 @@ class ModelNotFound(ModelError):
     """``agent.model`` names no model sopflow knows (nor a registered one)."""
 
 
+class ModelKeyMissing(ModelError):
+    """The model needs an API key and none was given or found in its SDK's environment variables."""
+
+
 class ModelUnavailable(ModelError):
     """The provider kept answering 429/5xx until the attempts were used up."""
 
@@ -145,6 +149,12 @@ def _litellm(name: str, settings: AgentSpec, api_key: str | None) -> BaseLlm:
 def _gemini(name: str, settings: AgentSpec, api_key: str | None) -> BaseLlm:
     from google.adk.models import Gemini
 
+    vertex = os.environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").strip().lower() in ("1", "true", "yes")
+    if not (api_key or vertex or os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")):
+        # Said now, not as a stack trace from inside the SDK at the first model call.
+        raise ModelKeyMissing(f"model {name!r} needs an API key: give the agent block api_key_input (a secret "
+                              "input) or api_key_env (an environment variable), or set $GOOGLE_API_KEY where "
+                              "agents run ($GOOGLE_GENAI_USE_VERTEXAI=true for Vertex AI)")
     # retry_options=None: google-genai then makes exactly one attempt per call (it retries
     # only when given HttpRetryOptions); the key goes to the client, which never prints it.
     return Gemini(model=name, retry_options=None, base_url=settings.base_url,

@@ -13,7 +13,7 @@ from google.adk.models.llm_request import LlmRequest
 from google.adk.models.llm_response import LlmResponse
 from google.genai import types
 
-from agents.models import (LimitedModel, ModelNotFound, ModelRequestRefused, ModelUnavailable, build_model,
+from agents.models import (LimitedModel, ModelKeyMissing, ModelNotFound, ModelRequestRefused, ModelUnavailable, build_model,
                            http_status, retry_after)
 from runtime.registry import Registry
 from sop.model import AgentSpec
@@ -102,6 +102,15 @@ def test_gemini_persistent_429_gives_up_after_n_requests() -> None:
         with pytest.raises(ModelUnavailable, match="429 after 4 attempts"):
             asyncio.run(run_agent(model, []))
         assert server.count == 4
+
+
+def test_gemini_without_any_key_says_how_to_give_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ModelKeyMissing, match="api_key_input .* or api_key_env"):
+        build_model(AgentSpec(model="gemini-2.5-flash"), api_key=None, limiter=None)
+    monkeypatch.setenv("GOOGLE_API_KEY", "from-env")
+    assert build_model(AgentSpec(model="gemini-2.5-flash"), api_key=None, limiter=None).provider == "gemini"
 
 
 @pytest.fixture

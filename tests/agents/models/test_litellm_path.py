@@ -113,17 +113,18 @@ def test_retry_after_is_capped_and_absent_retry_after_backs_off_1_2_4_8() -> Non
         assert sleeps.waits == [60.0, 2.0, 4.0, 8.0, 8.0]
 
 
-def test_a_persistent_500_fails_with_a_clear_error_after_n_attempts() -> None:
+@pytest.mark.parametrize(("status", "attempts"), [(500, 3), (429, 3), (503, 1)])
+def test_a_persistent_error_fails_with_a_clear_error_after_n_attempts(status: int, attempts: int) -> None:
     sleeps = Sleeps()
     with fo.serve() as server:
-        server.push(*[fo.error(500) for _ in range(10)])
-        model = build_model(spec(server), api_key=KEY, limiter=None, sleep=sleeps, max_attempts=3)
+        server.push(*[fo.error(status, retry_after="0") for _ in range(10)])
+        model = build_model(spec(server), api_key=KEY, limiter=None, sleep=sleeps, max_attempts=attempts)
         with pytest.raises(ModelUnavailable) as info:
             asyncio.run(run_agent(model, []))
-        assert server.count == 3
-        assert info.value.attempts == 3 and info.value.status == 500 and info.value.transient
-        assert "after 3 attempts" in str(info.value) and "openai/fake" in str(info.value)
-        assert len(sleeps.waits) == 2
+        assert server.count == attempts  # one HTTP request per attempt: the SDK retried none
+        assert info.value.attempts == attempts and info.value.status == status and info.value.transient
+        assert f"{status} after {attempts} attempts" in str(info.value) and "openai/fake" in str(info.value)
+        assert len(sleeps.waits) == attempts - 1
 
 
 def test_a_refused_request_is_not_retried() -> None:
