@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -178,3 +180,50 @@ def test_the_ray_limiter_is_one_limit_across_processes(ray_cluster: None) -> Non
         assert again.actor._actor_id == limiter.actor._actor_id
     finally:
         ray.kill(ray.get_actor(ACTOR_NAME, namespace=namespace))
+
+
+@pytest.fixture(params=["local", "ray"])
+def make_limiter(request: pytest.FixtureRequest) -> Iterator:
+    """Builds a Limiter of each implementation (the contract below holds for both)."""
+    made: list = []
+
+    def make(limits: dict, sleep) -> LocalLimiter | RayLimiter:
+        if request.param == "local":
+            return LocalLimiter(limits, sleep=sleep)
+        request.getfixturevalue("ray_cluster")
+        limiter = RayLimiter(f"models-contract-{uuid.uuid4().hex[:8]}", limits, sleep=sleep)
+        made.append(limiter)
+        return limiter
+
+    yield make
+    if made:
+        import ray
+
+        for limiter in made:
+            ray.kill(limiter.actor)
+
+
+def test_limiter_contract(make_limiter) -> None:
+    """Within the limit no wait; past it, the wait until the window frees; a backoff holds every caller."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # really waits only for short holds (the penalty below)
+        waits.append(seconds)
+        if seconds < 1:
+            await asyncio.sleep(seconds)
+
+    limiter = make_limiter({"p": (2, 0)}, sleep)
+
+    async def scenario() -> None:
+        await limiter.acquire("p", 5)
+        await limiter.acquire("p", 5)
+        assert waits == []
+        await limiter.acquire("p", 5)
+        assert len(waits) == 1 and 55 < waits[0] <= 60
+        limiter.report("p", 3)
+        limiter.backoff("q", 0.3)
+        started = time.monotonic()
+        await limiter.acquire("q", 1)
+        assert 0.2 < time.monotonic() - started < 5 and 0 < waits[1] <= 0.3
+
+    asyncio.run(scenario())
