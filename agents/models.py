@@ -91,6 +91,7 @@ def build_model(settings: AgentSpec, *, api_key: str | None, limiter: Limiter | 
 
     Raises:
         ModelNotFound: the name is none of the known forms, or litellm is not installed.
+        ModelKeyMissing: a Gemini model with no key given and none in the environment.
     """
     name = settings.model.strip()
     if name == "offline":
