@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from runtime.outputs import DEFAULT_INLINE_OUTPUT_BYTES
@@ -24,6 +26,27 @@ def default_state_path() -> str:
 
 PRIORITY_CLASSES = ("critical", "high", "normal", "low")
 """Priority classes, most urgent first; an execution is ``normal`` unless it says otherwise."""
+
+
+def check_model_rate_limits(limits: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """``limits`` as ``{provider: (requests/min, tokens/min)}``; 0 means no limit on that count.
+
+    Raises:
+        ValueError: a provider name is empty or a limit is not a whole number >= 0.
+    """
+    if not isinstance(limits, Mapping):
+        raise ValueError(f"model_rate_limits must map a provider to (requests/min, tokens/min), got {limits!r}")
+    checked: dict[str, tuple[int, int]] = {}
+    for provider, pair in limits.items():
+        if not isinstance(provider, str) or not provider.strip():
+            raise ValueError(f"model_rate_limits: a provider name must be non-empty text, got {provider!r}")
+        ok = isinstance(pair, tuple | list) and len(pair) == 2 and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in pair)
+        if not ok:
+            raise ValueError(f"model_rate_limits[{provider!r}] must be (requests/min, tokens/min), whole numbers "
+                             f">= 0 (0: no limit), got {pair!r}")
+        checked[provider] = (pair[0], pair[1])
+    return checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +122,12 @@ class EngineConfig:
         agent_trace_content: Put model prompts and answers into the agent's trace spans (off by
             default: they may hold business data; ``ADK_CAPTURE_MESSAGE_CONTENT_IN_SPANS`` set in
             the hosts' environment wins).
+        model_rate_limits: Per model provider (``openai``, ``anthropic``, ``gemini``, a
+            registered model's name ...), ``(requests per minute, tokens per minute)`` for
+            agent model calls, shared by every agent host of the namespace; 0 means no limit
+            on that count. Give a dict; it is kept as sorted ``(provider, (rpm, tpm))`` pairs
+            (see :attr:`model_rate_limit_map`). Empty (the default): no limits, though a 429
+            answer still makes every caller of that provider back off.
     """
 
     state: str = ""
@@ -126,6 +155,7 @@ class EngineConfig:
     agent_silence_s: float = 90.0
     agent_restarts: int = 3
     agent_trace_content: bool = False
+    model_rate_limits: tuple[tuple[str, tuple[int, int]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -182,6 +212,13 @@ class EngineConfig:
             raise ValueError(f"priority_weights must give each of {', '.join(PRIORITY_CLASSES)} a whole-number "
                              f"weight >= 1, got {weights!r}")
         object.__setattr__(self, "priority_weights", tuple((c, weights[c]) for c in PRIORITY_CLASSES))
+        limits = self.model_rate_limits
+        try:
+            limits = dict(limits.items() if isinstance(limits, dict) else limits)
+        except (TypeError, ValueError):
+            raise ValueError("model_rate_limits must map a provider to (requests/min, tokens/min), "
+                             f"got {self.model_rate_limits!r}") from None
+        object.__setattr__(self, "model_rate_limits", tuple(sorted(check_model_rate_limits(limits).items())))
 
     def on_this_node(self) -> EngineConfig:
         """This config with an empty ``state`` resolved in the calling process (an actor on the head)."""
@@ -200,6 +237,11 @@ class EngineConfig:
         if not 0 <= port <= 65535:
             raise ValueError(f"$SOPFLOW_API_PORT must be 0 (any free port) to 65535, got {port}")
         return host, port
+
+    @property
+    def model_rate_limit_map(self) -> dict[str, tuple[int, int]]:
+        """``model_rate_limits`` as ``{provider: (requests/min, tokens/min)}``."""
+        return dict(self.model_rate_limits)
 
     @property
     def retention_s(self) -> float:

@@ -115,6 +115,21 @@ class Registry:
 
         return wrap
 
+    def model(self, name: str | None = None, **definition: Any) -> Callable[[Any], Any]:
+        """Decorator registering an agent model under ``name`` (default: its name, ``_`` -> ``-``).
+
+        The implementation is a ``google.adk.models.BaseLlm`` subclass (built as
+        ``cls(model=name)``) or a factory ``(spec: sop.AgentSpec, api_key: str | None) -> BaseLlm``.
+        SOPs then say ``agent: {model: <name>}``.
+        """
+
+        def wrap(impl: Any) -> Any:
+            definition.setdefault("description", inspect.getdoc(impl) or "")
+            self.register("model", name or impl.__name__.replace("_", "-"), definition, impl)
+            return impl
+
+        return wrap
+
     def lookup(self, kind: str, name: str) -> Registration:
         """The registration of ``kind``/``name``.
 
