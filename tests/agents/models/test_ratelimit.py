@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncio
 import time
 import uuid
@@ -154,16 +156,27 @@ def _acquire_in_another_process(limiter: RayLimiter, provider: str, n: int,
     return os.getpid(), waits
 
 
+class _Caller:
+    """Acquires against a limiter from its own process."""
+
+    def acquire(self, limiter: Any, provider: str, n: int) -> tuple[int, list[float]]:
+        return _acquire_in_another_process(limiter, provider, n)
+
+    def acquire_waiting(self, limiter: Any, provider: str, n: int) -> tuple[int, list[float]]:
+        return _acquire_in_another_process(limiter, provider, n, True)
+
+
 @pytest.mark.ray
 def test_the_ray_limiter_is_one_limit_across_processes(ray_cluster: None) -> None:
     import ray
 
     namespace = f"models-test-{uuid.uuid4().hex[:8]}"
     limiter = RayLimiter(namespace, {"openai": (4, 0)})
-    task = ray.remote(num_cpus=0)(_acquire_in_another_process)
+    # two actors: two processes for sure (two tasks may share one reused worker)
+    callers = [ray.remote(num_cpus=0)(_Caller).remote() for _ in range(2)]
     try:
-        (pid_a, waits_a), (pid_b, waits_b) = ray.get([task.remote(limiter, "openai", 3),
-                                                      task.remote(limiter, "openai", 3)], timeout=120)
+        (pid_a, waits_a), (pid_b, waits_b) = ray.get([c.acquire.remote(limiter, "openai", 3) for c in callers],
+                                                     timeout=120)
         assert pid_a != pid_b  # two processes ...
         waits = waits_a + waits_b
         # ... six calls against one limit of 4 a minute: 4 went at once, 2 were told to wait (for the
@@ -173,7 +186,7 @@ def test_the_ray_limiter_is_one_limit_across_processes(ray_cluster: None) -> Non
         assert len(booked) == 6 and booked[4] >= booked[0] + 60 and booked[5] >= booked[1] + 60
         # A 429 seen by one process makes the others back off (here for real: 2 s).
         limiter.backoff("gemini", 2)
-        _, waits_c = ray.get(task.remote(limiter, "gemini", 1, True), timeout=60)
+        _, waits_c = ray.get(callers[0].acquire_waiting.remote(limiter, "gemini", 1), timeout=60)
         assert 1 < waits_c[0] <= 2 and all(w < 0.5 for w in waits_c[1:]), waits_c
         # Another host of the namespace attaches to the same actor (and sets the same limits).
         again = RayLimiter(namespace, {"openai": (4, 0)})
