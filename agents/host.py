@@ -32,11 +32,13 @@ class AgentHost:
     Args:
         name: How status and the log name this host.
         config: The engine's configuration (heartbeat).
+        registry: Where registered models are found (default: installed ``sopflow.models`` entry points).
     """
 
-    def __init__(self, name: str = "local", config: EngineConfig | None = None) -> None:
+    def __init__(self, name: str = "local", config: EngineConfig | None = None, registry: Any = None) -> None:
         self.name = name
         self.config = config or EngineConfig(state="memory://")
+        self.registry = registry
         self.sessions: dict[tuple[str, int], asyncio.Task] = {}
 
     async def run(self, spec: AgentSessionSpec, port: EnginePort) -> dict[str, Any]:
@@ -64,7 +66,7 @@ class AgentHost:
         """The session's model (see :mod:`agents.models`)."""
         from agents.models import build_model
 
-        return build_model(ctx.settings, api_key=ctx.api_key(), limiter=None)
+        return build_model(ctx.settings, api_key=ctx.api_key(), limiter=None, registry=self.registry)
 
     async def mcp_tools(self, ctx: AgentContext) -> list[BaseTool]:
         """The MCP tools the SOP lets the agent call itself (none until a pool is attached)."""
@@ -96,7 +98,8 @@ class LocalAgentDriver:
 
     def __init__(self, core: Any) -> None:
         self.core = core
-        self.host = AgentHost("local", core.config)
+        # the in-process engine's own registry: models registered in code are found in this process
+        self.host = AgentHost("local", core.config, getattr(core, "registry", None))
 
     def start(self, spec: AgentSessionSpec, ended: Callable[[str | None, bool], None]) -> _LocalHandle:
         async def port(op: str, args: dict[str, Any], call: int | None) -> Any:

@@ -1,0 +1,138 @@
+"""``uses: agent`` steps: one agent session as a node of a DAG, run as a child Agent Centric Run."""
+
+from __future__ import annotations
+
+import yaml
+
+from runtime.events import EventKind
+from runtime.status import ExecutionStatus, StepStatus
+from tests.agents.agent_sops import agent_sop
+from tests.agents.scripted_model import ScriptedModel
+from tests.sop_builders import wait_for
+
+K = EventKind
+ECHO = "python:tests.handlers_for_tests:echo"
+
+
+def pipeline(instruction: str, *, model: str | None = "scripted", name: str = "pipe") -> str:
+    """``fetch -> think (an agent step) -> use``, ``use`` reading the agent's result."""
+    think = {"id": "think", "uses": "agent", "depends_on": ["fetch"], "with": {"instruction": instruction}}
+    if model:
+        think["with"]["model"] = model
+    return yaml.safe_dump({"sop": name, "mode": "system_design", "steps": [
+        {"id": "fetch", "uses": ECHO, "with": {"value": {"n": 3}}},
+        think,
+        {"id": "use", "uses": ECHO, "depends_on": ["think"], "with": {"value": "${{ steps.think.output.answer }}"}},
+    ], "outputs": {"answer": "${{ steps.use.output }}"}}, sort_keys=False)
+
+
+def scripted(engine) -> None:
+    engine.registry.register("model", "scripted", {"description": "tests"}, ScriptedModel)
+
+
+def child_of(engine, eid: str, step: str = "think") -> str:
+    found = [e.data["child"] for e in engine.history(eid) if e.kind == K.CHILD_SUBMITTED and e.step == step]
+    assert found, f"step {step} started no child"
+    return found[-1]
+
+
+def test_an_agent_step_runs_as_a_child_agent_run_and_its_result_feeds_the_steps_after_it(inproc) -> None:
+    scripted(inproc)
+    eid = inproc.submit(pipeline("Count the ${{ steps.fetch.output.n }} apples"))
+    view = inproc.wait(eid, timeout=60)
+    assert view.status == ExecutionStatus.COMPLETED, view
+    # the step's output is the agent's reported outputs; the instruction reached it rendered
+    assert view.outputs["steps"]["think"] == {"answer": 42, "goal": "Count the 3 apples"}
+    assert view.outputs["outputs"] == {"answer": 42}
+    child = inproc.status(child_of(inproc, eid))
+    assert child.status == ExecutionStatus.COMPLETED
+    assert (child.sop, child.mode, child.steps) == ("pipe.think", "agent_centric", {})
+    assert child.agent["model"] == "scripted" and child.agent["outputs"] == {"answer": 42, "goal": "Count the 3 apples"}
+    submitted = inproc.history(child.id)[0]
+    assert submitted.data["parent"] == eid
+    assert submitted.data["request"]["definition"]["agent"] == {"model": "scripted",
+                                                                "instruction": "Count the 3 apples"}
+    kinds = [e.kind for e in inproc.history(child.id)]
+    assert K.MODEL_CALLED in kinds and kinds[-2:] == [K.AGENT_REPORTED, K.FINISHED]
+
+
+def test_an_agent_step_with_the_offline_model_succeeds_with_no_outputs(inproc) -> None:
+    view = inproc.wait(inproc.submit(pipeline("Look around", model=None)), timeout=60)
+    assert view.status == ExecutionStatus.PARTIALLY_COMPLETED  # `use` reads an answer the agent did not give
+    assert view.steps["think"].status == StepStatus.SUCCEEDED
+    assert view.outputs["steps"]["think"] == {}
+    assert "has no attribute 'answer'" in view.steps["use"].error
+
+
+def test_an_agent_that_stops_without_finishing_fails_its_step_and_halts_what_depends_on_it(inproc) -> None:
+    scripted(inproc)
+    eid = inproc.submit(pipeline("GIVE UP at once"))
+    view = inproc.wait(eid, timeout=60)
+    assert view.status == ExecutionStatus.PARTIALLY_COMPLETED
+    think = view.steps["think"]
+    assert think.status == StepStatus.FAILED and think.attempts == 1
+    assert think.error.startswith(f"AgentStepFailed: agent step's execution {child_of(inproc, eid)} ended failed: "
+                                  "the agent stopped without reporting a result")
+    assert view.steps["use"].status == StepStatus.UPSTREAM_FAILED
+    assert inproc.status(child_of(inproc, eid)).status == ExecutionStatus.FAILED
+
+
+def test_cancelling_the_parent_cancels_the_agent_child(inproc) -> None:
+    scripted(inproc)
+    eid = inproc.submit(pipeline("HOLD until cancelled"))
+    child = wait_for(lambda: [e.data["child"] for e in inproc.history(eid) if e.kind == K.CHILD_SUBMITTED], 60)[0]
+    wait_for(lambda: any(e.kind == K.AGENT_STARTED for e in inproc.history(child)), 60)
+    inproc.cancel(eid)
+    view = inproc.wait(eid, timeout=60)
+    assert view.status == ExecutionStatus.CANCELLED
+    assert view.steps["think"].status == StepStatus.CANCELLED
+    assert view.steps["use"].status == StepStatus.CANCELLED
+    assert inproc.wait(child, timeout=60).status == ExecutionStatus.CANCELLED
+    assert [e.data["by"] for e in inproc.history(child) if e.kind == K.CANCEL_REQUESTED] == ["its parent execution"]
+
+
+def test_an_agent_step_in_an_agent_centric_run_runs_through_its_step_tool(inproc) -> None:
+    from runtime.replay import replay
+
+    scripted(inproc)
+    sop = agent_sop([
+        {"id": "fetch", "uses": ECHO, "with": {"value": {"n": 5}}},
+        {"id": "think", "uses": "agent", "depends_on": ["fetch"],
+         "with": {"instruction": "Weigh ${{ steps.fetch.output.n }} pears", "model": "scripted"}},
+        {"id": "use", "uses": ECHO, "depends_on": ["think"], "with": {"value": "${{ steps.think.output.goal }}"}},
+    ], name="outer", outputs={"said": "${{ steps.use.output }}"})
+    eid = inproc.submit(sop)
+    view = inproc.wait(eid, timeout=60)
+    assert view.status == ExecutionStatus.COMPLETED, view
+    assert view.mode == "agent_centric" and view.agent["model"] == "offline"
+    assert view.outputs["outputs"] == {"said": "Weigh 5 pears"}
+    history = inproc.history(eid)
+    calls = [part["function_call"]["name"] for e in history if e.kind == K.MODEL_CALLED
+             for part in e.data["response"]["content"]["parts"] if "function_call" in part]
+    assert calls[:3] == ["step_fetch", "step_think", "step_use"]  # the parent's agent ran it through its tool
+    child = inproc.status(child_of(inproc, eid))
+    assert (child.sop, child.status, child.agent["model"]) == ("outer.think", ExecutionStatus.COMPLETED, "scripted")
+    report = replay(history)
+    assert report.deterministic, report.render()
+
+
+def test_a_replay_of_a_parent_with_an_agent_step_is_exact_and_runs_nothing_live(inproc) -> None:
+    from runtime.replay import replay
+
+    scripted(inproc)
+    eid = inproc.submit(pipeline("Count the ${{ steps.fetch.output.n }} apples"))
+    inproc.wait(eid, timeout=60)
+    # The replay's engine knows no 'scripted' model: a child run live would fail, and so would the replay.
+    report = replay(inproc.history(eid))
+    assert report.deterministic, report.render()
+    assert report.handlers_run == 0 and report.replayed_status == "completed"
+
+
+def test_a_replay_from_an_agent_step_runs_its_agent_again_live(inproc) -> None:
+    from runtime.replay import replay
+
+    eid = inproc.submit(pipeline("Look around", model=None))
+    inproc.wait(eid, timeout=60)
+    report = replay(inproc.history(eid), "think")
+    assert report.rerun == ["think", "use"]
+    assert report.deterministic, report.render()
