@@ -257,6 +257,9 @@ def agent_child_sop(parent: Sop, step: Step, args: dict[str, Any]) -> Sop:
     instruction = args.get("instruction")
     if not isinstance(instruction, str):  # one expression rendered to data: the agent reads it as JSON
         instruction = json.dumps(instruction, default=str)
+    if not instruction.strip():
+        raise ValueError("with.instruction rendered to empty text, so the agent has nothing to do; check the "
+                         "values it reads")
     tools = args.get("tools") or []
     if not isinstance(tools, list | tuple) or not all(isinstance(t, str) and "." in t for t in tools):
         raise ValueError(f"with.tools must be a list of <data source>.<tool> names, got {tools!r}")
