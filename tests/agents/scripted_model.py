@@ -4,12 +4,15 @@ Registered in a test's registry (``registry.register("model", "scripted", {}, Sc
 
 - a goal with ``GIVE UP`` answers text and never calls ``finish`` (the agent stops without a result);
 - a goal with ``HOLD`` never answers (a session that runs until it is cancelled);
+- a goal ``WAIT FOR <path>`` answers once that file exists, then as any other goal;
 - any other goal calls ``finish`` with ``{"answer": 42, "goal": <the goal as the agent read it>}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import AsyncGenerator
 
 from google.adk.models.base_llm import BaseLlm
@@ -32,6 +35,10 @@ class ScriptedModel(BaseLlm):
                        for c in llm_request.contents for p in c.parts or ())
         if "HOLD" in goal:
             await asyncio.Event().wait()  # until the session is cancelled
+        if goal.startswith("WAIT FOR ") and not finished:
+            deadline = time.monotonic() + 120
+            while not os.path.exists(goal[len("WAIT FOR "):]) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # a file another process makes: polled, nothing to wait on
         if finished or "GIVE UP" in goal:
             yield LlmResponse(content=types.Content(role="model", parts=[types.Part(text="I stop here.")]))
             return

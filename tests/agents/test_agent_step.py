@@ -136,3 +136,30 @@ def test_a_replay_from_an_agent_step_runs_its_agent_again_live(inproc) -> None:
     report = replay(inproc.history(eid), "think")
     assert report.rerun == ["think", "use"]
     assert report.deterministic, report.render()
+
+
+def test_an_agent_step_follows_its_child_after_a_restart_and_runs_one_child(tmp_path) -> None:
+    from runtime import Engine, Registry
+
+    registry, gate, state = Registry(), tmp_path / "gate", str(tmp_path / "state.db")
+    registry.register("model", "scripted", {}, ScriptedModel)
+    first = Engine.in_process(state=state, registry=registry)
+    try:
+        eid = first.submit(pipeline(f"WAIT FOR {gate}"))
+        child = wait_for(lambda: [e.data["child"] for e in first.history(eid) if e.kind == K.CHILD_SUBMITTED], 60)[0]
+        wait_for(lambda: any(e.kind == K.MODEL_CALLED or e.kind == K.AGENT_STARTED for e in first.history(child)), 60)
+    finally:
+        first.shutdown()  # the engine stops with the agent step's child running
+    second = Engine.in_process(state=state, registry=registry)
+    try:
+        gate.touch()
+        view = second.wait(eid, timeout=60)
+        assert view.status == ExecutionStatus.COMPLETED, view
+        assert view.steps["think"].attempts == 1
+        assert view.outputs["steps"]["think"] == {"answer": 42, "goal": f"WAIT FOR {gate}"}
+        history = second.history(eid)
+        assert [e.data["child"] for e in history if e.kind == K.CHILD_SUBMITTED] == [child]
+        assert any(e.kind == K.RECOVERED for e in history)
+        assert [e.data["session"] for e in second.history(child) if e.kind == K.AGENT_STARTED] == [1, 2]
+    finally:
+        second.shutdown()
