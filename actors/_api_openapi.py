@@ -62,7 +62,27 @@ _SCHEMAS = {
         "submitted_at": {"type": "number", "description": "Seconds since the epoch."},
         "ended_at": {"type": ["number", "null"]}, "outputs": {"type": ["object", "null"]},
         "priority": {"type": "integer"}, "trace_id": {"type": ["string", "null"]},
-        "alerts": {"type": "array", "items": {"type": "object"}, "description": "Alerts raised for it."}}},
+        "alerts": {"type": "array", "items": {"type": "object"}, "description": "Alerts raised for it."},
+        "agent": {"oneOf": [_ref("Agent"), {"type": "null"}],
+                  "description": "Its agent (an Agent Centric Run); null for a System Design Run."}}},
+    "Agent": {"type": "object", "description": "The agent following the SOP: what it last said, what it spent, "
+                                               "what it decided.", "properties": {
+        "session": {"type": "integer", "description": "1, or more after its host was lost and it resumed."},
+        "agent": {"type": "string", "description": "<sop>/<execution>"}, "model": {"type": "string"},
+        "host": {"type": "string", "description": "Where the session runs (a host actor, or local)."},
+        "message": {"type": "string", "description": "Its last status message."},
+        "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "seen": {"type": ["number", "null"], "description": "When it was last heard from (epoch seconds)."},
+        "decisions": {"type": "array", "items": _ref("Decision")},
+        "model_calls": {"type": "integer"}, "tool_calls": {"type": "integer", "description": "MCP tool calls."},
+        "tokens": {"type": "integer", "description": "Prompt and response tokens of its model calls."},
+        "lost": {"type": "integer", "description": "Sessions lost (and started again)."},
+        "summary": {"type": "string", "description": "Its own account of the run, once it finished."},
+        "outputs": {"type": ["object", "null"], "description": "The outputs it reported."}}},
+    "Decision": {"type": "object", "required": ["decision", "rationale"], "properties": {
+        "step": {"type": ["string", "null"]},
+        "decision": {"type": "string", "description": "run, skip, halt, escalate or the agent's own word."},
+        "rationale": {"type": "string"}, "at": {"type": "number"}}},
     "Event": {"type": "object", "required": ["execution_id", "seq", "kind", "ts"], "properties": {
         "execution_id": {"type": "string"}, "seq": {"type": "integer", "minimum": 1},
         "kind": {"type": "string", "enum": [k.value for k in EventKind]}, "ts": {"type": "number"},

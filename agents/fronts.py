@@ -21,6 +21,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from agents.host import AgentHost as _AgentHost
 from runtime.config import EngineConfig
 from runtime.seams import AgentSessionSpec
+from runtime.telemetry import setup_tracing
 
 log = logging.getLogger("sopflow.agents")
 
@@ -34,6 +35,7 @@ class AgentHost(_AgentHost):
 
     def __init__(self, name: str, config: EngineConfig) -> None:
         super().__init__(name, config)
+        setup_tracing("sopflow-agent-host")  # ADK's spans go through the process's global tracer provider
 
     async def run_session(self, spec: AgentSessionSpec, coordinator: Any) -> dict[str, Any]:
         """Run a session to its end, calling the engine through the coordinator actor."""

@@ -18,10 +18,13 @@ from google.adk.models.base_llm import BaseLlm
 from google.adk.tools.base_tool import BaseTool
 
 from agents.context import AgentContext
+from agents.mcp.pool import McpPool
+from agents.mcp.source import SourceSpec
 from agents.session import run_session
-from agents.tools import EnginePort
+from agents.tools import EnginePort, mcp_tools_for
 from runtime.config import EngineConfig
 from runtime.seams import AgentSessionSpec
+from sop import render
 
 log = logging.getLogger("sopflow.agents")
 
@@ -40,6 +43,9 @@ class AgentHost:
         self.config = config or EngineConfig(state="memory://")
         self.registry = registry
         self.sessions: dict[tuple[str, int], asyncio.Task] = {}
+        self._pool: McpPool | None = None
+        # ADK puts prompts and answers into its spans unless told not to: only when configured
+        os.environ.setdefault("ADK_CAPTURE_MESSAGE_CONTENT_IN_SPANS", str(self.config.agent_trace_content).lower())
 
     async def run(self, spec: AgentSessionSpec, port: EnginePort) -> dict[str, Any]:
         """Run a session to its end (see :func:`agents.session.run_session`)."""
@@ -49,10 +55,13 @@ class AgentHost:
             self.sessions[key] = task
         try:
             ctx = AgentContext.from_spec(spec)
-            return await run_session(spec, port, model=self.model_for(ctx), mcp_tools=self.mcp_tools,
+            return await run_session(spec, port, model=self.model_for(ctx),
+                                     mcp_tools=lambda c: self.mcp_tools(c, spec.replay),
                                      idempotent=self._idempotent(ctx), heartbeat_s=self.config.agent_heartbeat_s)
         finally:
             self.sessions.pop(key, None)
+            if self._pool is not None and not any(k[0] == spec.execution_id for k in self.sessions):
+                await self._pool.release(spec.execution_id)  # its MCP servers stop when no session needs them
 
     def cancel(self, execution_id: str, session: int) -> bool:
         """Stop a session (its execution was cancelled or moved on); False when it is not here."""
@@ -68,9 +77,44 @@ class AgentHost:
 
         return build_model(ctx.settings, api_key=ctx.api_key(), limiter=None, registry=self.registry)
 
-    async def mcp_tools(self, ctx: AgentContext) -> list[BaseTool]:
-        """The MCP tools the SOP lets the agent call itself (none until a pool is attached)."""
-        return []
+    @property
+    def pool(self) -> McpPool:
+        """The host's MCP client pool: one session per server, shared by the sessions using it."""
+        if self._pool is None:
+            self._pool = McpPool()
+        return self._pool
+
+    async def mcp_tools(self, ctx: AgentContext, replay: bool = False) -> list[BaseTool]:
+        """The MCP tools the SOP lets the agent call itself, described as their servers list them.
+
+        An offline replay reaches no server: its tools are not described (the recording answers them).
+        """
+        sources = {name: self._source(ctx, name) for name in {src for src, _ in ctx.tools}}
+
+        async def call(source: str, tool: str, arguments: dict[str, Any]) -> Any:
+            idempotent = tool in ctx.data_sources[source].idempotent_tools
+            result = await self.pool.call(sources[source], tool, arguments, owner=ctx.execution_id,
+                                          idempotent=idempotent)
+            return result.data if isinstance(result.data, dict) else {"result": result.data}
+
+        described: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {}
+        if not replay:
+            for name, spec in sources.items():
+                for tool in await self.pool.list_tools(spec, owner=ctx.execution_id):
+                    described[(name, tool.name)] = (tool.description or "", tool.input_schema)
+        return mcp_tools_for(ctx, call, described)
+
+    def _source(self, ctx: AgentContext, name: str) -> SourceSpec:
+        """Source ``name`` with its credentials rendered from the run's (secret) inputs, for the call only."""
+        context = {"inputs": ctx.inputs}
+        return SourceSpec.from_data_source(name, ctx.data_sources[name], lambda v: render(v, context))
+
+    async def close(self) -> None:
+        """Stop every session and MCP server this host holds."""
+        for task in list(self.sessions.values()):
+            task.cancel()
+        if self._pool is not None:
+            await self._pool.close()
 
     def _idempotent(self, ctx: AgentContext) -> Callable[[str], bool]:
         from agents.instruction import mcp_tool_name

@@ -206,7 +206,9 @@ class SessionRecorder(BasePlugin):
             return
         started = self._tool_started.pop(index)
         await self._record("tool", {"index": index, "tool": tool.name, "request": tool_digest(tool.name, tool_args),
-                                    "result": result, "ok": ok, "duration_s": round(time.monotonic() - started, 6)})
+                                    "result": result, "ok": ok, "duration_s": round(time.monotonic() - started, 6),
+                                    "source": getattr(tool, "source", None), "arguments": tool_args,
+                                    "result_bytes": len(json.dumps(result, default=str))})
 
     async def _record(self, kind: str, data: dict[str, Any]) -> None:
         await self.port("record", {"records": [(kind, data)]}, None)

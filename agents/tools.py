@@ -147,3 +147,16 @@ def engine_tools(ctx: AgentContext, port: EnginePort, calls: CallIndex) -> list[
         FinishTool("finish", "Report your result to the engine and end the run.", port, calls),
     ]
     return tools
+
+
+def mcp_tools_for(ctx: AgentContext, call: Callable[[str, str, dict[str, Any]], Awaitable[Any]],
+                  described: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] | None = None) -> list[BaseTool]:
+    """One tool per MCP tool the SOP lets the agent call (``agent.tools``), and no other.
+
+    Args:
+        call: Makes the call (the host's pool).
+        described: ``(source, tool) -> (description, input schema)`` as the servers list them;
+            without it (an offline replay, which reaches no server) tools take any object.
+    """
+    described = described or {}
+    return [McpTool(source, tool, *described.get((source, tool), ("", None)), call=call) for source, tool in ctx.tools]

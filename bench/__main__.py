@@ -27,6 +27,8 @@ BENCHMARKS: dict[str, str] = {
     "durability": "bench.durability",
     "cli": "bench.cli",
     "logs": "bench.logs",
+    "agents": "bench.agents",
+    "mcp": "bench.mcp_pool",
 }
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

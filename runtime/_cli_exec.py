@@ -212,6 +212,30 @@ def _print_view(view: ExecutionView, fmt: str) -> None:
     for alert in view.alerts:  # raised by the alert rules (runtime/alerts.py)
         out.print(f"[bold red]alert[/bold red] {escape(str(alert.get('rule')))}: {escape(str(alert.get('reason')))}")
     out.print(_steps_table(view))
+    if view.agent is not None:
+        _print_agent(out, view.agent)
+
+
+def _print_agent(out: Any, agent: dict[str, Any]) -> None:
+    """The agent of an Agent Centric Run: who it is, what it last said, what it spent, what it decided."""
+    lost = f", {agent.get('lost')} session(s) lost" if agent.get("lost") else ""
+    out.print(f"[bold]agent[/bold] {escape(str(agent.get('agent') or ''))}  model {escape(str(agent.get('model')))}"
+              f"  session {agent.get('session')} on {escape(str(agent.get('host') or '?'))}{lost}")
+    done = "" if agent.get("progress") is None else f" ({agent['progress']:.0%})"
+    out.print(f"  status: {escape(str(agent.get('message') or '(nothing yet)'))}{done}")
+    out.print(f"  {agent.get('model_calls', 0)} model calls, {agent.get('tool_calls', 0)} tool calls, "
+              f"{agent.get('tokens', 0)} tokens")
+    if agent.get("summary"):
+        out.print(f"  summary: {escape(str(agent['summary']))}")
+    decisions = agent.get("decisions") or []
+    if decisions:
+        table = Table("step", "decision", "rationale", box=None, pad_edge=False, header_style="bold",
+                      title="decisions", title_justify="left")
+        table.columns[2].overflow = "fold"
+        for d in decisions:
+            table.add_row(escape(str(d.get("step") or "-")), escape(str(d.get("decision"))),
+                          escape(str(d.get("rationale"))))
+        out.print(table)
 
 
 def _view_dict(view: ExecutionView) -> dict[str, Any]:
@@ -222,7 +246,7 @@ def _view_dict(view: ExecutionView) -> dict[str, Any]:
                           "classification": s.classification,
                           **({"progress": s.progress, "message": s.message} if s.progress is not None or s.message
                              else {})} for k, s in view.steps.items()},
-            "outputs": view.outputs, "trace_id": view.trace_id, "alerts": view.alerts}
+            "outputs": view.outputs, "trace_id": view.trace_id, "alerts": view.alerts, "agent": view.agent}
 
 
 def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -300,6 +324,11 @@ def register_commands(main: click.Group) -> None:
         if not report.ok:
             print_problems(report, console(stderr=True))
             sys.exit(1)
+        if mode is not None and report.sop is not None:  # refuse a mode that does not fit before a cluster starts
+            from runtime.compare import mode_problem
+
+            if (problem := mode_problem(report.sop, mode)) is not None:
+                raise click.UsageError(f"cannot run {file} in mode {mode}: {problem}")
         engine, temporary = _connect(address, start_if_missing=True, working_dir=working_dir)
         if detach and temporary:
             raise click.ClickException(

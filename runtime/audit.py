@@ -284,8 +284,9 @@ def _agent_entry(event: Event, k: EventKind, add: Any) -> None:
         ok = bool(d.get("ok", True))
         add(LogKind.DATA_ACCESS, logging.INFO if ok else logging.WARNING,
             f"agent called MCP tool {d.get('tool')}: {'ok' if ok else 'failed'} in {_secs(d.get('duration_s'))}",
-            "ok" if ok else "failed", _some(tool=d.get("tool"), request=d.get("request"), by="agent",
-                                            duration_s=d.get("duration_s")))
+            "ok" if ok else "failed", _some(server=d.get("source"), tool=d.get("tool"), request=d.get("request"),
+                                            by="agent", arguments=d.get("arguments"),
+                                            result_bytes=d.get("result_bytes"), duration_s=d.get("duration_s")))
     elif k is _K.MODEL_CALLED:
         add(LogKind.AGENT, logging.DEBUG, f"model {p.summary()} in {_secs(d.get('duration_s'))}", "model_called",
             _some(index=d.get("index"), prompt_tokens=d.get("prompt_tokens"),

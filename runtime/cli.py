@@ -21,6 +21,7 @@ _COMMANDS = {
     **dict.fromkeys(("history", "export", "import", "replay", "recover", "decide"), "runtime._cli_log"),
     **dict.fromkeys(("backup", "check"), "runtime._cli_store"),
     "metrics": "runtime._cli_metrics",
+    "compare": "runtime._cli_compare",
     "logs": "runtime._cli_logs",
 }
 """Which module defines each command: a command imports only its own module, so ``sopflow status``

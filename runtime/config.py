@@ -96,6 +96,9 @@ class EngineConfig:
             again from its recording (it must exceed ``agent_heartbeat_s``).
         agent_restarts: How many times a lost session is started again before its execution
             fails.
+        agent_trace_content: Put model prompts and answers into the agent's trace spans (off by
+            default: they may hold business data; ``ADK_CAPTURE_MESSAGE_CONTENT_IN_SPANS`` set in
+            the hosts' environment wins).
     """
 
     state: str = ""
@@ -122,6 +125,7 @@ class EngineConfig:
     agent_heartbeat_s: float = 30.0
     agent_silence_s: float = 90.0
     agent_restarts: int = 3
+    agent_trace_content: bool = False
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory

@@ -60,6 +60,10 @@ class LocalFailurePolicy:
         return decide(error, attempt, exe.sop.effective_retry(step), memory)
 
 
+_AGENT_FIRE_AND_FORGET = frozenset({"status", "record"})
+"""Agent calls answered without waiting for durability (see :meth:`CoordinatorCore.agent_call`)."""
+
+
 class CoordinatorCore:
     """Owns executions; see the module docstring.
 
@@ -381,7 +385,10 @@ class CoordinatorCore:
     async def agent_call(self, execution_id: str, session: int, op: str, args: dict[str, Any],
                          call: int | None = None) -> Any:
         """One call of an execution's agent session (see :mod:`runtime.agentic`); answered once what
-        it changed is durable (a step call: once the step has ended).
+        it changed is durable (a step call: once the step has ended). Status reports and recorded model
+        answers are answered at once: losing the last of them in a crash costs a repeated model call,
+        not a wrong outcome; a ``tool_started`` record waits, since the call it announces must not
+        run before an interruption of it can be seen.
 
         Raises:
             AgentSessionEnded: the execution ended, or the session was replaced by a newer one.
@@ -393,7 +400,8 @@ class CoordinatorCore:
         result = self.machine.agent_op(exe, session, op, args, call)
         if isinstance(result, asyncio.Future):
             result = await result
-        await self.journal.durable()
+        if op not in _AGENT_FIRE_AND_FORGET or any(kind == "tool_started" for kind, _ in args.get("records", ())):
+            await self.journal.durable()
         return result
 
     async def list_ids(self) -> list[str]:

@@ -170,6 +170,27 @@ def _outputs(view: ExecutionView) -> str:
     return f'<details style="{_FONT}"><summary>outputs</summary>{_pre(text)}</details>'
 
 
+def agent_html(view: ExecutionView) -> str:
+    """The agent of an Agent Centric Run: a line on it and the table of its decisions with their
+    rationales; empty for a DAG run."""
+    agent = view.agent
+    if agent is None:
+        return ""
+    facts = [f"<b>agent</b> {escape(str(agent.get('agent') or ''))}", f"model {escape(str(agent.get('model')))}",
+             f"session {escape(str(agent.get('session')))} on {escape(str(agent.get('host') or '?'))}",
+             f"{escape(str(agent.get('model_calls', 0)))} model calls",
+             f"{escape(str(agent.get('tool_calls', 0)))} tool calls", f"{escape(str(agent.get('tokens', 0)))} tokens"]
+    if agent.get("lost"):
+        facts.append(f"{escape(str(agent['lost']))} session(s) lost")
+    said = f'<div style="{_FONT};margin:4px 0">status: {escape(str(agent.get("message") or "(nothing yet)"))}</div>'
+    decisions = list(agent.get("decisions") or ())
+    rows = [[escape(str(d.get("step") or "-")), escape(str(d.get("decision"))), _pre(str(d.get("rationale") or "")),
+             escape(_when(d.get("at")))] for d in decisions[:MAX_ROWS]]
+    table = _table(["step", "decision", "rationale", "at"], rows, "sopflow-decisions", len(decisions),
+                   " (view.decisions has them all)") if decisions else ""
+    return f'<div style="{_FONT};margin:6px 0 2px 0">' + " · ".join(facts) + "</div>" + said + table
+
+
 def legend(states: Iterable[StepStatus] = tuple(StepStatus)) -> str:
     """The colour of each step state, as a line of chips."""
     chips = "".join(
@@ -194,7 +215,8 @@ def dag_of(view: ExecutionView, sop: Any, now: float | None = None) -> str:
 
 
 def execution_html(view: ExecutionView, sop: Any = None, *, now: float | None = None) -> str:
-    """An execution as HTML: header, the DAG coloured by state (when ``sop`` is given), steps, outputs.
+    """An execution as HTML: header, the DAG coloured by state (when ``sop`` is given), steps, the
+    agent and its decisions (an Agent Centric Run), outputs.
 
     Args:
         view: What ``engine.status``/``wait`` returned.
@@ -210,6 +232,7 @@ def execution_html(view: ExecutionView, sop: Any = None, *, now: float | None = 
         else:
             parts.append(sop_svg_or_note(sop))
     parts.append(steps_table(view, now))
+    parts.append(agent_html(view))
     parts.append(_outputs(view))
     return f'<div class="sopflow-execution" style="{_FONT}">{"".join(parts)}</div>'
 

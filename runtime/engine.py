@@ -17,7 +17,7 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime.config import PRIORITY_CLASSES, EngineConfig
 from runtime.display import ExecutionList
@@ -32,6 +32,9 @@ from runtime.status import ExecutionStatus, ExecutionView
 from sop import Mode, Sop, check_file, check_text
 from sop.paths import SubSopPathError, resolve_sub_sop
 from sop.validate import BUILTIN_HANDLERS, ValidationReport, choose_mode
+
+if TYPE_CHECKING:
+    from runtime.compare import Comparison
 
 DEFAULT_NAMESPACE = "sopflow"
 _UNREAD: Any = object()  # the job's runtime_env, not read yet
@@ -299,6 +302,50 @@ class Engine:
                              self._subsops(model, base, ()), _secrets(model), source,
                              definition=sop_definition(model), priority_class=priority_class,
                              submitted_by=submitter(submitted_by), runtime_env=self._runtime_env())
+
+    def compare(self, sop: str | os.PathLike[str] | Sop, inputs: Mapping[str, Any] | None = None, *,
+                timeout: float | None = None, inputs_from_text: bool = False) -> Comparison:
+        """Run an SOP once in each mode, wait for both, and say whether they came to the same result.
+
+        Equivalent means: the same final status, equal SOP outputs, every step ended the
+        same way (an agent's ``skip`` and a DAG's false ``when`` are both ``skipped``) and
+        equal outputs of the steps that succeeded (see :mod:`runtime.compare`). Both runs
+        are submitted before either is waited for, so they run side by side.
+
+        Returns:
+            A :class:`runtime.compare.Comparison` (``equivalent``, both ids, ``differences``).
+
+        Raises:
+            SopValidationError: the SOP is invalid.
+            SubmissionError: it fits one mode only (the message says why), or its inputs do not fit;
+                nothing was submitted.
+            ExecutionTimeout: a run was still going after ``timeout`` seconds (both are left running).
+        """
+        import time
+
+        from runtime.compare import MODES, RunResult, check_both_modes, compare_results
+
+        model, _, source = self.load(sop)
+        check_both_modes(model, source)
+        key = uuid.uuid4().hex
+        # Both requests are built (inputs checked) before either is submitted: all or nothing.
+        requests = [self._request(sop if not isinstance(sop, Sop) else model, dict(inputs or {}), mode=mode,
+                                  priority=None, idempotency_key=f"compare:{key}:{mode}",
+                                  inputs_from_text=inputs_from_text) for mode in MODES]
+        ids = [ExecutionId(self._conn.call("coordinator", "submit", r)) for r in requests]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results = []
+        for eid in ids:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                view = self.wait(eid, left)
+            except ExecutionTimeout as e:  # name the whole comparison's timeout, not what was left of it
+                raise ExecutionTimeout(str(eid), timeout or 0.0, e.status) from None
+            outputs = dict(view.outputs or {})
+            if next(descriptors(outputs), None) is not None:  # big values live as artifacts: compare values
+                outputs = self._conn.call("coordinator", "resolve", str(eid), outputs)
+            results.append(RunResult.from_view(view, outputs))
+        return compare_results(model.sop, *results)
 
     def _runtime_env(self) -> dict[str, Any] | None:
         """This client job's runtime_env, read once: the code (``working_dir`` ...) its steps run with."""

@@ -540,6 +540,12 @@ class ToolCalled(Payload):
     kind: ClassVar[EventKind] = EventKind.TOOL_CALLED
     index: int = 0
     tool: str = ""
+    """The agent's name of the tool (``<source>__<tool>``)."""
+    source: str | None = None
+    """The data source (MCP server) as the SOP names it."""
+    arguments: Any = None
+    """The arguments the agent gave (secrets masked)."""
+    result_bytes: int | None = None
     request: str = ""
     """A digest of the tool's name and arguments: replay matches calls by it."""
     result: Any = None
@@ -585,6 +591,9 @@ class AgentLost(Payload):
     kind: ClassVar[EventKind] = EventKind.AGENT_LOST
     session: int = 1
     reason: str = ""
+
+    def summary(self) -> str:
+        return f"session {self.session}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from runtime.events import Event, EventKind
 from runtime.execution import Execution
 from runtime.failure import Action, Classification, Decision, ErrorInfo
 from runtime.handlers import StepOutcome
-from runtime.plugins import agent_driver
+from runtime.plugins import agent_driver, step_runners
 from runtime.replay_report import ReplayReport, StepDiff, agent_differences, compare, normalise
 from runtime.request import request_from_log
 from runtime.runners import AgentStepRunner, InProcessRunner, SubSopRunner
@@ -64,8 +64,10 @@ class Recording:
                                    "recorded outcome", retryable=False)
         if event.kind == EventKind.STEP_SUCCEEDED:
             return StepOutcome(key, True, event.data.get("output"), duration_s=event.data.get("duration_s", 0.0)), None
-        error = ErrorInfo(event.data.get("error_type") or "RecordedError",
-                          str(event.data.get("error") or event.data.get("reason") or ""), retryable=False)
+        kind = event.data.get("error_type") or "RecordedError"
+        text = str(event.data.get("error") or event.data.get("reason") or "")
+        # the log keeps str(ErrorInfo), "<type>: <message>": the same error again, not "<type>: <type>: ..."
+        error = ErrorInfo(kind, text.removeprefix(f"{kind}: ") if text != kind else "", retryable=False)
         return StepOutcome(key, False, event.data.get("output"), error), None
 
 
@@ -221,6 +223,8 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
     # step), they start live children.
     coordinator.machine.runners["sop"] = RecordedRunner(recording, SubSopRunner(coordinator), decide)
     coordinator.machine.runners["agent"] = RecordedRunner(recording, AgentStepRunner(coordinator), decide)
+    for kind, fresh in step_runners(coordinator).items():  # mcp: ...: recorded, or live from the checkpoint on
+        coordinator.machine.runners[kind] = RecordedRunner(recording, fresh, decide)
     coordinator.recovery = {}  # a private, empty log: nothing to recover
     coordinator.machine.backoff_scale = 0.0  # retry backoffs are not waited out
     if recorded.agent is not None or any(s.handler == "agent" for s in probe.steps_by_id.values()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 import time
 from collections.abc import Iterator
@@ -19,8 +20,14 @@ defaults:
 
 
 def sop_text(body: str, name: str = "t", inputs: str = "", version: str = "1") -> str:
-    """An SOP with the test defaults (steps run in parallel on the 4 logical CPUs)."""
-    return f"sop: {name}\nversion: \"{version}\"\n{textwrap.dedent(inputs)}{DEFAULTS}{textwrap.dedent(body)}"
+    """An SOP with the test defaults (steps run in parallel on the 4 logical CPUs).
+
+    It runs as a System Design Run unless the body says ``mode:``: an SOP whose steps declare no
+    dependency would otherwise run agent-centric (property 33), and these tests are about the DAG.
+    """
+    body = textwrap.dedent(body)
+    mode = "" if re.search(r"^mode:", body, re.M) else "mode: system_design\n"
+    return f"sop: {name}\nversion: \"{version}\"\n{mode}{textwrap.dedent(inputs)}{DEFAULTS}{body}"
 
 
 def events_of(engine, execution_id: str) -> list:

@@ -111,3 +111,33 @@ steps:
     assert (child.sop, child.mode, child.status) == ("ray-agent-step.think", "agent_centric",
                                                      ExecutionStatus.COMPLETED)
     assert child.agent["host"].startswith("sopflow-agent-host-")
+
+
+def test_an_agent_run_is_one_trace_down_to_the_model_and_tool_calls_without_message_contents(engine) -> None:
+    """execution -> agent session (in the host actor) -> ADK's invoke_agent, generate_content and
+    execute_tool spans with gen_ai attributes, all in the execution's trace; no prompt text in them."""
+    import time
+
+    from tests.conftest import read_spans
+
+    sop = agent_sop([{"id": "a", "run": "echo secret-ish-output"}], name="traced-agent")
+    eid = engine.submit(sop)
+    view = engine.wait(eid, timeout=120)
+    engine.flush()
+    trace = view.trace_id
+    deadline = time.monotonic() + 30
+    while True:
+        spans = [s for s in read_spans() if s["context"]["trace_id"].removeprefix("0x") == trace]
+        names = {s["name"] for s in spans}
+        if {"invoke_agent sopflow_agent", "execute_tool step_a"} <= names or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert "execution traced-agent" in names and "agent session 1" in names, names
+    assert "invoke_agent sopflow_agent" in names and "execute_tool step_a" in names, names
+    assert any(n.startswith("generate_content") or n == "call_llm" for n in names), names
+    by_id = {s["context"]["span_id"]: s for s in spans}
+    session = next(s for s in spans if s["name"] == "agent session 1")
+    assert by_id[session["parent_id"]]["name"] == "execution traced-agent"  # across the actor boundary
+    tool = next(s for s in spans if s["name"] == "execute_tool step_a")
+    assert any(k.startswith("gen_ai.") for k in tool["attributes"])
+    assert all("Run the SOP now" not in str(s["attributes"]) for s in spans)  # no message contents

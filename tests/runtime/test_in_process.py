@@ -97,7 +97,7 @@ def test_an_engine_refused_its_state_file_leaves_no_thread_behind(tmp_path) -> N
 
 def test_list_shows_what_this_client_just_submitted(inproc) -> None:
     """The monitor is fed in batches; list() still reads this client's own writes."""
-    sop = "sop: listed\nversion: '1'\nsteps:\n  - id: a\n    uses: python:tests.handlers_for_tests:echo\n"
+    sop = "sop: listed\nversion: '1'\nmode: system_design\nsteps:\n  - id: a\n    uses: python:tests.handlers_for_tests:echo\n"
     for _ in range(20):
         eid = inproc.submit(sop)
         assert eid in {v.id for v in inproc.list(sop="listed")}

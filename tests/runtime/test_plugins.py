@@ -47,6 +47,12 @@ def plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (info / "entry_points.txt").write_text(
         f"[sopflow.step_runners]\nmcp = {module}:EchoRunner\nbroken = {module}:broken\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    # sopflow's own runners (agents.mcp) announce the same kinds: leave them out, so the echo one is seen
+    import runtime.plugins
+
+    found = runtime.plugins.entry_points
+    monkeypatch.setattr(runtime.plugins, "entry_points", lambda group: [
+        ep for ep in found(group=group) if not ep.value.startswith("agents.")])
     yield tmp_path
     sys.modules.pop(module, None)
 
