@@ -55,7 +55,8 @@ class AgentHost:
             self.sessions[key] = task
         try:
             ctx = AgentContext.from_spec(spec)
-            return await run_session(spec, port, model=self.model_for(ctx),
+            model = self.model_for(ctx) if not spec.replay else self._replay_model(ctx)
+            return await run_session(spec, port, model=model,
                                      mcp_tools=lambda c: self.mcp_tools(c, spec.replay),
                                      idempotent=self._idempotent(ctx), heartbeat_s=self.config.agent_heartbeat_s)
         finally:
@@ -76,6 +77,16 @@ class AgentHost:
         from agents.models import build_model
 
         return build_model(ctx.settings, api_key=ctx.api_key(), limiter=None, registry=self.registry)
+
+    def _replay_model(self, ctx: AgentContext) -> BaseLlm:
+        """An offline replay's model: every call is answered from the recording, so a model that cannot
+        be made here (registered elsewhere, no API key) is not needed; a stand-in that refuses calls."""
+        from runtime.errors import SopflowError
+
+        try:
+            return self.model_for(ctx)
+        except SopflowError as e:
+            return _NotInReplay(model=ctx.settings.model, why=str(e))
 
     @property
     def pool(self) -> McpPool:
@@ -125,6 +136,17 @@ class AgentHost:
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "sessions": len(self.sessions), "pid": os.getpid()}
+
+
+class _NotInReplay(BaseLlm):
+    """Stands in for a model an offline replay cannot make; the recording answers every call before it."""
+
+    why: str = ""
+
+    async def generate_content_async(self, llm_request: Any, stream: bool = False) -> Any:
+        raise RuntimeError(f"model {self.model!r} is not available in this replay ({self.why}) and the "
+                           "recording has no answer for this call")
+        yield  # an async generator, as BaseLlm's is
 
 
 class _LocalHandle:

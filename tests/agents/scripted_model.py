@@ -5,12 +5,14 @@ Registered in a test's registry (``registry.register("model", "scripted", {}, Sc
 - a goal with ``GIVE UP`` answers text and never calls ``finish`` (the agent stops without a result);
 - a goal with ``HOLD`` never answers (a session that runs until it is cancelled);
 - a goal ``WAIT FOR <path>`` answers once that file exists, then as any other goal;
+- a goal ``CALL <tool> <json arguments>`` calls that (MCP) tool, then finishes with its answer as outputs;
 - any other goal calls ``finish`` with ``{"answer": 42, "goal": <the goal as the agent read it>}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncGenerator
@@ -39,6 +41,14 @@ class ScriptedModel(BaseLlm):
             deadline = time.monotonic() + 120
             while not os.path.exists(goal[len("WAIT FOR "):]) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)  # a file another process makes: polled, nothing to wait on
+        if goal.startswith("CALL ") and not finished:
+            tool, arguments = goal[len("CALL "):].split(" ", 1)
+            answers = [p.function_response.response for c in llm_request.contents for p in c.parts or ()
+                       if p.function_response is not None and p.function_response.name == tool]
+            call = (types.FunctionCall(name="finish", args={"summary": "called", "outputs": answers[0]}) if answers
+                    else types.FunctionCall(name=tool, args=json.loads(arguments)))
+            yield LlmResponse(content=types.Content(role="model", parts=[types.Part(function_call=call)]))
+            return
         if finished or "GIVE UP" in goal:
             yield LlmResponse(content=types.Content(role="model", parts=[types.Part(text="I stop here.")]))
             return

@@ -163,3 +163,41 @@ def test_an_agent_step_follows_its_child_after_a_restart_and_runs_one_child(tmp_
         assert [e.data["session"] for e in second.history(child) if e.kind == K.AGENT_STARTED] == [1, 2]
     finally:
         second.shutdown()
+
+
+def test_an_agent_step_calls_the_mcp_tools_it_names_with_credentials_from_a_secret_input(inproc, tmp_path,
+                                                                                          monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the example ledger server seeds ./ledger.sqlite3
+    scripted(inproc)
+    token = "tok-3c1f9a7e-very-secret"
+    sop = yaml.safe_dump({
+        "sop": "books", "mode": "system_design",
+        "inputs": {"token": {"type": "string", "secret": True}, "account": {"type": "string"}},
+        "data_sources": {
+            "ledger": {"command": "python", "args": ["-m", "examples.mcp.ledger"],
+                       "env": {"LEDGER_TOKEN": "${{ inputs.token }}"}, "tools": ["bank_statement"]},
+            "unused": {"command": "python", "args": ["-m", "nowhere"], "tools": ["t"]}},
+        "steps": [{"id": "think", "uses": "agent", "with": {
+            "instruction": 'CALL ledger__bank_statement {"account": "${{ inputs.account }}"}',
+            "tools": ["ledger.bank_statement"], "model": "scripted"}}],
+        "outputs": {"days": "${{ steps.think.output.days | length }}"}}, sort_keys=False)
+    eid = inproc.submit(sop, {"token": token, "account": "ACME-001"})
+    view = inproc.wait(eid, timeout=120)
+    assert view.status == ExecutionStatus.COMPLETED, view
+    assert view.outputs["steps"]["think"]["account"] == "ACME-001"
+    assert view.outputs["outputs"]["days"] == len(view.outputs["steps"]["think"]["days"]) > 0
+    child = child_of(inproc, eid)
+    submitted = inproc.history(child)[0].data
+    assert submitted["inputs"] == {"token": "***"}  # only what its data source reads; the secret stays secret
+    assert submitted["request"]["secrets"] == ["token"]
+    assert list(submitted["request"]["definition"]["data_sources"]) == ["ledger"]
+    calls = [e.data for e in inproc.history(child) if e.kind == K.TOOL_CALLED]
+    assert [(c["source"], c["tool"], c["ok"]) for c in calls] == [("ledger", "ledger__bank_statement", True)]
+    everything = repr([e.data for e in inproc.history(eid)] + [e.data for e in inproc.history(child)])
+    assert token not in everything
+    # both replay offline: the parent from the child's recorded end, the child from its own recording
+    (tmp_path / "ledger.sqlite3").unlink()
+    assert inproc.replay(eid).deterministic
+    report = inproc.replay(child)
+    assert report.deterministic, report.render()
+    assert not (tmp_path / "ledger.sqlite3").exists()  # no server was started
