@@ -201,3 +201,15 @@ def test_an_agent_step_calls_the_mcp_tools_it_names_with_credentials_from_a_secr
     report = inproc.replay(child)
     assert report.deterministic, report.render()
     assert not (tmp_path / "ledger.sqlite3").exists()  # no server was started
+
+
+def test_an_agent_step_over_its_timeout_fails_and_its_child_is_cancelled(inproc) -> None:
+    scripted(inproc)
+    doc = yaml.safe_load(pipeline("HOLD past the timeout"))
+    doc["steps"][1].update({"timeout_s": 1, "retry": {"max_attempts": 1}})
+    eid = inproc.submit(yaml.safe_dump(doc))
+    view = inproc.wait(eid, timeout=60)
+    think = view.steps["think"]
+    assert (think.status, think.error) == (StepStatus.FAILED, "Timeout: agent step ran longer than timeout_s=1")
+    assert view.steps["use"].status == StepStatus.UPSTREAM_FAILED
+    assert inproc.wait(child_of(inproc, eid), timeout=60).status == ExecutionStatus.CANCELLED
