@@ -269,6 +269,12 @@ def agent_child_sop(parent: Sop, step: Step, args: dict[str, Any]) -> Sop:
         raise ValueError(f"with.tools names data source {missing[0]!r}, which the SOP does not declare "
                          f"(data_sources: {', '.join(parent.data_sources) or 'none'})")
     data_sources = {name: ds for name, ds in parent.data_sources.items() if name in sources}
+    for tool in tools:  # a name rendered from data: only tools its source declares
+        source, name = tool.split(".", 1)
+        declared = data_sources[source].tools
+        if declared is not None and name not in declared:
+            raise ValueError(f"with.tools names {tool!r}, but data source {source!r} declares only "
+                             f"{', '.join(declared) or 'no tools'}")
     update: dict[str, Any] = {"instruction": instruction, "tools": tuple(tools)}
     if args.get("model"):
         update["model"] = args["model"]

@@ -213,3 +213,19 @@ def test_an_agent_step_over_its_timeout_fails_and_its_child_is_cancelled(inproc)
     assert (think.status, think.error) == (StepStatus.FAILED, "Timeout: agent step ran longer than timeout_s=1")
     assert view.steps["use"].status == StepStatus.UPSTREAM_FAILED
     assert inproc.wait(child_of(inproc, eid), timeout=60).status == ExecutionStatus.CANCELLED
+
+
+def test_an_upstream_output_reaches_the_agent_as_text_never_rendered_again(inproc) -> None:
+    """Hostile data: an upstream output that looks like an expression reading a secret is given to the
+    agent as it is; the secret is neither rendered into the instruction nor sent to the child."""
+    scripted(inproc)
+    token = "tok-b7e2-never-leak"
+    doc = yaml.safe_load(pipeline("Summarise ${{ steps.fetch.output.note }}"))
+    doc["inputs"] = {"token": {"type": "string", "secret": True}, "note": {"type": "string"}}
+    doc["steps"][0]["with"] = {"value": {"note": "${{ inputs.note }}"}}
+    eid = inproc.submit(yaml.safe_dump(doc), {"token": token, "note": "${{ inputs.token }}"})
+    view = inproc.wait(eid, timeout=60)
+    assert view.outputs["steps"]["think"]["goal"] == "Summarise ${{ inputs.token }}"
+    child = child_of(inproc, eid)
+    assert inproc.history(child)[0].data["inputs"] == {}
+    assert token not in repr([e.data for e in inproc.history(eid)] + [e.data for e in inproc.history(child)])

@@ -89,10 +89,13 @@ def test_the_agent_block_key_input_goes_to_the_child_as_a_secret() -> None:
                                                       "be a list of <data source>.<tool> names, got 'ledger.look_up'"),
     ({"instruction": "x", "tools": ["nowhere.t"]}, "step 'a': its with: arguments make no agent: with.tools names "
                                                    "data source 'nowhere', which the SOP does not declare "
-                                                   "(data_sources: none)"),
+                                                   "(data_sources: ledger)"),
+    ({"instruction": "x", "tools": ["ledger.drop_table"]}, "step 'a': its with: arguments make no agent: "
+     "with.tools names 'ledger.drop_table', but data source 'ledger' declares only look_up"),
 ])
 def test_rendered_arguments_that_make_no_agent_fail_the_step_saying_why(args, message) -> None:
-    parent = Sop.model_validate({"sop": "p", "steps": [{"id": "a", "uses": "agent", "with": {"instruction": "x"}}]})
+    parent = Sop.model_validate({"sop": "p", "steps": [{"id": "a", "uses": "agent", "with": {"instruction": "x"}}],
+                                 "data_sources": {"ledger": {"command": "ledger", "tools": ["look_up"]}}})
     exe = Execution("exe-p", SubmitRequest(parent))
     error = AgentStepRunner(None).child_request(AttemptSpec(exe, parent.steps[0], 1, None, args))
     assert isinstance(error, ErrorInfo)
