@@ -53,6 +53,8 @@ def mode_fit(declared: str, depends: Mapping[str, Sequence[str]],
         if has_deps:
             return ModeFit(Mode.SYSTEM_DESIGN, "auto: steps declare dependencies, so they run as a DAG")
         return ModeFit(Mode.AGENT_CENTRIC, "auto: no step declares dependencies, so an agent follows the SOP")
+    if declared == Mode.AGENT_CENTRIC and not depends:
+        return ModeFit(Mode.AGENT_CENTRIC, "declared agent_centric; no steps: the agent follows agent.instruction")
     if declared == Mode.AGENT_CENTRIC:
         dependents: dict[str, int] = {}
         for deps in depends.values():

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sop import check_text
 from sop.modes import mode_fit
@@ -14,6 +18,7 @@ def test_an_agent_centric_sop_with_an_instruction_may_have_no_steps() -> None:
     report = check_text(AGENT_ONLY)
     assert report.ok, report.problems
     assert report.mode.value == "agent_centric" and report.sop.steps == ()
+    assert report.mode_reason == "declared agent_centric; no steps: the agent follows agent.instruction"
 
 
 @pytest.mark.parametrize(("text", "message", "line"), [
@@ -53,3 +58,18 @@ def test_submitting_an_agent_only_sop_as_a_dag_is_refused_and_as_an_agent_run_co
     assert view.status.value == "completed" and view.steps == {}
     assert view.agent["summary"] == ("SOP triage has no steps; the offline model does not act on a free-text "
                                      "instruction, so it finished with no outputs.")
+
+
+@given(mode=st.sampled_from(["auto", "system_design", "agent_centric", None]),
+       instruction=st.sampled_from([None, "", "  \n", "Sort the tickets"]))
+def test_property_no_steps_only_for_an_agent_centric_sop_with_an_instruction(mode, instruction) -> None:
+    """For any mode and agent instruction, ``steps: []`` is valid exactly when the mode is agent_centric
+    and the instruction is not blank."""
+    doc: dict = {"sop": "a", "steps": []}
+    if mode:
+        doc["mode"] = mode
+    if instruction is not None:
+        doc["agent"] = {"instruction": instruction}
+    report = check_text(json.dumps(doc))
+    assert report.ok is (mode == "agent_centric" and bool((instruction or "").strip())), report.problems
+    assert all(p.path == "steps" for p in report.problems)
