@@ -22,6 +22,9 @@ from runtime.plugins import agent_driver, step_runners
 class _Coordinator(CoordinatorCore):
     """Plain class behind the Coordinator actor; see :class:`actors.Actors`."""
 
+    on_ray = True
+    """Step runner plugins may send work to other actors (``mcp:`` calls go to the agent hosts)."""
+
     def __init__(self, monitor: Any = None, failure_handler: Any = None, config: EngineConfig | None = None,
                  event_log: Any = None, owner: str | None = None, namespace: str | None = None) -> None:
         self.namespace = namespace

@@ -19,6 +19,9 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from agents.host import AgentHost as _AgentHost
+from agents.mcp.results import ToolResult
+from agents.mcp.runner import McpStepRunner
+from agents.mcp.source import SourceSpec
 from runtime.config import EngineConfig
 from runtime.seams import AgentSessionSpec
 from runtime.telemetry import setup_tracing
@@ -43,6 +46,15 @@ class AgentHost(_AgentHost):
             return await coordinator.agent_call.remote(spec.execution_id, spec.session, op, args, call)
 
         return await self.run(spec, port)
+
+    async def call_tool(self, source: SourceSpec, tool: str, arguments: dict[str, Any], owner: str,
+                        idempotent: bool | None) -> ToolResult:
+        """One MCP call of an ``mcp:`` step through this host's pool (the same pool its agents use)."""
+        return await self.pool.call(source, tool, arguments, owner=owner, idempotent=idempotent)
+
+    async def release(self, owner: str) -> None:
+        """An execution ended: close the MCP sessions only it used."""
+        await self.pool.release(owner)
 
     async def stop_session(self, execution_id: str, session: int) -> bool:
         return self.cancel(execution_id, session)
@@ -81,15 +93,9 @@ class RayAgentDriver:
         """Host -> when (``time.monotonic``) a session on it was last lost: new sessions avoid it a while."""
 
     def _ensure_hosts(self) -> None:
-        if self.hosts:
-            return
-        namespace = getattr(self.core, "namespace", None) or ray.get_runtime_context().namespace
-        for i in range(self.config.agent_hosts):
-            name = HOST_NAME.format(i)
-            self.hosts.append(ray.remote(AgentHost).options(
-                name=name, namespace=namespace, lifetime="detached", get_if_exists=True, num_cpus=0,
-                max_restarts=-1, max_task_retries=0, max_concurrency=100_000).remote(name, self.config))
-            self.load[name] = 0
+        if not self.hosts:
+            self.hosts = host_actors(self.core)
+            self.load = {HOST_NAME.format(i): 0 for i in range(len(self.hosts))}
 
     def start(self, spec: AgentSessionSpec, ended: Callable[[str | None, bool], None]) -> _RayHandle:
         self._ensure_hosts()
@@ -120,6 +126,40 @@ class RayAgentDriver:
                 self.load[where] -= 1
 
         return _RayHandle(self, where, host, spec, asyncio.get_running_loop().create_task(wait()))
+
+
+def host_actors(core: Any) -> list[Any]:
+    """The engine's agent host actors (created on first use, beside the coordinator), kept on ``core``."""
+    hosts = getattr(core, "_agent_host_actors", None)
+    if hosts is None:
+        namespace = getattr(core, "namespace", None) or ray.get_runtime_context().namespace
+        hosts = [ray.remote(AgentHost).options(
+            name=HOST_NAME.format(i), namespace=namespace, lifetime="detached", get_if_exists=True, num_cpus=0,
+            max_restarts=-1, max_task_retries=0, max_concurrency=100_000).remote(HOST_NAME.format(i), core.config)
+            for i in range(core.config.agent_hosts)]
+        core._agent_host_actors = hosts
+    return hosts
+
+
+def ray_mcp_runner(core: Any) -> McpStepRunner:
+    """``mcp:`` steps of the Coordinator actor, called through the agent hosts' pools: MCP servers and
+    their I/O stay out of the coordinator's process, and a server's session is shared by every step
+    and agent on the same host (a source always goes to the same host, chosen by its key)."""
+    def host_for(source: SourceSpec) -> Any:
+        hosts = host_actors(core)
+        return hosts[int(source.key[:8], 16) % len(hosts)]
+
+    async def call(source: SourceSpec, tool: str, arguments: dict, owner: str, idempotent: bool | None) -> ToolResult:
+        try:
+            return await host_for(source).call_tool.remote(source, tool, arguments, owner, idempotent)
+        except RayTaskError as e:  # the pool's own error (McpUnavailable ...), as if called here
+            raise (e.cause if isinstance(getattr(e, "cause", None), Exception) else e) from None
+
+    async def release(owner: str) -> None:
+        for host in host_actors(core):
+            host.release.remote(owner)
+
+    return McpStepRunner(call, release)
 
 
 def _first_line(e: BaseException) -> str:

@@ -109,6 +109,7 @@ class SessionRecorder(BasePlugin):
         self._ids: dict[str, int] = {}
         self._asked: dict[int, tuple[str, float]] = {}
         self._tool_started: dict[int, float] = {}
+        self._pending: list[tuple[str, dict[str, Any]]] = []
 
     def index_of(self, function_call_id: str | None) -> int | None:
         """The session's index of a running tool call (what the engine dedups calls by)."""
@@ -178,11 +179,17 @@ class SessionRecorder(BasePlugin):
                                    "repeated: check its effect before going on, or escalate"}
                 await self._record("tool", {"index": index, "tool": tool.name, "request": digest,
                                             "result": answer, "ok": False})
+                if not self.replay:  # the operators hear of it at once, as of a step that needs a decision
+                    await self.port("escalate", {"reason": f"the call to {tool.name} was interrupted when the "
+                                                           "agent's host was lost; it is not idempotent, so it was "
+                                                           "not repeated: check whether it took effect"}, None)
                 return answer
         elif self.replay:
             raise ReplayDivergence(f"tool call {index} ({tool.name}) is not in the recording")
         if not self.idempotent(tool.name):
             await self._record("tool_started", {"index": index, "tool": tool.name, "request": digest})
+        else:
+            await self.flush()  # the answer that asked for this call is logged before the call is made
         self._tool_started[index] = time.monotonic()
         return None
 
@@ -211,7 +218,22 @@ class SessionRecorder(BasePlugin):
                                     "result_bytes": len(json.dumps(result, default=str))})
 
     async def _record(self, kind: str, data: dict[str, Any]) -> None:
-        await self.port("record", {"records": [(kind, data)]}, None)
+        """Log a call: a model answer rides along with the next call to the engine (it always comes
+        before what the answer asked for); a tool call is sent at once, with whatever waits."""
+        self._pending.append((kind, data))
+        if kind != "model":
+            await self.flush()
+
+    def take(self) -> list[tuple[str, dict[str, Any]]]:
+        """The records waiting to ride along with the next call to the engine (handed over once)."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    async def flush(self) -> None:
+        """Send the records that wait, if any (before an MCP call, and when the session ends)."""
+        pending = self.take()
+        if pending:
+            await self.port("record", {"records": pending}, None)
 
 
 def _model_data(index: int, digest: str, response: LlmResponse, duration_s: float) -> dict[str, Any]:

@@ -63,10 +63,15 @@ async def run_session(spec: AgentSessionSpec, port: EnginePort, *, model: BaseLl
     ctx = AgentContext.from_spec(spec)
     recorder = SessionRecorder(port, spec.records, replay=spec.replay, idempotent=idempotent,
                                token_budget=ctx.settings.token_budget)
-    tools = engine_tools(ctx, port, recorder) + (await mcp_tools(ctx) if mcp_tools is not None and ctx.tools else [])
+
+    async def engine(op: str, args: dict[str, Any], call: int | None) -> Any:
+        records = recorder.take()  # the model answers that led to this call go first, in the same trip
+        return await port(op, {**args, "records": records} if records else args, call)
+
+    tools = engine_tools(ctx, engine, recorder) + (await mcp_tools(ctx) if mcp_tools is not None and ctx.tools else [])
     app = App(name="sopflow", root_agent=build_agent(ctx, model, tools), plugins=[recorder])
     runner = Runner(app=app, session_service=InMemorySessionService(), auto_create_session=True)
-    beat = asyncio.create_task(_heartbeat(port, recorder, heartbeat_s), name=f"heartbeat {spec.execution_id}")
+    beat = asyncio.create_task(_heartbeat(engine, recorder, heartbeat_s), name=f"heartbeat {spec.execution_id}")
     parent = otel_context.attach(extract(spec.trace or {}))
     try:
         with tracer().start_as_current_span(f"agent session {spec.session}", attributes={
@@ -77,6 +82,7 @@ async def run_session(spec: AgentSessionSpec, port: EnginePort, *, model: BaseLl
                                             new_message=message,
                                             run_config=RunConfig(max_llm_calls=ctx.settings.max_model_calls)):
                 pass
+        await recorder.flush()  # the last answer, if no call to the engine followed it
     finally:
         otel_context.detach(parent)
         beat.cancel()

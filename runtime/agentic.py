@@ -163,6 +163,8 @@ class AgentRunsMixin:
         handler = _OPS.get(op)
         if handler is None:
             raise ExecutionError(f"unknown agent operation {op!r}; known: {', '.join(sorted(_OPS))}")
+        if op != "record" and args.get("records"):
+            self._op_record(exe, args, None)  # model answers that ride along: logged before what they asked
         return handler(self, exe, args, call)
 
     def _op_record(self, exe: Execution, args: dict[str, Any], _: int | None) -> None:

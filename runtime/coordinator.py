@@ -354,7 +354,7 @@ class CoordinatorCore:
     async def add_steps(self, execution_id: str, steps: list[dict[str, Any]],
                         handlers: dict[str, Any], by: str | None = None) -> ExecutionView:
         def add(exe: Execution) -> None:
-            exe.require_running("add steps to")
+            self.machine.check_can_add_steps(exe)
             parsed = check_new_steps(exe.sop, exe.graph, steps)  # raises SopValidationError; graph untouched
             self.machine.add_steps(exe, parsed, steps, handlers, by)
 

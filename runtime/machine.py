@@ -265,12 +265,24 @@ class StateMachine(AttemptsMixin, AgentRunsMixin):
         self.release_held(exe)
         self.advance(exe, list(exe.active_graph.nodes))
 
+    def check_can_add_steps(self, exe: Execution) -> None:
+        """Raise unless steps may be added to ``exe`` now (checked before they are validated against it).
+
+        Raises:
+            ExecutionError: it ended, is rolling back, or is an Agent Centric Run.
+        """
+        exe.require_running("add steps to")
+        if exe.agentic:
+            raise ExecutionError(f"execution {exe.id} is an Agent Centric Run: its agent was given the whole SOP "
+                                 "when it started, so steps cannot be added; cancel it and submit the SOP with "
+                                 "the new steps")
+        if exe.state.rolling_back:
+            raise ExecutionError(f"execution {exe.id} is rolling back; steps cannot be added now")
+
     def add_steps(self, exe: Execution, steps: list[Step], specs: list[dict[str, Any]],
                   handlers: dict[str, Any], by: str | None = None) -> None:
         """Add validated steps (``specs`` as the user gave them) and run those that are ready."""
-        exe.require_running("add steps to")
-        if exe.state.rolling_back:
-            raise ExecutionError(f"execution {exe.id} is rolling back; steps cannot be added now")
+        self.check_can_add_steps(exe)
         exe.request.handlers = {**exe.request.handlers, **handlers}  # the dict may be shared by a batch
         exe.add_steps(steps)
         references = {k: v for k, v in handlers.items() if isinstance(v, str)}

@@ -139,6 +139,16 @@ def _line(exe: Any, source: str, tool: str, args: Any, outcome: str, size: int |
 
 
 def mcp_runner(host: Any) -> McpStepRunner:
+    """The ``sopflow.step_runners`` entry point ``mcp`` (see :func:`local_mcp_runner`); on Ray, the
+    Coordinator actor's steps call through the agent hosts' pools (:func:`agents.fronts.ray_mcp_runner`)."""
+    if getattr(host, "on_ray", False):
+        from agents.fronts import ray_mcp_runner
+
+        return ray_mcp_runner(host)
+    return local_mcp_runner(host)
+
+
+def local_mcp_runner(host: Any) -> McpStepRunner:
     """The ``sopflow.step_runners`` entry point ``mcp``: a runner with a pool on ``host``'s loop.
 
     The pool is made on first use (the host may be built before its loop runs calls), and
@@ -164,5 +174,4 @@ def mcp_runner(host: Any) -> McpStepRunner:
     return runner
 
 
-local_mcp_runner = mcp_runner
-"""The name the shared plan gives the in-process factory: the same factory serves both hosts."""
+

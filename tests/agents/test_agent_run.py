@@ -152,3 +152,33 @@ def test_a_replay_that_meets_another_conversation_reports_the_divergence(inproc)
     report = replay(edited)
     assert not report.deterministic
     assert report.replayed_status == "failed"
+
+
+def test_steps_cannot_be_added_to_an_agent_run_and_the_refusal_says_why(inproc, tmp_path) -> None:
+    from runtime.errors import ExecutionError
+    from tests.sop_builders import wait_for
+
+    gate = tmp_path / "gate"
+    eid = inproc.submit(agent_sop([{"id": "wait", "run": f"while [ ! -e {gate} ]; do sleep 0.05; done"}]))
+    wait_for(lambda: inproc.status(eid).steps["wait"].status == StepStatus.RUNNING, 30)
+    with pytest.raises(ExecutionError, match="is an Agent Centric Run: its agent was given the whole SOP"):
+        inproc.add_steps(eid, [{"id": "more", "run": "echo more"}])
+    gate.touch()
+    assert inproc.wait(eid, timeout=30).status == ExecutionStatus.COMPLETED
+
+
+def test_a_paused_agent_run_starts_no_step_until_resumed(inproc, tmp_path) -> None:
+    from tests.sop_builders import wait_for
+
+    gate = tmp_path / "gate"
+    sop = agent_sop([{"id": "wait", "run": f"while [ ! -e {gate} ]; do sleep 0.05; done"},
+                     {"id": "after", "depends_on": ["wait"], "run": "echo after"}])
+    eid = inproc.submit(sop)
+    wait_for(lambda: inproc.status(eid).steps["wait"].status == StepStatus.RUNNING, 30)
+    inproc.pause(eid)
+    gate.touch()
+    wait_for(lambda: inproc.status(eid).steps["wait"].status == StepStatus.SUCCEEDED, 30)
+    wait_for(lambda: any(e.kind == K.MODEL_CALLED and e.data["index"] == 1 for e in inproc.history(eid)), 30)
+    assert inproc.status(eid).steps["after"].status == StepStatus.QUEUED  # asked for, held while paused
+    inproc.resume(eid)
+    assert inproc.wait(eid, timeout=30).status == ExecutionStatus.COMPLETED

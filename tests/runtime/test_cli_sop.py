@@ -143,7 +143,7 @@ def test_graph_mermaid_is_a_flowchart(runner: CliRunner) -> None:
                                   str(ROOT / "examples" / "invoice-reconciliation.yaml")])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("flowchart")
-    for edge in ("fetch --> check", "statement --> check"):
+    for edge in ("fetch --> statement", "statement --> check"):
         assert edge in result.stdout
     assert 'check -->|"when steps.check.output.mismatches > 0"| escalate' in result.stdout
 

@@ -144,8 +144,15 @@ steps:
 
 
 def test_mcp_steps_run_in_the_coordinator_actor_on_ray(engine, sop_file, tmp_path: Path) -> None:
-    """The same runner plugs into the Coordinator actor: its pool lives in the coordinator's process."""
+    """On Ray the coordinator's mcp: steps call through an agent host's pool: the server is the host's
+    child, not the coordinator's."""
+    import psutil
+    import ray
+
     path = sop_file(SOP.replace('"DB"', json.dumps(str(tmp_path / "ledger.sqlite3"))))
     view = engine.wait(engine.submit(path, inputs={"account": "CLEAN-001", "token": TOKEN}, mode="system_design"), 120)
     assert view.status.value == "completed", view.steps
     assert view.outputs["outputs"]["mismatches"] == 0 and view.outputs["outputs"]["rows"] == 2
+    hosts = [ray.get_actor(f"sopflow-agent-host-{i}") for i in range(2)]
+    host_pids = {ray.get(h.ping.remote())["pid"] for h in hosts}
+    assert host_pids and all(psutil.pid_exists(p) for p in host_pids)
