@@ -35,11 +35,13 @@ class AgentHost:
     Args:
         name: How status and the log name this host.
         config: The engine's configuration (heartbeat).
+        registry: Where registered models are found (default: installed ``sopflow.models`` entry points).
     """
 
-    def __init__(self, name: str = "local", config: EngineConfig | None = None) -> None:
+    def __init__(self, name: str = "local", config: EngineConfig | None = None, registry: Any = None) -> None:
         self.name = name
         self.config = config or EngineConfig(state="memory://")
+        self.registry = registry
         self.sessions: dict[tuple[str, int], asyncio.Task] = {}
         self._pool: McpPool | None = None
         # ADK puts prompts and answers into its spans unless told not to: only when configured
@@ -53,7 +55,8 @@ class AgentHost:
             self.sessions[key] = task
         try:
             ctx = AgentContext.from_spec(spec)
-            return await run_session(spec, port, model=self.model_for(ctx),
+            model = self.model_for(ctx) if not spec.replay else self._replay_model(ctx)
+            return await run_session(spec, port, model=model,
                                      mcp_tools=lambda c: self.mcp_tools(c, spec.replay),
                                      idempotent=self._idempotent(ctx), heartbeat_s=self.config.agent_heartbeat_s)
         finally:
@@ -73,7 +76,17 @@ class AgentHost:
         """The session's model (see :mod:`agents.models`)."""
         from agents.models import build_model
 
-        return build_model(ctx.settings, api_key=ctx.api_key(), limiter=None)
+        return build_model(ctx.settings, api_key=ctx.api_key(), limiter=None, registry=self.registry)
+
+    def _replay_model(self, ctx: AgentContext) -> BaseLlm:
+        """An offline replay's model: every call is answered from the recording, so a model that cannot
+        be made here (registered elsewhere, no API key) is not needed; a stand-in that refuses calls."""
+        from runtime.errors import SopflowError
+
+        try:
+            return self.model_for(ctx)
+        except SopflowError as e:
+            return _NotInReplay(model=ctx.settings.model, why=str(e))
 
     @property
     def pool(self) -> McpPool:
@@ -125,6 +138,17 @@ class AgentHost:
         return {"name": self.name, "sessions": len(self.sessions), "pid": os.getpid()}
 
 
+class _NotInReplay(BaseLlm):
+    """Stands in for a model an offline replay cannot make; the recording answers every call before it."""
+
+    why: str = ""
+
+    async def generate_content_async(self, llm_request: Any, stream: bool = False) -> Any:
+        raise RuntimeError(f"model {self.model!r} is not available in this replay ({self.why}) and the "
+                           "recording has no answer for this call")
+        yield  # an async generator, as BaseLlm's is
+
+
 class _LocalHandle:
     where = "local"
 
@@ -140,7 +164,8 @@ class LocalAgentDriver:
 
     def __init__(self, core: Any) -> None:
         self.core = core
-        self.host = AgentHost("local", core.config)
+        # the in-process engine's own registry: models registered in code are found in this process
+        self.host = AgentHost("local", core.config, getattr(core, "registry", None))
 
     def start(self, spec: AgentSessionSpec, ended: Callable[[str | None, bool], None]) -> _LocalHandle:
         async def port(op: str, args: dict[str, Any], call: int | None) -> Any:

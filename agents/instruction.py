@@ -64,9 +64,14 @@ def render_instruction(ctx: AgentContext) -> str:
         lines.append(f"Your goal: {ctx.settings.instruction}")
     lines += ["", "Inputs of this execution (secret ones shown as ***):"]
     lines += [f"- {k} = {json.dumps(v, default=str)}" for k, v in ctx.public_inputs.items()] or ["- (none)"]
-    lines += ["", "The steps, in order. Each step is a tool named step_<id> that runs it exactly as the SOP "
-              "defines it (its arguments come from the SOP; call it with no arguments); it answers the step's "
-              "status and output."]
+    if ctx.steps:
+        lines += ["", "The steps, in order. Each step is a tool named step_<id> that runs it exactly as the SOP "
+                  "defines it (its arguments come from the SOP; call it with no arguments); it answers the step's "
+                  "status and output."]
+    else:  # an agent-only SOP (an agent step's child): the goal is the whole procedure
+        lines += ["", "This SOP has no steps: your goal above is the whole procedure. Do it with the data "
+                  "sources' tools listed below, then report the result with finish(summary, outputs), outputs "
+                  "being a JSON object of named values (what the SOP that asked you reads)."]
     for i, step in enumerate(ctx.steps, 1):
         lines.append(f"{i}. {step.id}" + (f" — {step.name}" if step.name else "") + f" (tool {step_tool_name(step.id)})")
         if step.description:

@@ -144,6 +144,9 @@ def _outputs(plan: dict[str, Any], seen: _Conversation) -> dict[str, Any]:
 
 
 def _summary(plan: dict[str, Any], seen: _Conversation) -> str:
+    if not plan["steps"]:  # an agent-only SOP: its procedure is free text, which this model does not act on
+        return (f"SOP {plan.get('sop')} has no steps; the offline model does not act on a free-text "
+                "instruction, so it finished with no outputs.")
     done = [f"{sid}: {r.get('status')}" for sid, r in seen.results.items()]
     skipped = [f"{sid}: {d}" for sid, d in seen.decisions.items() if d in _ENDED and sid not in seen.results]
     return f"Followed SOP {plan.get('sop')} step by step. " + "; ".join(done + skipped)

@@ -48,8 +48,15 @@ MIN_PROGRESS_INTERVAL_S = 0.2
 two a second; anything faster is not from a ``StepContext``)."""
 
 
+CHILD_KINDS = ("sop", "agent")
+"""Runner kinds whose attempts are child executions (no task of their own; re-attached after a restart)."""
+
+
 def runner_kind(step: Step) -> str:
-    """Which runner runs the step: ``sop`` for a sub-SOP, ``mcp`` for an MCP tool, else ``task``."""
+    """Which runner runs the step: ``sop`` for a sub-SOP, ``mcp`` for an MCP tool, ``agent`` for an agent
+    step (``uses: agent``), else ``task``."""
+    if step.handler == "agent":
+        return "agent"
     prefix = step.handler.split(":", 1)[0]
     return prefix if prefix in ("sop", "mcp") else "task"
 
@@ -100,7 +107,7 @@ class AttemptsMixin:
                 "NoRunner", f"this engine has no runner for {kind!r} steps (step {step.id!r} uses "
                 f"{step.handler})", retryable=False)))
             return
-        task = None if kind == "sop" else StepTask(
+        task = None if kind in CHILD_KINDS else StepTask(
             exe.id, exe.sop.sop, step.id, attempt, step.handler, exe.request.handlers.get(step.handler), args,
             run, env, exe.sop.effective_timeout(step),
             carrier_for(flight.span) if flight.span.is_recording() else {}, secrets=exe.secret_values,
@@ -182,11 +189,12 @@ class AttemptsMixin:
                 flight.launch()
 
     def reattach(self, exe: Execution, step: Step, attempt: int, child_id: str) -> None:
-        """Follow a sub-SOP attempt whose child execution is already running (after a restart)."""
+        """Follow a sub-SOP or agent step attempt whose child execution is already running (after a restart)."""
         flight = InFlight(step, attempt, span=self._attempt_span(exe, step, attempt), child=child_id)
         exe.inflight[step.id] = flight
         spec = AttemptSpec(exe, step, attempt, None, {})
-        flight.handle = self.runners["sop"].reattach(spec, child_id, _Report(self, exe, flight))  # type: ignore[attr-defined]
+        runner = self.runners[runner_kind(step)]
+        flight.handle = runner.reattach(spec, child_id, _Report(self, exe, flight))  # type: ignore[attr-defined]
         timeout = exe.sop.effective_timeout(step)
         if timeout:
             flight.timer = self.host.call_later(timeout, self._time_out, exe, flight, timeout)
@@ -221,7 +229,7 @@ class AttemptsMixin:
         self._give_back(flight)
         if flight.handle is not None:
             flight.handle.cancel(True)
-        what = "sub-SOP" if runner_kind(flight.step) == "sop" else "attempt"
+        what = {"sop": "sub-SOP", "agent": "agent step"}.get(runner_kind(flight.step), "attempt")
         self._spawn(self._conclude(exe, flight, None, ErrorInfo(
             "Timeout", f"{what} ran longer than timeout_s={timeout:g}", origin="timeout")))
 

@@ -37,7 +37,7 @@ from runtime.journal import Journal, MonitorFeed, load_state
 from runtime.machine import StateMachine
 from runtime.outputs import Artifacts, resolve
 from runtime.request import ENV_VARS, SubmitRequest, sop_definition
-from runtime.runners import SubSopRunner
+from runtime.runners import AgentStepRunner, SubSopRunner
 from runtime.seams import Cancellable, FailurePolicy, StepRunner
 from runtime.shipped import pack_callables
 from runtime.state import ExecutionState
@@ -70,7 +70,8 @@ class CoordinatorCore:
     Args:
         config: The engine's configuration (the state store, limits).
         task_runner: Runs handler steps (``python:``, registered handlers, ``shell``).
-        runners: Further runners by kind (``mcp``, agents); ``sop`` steps get a sub-SOP runner.
+        runners: Further runners by kind (``mcp``); ``sop`` steps get a sub-SOP runner, ``agent`` steps
+            an agent step runner (both child executions).
         policy: What a failed attempt means (default: :class:`LocalFailurePolicy`).
         monitor: Where committed events go (the ExecutionMonitor), if anywhere.
         capacity: How many attempts may run at once (``max_running_steps`` overrides it).
@@ -94,7 +95,8 @@ class CoordinatorCore:
         """Finished executions still held in memory, oldest first (see ``keep_finished``)."""
         self.artifacts = Artifacts(lambda: self.event_log)
         self.hooks = Hooks()
-        all_runners = {"task": task_runner, "sop": SubSopRunner(self), **(runners or {})}
+        all_runners = {"task": task_runner, "sop": SubSopRunner(self), "agent": AgentStepRunner(self),
+                       **(runners or {})}
         admission = LocalAdmission(lambda: self.config.max_running_steps or (capacity or _default_capacity)(),
                                    self.config.priority_weights)
         self.kept_env_vars: dict[bytes, str] = {}

@@ -192,7 +192,8 @@ class Engine:
         from runtime.local import InProcessConnection
 
         config = dataclasses.replace(config or EngineConfig(), state=state)
-        return cls(registry=registry, config=config, connection=InProcessConnection(config))
+        registry = registry or Registry()
+        return cls(registry=registry, config=config, connection=InProcessConnection(config, registry))
 
     @classmethod
     def connect(cls, address: str = "auto", *, namespace: str = DEFAULT_NAMESPACE,

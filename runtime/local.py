@@ -34,8 +34,10 @@ class InProcessConnection:
     dict after passing it, or a result or event received, changes nothing in the engine.
     """
 
-    def __init__(self, config: EngineConfig | None = None) -> None:
+    def __init__(self, config: EngineConfig | None = None, registry: Any = None) -> None:
         self.config = config or EngineConfig(state="memory://")
+        self.registry = registry
+        """The engine's registry: its agent sessions find registered models in it."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sopflow-in-process", daemon=True)
         self._thread.start()
@@ -52,6 +54,7 @@ class InProcessConnection:
         core = CoordinatorCore(self.config, task_runner=InProcessRunner(), policy=self.failure_handler,
                                monitor=_LocalFeed(self.monitor, self._loop), service_name="sopflow")
         core.machine.runners.update(step_runners(core))
+        core.registry = self.registry  # type: ignore[attr-defined]
         core.machine.agents = agent_driver("local", core)
         return core
 

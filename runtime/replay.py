@@ -3,7 +3,8 @@
 The replay runs in the calling process, on a private :class:`CoordinatorCore`
 with an in-memory log, its runners swapped for recorded ones: steps before the
 checkpoint take their recorded outcomes (and recorded retry decisions) from
-the history, steps from the checkpoint on run their handlers again here, fed
+the history (a sub-SOP's or an agent step's: its child's recorded end, so no child
+runs), steps from the checkpoint on run their handlers again here, fed
 the values their first run took from the step context. A replay of a whole execution runs no handler at
 all. Retry backoffs are not waited out.
 """
@@ -26,7 +27,7 @@ from runtime.handlers import StepOutcome
 from runtime.plugins import agent_driver, step_runners
 from runtime.replay_report import ReplayReport, StepDiff, agent_differences, compare, normalise
 from runtime.request import request_from_log
-from runtime.runners import InProcessRunner, SubSopRunner
+from runtime.runners import AgentStepRunner, InProcessRunner, SubSopRunner
 from runtime.seams import AttemptReport, AttemptSpec, StepRunner
 from runtime.state import ExecutionState, fold
 from sop import Step, check_new_steps
@@ -218,15 +219,21 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
                                   task_runner=RecordedRunner(recording, handlers_here, decide),
                                   policy=RecordedPolicy(recording), capacity=lambda: 1 << 30,
                                   service_name="sopflow-replay")
+    # Sub-SOP and agent steps of the root take their children's recorded outcomes; run again (from a
+    # step), they start live children.
     coordinator.machine.runners["sop"] = RecordedRunner(recording, SubSopRunner(coordinator), decide)
+    coordinator.machine.runners["agent"] = RecordedRunner(recording, AgentStepRunner(coordinator), decide)
     for kind, fresh in step_runners(coordinator).items():  # mcp: ...: recorded, or live from the checkpoint on
         coordinator.machine.runners[kind] = RecordedRunner(recording, fresh, decide)
     coordinator.recovery = {}  # a private, empty log: nothing to recover
     coordinator.machine.backoff_scale = 0.0  # retry backoffs are not waited out
-    if recorded.agent is not None:  # an Agent Centric Run: its agent runs again from its recording
+    if recorded.agent is not None or any(s.handler == "agent" for s in probe.steps_by_id.values()):
+        # an Agent Centric Run's agent runs again from its recording; an agent step run again, live
         coordinator.machine.agents = agent_driver("local", coordinator)
         coordinator.machine.replaying = from_step is None  # whole: nothing live; from a step: live after it
-        coordinator.machine.agent_recording = {"models": recorded.agent["models"], "tools": recorded.agent["tools"]}
+        if recorded.agent is not None:
+            coordinator.machine.agent_recording = {"models": recorded.agent["models"],
+                                                   "tools": recorded.agent["tools"]}
     coordinator.artifacts.extra.update(artifacts)
     try:
         rid = await coordinator.submit(request)

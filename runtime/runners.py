@@ -1,4 +1,4 @@
-"""Step runners that need no Ray: handlers in this process, and sub-SOPs as child executions.
+"""Step runners that need no Ray: handlers in this process, sub-SOPs and agent steps as child executions.
 
 The Ray task runner lives in :mod:`actors`; a replay's recorded runner in
 :mod:`runtime.replay`. Each implements :class:`runtime.seams.StepRunner`.
@@ -9,13 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import json
 import threading
 from typing import Any
 
 from runtime.failure import ErrorInfo, error_from_exception
 from runtime.handlers import StepOutcome, StepTask, run_task
 from runtime.masking import secret_problems
+from runtime.request import SubmitRequest, sop_definition
 from runtime.seams import AttemptReport, AttemptSpec, ExecutionHost
+from sop import Sop, Step
+from sop.expressions import ExpressionError, compile_expression, find_references
 
 
 class InProcessRunner:
@@ -105,6 +109,8 @@ class SubSopRunner:
     """Runs a ``sop:`` step as a child execution of the same host and settles it by how the child ended."""
 
     needs_slot = False  # the child's steps take their own slots
+    what = "sub-SOP"
+    error_prefix = "SubSop"
 
     def __init__(self, host: ExecutionHost) -> None:
         self.host = host
@@ -122,18 +128,22 @@ class SubSopRunner:
         attempt.task = asyncio.get_running_loop().create_task(run)
         return attempt
 
-    async def _start_child(self, spec: AttemptSpec, attempt: _ChildAttempt) -> None:
+    def child_request(self, spec: AttemptSpec) -> SubmitRequest | ErrorInfo:
+        """The child execution's request for this attempt, or why its arguments make none (not retried)."""
         exe, step = spec.execution, spec.step
         template = exe.request.subsops[step.handler[len("sop:"):]]
         request = dataclasses.replace(template, inputs={**_defaults(template), **spec.args}, parent=exe.id,
-                                      # one child per attempt, even if the coordinator restarts before
-                                      # the parent logs it: submitting again finds the same child
-                                      idempotency_key=f"child:{exe.id}/{step.id}/{spec.attempt}",
+                                      idempotency_key=child_key(spec),
                                       # a child's steps run with its parent's code
                                       runtime_env=template.runtime_env or exe.request.runtime_env)
         if problems := secret_problems(template.secrets, request.inputs):  # the rule submit applies
-            attempt.report.settle(None, ErrorInfo("SubmissionError", f"step {step.id!r}: " + "; ".join(problems),
-                                                  retryable=False))
+            return ErrorInfo("SubmissionError", f"step {step.id!r}: " + "; ".join(problems), retryable=False)
+        return request
+
+    async def _start_child(self, spec: AttemptSpec, attempt: _ChildAttempt) -> None:
+        request = self.child_request(spec)
+        if isinstance(request, ErrorInfo):
+            attempt.report.settle(None, request)
             return
         child_id = await self.host.submit_child(request)
         attempt.child = child_id
@@ -141,6 +151,11 @@ class SubSopRunner:
         if attempt.cancel_requested is not None:  # cancelled while the child was being submitted
             await self.host.cancel_child(child_id, attempt.cancel_requested)
         await self._watch(spec, attempt, child_id)
+
+    def why_not_completed(self, state: Any) -> str:
+        """What to add to the step's error about a child that did not complete (nothing for a sub-SOP:
+        its own steps' errors say it)."""
+        return ""
 
     async def _watch(self, spec: AttemptSpec, attempt: _ChildAttempt, child_id: str) -> None:
         exe, step = spec.execution, spec.step
@@ -153,9 +168,10 @@ class SubSopRunner:
             attempt.report.settle(StepOutcome(key, True, value))
         else:
             cancelled = state.status.value == "cancelled"
+            why = self.why_not_completed(state)
             attempt.report.settle(None, ErrorInfo(
-                "SubSopCancelled" if cancelled else "SubSopFailed",
-                f"sub-SOP execution {child_id} ended {state.status.value}", retryable=False,
+                f"{self.error_prefix}Cancelled" if cancelled else f"{self.error_prefix}Failed",
+                f"{self.what} execution {child_id} ended {state.status.value}{why}", retryable=False,
                 origin="cancel" if cancelled else "handler"))
 
 
@@ -184,5 +200,115 @@ async def _settle_on_error(run: Any, attempt: _ChildAttempt) -> None:
         attempt.report.settle(None, error_from_exception(e))
 
 
+def child_key(spec: AttemptSpec) -> str:
+    """The child execution's idempotency key: one child per attempt, even if the coordinator restarts before
+    the parent logs it (submitting again finds the same child)."""
+    return f"child:{spec.execution.id}/{spec.step.id}/{spec.attempt}"
+
+
 def _defaults(request: Any) -> dict[str, Any]:
     return {k: v.default for k, v in request.sop.inputs.items() if v.default is not None}
+
+
+class AgentStepRunner(SubSopRunner):
+    """Runs a ``uses: agent`` step as a child Agent Centric Run; the step's output is the agent's result.
+
+    The child's SOP is made from the parent's (:func:`agent_child_sop`): it has no steps, its
+    procedure is the step's ``with.instruction``, and its agent may call the MCP tools in
+    ``with.tools``. Its session is durable, resumable and replayable like any agent run's;
+    the step succeeds with the ``outputs`` the agent reports through ``finish``, and fails when
+    the agent stops without finishing (the child failed), saying why.
+    """
+
+    what = "agent step's"
+    error_prefix = "AgentStep"
+
+    def child_request(self, spec: AttemptSpec) -> SubmitRequest | ErrorInfo:
+        exe, step = spec.execution, spec.step
+        try:
+            child = agent_child_sop(exe.sop, step, spec.args)
+        except ValueError as e:  # pydantic's ValidationError: the rendered arguments make no agent
+            return ErrorInfo("AgentStepError", f"step {step.id!r}: its with: arguments make no agent: "
+                             f"{_first_error(e)}", retryable=False)
+        names = set(child.inputs)
+        inputs = {k: v for k, v in exe.request.inputs.items() if k in names}
+        secrets = tuple(k for k in exe.request.secrets if k in names)
+        return SubmitRequest(child, inputs, "agent_centric", exe.request.priority, child_key(spec),
+                             secrets=secrets, source=f"{exe.request.source} (step {step.id})", parent=exe.id,
+                             definition=sop_definition(child), priority_class=exe.request.priority_class,
+                             runtime_env=exe.request.runtime_env)
+
+    def why_not_completed(self, state: Any) -> str:
+        message = (state.agent or {}).get("message") if state.status.value == "failed" else None
+        return f": {message}" if message else ""
+
+
+def agent_child_sop(parent: Sop, step: Step, args: dict[str, Any]) -> Sop:
+    """The agent-only SOP a ``uses: agent`` step runs as its child execution.
+
+    Named ``<parent sop>.<step id>``, in mode agent_centric, with no steps; its ``agent:`` block is
+    the parent's with ``instruction``, ``tools`` and ``model`` from the step's rendered ``with:``
+    arguments; it has the parent's data sources that those tools name, and the parent's inputs
+    those sources' env and headers (and the agent's API key) read — the secret ones stay secret.
+
+    Raises:
+        ValueError: the arguments make no valid SOP (an empty instruction, a tool not ``source.tool``).
+    """
+    instruction = args.get("instruction")
+    if not isinstance(instruction, str):  # one expression rendered to data: the agent reads it as JSON
+        instruction = json.dumps(instruction, default=str)
+    if not instruction.strip():
+        raise ValueError("with.instruction rendered to empty text, so the agent has nothing to do; check the "
+                         "values it reads")
+    tools = args.get("tools") or []
+    if not isinstance(tools, list | tuple) or not all(isinstance(t, str) and "." in t for t in tools):
+        raise ValueError(f"with.tools must be a list of <data source>.<tool> names, got {tools!r}")
+    sources = {t.split(".", 1)[0] for t in tools}
+    missing = sorted(sources - set(parent.data_sources))
+    if missing:
+        raise ValueError(f"with.tools names data source {missing[0]!r}, which the SOP does not declare "
+                         f"(data_sources: {', '.join(parent.data_sources) or 'none'})")
+    data_sources = {name: ds for name, ds in parent.data_sources.items() if name in sources}
+    for tool in tools:  # a name rendered from data: only tools its source declares
+        source, name = tool.split(".", 1)
+        declared = data_sources[source].tools
+        if declared is not None and name not in declared:
+            raise ValueError(f"with.tools names {tool!r}, but data source {source!r} declares only "
+                             f"{', '.join(declared) or 'no tools'}")
+    update: dict[str, Any] = {"instruction": instruction, "tools": tuple(tools)}
+    if args.get("model"):
+        update["model"] = args["model"]
+        if not str(args["model"]).startswith("litellm:"):
+            update["base_url"] = None  # an endpoint only a litellm: model has
+    agent = parent.agent.model_copy(update=update)
+    read = _inputs_read(data_sources.values())
+    if agent.api_key_input:
+        read.add(agent.api_key_input)
+    name = f"{parent.sop}.{step.id.lower()}"[:128]
+    return Sop.model_validate({
+        "sop": name, "version": parent.version, "description": step.description or f"step {step.id} of {parent.sop}",
+        "mode": "agent_centric", "inputs": {k: v for k, v in parent.inputs.items() if k in read},
+        "data_sources": data_sources, "agent": agent, "steps": []})
+
+
+def _inputs_read(sources: Any) -> set[str]:
+    """The inputs that data sources' env and headers read (``${{ inputs.NAME }}``)."""
+    names: set[str] = set()
+    for ds in sources:
+        for value in (*ds.env.values(), *ds.headers.values()):
+            for source in find_references(value):
+                try:
+                    refs = compile_expression(source).references
+                except ExpressionError:
+                    continue
+                names.update(r.name for r in refs if r.root == "inputs" and r.name)
+    return names
+
+
+def _first_error(e: ValueError) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        first = errors(include_url=False)[0]
+        where = ".".join(str(x) for x in first["loc"])
+        return f"{where}: {first['msg'].removeprefix('Value error, ')}" if where else first["msg"]
+    return str(e)

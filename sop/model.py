@@ -246,7 +246,9 @@ class Sop(_Model):
     data_sources: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")], DataSource] = (
         Field(default_factory=dict))
     agent: AgentSpec = AgentSpec()
-    steps: tuple[Step, ...] = Field(min_length=1)
+    steps: tuple[Step, ...]
+    """The procedure. Empty only in an agent-only SOP (``mode: agent_centric``), whose procedure is
+    its ``agent.instruction`` (what a ``uses: agent`` step runs as its child execution)."""
     rollback: tuple[Step, ...] = ()
     outputs: dict[str, Any] = Field(default_factory=dict)
     """Result values, usually ${{ steps.<id>.output... }} references."""
@@ -263,6 +265,23 @@ class Sop(_Model):
             return v
         raise ValueError(f"priority must be one of {', '.join(PRIORITY_CLASSES)} or a whole number "
                          f"(higher first, within normal); got {v!r}")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_or_an_agent_instruction(cls, v: tuple[Step, ...], info: Any) -> tuple[Step, ...]:
+        if v:
+            return v
+        if "mode" not in info.data:
+            return v  # the mode is invalid: its own error says so
+        mode, agent = info.data["mode"], info.data.get("agent")
+        if mode != Mode.AGENT_CENTRIC:
+            raise ValueError(f"steps is empty, but only an SOP with mode: agent_centric may have no steps (its "
+                             f"agent follows agent.instruction); add a step, or declare mode: agent_centric "
+                             f"(mode is {mode.value})")
+        if agent is not None and not agent.instruction.strip():
+            raise ValueError("steps is empty, so agent.instruction must say what the agent does (it is the "
+                             "whole procedure); add agent.instruction, or add steps")
+        return v
 
     @field_validator("version", mode="before")
     @classmethod

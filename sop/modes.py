@@ -3,7 +3,8 @@
 An SOP runs as a System Design Run (a DAG: any acyclic graph fits) or as an
 Agent Centric Run (one agent follows the SOP as a checklist, so its steps must
 form simple sequences: no step joins branches, none fans out, and every step
-keeps the default trigger rule). ``auto`` picks agent-centric when no step
+keeps the default trigger rule); an agent-only SOP (no steps) only as an Agent
+Centric Run. ``auto`` picks agent-centric when no step
 declares a dependency and system design otherwise. Validation, submission and
 :func:`change_mode` all decide through :func:`mode_fit`, so they give the same
 reason for a refusal.
@@ -45,10 +46,15 @@ def mode_fit(declared: str, depends: Mapping[str, Sequence[str]],
              trigger_rules: Mapping[str, str]) -> ModeFit:
     """Whether ``declared`` fits the steps' dependencies (id -> ids) and trigger rules (id -> rule)."""
     has_deps = any(depends.values())
+    if not depends and declared in (Mode.SYSTEM_DESIGN, "system_design"):
+        return ModeFit(None, "the SOP has no steps, so there is no DAG to run: its agent follows agent.instruction; "
+                       "run it in mode agent_centric")
     if declared in (Mode.AUTO, "auto"):
         if has_deps:
             return ModeFit(Mode.SYSTEM_DESIGN, "auto: steps declare dependencies, so they run as a DAG")
         return ModeFit(Mode.AGENT_CENTRIC, "auto: no step declares dependencies, so an agent follows the SOP")
+    if declared == Mode.AGENT_CENTRIC and not depends:
+        return ModeFit(Mode.AGENT_CENTRIC, "declared agent_centric; no steps: the agent follows agent.instruction")
     if declared == Mode.AGENT_CENTRIC:
         dependents: dict[str, int] = {}
         for deps in depends.values():

@@ -413,8 +413,9 @@ class _Checker:
 
     def _mode(self, depends: dict[str, list[str]], steps: list[tuple[int, dict]]) -> None:
         declared = self.requested_mode or self.data.get("mode", "auto")
-        if not self.requested_mode and (not isinstance(declared, str) or declared not in Mode._value2member_map_):
-            return  # the schema layer reports it
+        if not self.requested_mode and (not isinstance(declared, str) or declared not in Mode._value2member_map_
+                                        or (not steps and declared != Mode.AGENT_CENTRIC)):
+            return  # the schema layer reports it (a bad mode; no steps outside agent_centric)
         rules = {s["id"]: s.get("trigger_rule", "all_success") for _, s in steps
                  if isinstance(s.get("id"), str)}
         fit = mode_fit(declared, depends, rules)

@@ -90,6 +90,29 @@ def test_a_silent_session_is_taken_as_lost_and_the_stale_one_changes_nothing(ray
         assert "no word from the session" in lost[0].data["reason"]
 
 
+def test_an_agent_step_of_a_dag_runs_as_a_child_agent_run_in_a_host_actor(engine) -> None:
+    sop = """
+sop: ray-agent-step
+steps:
+  - {id: fetch, run: echo fetched}
+  - id: think
+    uses: agent
+    depends_on: [fetch]
+    with: {instruction: "Read ${{ steps.fetch.output.stdout }} and report"}
+  - {id: use, depends_on: [think], run: "echo ${{ steps.think.status }}"}
+"""
+    eid = engine.submit(sop)
+    view = engine.wait(eid, timeout=120)
+    assert view.status == ExecutionStatus.COMPLETED, view
+    assert view.outputs["steps"]["think"] == {}  # the offline model does not act on free text: no outputs
+    assert view.outputs["steps"]["use"]["stdout"] == "succeeded\n"
+    child_id = next(e.data["child"] for e in engine.history(eid) if e.kind == K.CHILD_SUBMITTED)
+    child = engine.status(child_id)
+    assert (child.sop, child.mode, child.status) == ("ray-agent-step.think", "agent_centric",
+                                                     ExecutionStatus.COMPLETED)
+    assert child.agent["host"].startswith("sopflow-agent-host-")
+
+
 def test_an_agent_run_is_one_trace_down_to_the_model_and_tool_calls_without_message_contents(engine) -> None:
     """execution -> agent session (in the host actor) -> ADK's invoke_agent, generate_content and
     execute_tool spans with gen_ai attributes, all in the execution's trace; no prompt text in them."""
