@@ -212,8 +212,13 @@ class Actors:
             ray.kill(handle, no_restart=True)
 
     def _agent_hosts(self) -> list[Any]:
-        """The agent host actors the coordinator started (``sopflow-agent-host-<i>``), if any."""
+        """The agent host actors the coordinator started (``sopflow-agent-host-<i>``) and their shared
+        model rate limiter (``sopflow-model-limiter``), if any."""
         found = []
+        try:
+            found.append(ray.get_actor("sopflow-model-limiter", namespace=self.namespace))
+        except ValueError:
+            pass
         for i in range(64):  # EngineConfig.agent_hosts is at most 64
             try:
                 found.append(ray.get_actor(f"sopflow-agent-host-{i}", namespace=self.namespace))

@@ -22,6 +22,7 @@ from agents.host import AgentHost as _AgentHost
 from agents.mcp.results import ToolResult
 from agents.mcp.runner import McpStepRunner
 from agents.mcp.source import SourceSpec
+from agents.ratelimit import RayLimiter
 from runtime.config import EngineConfig
 from runtime.seams import AgentSessionSpec
 from runtime.telemetry import setup_tracing
@@ -36,9 +37,11 @@ SUSPECT_S = 300.0
 class AgentHost(_AgentHost):
     """The agent host as a Ray actor (the class name is what the dashboard shows)."""
 
-    def __init__(self, name: str, config: EngineConfig) -> None:
+    def __init__(self, name: str, config: EngineConfig, namespace: str) -> None:
         super().__init__(name, config)
         setup_tracing("sopflow-agent-host")  # ADK's spans go through the process's global tracer provider
+        # one limit per provider for every host of the namespace (an actor of its own)
+        self.limiter = RayLimiter(namespace, config.model_rate_limit_map)
 
     async def run_session(self, spec: AgentSessionSpec, coordinator: Any) -> dict[str, Any]:
         """Run a session to its end, calling the engine through the coordinator actor."""
@@ -135,7 +138,8 @@ def host_actors(core: Any) -> list[Any]:
         namespace = getattr(core, "namespace", None) or ray.get_runtime_context().namespace
         hosts = [ray.remote(AgentHost).options(
             name=HOST_NAME.format(i), namespace=namespace, lifetime="detached", get_if_exists=True, num_cpus=0,
-            max_restarts=-1, max_task_retries=0, max_concurrency=100_000).remote(HOST_NAME.format(i), core.config)
+            max_restarts=-1, max_task_retries=0, max_concurrency=100_000).remote(HOST_NAME.format(i), core.config,
+                                                                                  namespace)
             for i in range(core.config.agent_hosts)]
         core._agent_host_actors = hosts
     return hosts

@@ -18,6 +18,7 @@ from google.adk.models.base_llm import BaseLlm
 from google.adk.tools.base_tool import BaseTool
 
 from agents.context import AgentContext
+from agents.ratelimit import Limiter, LocalLimiter
 from agents.mcp.pool import McpPool
 from agents.mcp.source import SourceSpec
 from agents.session import run_session
@@ -42,6 +43,8 @@ class AgentHost:
         self.name = name
         self.config = config or EngineConfig(state="memory://")
         self.registry = registry
+        self.limiter: Limiter = LocalLimiter(self.config.model_rate_limit_map)
+        """Requests and tokens per minute per model provider (shared by every host on Ray)."""
         self.sessions: dict[tuple[str, int], asyncio.Task] = {}
         self._pool: McpPool | None = None
         # ADK puts prompts and answers into its spans unless told not to: only when configured
@@ -76,7 +79,7 @@ class AgentHost:
         """The session's model (see :mod:`agents.models`)."""
         from agents.models import build_model
 
-        return build_model(ctx.settings, api_key=ctx.api_key(), limiter=None, registry=self.registry)
+        return build_model(ctx.settings, api_key=ctx.api_key(), limiter=self.limiter, registry=self.registry)
 
     def _replay_model(self, ctx: AgentContext) -> BaseLlm:
         """An offline replay's model: every call is answered from the recording, so a model that cannot
