@@ -162,3 +162,11 @@ def test_agents_notebook_keeps_the_ledger_file_out_of_the_repository(agents) -> 
     ledger = Path(line.removeprefix("ledger file: "))
     assert "/sopflow-nb-" in str(ledger) and ledger.is_file()
     assert not (NOTEBOOKS / "ledger.sqlite3").exists() and not (NOTEBOOKS.parent / "ledger.sqlite3").exists()
+
+
+def test_agents_notebook_lists_every_run_of_the_sop(agents) -> None:
+    [listed] = tables(html_outputs(cell(agents, "list"))[0])
+    assert listed[0] == ["id", "sop", "status", "progress", "submitted", "duration"]
+    # the watched run, the two of compare, the warmer one and the one out of model calls
+    assert sorted(r[2] for r in listed[1:]) == ["completed"] * 4 + ["failed"]
+    assert {r[1] for r in listed[1:]} == {"invoice-reconciliation"}
