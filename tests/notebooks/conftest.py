@@ -18,10 +18,12 @@ ROOT = NOTEBOOKS.parent
 
 
 def notebook_env(state_dir: Path) -> dict[str, str]:
-    """The kernel's environment: its own state file and namespace, a cluster of its own, no dashboard."""
+    """The kernel's environment: its own state file and namespace, a cluster of its own, no dashboard,
+    and its own file for the example ledger server (``notebooks/agents.ipynb`` hands it to the server)."""
     env = {k: v for k, v in os.environ.items() if k not in ("SOPFLOW_ADDRESS", "RAY_ADDRESS")}
     env.update(SOPFLOW_STATE=str(state_dir / "state.db"), SOPFLOW_NAMESPACE=f"nb-test-{uuid.uuid4().hex[:8]}",
-               SOPFLOW_DASHBOARD="0", SOPFLOW_NUM_CPUS="2", SOPFLOW_EXAMPLES=str(ROOT / "examples"))
+               SOPFLOW_DASHBOARD="0", SOPFLOW_NUM_CPUS="2", SOPFLOW_EXAMPLES=str(ROOT / "examples"),
+               LEDGER_DB=str(state_dir / "ledger.sqlite3"))
     return env
 
 
@@ -46,6 +48,12 @@ def quickstart() -> Iterator:
 def operations() -> Iterator:
     with tempfile.TemporaryDirectory(prefix="sopflow-nb-") as tmp:
         yield execute("operations", Path(tmp))
+
+
+@pytest.fixture(scope="session")
+def agents() -> Iterator:
+    with tempfile.TemporaryDirectory(prefix="sopflow-nb-") as tmp:
+        yield execute("agents", Path(tmp))
 
 
 @pytest.fixture(scope="session")
