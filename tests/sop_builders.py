@@ -19,15 +19,17 @@ defaults:
 """
 
 
-def sop_text(body: str, name: str = "t", inputs: str = "", version: str = "1") -> str:
+def sop_text(body: str, name: str = "t", inputs: str = "", version: str = "1",
+             mode: str | None = "system_design") -> str:
     """An SOP with the test defaults (steps run in parallel on the 4 logical CPUs).
 
-    It runs as a System Design Run unless the body says ``mode:``: an SOP whose steps declare no
-    dependency would otherwise run agent-centric (property 33), and these tests are about the DAG.
+    It runs as a System Design Run unless the body says ``mode:`` (or ``mode=None`` leaves it to
+    ``auto``): an SOP whose steps declare no dependency would otherwise run agent-centric
+    (property 33), and most tests are about the DAG.
     """
     body = textwrap.dedent(body)
-    mode = "" if re.search(r"^mode:", body, re.M) else "mode: system_design\n"
-    return f"sop: {name}\nversion: \"{version}\"\n{mode}{textwrap.dedent(inputs)}{DEFAULTS}{body}"
+    declared = "" if mode is None or re.search(r"^mode:", body, re.M) else f"mode: {mode}\n"
+    return f"sop: {name}\nversion: \"{version}\"\n{declared}{textwrap.dedent(inputs)}{DEFAULTS}{body}"
 
 
 def events_of(engine, execution_id: str) -> list:

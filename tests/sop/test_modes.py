@@ -58,7 +58,7 @@ class Graph:
 
     def text(self, mode: str | None = None) -> str:
         steps = "".join(f"  - {json.dumps(self._step(s))}\n" for s in self.order)
-        return sop_text((f"mode: {mode}\n" if mode else "") + "steps:\n" + steps, name="generated")
+        return sop_text((f"mode: {mode}\n" if mode else "") + "steps:\n" + steps, name="generated", mode=None)
 
     def _step(self, s: str) -> dict:
         step: dict = {"id": s, "run": "echo"}
@@ -213,7 +213,7 @@ def test_property_35_mode_change(graph: Graph, start: str, targets: list[str]) -
 
 
 FORK = sop_text("steps:\n  - {id: fetch, run: echo}\n  - {id: a, run: echo, depends_on: [fetch]}\n"
-                "  - {id: b, run: echo, depends_on: [fetch]}\n", name="orders")
+                "  - {id: b, run: echo, depends_on: [fetch]}\n", name="orders", mode=None)
 
 
 def test_change_mode_refuses_a_fork_saying_why_and_what_to_do() -> None:
