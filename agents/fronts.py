@@ -30,6 +30,7 @@ from runtime.telemetry import setup_tracing
 log = logging.getLogger("sopflow.agents")
 
 HOST_NAME = "sopflow-agent-host-{}"
+_BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
 SUSPECT_S = 300.0
 """How long a host that lost a session is passed over for new ones (while another host is free of doubt)."""
 
@@ -42,6 +43,10 @@ class AgentHost(_AgentHost):
         setup_tracing("sopflow-agent-host")  # ADK's spans go through the process's global tracer provider
         # one limit per provider for every host of the namespace (an actor of its own)
         self.limiter = RayLimiter(namespace, config.model_rate_limit_map)
+        from ray.util.metrics import Gauge
+
+        self._breaker_gauge = Gauge("sopflow_mcp_breaker_state", "Circuit breaker of an MCP data source on an agent "
+                                    "host: 0 closed, 1 half-open, 2 open", tag_keys=("source", "host"))
 
     async def run_session(self, spec: AgentSessionSpec, coordinator: Any) -> dict[str, Any]:
         """Run a session to its end, calling the engine through the coordinator actor."""
@@ -58,6 +63,10 @@ class AgentHost(_AgentHost):
     async def release(self, owner: str) -> None:
         """An execution ended: close the MCP sessions only it used."""
         await self.pool.release(owner)
+
+    def breaker_changed(self, source: str, snapshot: dict[str, Any]) -> None:
+        super().breaker_changed(source, snapshot)
+        self._breaker_gauge.set(_BREAKER_LEVEL.get(snapshot["state"], 0), tags={"source": source, "host": self.name})
 
     async def stop_session(self, execution_id: str, session: int) -> bool:
         return self.cancel(execution_id, session)
@@ -99,6 +108,13 @@ class RayAgentDriver:
         if not self.hosts:
             self.hosts = host_actors(self.core)
             self.load = {HOST_NAME.format(i): 0 for i in range(len(self.hosts))}
+
+    async def info(self) -> list[dict[str, Any]]:
+        """Each host actor started so far: its sessions and its MCP sources' circuit breakers."""
+        hosts = getattr(self.core, "_agent_host_actors", None) or []
+        answers = await asyncio.gather(*(h.ping.remote() for h in hosts), return_exceptions=True)
+        return [a if isinstance(a, dict) else {"name": HOST_NAME.format(i), "error": _first_line(a)}
+                for i, a in enumerate(answers)]
 
     def start(self, spec: AgentSessionSpec, ended: Callable[[str | None, bool], None]) -> _RayHandle:
         self._ensure_hosts()

@@ -95,8 +95,15 @@ class AgentHost:
     def pool(self) -> McpPool:
         """The host's MCP client pool: one session per server, shared by the sessions using it."""
         if self._pool is None:
-            self._pool = McpPool()
+            self._pool = McpPool(on_breaker=self.breaker_changed)
         return self._pool
+
+    def breaker_changed(self, source: str, snapshot: dict[str, Any]) -> None:
+        """A data source's circuit breaker opened, half-opened or closed: say so (the Ray host also
+        exports it as a metric)."""
+        level = logging.WARNING if snapshot["state"] != "closed" else logging.INFO
+        log.log(level, "circuit breaker of data source %s is %s (%s failures in the last %s calls) on host %s",
+                source, snapshot["state"], snapshot["failures"], snapshot["calls"], self.name)
 
     async def mcp_tools(self, ctx: AgentContext, replay: bool = False) -> list[BaseTool]:
         """The MCP tools the SOP lets the agent call itself, described as their servers list them.
@@ -138,7 +145,8 @@ class AgentHost:
         return lambda name: name in safe
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "sessions": len(self.sessions), "pid": os.getpid()}
+        return {"name": self.name, "sessions": len(self.sessions), "pid": os.getpid(),
+                "breakers": self._pool.breakers() if self._pool is not None else {}}
 
 
 class _NotInReplay(BaseLlm):
@@ -169,6 +177,10 @@ class LocalAgentDriver:
         self.core = core
         # the in-process engine's own registry: models registered in code are found in this process
         self.host = AgentHost("local", core.config, getattr(core, "registry", None))
+
+    async def info(self) -> list[dict[str, Any]]:
+        """The host: its sessions and its MCP sources' circuit breakers."""
+        return [self.host.info()]
 
     def start(self, spec: AgentSessionSpec, ended: Callable[[str | None, bool], None]) -> _LocalHandle:
         async def port(op: str, args: dict[str, Any], call: int | None) -> Any:

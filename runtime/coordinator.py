@@ -561,7 +561,14 @@ class CoordinatorCore:
         return {"state": self.config.state, "durable": self.config.durable,
                 "stalled": None if stalled is None else str(stalled),
                 "in_memory": len(self.executions), "recovery": self.recovery,
-                "commits": dict(self.journal.committer.stats), **self.event_log.stats()}
+                "commits": dict(self.journal.committer.stats), **self.event_log.stats(),
+                "agent_hosts": await self._agent_hosts()}
+
+    async def _agent_hosts(self) -> list[dict[str, Any]]:
+        """Each agent host: its sessions and its MCP data sources' circuit breakers (none before the
+        first Agent Centric Run or ``mcp:`` step)."""
+        hosts = getattr(self.machine.agents, "info", None)
+        return await hosts() if hosts is not None else []
 
 
 def _default_capacity() -> int:

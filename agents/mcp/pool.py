@@ -91,11 +91,14 @@ class McpPool:
     """
 
     def __init__(self, *, on_call: Callable[[CallRecord], None] | None = None,
+                 on_breaker: Callable[[str, dict], None] | None = None,
                  backoff_s: tuple[float, ...] = (1.0, 2.0, 4.0), clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Any] = asyncio.sleep,
                  breaker: Callable[[Callable[[], float]], CircuitBreaker] | None = None,
                  health_after_s: float = 30.0, max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         self.on_call = on_call
+        self.on_breaker = on_breaker
+        """Called ``(source name, breaker snapshot)`` after a call that changed a breaker's state."""
         self.backoff_s = tuple(backoff_s)
         self.clock, self.sleep = clock, sleep
         self._make_breaker = breaker or (lambda c: CircuitBreaker(clock=c))
@@ -122,12 +125,13 @@ class McpPool:
                 self.on_call(CallRecord(source.name, tool, mask(arguments), outcome, size, self.clock() - started,
                                         attempts, None if error is None else mask(error)))
 
+        breaker = self._breaker(source)
+        before = breaker.state
         try:
             if source.tools is not None and tool not in source.tools:
                 raise McpNotAllowed(f"tool {tool!r} of data source {source.name!r} is not allowed: the SOP allows "
                                     f"{', '.join(source.tools) or 'no tool'}; add it to the source's 'tools'")
             reuse = idempotent if idempotent is not None else tool in source.idempotent_tools
-            breaker = self._breaker(source)
             delays = iter(self.backoff_s)
             while True:
                 if not breaker.allow():
@@ -174,6 +178,9 @@ class McpPool:
         except BaseException as e:
             audit("cancelled" if isinstance(e, asyncio.CancelledError) else "error", f"{type(e).__name__}: {e}")
             raise
+        finally:
+            if self.on_breaker is not None and breaker.state != before:
+                self.on_breaker(source.name, breaker.snapshot())
 
     async def list_tools(self, source: SourceSpec, *, owner: str) -> list[types.Tool]:
         """The tools ``source``'s server lists (those the SOP allows, when it says which).

@@ -182,3 +182,10 @@ def test_a_paused_agent_run_starts_no_step_until_resumed(inproc, tmp_path) -> No
     assert inproc.status(eid).steps["after"].status == StepStatus.QUEUED  # asked for, held while paused
     inproc.resume(eid)
     assert inproc.wait(eid, timeout=30).status == ExecutionStatus.COMPLETED
+
+
+def test_engine_info_lists_the_agent_hosts_with_their_sessions_and_breakers(inproc) -> None:
+    inproc.wait(inproc.submit(CHAIN, {"n": 1}), timeout=60)
+    hosts = inproc.info()["agent_hosts"]
+    assert [h["name"] for h in hosts] == ["local"]
+    assert hosts[0]["sessions"] == 0 and hosts[0]["breakers"] == {}

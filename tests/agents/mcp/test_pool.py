@@ -163,9 +163,11 @@ def test_a_hanging_tool_times_out_and_the_session_still_serves_other_calls() -> 
 def test_a_server_failing_half_its_calls_opens_the_breaker_and_a_probe_after_the_open_period_closes_it() -> None:
     clock = Clock()
     records: list[CallRecord] = []
+    changes: list[tuple[str, str]] = []
 
     async def scenario():
-        pool = McpPool(on_call=records.append, clock=clock, sleep=Sleeps())
+        pool = McpPool(on_call=records.append, clock=clock, sleep=Sleeps(),
+                       on_breaker=lambda source, snap: changes.append((source, snap["state"])))
         flaky = stdio("flaky", "tests.agents.mcp.servers.flaky")
         outcomes = []
         try:
@@ -190,6 +192,7 @@ def test_a_server_failing_half_its_calls_opens_the_breaker_and_a_probe_after_the
     assert probe.data == {"call": 12}
     assert closed == {"state": "closed", "failures": 0, "calls": 0, "opened_at": None}
     assert records[11].outcome == "breaker_open" and records[11].attempts == 0
+    assert changes == [("flaky", "open"), ("flaky", "closed")]  # each change reported once, as it happened
 
 
 def test_a_tool_not_allowed_is_refused_without_reaching_the_server(tmp_path: Path) -> None:
