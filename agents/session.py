@@ -10,6 +10,7 @@ result through ``finish``) or failed; the engine hears of both through the drive
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +19,7 @@ from google.adk.agents import LlmAgent
 from google.adk.agents.run_config import RunConfig
 from google.adk.apps import App
 from google.adk.models.base_llm import BaseLlm
+from google.adk.platform import uuid as platform_uuid
 from google.adk.runners import Runner
 from google.adk.sessions import InMemorySessionService
 from google.adk.tools.base_tool import BaseTool
@@ -71,6 +73,10 @@ async def run_session(spec: AgentSessionSpec, port: EnginePort, *, model: BaseLl
     tools = engine_tools(ctx, engine, recorder) + (await mcp_tools(ctx) if mcp_tools is not None and ctx.tools else [])
     app = App(name="sopflow", root_agent=build_agent(ctx, model, tools), plugins=[recorder])
     runner = Runner(app=app, session_service=InMemorySessionService(), auto_create_session=True)
+    counter = itertools.count(1)
+    # ids ADK makes up (events, function calls) count up per session: a resumed or replayed session
+    # makes the same ones (a context variable: other sessions on this host keep their own)
+    platform_uuid.set_id_provider(lambda: f"sopflow-{spec.session}-{next(counter):06d}")
     beat = asyncio.create_task(_heartbeat(engine, recorder, heartbeat_s), name=f"heartbeat {spec.execution_id}")
     parent = otel_context.attach(extract(spec.trace or {}))
     try:
