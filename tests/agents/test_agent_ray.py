@@ -70,15 +70,19 @@ def test_a_silent_session_is_taken_as_lost_and_the_stale_one_changes_nothing(ray
         {"id": "first", "run": f"echo x >> {runs}; while [ ! -e {gate} ]; do sleep 0.05; done"},
         {"id": "second", "depends_on": ["first"], "run": f"echo y >> {runs}"},
     ], name="silent")
-    with own_engine("agent-silence", tmp_path, agent_heartbeat_s=0.3, agent_silence_s=2.0) as engine:
+    # a busy CI machine may delay a heartbeat past the silence limit: a spurious loss only restarts the
+    # session from its recording, so allow plenty of restarts and look at the one the freeze causes
+    with own_engine("agent-silence", tmp_path, agent_heartbeat_s=0.3, agent_silence_s=4.0,
+                    agent_restarts=20) as engine:
         eid = engine.submit(sop)
         wait_for(lambda: engine.status(eid).steps["first"].status == StepStatus.RUNNING, 120)
-        first_host = engine.status(eid).agent["host"]
+        agent = engine.status(eid).agent
+        first_host, frozen_session = agent["host"], agent["session"]
         frozen = ray.get_actor(first_host, namespace="agent-silence")
         pid = ray.get(frozen.ping.remote())["pid"]
         os.kill(pid, signal.SIGSTOP)
         try:
-            wait_for(lambda: (engine.status(eid).agent or {}).get("session", 1) >= 2, 60)
+            wait_for(lambda: (engine.status(eid).agent or {}).get("session", 1) > frozen_session, 60)
             assert engine.status(eid).agent["host"] != first_host  # not back onto the frozen host
         finally:
             os.kill(pid, signal.SIGCONT)
@@ -87,7 +91,7 @@ def test_a_silent_session_is_taken_as_lost_and_the_stale_one_changes_nothing(ray
         assert view.status == ExecutionStatus.COMPLETED, view
         assert runs.read_text() == "x\ny\n"
         lost = [e for e in engine.history(eid) if e.kind == K.AGENT_LOST]
-        assert "no word from the session" in lost[0].data["reason"]
+        assert any("no word from the session" in e.data["reason"] for e in lost)
 
 
 def test_an_agent_step_of_a_dag_runs_as_a_child_agent_run_in_a_host_actor(engine) -> None:
