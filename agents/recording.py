@@ -44,16 +44,30 @@ class BudgetExceeded(SopflowError):
     """The run used up its token budget (``agent.token_budget``)."""
 
 
-def request_digest(llm_request: LlmRequest) -> str:
-    """A digest of what the model is asked: instruction, conversation and tools (call ids left out,
-    since ADK makes them up anew each run)."""
-    config = llm_request.config
-    doc = {
-        "instruction": _plain(config.system_instruction if config else None),
-        "contents": [_plain(c) for c in llm_request.contents],
-        "tools": sorted(llm_request.tools_dict),
-    }
-    return _digest(doc)
+class ConversationDigest:
+    """Digests of what the model is asked, call after call: instruction, conversation and tools (call
+    ids left out, since ADK makes them up anew each run).
+
+    The conversation only grows within a session, so each call hashes only the turns added since the
+    previous one (hashing it whole every call made a session's cost grow with the square of its length).
+    """
+
+    def __init__(self) -> None:
+        self._turns = hashlib.sha256()
+        self._seen = 0
+
+    def __call__(self, llm_request: LlmRequest) -> str:
+        contents = llm_request.contents
+        if len(contents) < self._seen:  # not a continuation: start over
+            self._turns, self._seen = hashlib.sha256(), 0
+        for content in contents[self._seen:]:
+            self._turns.update(json.dumps(_plain(content), sort_keys=True, default=str).encode() + b"\n")
+        self._seen = len(contents)
+        config = llm_request.config
+        digest = self._turns.copy()
+        digest.update(json.dumps({"instruction": _plain(config.system_instruction if config else None),
+                                  "tools": sorted(llm_request.tools_dict)}, sort_keys=True, default=str).encode())
+        return digest.hexdigest()[:32]
 
 
 def tool_digest(name: str, args: dict[str, Any]) -> str:
@@ -98,6 +112,7 @@ class SessionRecorder(BasePlugin):
         self.replay = replay
         self.idempotent = idempotent
         self.token_budget = token_budget
+        self.digest = ConversationDigest()
         self.model_index = 0
         self.tool_index = 0
         self.live = False
@@ -120,7 +135,7 @@ class SessionRecorder(BasePlugin):
     async def before_model_callback(self, *, callback_context: CallbackContext,
                                     llm_request: LlmRequest) -> LlmResponse | None:
         index, self.model_index = self.model_index, self.model_index + 1
-        digest = request_digest(llm_request)
+        digest = self.digest(llm_request)
         if not self.live and index < len(self.models):
             recorded = self.models[index]
             if recorded["request"] == digest:
