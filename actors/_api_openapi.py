@@ -78,7 +78,10 @@ _SCHEMAS = {
         "tokens": {"type": "integer", "description": "Prompt and response tokens of its model calls."},
         "lost": {"type": "integer", "description": "Sessions lost (and started again)."},
         "summary": {"type": "string", "description": "Its own account of the run, once it finished."},
-        "outputs": {"type": ["object", "null"], "description": "The outputs it reported."}}},
+        "outputs": {"type": ["object", "null"], "description": "The outputs it reported."},
+        "waiting": {"type": ["object", "null"], "description": "A tool call (not idempotent) that was in flight "
+                    "when its session was lost, waiting for an operator's decision (POST .../decide with step "
+                    "`call:<index>`): {call, reason, since}."}}},
     "Decision": {"type": "object", "required": ["decision", "rationale"], "properties": {
         "step": {"type": ["string", "null"]},
         "decision": {"type": "string", "description": "run, skip, halt, escalate or the agent's own word."},

@@ -189,16 +189,9 @@ class SessionRecorder(BasePlugin):
                                                 "result": recorded["result"], "ok": recorded.get("ok", True)})
                 return _as_answer(recorded["result"])
             if not self.idempotent(tool.name):  # it was in flight when the session was lost
-                answer = {"error": f"the call to {tool.name} was interrupted when the agent's host was lost; it may "
-                                   "or may not have taken effect, and the tool is not idempotent, so it was not "
-                                   "repeated: check its effect before going on, or escalate"}
-                await self._record("tool", {"index": index, "tool": tool.name, "request": digest,
-                                            "result": answer, "ok": False})
-                if not self.replay:  # the operators hear of it at once, as of a step that needs a decision
-                    await self.port("escalate", {"reason": f"the call to {tool.name} was interrupted when the "
-                                                           "agent's host was lost; it is not idempotent, so it was "
-                                                           "not repeated: check whether it took effect"}, None)
-                return answer
+                answer = await self._decided(index, tool.name, digest)
+                if answer is not None:
+                    return answer  # else the operator said: run it again
         elif self.replay:
             raise ReplayDivergence(f"tool call {index} ({tool.name}) is not in the recording")
         if not self.idempotent(tool.name):
@@ -207,6 +200,25 @@ class SessionRecorder(BasePlugin):
             await self.flush()  # the answer that asked for this call is logged before the call is made
         self._tool_started[index] = time.monotonic()
         return None
+
+    async def _decided(self, index: int, tool: str, digest: str) -> dict[str, Any] | None:
+        """Wait for an operator's decision about interrupted call ``index`` (like a step's interrupted
+        attempt that is not idempotent): the answer the agent gets, or None to call the tool again."""
+        await self.flush()
+        self.activity = f"waiting for an operator's decision about call {index} ({tool})"
+        decided = await self.port("interrupted", {"index": index, "tool": tool}, index)
+        decision = decided.get("decision")
+        if decision == "rerun":
+            return None  # called again below, announced by a new tool_started
+        if decision == "succeed":
+            answer = decided.get("output")
+            answer = answer if isinstance(answer, dict) else {"result": answer}
+        else:
+            answer = {"error": f"the call was interrupted when the agent's host was lost; an operator decided "
+                               f"to {decision} it: {decided.get('reason') or 'no reason given'}"}
+        await self._record("tool", {"index": index, "tool": tool, "request": digest, "result": answer,
+                                    "ok": decision == "succeed"})
+        return answer
 
     async def after_tool_callback(self, *, tool: BaseTool, tool_args: dict[str, Any], tool_context: ToolContext,
                                   result: dict[str, Any]) -> dict[str, Any] | None:

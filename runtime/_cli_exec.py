@@ -227,6 +227,9 @@ def _print_agent(out: Any, agent: dict[str, Any]) -> None:
               f"{agent.get('tokens', 0)} tokens")
     if agent.get("summary"):
         out.print(f"  summary: {escape(str(agent['summary']))}")
+    if agent.get("waiting"):
+        out.print(f"  [bold yellow]needs a decision[/bold yellow] about {escape(str(agent['waiting']['call']))}: "
+                  f"{escape(str(agent['waiting']['reason']))}")
     decisions = agent.get("decisions") or []
     if decisions:
         table = Table("step", "decision", "rationale", box=None, pad_edge=False, header_style="bold",

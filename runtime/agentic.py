@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from runtime import events as ev
 from runtime.errors import ExecutionError
 from runtime.seams import AgentSessionSpec
+from runtime.state import AGENT_CALL
 from runtime.status import ExecutionStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -216,6 +217,41 @@ class AgentRunsMixin:
             out["error"] = st.error
         return out
 
+    def _op_interrupted(self, exe: Execution, args: dict[str, Any], _: int | None) -> Any:
+        """A resumed session met a tool call, not idempotent, that was in flight when its session was lost:
+        it may or may not have taken effect, so an operator decides (as for a step's interrupted attempt):
+        ``sopflow decide <execution> call:<index> rerun|succeed|fail|skip``. Answers the decision."""
+        key = f"{AGENT_CALL}{int(args['index'])}"
+        decided = (exe.state.agent or {}).get("decided", {}).get(key)
+        if decided is not None:
+            return decided  # decided before this session (or the coordinator) was restarted
+        waiting = (exe.state.agent or {}).get("waiting")
+        if waiting is None or waiting["call"] != key:
+            self.host.emit(exe, ev.DecisionRequired(
+                reason=f"the agent's call {args['index']} to {args.get('tool')} was in flight when its session was "
+                       "lost and the tool is not idempotent: it may or may not have taken effect; decide with "
+                       f"`sopflow decide {exe.id} {key} rerun|succeed|fail|skip`"), key)
+        fut = asyncio.get_running_loop().create_future()
+        exe.agent.waiters.setdefault(key, []).append(fut)
+        return fut
+
+    def agent_call_decided(self, exe: Execution, key: str, decision: str, reason: str, output: Any,
+                           by: str | None) -> None:
+        """An operator settled the agent's interrupted call ``key`` (``call:<index>``).
+
+        Raises:
+            ExecutionError: no call of this execution waits for that decision.
+        """
+        waiting = (exe.state.agent or {}).get("waiting")
+        if waiting is None or waiting["call"] != key:
+            raise ExecutionError(f"no call of execution {exe.id} waits for a decision as {key!r} (waiting: "
+                                 f"{waiting['call'] if waiting else 'none'})")
+        self.host.emit(exe, ev.Decided(decision=decision, reason=reason, output=output, by=by), key)
+        answer = exe.state.agent["decided"][key]
+        for fut in exe.agent.waiters.pop(key, ()):
+            if not fut.done():
+                fut.set_result(answer)
+
     def _op_decide(self, exe: Execution, args: dict[str, Any], call: int | None) -> dict[str, Any]:
         if call is not None and call in exe.state.agent["calls"]:
             return {"recorded": True, "repeated": True}
@@ -308,6 +344,7 @@ def session_spec(exe: Execution, session: int, records: dict[str, Any], replay: 
 
 
 _OPS = {"record": AgentRunsMixin._op_record, "step": AgentRunsMixin._op_step,
+        "interrupted": AgentRunsMixin._op_interrupted,
         "decide": AgentRunsMixin._op_decide, "status": AgentRunsMixin._op_status,
         "escalate": AgentRunsMixin._op_escalate, "finish": AgentRunsMixin._op_finish}
 

@@ -32,7 +32,7 @@ from runtime.hooks import Hooks
 from runtime.outputs import OutputNotData, as_data
 from runtime.scheduling import Verdict, verdict
 from runtime.seams import Admission, AgentDriver, ExecutionHost, FailurePolicy, StepRunner
-from runtime.state import final_status
+from runtime.state import AGENT_CALL, final_status
 from runtime.status import ExecutionStatus, StepStatus
 from sop import Step, render
 from sop.expressions import ExpressionError, compile_expression, strip_braces
@@ -265,6 +265,22 @@ class StateMachine(AttemptsMixin, AgentRunsMixin):
         self.release_held(exe)
         self.advance(exe, list(exe.active_graph.nodes))
 
+    def _decided_output(self, exe: Execution, step_id: str, decision: str, output: Any) -> Any:
+        """An operator's output (``succeed``) as a step output: data, capped like one; None otherwise.
+
+        Raises:
+            ExecutionError: the output is not JSON data.
+        """
+        if decision != "succeed":
+            return None
+        try:
+            return self.host.artifacts.spill(exe.id, exe.redact(as_data(output)),
+                                             self.host.config.max_inline_output_bytes)
+        except OutputNotData as e:
+            what = f"call {step_id!r}" if step_id.startswith(AGENT_CALL) else f"step {step_id!r}"
+            raise ExecutionError(f"the output given for {what} is not JSON data: {e}; give a dict with str keys, "
+                                 "a list, a str, a number, a bool or None") from None
+
     def check_can_add_steps(self, exe: Execution) -> None:
         """Raise unless steps may be added to ``exe`` now (checked before they are validated against it).
 
@@ -298,20 +314,17 @@ class StateMachine(AttemptsMixin, AgentRunsMixin):
         """
         if decision not in DECISIONS:
             raise ExecutionError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+        if exe.agentic and step_id.startswith(AGENT_CALL):  # an agent's interrupted tool call
+            self.agent_call_decided(exe, step_id, decision, reason, self._decided_output(exe, step_id, decision,
+                                                                                          output), by)
+            return
         st = exe.state.steps.get(step_id)
         if st is None or st.status != StepStatus.NEEDS_DECISION:
             waiting = [k for k, s in exe.state.steps.items() if s.status == StepStatus.NEEDS_DECISION]
             raise ExecutionError(f"step {step_id!r} of {exe.id} is not waiting for a decision "
                                  f"(steps waiting: {', '.join(waiting) or 'none'})")
-        if decision == "succeed":  # an operator's output is a step output: data, capped like one
-            try:
-                output = self.host.artifacts.spill(exe.id, exe.redact(as_data(output)),
-                                                   self.host.config.max_inline_output_bytes)
-            except OutputNotData as e:
-                raise ExecutionError(f"the output given for step {step_id!r} is not JSON data: {e}; give a "
-                                     "dict with str keys, a list, a str, a number, a bool or None") from None
-        self.host.emit(exe, ev.Decided(decision=decision, reason=reason, output=output if decision == "succeed" else None,
-                                       by=by), step_id, st.attempts)
+        output = self._decided_output(exe, step_id, decision, output)
+        self.host.emit(exe, ev.Decided(decision=decision, reason=reason, output=output, by=by), step_id, st.attempts)
         if decision == "rerun" and not exe.state.cancel_requested:
             self.start(exe, exe.steps_by_id[step_id], st.attempts + 1)
         else:

@@ -83,6 +83,11 @@ class ExecutionState:
             agent=agent_view(self.agent) if self.agent is not None else None)
 
 
+AGENT_CALL = "call:"
+"""``call:<index>``: an agent's tool call waiting for (or settled by) an operator's decision, where a
+step id would be (``decision_required`` / ``operator_decided`` events, ``sopflow decide``)."""
+
+
 def new_agent_state() -> dict[str, Any]:
     """The agent part of an :class:`ExecutionState`, as data (it goes into snapshots as it is).
 
@@ -91,11 +96,13 @@ def new_agent_state() -> dict[str, Any]:
     tool calls by index (as text) ``{"tool", "request", "result", "ok"}``, or ``{"tool", "request",
     "started": True}`` while one that is not idempotent runs; ``calls``: indices of the session's tool
     calls the engine has applied (a resumed session repeating one changes nothing); ``decisions``:
-    ``{"step", "decision", "rationale", "at"}``; ``message``/``progress``/``seen``: its last status.
+    ``{"step", "decision", "rationale", "at"}``; ``message``/``progress``/``seen``: its last status;
+    ``waiting``: the interrupted tool call (``{"call", "reason", "since"}``) an operator must decide
+    about; ``decided``: those decisions by call.
     """
     return {"session": 0, "agent": "", "model": "", "host": "", "message": "", "progress": None, "seen": None,
             "decisions": [], "models": [], "tools": {}, "calls": [], "tokens": 0, "lost": 0, "summary": None,
-            "outputs": None}
+            "outputs": None, "waiting": None, "decided": {}}
 
 
 def agent_view(agent: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +111,7 @@ def agent_view(agent: dict[str, Any]) -> dict[str, Any]:
             "message": agent["message"], "progress": agent["progress"], "seen": agent["seen"],
             "decisions": [dict(d) for d in agent["decisions"]], "model_calls": len(agent["models"]),
             "tool_calls": len(agent["tools"]), "tokens": agent["tokens"], "lost": agent["lost"],
-            "summary": agent["summary"], "outputs": agent["outputs"]}
+            "summary": agent["summary"], "outputs": agent["outputs"], "waiting": agent.get("waiting")}
 
 
 def apply(state: ExecutionState, event: Event) -> None:
@@ -223,8 +230,12 @@ def _child_submitted(state: ExecutionState, event: Event, _: StepState | None, p
 
 
 def _decision_required(state: ExecutionState, event: Event, step: StepState | None,
-                       __: ev.DecisionRequired) -> None:
+                       p: ev.DecisionRequired) -> None:
     state.progress.pop(event.step, None)  # type: ignore[arg-type]
+    if event.step is not None and event.step.startswith(AGENT_CALL):  # an agent's interrupted tool call
+        _agent(state)["waiting"] = {"call": event.step, "reason": p.reason, "since": event.ts}
+        if state.status in (ExecutionStatus.RUNNING, ExecutionStatus.PAUSED):
+            state.status = ExecutionStatus.NEEDS_DECISION
     if step is not None:
         step.status, step.waiting_since = StepStatus.NEEDS_DECISION, event.ts
         if state.status in (ExecutionStatus.RUNNING, ExecutionStatus.PAUSED):
@@ -233,6 +244,15 @@ def _decision_required(state: ExecutionState, event: Event, step: StepState | No
 
 def _decided(state: ExecutionState, event: Event, step: StepState | None, p: ev.Decided) -> None:
     state.progress.pop(event.step, None)  # type: ignore[arg-type]
+    if event.step is not None and event.step.startswith(AGENT_CALL):
+        agent = _agent(state)
+        agent["waiting"] = None
+        agent.setdefault("decided", {})[event.step] = {"decision": p.decision, "reason": p.reason,
+                                                       "output": p.output}
+        if state.status == ExecutionStatus.NEEDS_DECISION and not any(
+                s.status == StepStatus.NEEDS_DECISION for s in state.steps.values()):
+            state.status = ExecutionStatus.PAUSED if state.paused else ExecutionStatus.RUNNING
+        return
     if step is None:
         return
     if p.decision == "rerun":

@@ -36,3 +36,45 @@ def test_an_agent_run_with_mcp_steps_replays_with_no_server_running(inproc, ledg
     report = inproc.replay(eid)
     assert report.deterministic, report.render()
     assert not ledger.exists()  # no server was started (it would have created the file again)
+
+
+def test_a_call_in_flight_when_its_session_was_lost_waits_for_an_operator_and_is_not_repeated(tmp_path) -> None:
+    """The engine stops while the agent's call to a tool that is not idempotent hangs; the resumed session
+    does not call it again: the run waits for a decision (``call:<index>``), which answers the agent."""
+    import yaml
+
+    from runtime import Engine, Registry
+    from runtime.events import EventKind
+    from runtime.status import ExecutionStatus
+    from tests.agents.scripted_model import ScriptedModel
+    from tests.sop_builders import wait_for
+
+    registry = Registry()
+    registry.register("model", "scripted", {}, ScriptedModel)
+    sop = yaml.safe_dump({"sop": "inflight", "mode": "agent_centric", "steps": [],
+                          "data_sources": {"slow": {"command": "python",
+                                                    "args": ["-m", "tests.agents.mcp.servers.hanging"],
+                                                    "tools": ["hang", "quick"]}},
+                          "agent": {"model": "scripted", "instruction": "CALL slow__hang {}", "tools": ["slow.hang"]}})
+    state = str(tmp_path / "state.db")
+    first = Engine.in_process(state=state, registry=registry)
+    try:
+        eid = first.submit(sop)
+        wait_for(lambda: any(e.kind == EventKind.TOOL_STARTED for e in first.history(eid)), 60)
+    finally:
+        first.shutdown()  # the engine goes away with the call in flight
+    second = Engine.in_process(state=state, registry=registry)
+    try:
+        wait_for(lambda: second.status(eid).status == ExecutionStatus.NEEDS_DECISION, 60)
+        waiting = second.status(eid).agent["waiting"]
+        assert waiting["call"] == "call:0" and "may or may not have taken effect" in waiting["reason"]
+        second.decide(eid, "call:0", "succeed", reason="checked by hand", output={"done": True})
+        view = second.wait(eid, timeout=60)
+        assert view.status == ExecutionStatus.COMPLETED
+        assert view.outputs["outputs"] == {"done": True}  # the operator's answer reached the agent
+        history = second.history(eid)
+        assert sum(e.kind == EventKind.TOOL_STARTED for e in history) == 1  # never called again
+        with pytest.raises(Exception, match="no call of execution .* waits for a decision as 'call:0'"):
+            second.decide(eid, "call:0", "skip")
+    finally:
+        second.shutdown()

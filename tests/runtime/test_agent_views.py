@@ -120,7 +120,7 @@ ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=30
 def agent_view(decisions: list[dict], **agent) -> ExecutionView:
     data = {"session": 1, "agent": "s/exe-0123456789ab-cdef0123", "model": "offline", "host": "local",
             "message": "report: run", "progress": None, "seen": 1.8e9, "decisions": decisions, "model_calls": 3,
-            "tool_calls": 1, "tokens": 2342, "lost": 0, "summary": "done", "outputs": {}, **agent}
+            "tool_calls": 1, "tokens": 2342, "lost": 0, "summary": "done", "outputs": {}, "waiting": None, **agent}
     return ExecutionView(id="exe-0123456789ab-cdef0123", sop="s", version="1", mode="agent_centric",
                          status=ExecutionStatus.COMPLETED, progress=1.0,
                          steps={"a": StepView("a", StepStatus.SKIPPED)}, submitted_at=1.8e9, agent=data)
@@ -178,7 +178,9 @@ def test_the_openapi_schema_documents_the_agent_and_its_decisions() -> None:
     validate(doc)
     schemas = doc["components"]["schemas"]
     assert schemas["ExecutionView"]["properties"]["agent"]["oneOf"][0] == {"$ref": "#/components/schemas/Agent"}
-    assert set(schemas["Agent"]["properties"]) == set(agent_view([]).agent)
+    from runtime.state import agent_view as view_of, new_agent_state
+
+    assert set(schemas["Agent"]["properties"]) == set(view_of(new_agent_state()))  # what status really carries
     assert set(schemas["Decision"]["properties"]) == {"step", "decision", "rationale", "at"}
 
 
