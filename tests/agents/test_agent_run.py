@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from runtime.events import EventKind
@@ -98,14 +100,20 @@ def test_a_token_budget_stops_the_run_with_the_reason(inproc) -> None:
     assert "token_budget is 10" in history[-1].data["reason"]
 
 
-def test_cancelling_an_agent_run_stops_its_session_and_its_steps(inproc, tmp_path) -> None:
+def _gated(inproc, tmp_path, steps: int = 2) -> tuple[str, Path]:
+    """An agent run whose first step ``wait`` runs until the file ``gate`` exists (then ``after``)."""
     from tests.sop_builders import wait_for
 
     gate = tmp_path / "gate"
     sop = agent_sop([{"id": "wait", "run": f"while [ ! -e {gate} ]; do sleep 0.05; done"},
-                     {"id": "after", "depends_on": ["wait"], "run": "echo after"}])
+                     {"id": "after", "depends_on": ["wait"], "run": "echo after"}][:steps])
     eid = inproc.submit(sop)
     wait_for(lambda: inproc.status(eid).steps["wait"].status == StepStatus.RUNNING, 30)
+    return eid, gate
+
+
+def test_cancelling_an_agent_run_stops_its_session_and_its_steps(inproc, tmp_path) -> None:
+    eid, gate = _gated(inproc, tmp_path)
     inproc.cancel(eid, force=True)
     view = inproc.wait(eid, timeout=30)
     gate.touch()
@@ -156,11 +164,8 @@ def test_a_replay_that_meets_another_conversation_reports_the_divergence(inproc)
 
 def test_steps_cannot_be_added_to_an_agent_run_and_the_refusal_says_why(inproc, tmp_path) -> None:
     from runtime.errors import ExecutionError
-    from tests.sop_builders import wait_for
 
-    gate = tmp_path / "gate"
-    eid = inproc.submit(agent_sop([{"id": "wait", "run": f"while [ ! -e {gate} ]; do sleep 0.05; done"}]))
-    wait_for(lambda: inproc.status(eid).steps["wait"].status == StepStatus.RUNNING, 30)
+    eid, gate = _gated(inproc, tmp_path, steps=1)
     with pytest.raises(ExecutionError, match="is an Agent Centric Run: its agent was given the whole SOP"):
         inproc.add_steps(eid, [{"id": "more", "run": "echo more"}])
     gate.touch()
@@ -170,11 +175,7 @@ def test_steps_cannot_be_added_to_an_agent_run_and_the_refusal_says_why(inproc, 
 def test_a_paused_agent_run_starts_no_step_until_resumed(inproc, tmp_path) -> None:
     from tests.sop_builders import wait_for
 
-    gate = tmp_path / "gate"
-    sop = agent_sop([{"id": "wait", "run": f"while [ ! -e {gate} ]; do sleep 0.05; done"},
-                     {"id": "after", "depends_on": ["wait"], "run": "echo after"}])
-    eid = inproc.submit(sop)
-    wait_for(lambda: inproc.status(eid).steps["wait"].status == StepStatus.RUNNING, 30)
+    eid, gate = _gated(inproc, tmp_path)
     inproc.pause(eid)
     gate.touch()
     wait_for(lambda: inproc.status(eid).steps["wait"].status == StepStatus.SUCCEEDED, 30)
