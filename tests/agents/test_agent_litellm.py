@@ -59,8 +59,8 @@ def test_an_agent_run_through_litellm_follows_the_models_tool_calls(inproc) -> N
 
 def test_an_agent_run_whose_provider_keeps_failing_ends_failed_and_says_why(inproc) -> None:
     with fake_openai.serve() as server:
-        server.push(*[fake_openai.error(500) for _ in range(10)])
+        server.push(*[fake_openai.error(503, retry_after="0") for _ in range(10)])  # no real waiting
         view = inproc.wait(inproc.submit(_sop(server.url), {"key": KEY}), timeout=120)
     assert view.status == ExecutionStatus.FAILED
     reason = inproc.history(view.id)[-1].data["reason"]
-    assert "ModelUnavailable" in reason or "500" in reason, reason
+    assert "ModelUnavailable" in reason or "503" in reason, reason
