@@ -16,11 +16,13 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-## The main job: validate the example SOPs, draw one, run one on a local Ray cluster.
+## The main job: validate the example SOPs, draw one, run one on a local Ray cluster, then run the
+## invoice example in both modes (an ADK agent against the example ledger MCP server, and as a DAG).
 demo: $(STAMP)
 	$(VENV)/bin/sopflow validate examples/hello-linear.yaml examples/fanout-condition.yaml examples/invoice-reconciliation.yaml
 	$(VENV)/bin/sopflow graph examples/fanout-condition.yaml
 	$(VENV)/bin/sopflow run examples/fanout-condition.yaml --input threshold=1
+	$(VENV)/bin/sopflow compare examples/invoice-reconciliation.yaml --input account_id=ACME-001
 
 ## The whole test suite (starts one local Ray cluster for the run).
 test: $(STAMP)
