@@ -22,7 +22,8 @@ demo: $(STAMP)
 	$(VENV)/bin/sopflow validate examples/hello-linear.yaml examples/fanout-condition.yaml examples/invoice-reconciliation.yaml
 	$(VENV)/bin/sopflow graph examples/fanout-condition.yaml
 	$(VENV)/bin/sopflow run examples/fanout-condition.yaml --input threshold=1
-	$(VENV)/bin/sopflow compare examples/invoice-reconciliation.yaml --input account_id=ACME-001
+	@# from a scratch directory: the example ledger server keeps its SQLite file in its working directory
+	cd "$$(mktemp -d)" && $(CURDIR)/$(VENV)/bin/sopflow compare $(CURDIR)/examples/invoice-reconciliation.yaml --input account_id=ACME-001
 
 ## The whole test suite (starts one local Ray cluster for the run).
 test: $(STAMP)

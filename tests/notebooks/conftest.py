@@ -52,8 +52,13 @@ def operations() -> Iterator:
 
 @pytest.fixture(scope="session")
 def agents() -> Iterator:
+    """The agents notebook, executed; ``metadata["ledgers_before"]``: the ledger files that were already in
+    the checkout (a ``make demo`` run from its root leaves one there), so a test can tell what it made."""
+    before = sorted(str(p) for p in (NOTEBOOKS / "ledger.sqlite3", ROOT / "ledger.sqlite3") if p.exists())
     with tempfile.TemporaryDirectory(prefix="sopflow-nb-") as tmp:
-        yield execute("agents", Path(tmp))
+        nb = execute("agents", Path(tmp))
+        nb.metadata["ledgers_before"] = before
+        yield nb
 
 
 @pytest.fixture(scope="session")
