@@ -114,3 +114,24 @@ def test_importing_sop_does_not_import_ray() -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+AGENTS_NAMES = ["AgentContext", "AgentHost", "McpPool", "OfflineModel", "SessionRecorder", "build_agent",
+                "build_model", "run_session"]
+
+
+def test_agents_exports_exactly_the_pinned_names_and_each_imports() -> None:
+    import agents
+
+    assert sorted(agents.__all__) == AGENTS_NAMES
+    for name in AGENTS_NAMES:
+        namespace: dict = {}
+        exec(f"from agents import {name}", namespace)  # noqa: S102 - the import statement users write
+        assert namespace[name] is getattr(agents, name)
+
+
+def test_importing_the_mcp_pool_does_not_import_adk() -> None:
+    done = subprocess.run([sys.executable, "-c", "import sys, agents.mcp.pool; print('google.adk' in sys.modules)"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
