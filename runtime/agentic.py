@@ -35,6 +35,9 @@ AGENT_DECISIONS = ("run", "skip", "halt")
 """Decisions that change a step: ``skip`` and ``halt`` end a pending step; any other word is only logged."""
 START_S = 120.0
 """The least time a new session gets to say its first word before it counts as lost."""
+MAX_TEXT = 4000
+"""The longest rationale, reason or summary an agent may log (longer ones are cut): events stay small."""
+MAX_DECISION = 100
 STATUS_EVERY_S = 0.2
 """The agent's status is logged at most this often (a heartbeat; every decision is logged anyway)."""
 
@@ -64,7 +67,7 @@ class AgentRunsMixin:
             self.agent_failed(exe, "no agent driver is installed (install sopflow with `pip install -e .`)")
             return
         recorded = exe.state.agent or {}
-        run.session = int(recorded.get("session", 0)) + 1 if exe.state.agent else 1
+        run.session = int(recorded.get("session", 0)) + 1
         if self.agent_recording is not None and exe.request.parent is None and not recorded:
             recorded = self.agent_recording  # a replay: the recorded run's calls, not this run's (none yet)
         records = {"models": list(recorded.get("models", [])), "tools": dict(recorded.get("tools", {}))}
@@ -253,13 +256,13 @@ class AgentRunsMixin:
                 fut.set_result(answer)
 
     def _op_decide(self, exe: Execution, args: dict[str, Any], call: int | None) -> dict[str, Any]:
-        if call is not None and call in exe.state.agent["calls"]:
+        if _repeated(exe, call):
             return {"recorded": True, "repeated": True}
-        sid, decision = args.get("step") or None, str(args.get("decision") or "").strip()
-        rationale = str(args.get("rationale") or "").strip()
+        sid, decision = args.get("step") or None, str(args.get("decision") or "").strip()[:MAX_DECISION]
+        rationale = str(args.get("rationale") or "").strip()[:MAX_TEXT]
         if not decision or not rationale:
             return {"recorded": False, "error": "a decision needs both 'decision' and 'rationale'"}
-        if sid is not None and sid not in exe.graph:
+        if sid is not None and (not isinstance(sid, str) or sid not in exe.graph):
             return {"recorded": False, "error": f"there is no step {sid!r}; the steps are "
                                                 f"{', '.join(exe.graph.nodes)}"}
         self.host.emit(exe, ev.AgentDecided(decision=decision, rationale=rationale, call=call), sid)
@@ -290,10 +293,10 @@ class AgentRunsMixin:
             self.host.emit(exe, ev.AgentStatus(message=message, progress=progress))
 
     def _op_escalate(self, exe: Execution, args: dict[str, Any], call: int | None) -> dict[str, Any]:
-        if call is not None and call in exe.state.agent["calls"]:
+        if _repeated(exe, call):
             return {"escalated": True, "repeated": True}
-        sid = args.get("step") if args.get("step") in exe.graph else None
-        reason = str(args.get("reason") or "the agent asked for help")[:2000]
+        sid = args.get("step") if isinstance(args.get("step"), str) and args["step"] in exe.graph else None
+        reason = str(args.get("reason") or "the agent asked for help")[:MAX_TEXT]
         self.host.emit(exe, ev.Escalated(reason=reason, classification="agent"), sid)
         self.host.emit(exe, ev.AgentDecided(decision="escalate", rationale=reason, call=call), sid)
         self.hooks.on_escalate(exe, sid, 0, {"type": "AgentEscalation", "message": reason}, "agent", reason)
@@ -301,15 +304,17 @@ class AgentRunsMixin:
 
     def _op_finish(self, exe: Execution, args: dict[str, Any], call: int | None) -> dict[str, Any]:
         run = exe.agent
-        if call is not None and call in exe.state.agent["calls"]:
+        if _repeated(exe, call):
             return {"finished": True, "repeated": True}
         running = [sid for sid in exe.inflight if sid in exe.graph]
         if running:
             return {"finished": False, "error": f"steps {', '.join(running)} still run: wait for them first"}
         outputs = args.get("outputs") if isinstance(args.get("outputs"), dict) else {}
-        summary = str(args.get("summary") or "")[:10_000]
-        self.host.emit(exe, ev.AgentReported(summary_text=summary, outputs=exe.redact(_plain(outputs)),
-                                             call=call))
+        summary = str(args.get("summary") or "")[:MAX_TEXT]
+        # a big result is stored once, as an artifact, like a step's big output (never inlined in events)
+        outputs = self.host.artifacts.spill(exe.id, exe.redact(_plain(outputs)),
+                                            self.host.config.max_inline_output_bytes)
+        self.host.emit(exe, ev.AgentReported(summary_text=summary, outputs=outputs, call=call))
         run.done = True
         if run.watchdog is not None:
             run.watchdog.cancel()
@@ -335,6 +340,11 @@ class AgentRunsMixin:
     def agent_final_status(self, exe: Execution, status: ExecutionStatus) -> ExecutionStatus:
         """A run whose agent gave up failed, whatever its steps did."""
         return ExecutionStatus.FAILED if exe.agent is not None and exe.agent.failure else status
+
+
+def _repeated(exe: Execution, call: int | None) -> bool:
+    """Whether the session's tool call ``call`` was applied already (a resumed session repeating it)."""
+    return call is not None and call in exe.state.agent["calls"]
 
 
 def session_spec(exe: Execution, session: int, records: dict[str, Any], replay: bool = False) -> AgentSessionSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,32 @@ def test_engine_info_lists_the_agent_hosts_with_their_sessions_and_breakers(inpr
     hosts = inproc.info()["agent_hosts"]
     assert [h["name"] for h in hosts] == ["local"]
     assert hosts[0]["sessions"] == 0 and hosts[0]["breakers"] == {}
+
+
+def test_hostile_agent_calls_are_answered_as_data_cut_to_size_and_a_huge_result_is_stored_once(inproc) -> None:
+    """agent_call is reachable by any client of the engine: a step that is not a name, a rationale of a
+    megabyte and a result of megabytes change nothing they should not, and nothing big is inlined."""
+    from runtime.registry import Registry
+    from tests.agents.scripted_model import ScriptedModel
+    from tests.sop_builders import wait_for
+
+    registry = Registry()
+    registry.register("model", "scripted", {}, ScriptedModel)
+    inproc.registry = registry  # the submit-side check of the model name
+    inproc._conn.coordinator.machine.agents.host.registry = registry
+    sop = agent_sop([{"id": "a", "run": "echo a"}], agent={"model": "scripted", "instruction": "HOLD"})
+    eid = inproc.submit(sop)
+    wait_for(lambda: (inproc.status(eid).agent or {}).get("session") == 1, 30)
+
+    def call(op: str, args: dict, index: int) -> object:
+        return inproc._conn.call("coordinator", "agent_call", str(eid), 1, op, args, index)
+
+    assert "there is no step" in call("decide", {"step": ["a"], "decision": "skip", "rationale": "x"}, 900)["error"]
+    assert call("decide", {"step": "a", "decision": "run", "rationale": "r" * 1_000_000}, 901)["recorded"]
+    assert call("escalate", {"step": {"a": 1}, "reason": "help"}, 902)["escalated"]
+    big = {"blob": "x" * 3_000_000}
+    assert call("finish", {"summary": "done", "outputs": big}, 903)["finished"]
+    view = inproc.wait(eid, timeout=30)
+    assert len(view.decisions[0]["rationale"]) == 4000  # cut, not refused
+    assert inproc.result(eid)["outputs"] == big  # stored once as an artifact, read back whole
+    assert max(len(json.dumps(e.data)) for e in inproc.history(eid)) < 100_000  # no event carries it inline
