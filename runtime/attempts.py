@@ -30,7 +30,7 @@ from runtime.execution import Execution, InFlight
 from runtime.failure import Action, Decision, ErrorInfo, as_dict, clean_message
 from runtime.handlers import StepOutcome, StepTask
 from runtime.outputs import mentions, respill
-from runtime.seams import AttemptSpec, Claim, StepRunner
+from runtime.seams import AttemptSpec, Claim, Demand, StepRunner
 from runtime.status import StepStatus
 from runtime.telemetry import carrier_for, tracer
 from sop import Step, render
@@ -118,7 +118,7 @@ class AttemptsMixin:
         flight.needs_slot = runner.needs_slot
         if not runner.needs_slot:  # same rules as a slotted attempt: paused, cancelled, durable first
             flight.launch()
-        elif self.admission.acquire(_claim(exe), flight.launch):
+        elif self.admission.acquire(_claim(exe, flight.step), flight.launch):
             flight.launch()
         else:
             why = f"waiting for a run slot (max_running_steps={self.admission.capacity})"
@@ -185,7 +185,7 @@ class AttemptsMixin:
                 if not flight.settled:
                     self._never_started(exe, flight)
             elif flight.launch is not None and (not flight.needs_slot
-                                                or self.admission.acquire(_claim(exe), flight.launch)):
+                                                or self.admission.acquire(_claim(exe, flight.step), flight.launch)):
                 flight.launch()
 
     def reattach(self, exe: Execution, step: Step, attempt: int, child_id: str) -> None:
@@ -452,9 +452,12 @@ def _digest_run(exe: Execution, step: Step, ctx: dict[str, Any], run: str | None
     return render_command(step.run, {**ctx, "inputs": exe.redact(ctx["inputs"])}, step=step.id)
 
 
-def _claim(exe: Execution) -> Claim:
+def _claim(exe: Execution, step: Step) -> Claim:
     state = exe.state
-    return Claim(state.priority, state.first_started_at is not None, state.submitted_at, state.priority_class)
+    res = exe.sop.effective_resources(step)
+    demand = Demand(res.cpu, exe.memory_mb.get(step.id, res.memory_mb) or 0, res.gpu, res.capabilities)
+    return Claim(state.priority, state.first_started_at is not None, state.submitted_at, state.priority_class,
+                 exe.id, exe.request.schedule is not None, demand)
 
 
 def inputs_digest(args: Any, run: str | None, env: dict[str, str]) -> str:

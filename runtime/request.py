@@ -41,6 +41,9 @@ class SubmitRequest:
     Its ``env_vars`` may hold credentials: their values are kept apart from the events, like
     secret inputs (see ``CoordinatorCore._described``)."""
 
+    schedule: dict[str, Any] | None = None
+    """A batch execution's schedule (``batch``, ``not_before``, ``deadline``, ...); ``None``: real-time."""
+
     def describe(self) -> dict[str, Any]:
         """Everything needed to rebuild this request from the log, minus secret values."""
         return {"definition": self.definition or sop_definition(self.sop),
@@ -79,6 +82,7 @@ def request_from_log(submitted: dict[str, Any], inputs: dict[str, Any]) -> Submi
                               submitted.get("idempotency_key"), submitted.get("parent"))
     request.priority_class = submitted.get("priority_class", "normal")
     request.submitted_by, request.agent = submitted.get("submitted_by", ""), submitted.get("agent")
+    request.schedule = submitted.get("schedule")
     return request
 
 

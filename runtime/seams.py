@@ -104,6 +104,23 @@ class StepRunner(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Demand:
+    """What one attempt needs from the node it runs on (a step's effective resources).
+
+    Attributes:
+        cpu: CPU cores (fractions allowed).
+        memory_mb: Memory to reserve, in MiB (0: none).
+        gpu: GPUs (fractions allowed).
+        capabilities: Node capabilities it needs (Ray resources ``capability:<name>``).
+    """
+
+    cpu: float = 1.0
+    memory_mb: int = 0
+    gpu: float = 0.0
+    capabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """Who asks :class:`Admission` for a run slot: the attempt's execution, as far as order goes.
 
@@ -115,12 +132,19 @@ class Claim:
         since: When the execution was submitted: older first.
         priority_class: ``critical``, ``high``, ``normal`` or ``low``: classes share the slots
             by weight (``EngineConfig.priority_weights``) while several wait.
+        execution: The execution's id.
+        batch: A batch execution (submitted with a ``schedule``): it runs in capacity that
+            real-time work does not want, and may be preempted for it.
+        demand: What the attempt needs from its node.
     """
 
     priority: int = 0
     continuing: bool = False
     since: float = 0.0
     priority_class: str = "normal"
+    execution: str = ""
+    batch: bool = False
+    demand: Demand = Demand()
 
     def key(self) -> tuple[int, bool, float]:
         """The order within its class: smaller goes first."""
