@@ -156,6 +156,14 @@ class EngineConfig:
     agent_restarts: int = 3
     agent_trace_content: bool = False
     model_rate_limits: tuple[tuple[str, tuple[int, int]], ...] = ()
+    # -- triggers (runtime.triggers) --
+    trigger_payload_max_bytes: int = 65_536
+    """The largest event payload ``emit`` takes (its JSON text, in bytes); a bigger one is refused."""
+    trigger_catch_up_max: int = 100
+    """The most missed fires one cron trigger with ``catch_up: all`` starts after downtime (the latest)."""
+    trigger_grace_s: float = 60.0
+    """A cron fire this late still counts as on time (``catch_up: skip`` starts it): a short restart
+    of the trigger actor loses no fire."""
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -219,6 +227,15 @@ class EngineConfig:
             raise ValueError("model_rate_limits must map a provider to (requests/min, tokens/min), "
                              f"got {self.model_rate_limits!r}") from None
         object.__setattr__(self, "model_rate_limits", tuple(sorted(check_model_rate_limits(limits).items())))
+        if isinstance(self.trigger_payload_max_bytes, bool) or not isinstance(self.trigger_payload_max_bytes, int) \
+                or self.trigger_payload_max_bytes < 1024:
+            raise ValueError(f"trigger_payload_max_bytes must be an integer >= 1024, got {self.trigger_payload_max_bytes!r}")
+        if isinstance(self.trigger_catch_up_max, bool) or not isinstance(self.trigger_catch_up_max, int) \
+                or not 1 <= self.trigger_catch_up_max <= 100_000:
+            raise ValueError(f"trigger_catch_up_max must be an integer from 1 to 100000, got {self.trigger_catch_up_max!r}")
+        if isinstance(self.trigger_grace_s, bool) or not isinstance(self.trigger_grace_s, int | float) \
+                or not 0 <= self.trigger_grace_s < float("inf"):
+            raise ValueError(f"trigger_grace_s must be a number of seconds >= 0, got {self.trigger_grace_s!r}")
 
     def on_this_node(self) -> EngineConfig:
         """This config with an empty ``state`` resolved in the calling process (an actor on the head)."""
