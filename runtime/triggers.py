@@ -57,6 +57,7 @@ class TriggerCore:
         self._run = run
         self._loaded = False
         self._lock = asyncio.Lock()  # one decision at a time: a fire is planned, written and sent once
+        self._load_lock = asyncio.Lock()  # the start's load and a first call's load are one load
         self._loop_task: asyncio.Task | None = None
 
     # -- life -------------------------------------------------------------------------------
@@ -77,14 +78,17 @@ class TriggerCore:
     async def _load(self) -> None:
         if self._loaded:
             return
-        for key, blob in (await self.host.trigger_settings()).items():
-            try:
-                deployed = Deployed.from_blob(blob)
-            except (ValueError, TypeError, KeyError) as e:  # a damaged record costs that trigger, not all
-                logger.error("trigger record %s cannot be read (%s); redeploy its SOP", key, e)
-                continue
-            self.triggers[deployed.id] = deployed
-        self._loaded = True
+        async with self._load_lock:
+            if self._loaded:
+                return
+            for key, blob in (await self.host.trigger_settings()).items():
+                try:
+                    deployed = Deployed.from_blob(blob)
+                except (ValueError, TypeError, KeyError) as e:  # a damaged record costs that trigger, not all
+                    logger.error("trigger record %s cannot be read (%s); redeploy its SOP", key, e)
+                    continue
+                self.triggers[deployed.id] = deployed
+            self._loaded = True
 
     async def _forever(self) -> None:
         while True:
