@@ -31,6 +31,10 @@ class TriggerMethods:
             SopValidationError: the SOP is invalid (every problem listed, e.g. a bad cron naming its trigger).
             SubmissionError: it has no triggers, or a handler is a callable of this process.
         """
+        return self._conn.call("triggers", "deploy", self._deployment(sop))
+
+    def _deployment(self, sop: str | os.PathLike[str] | Sop) -> dict[str, Any]:
+        """What the trigger actor keeps of a deployed SOP: its triggers and how to submit it."""
         from runtime.engine import _priority, _secrets
         from runtime.request import SubmitRequest, sop_definition, submitter
 
@@ -49,10 +53,9 @@ class TriggerMethods:
             raise SubmissionError(f"{source}: a handler is registered as a function of this process, which "
                                   "triggered executions cannot reach after it exits; register it by reference "
                                   "('module:function') to deploy")
-        deployment = {"sop": model.sop, "version": model.version, "request": {
+        return {"sop": model.sop, "version": model.version, "request": {
             "request": request.describe(), "mode": mode, "priority": rank, "priority_class": priority_class},
             "triggers": [t.model_dump(mode="json", exclude_defaults=True) for t in model.triggers]}
-        return self._conn.call("triggers", "deploy", deployment)
 
     def undeploy(self, sop: str) -> list[str]:
         """Remove the triggers of the SOP named ``sop`` (executions already started go on); returns their ids.

@@ -131,7 +131,7 @@ class TriggerCore:
                         trig.next_fire = following
                         await self._save(trig)  # the fires are durable before any is sent
                 if trig.pending:
-                    started += await self._drain(trig)
+                    started += (await self._drain(trig)).values()
         return started
 
     async def emit(self, event: str, payload: Any = None, key: str | None = None) -> dict[str, Any]:
