@@ -161,6 +161,9 @@ class EngineConfig:
     """The largest event payload ``emit`` takes (its JSON text, in bytes); a bigger one is refused."""
     trigger_catch_up_max: int = 100
     """The most missed fires one cron trigger with ``catch_up: all`` starts after downtime (the latest)."""
+    trigger_max_waiting: int = 1000
+    """The most fires one trigger keeps waiting for a run slot (``max_concurrent``); an emit beyond it is
+    refused, so a flood of events cannot grow the trigger's record without bound."""
     trigger_grace_s: float = 60.0
     """A cron fire this late still counts as on time (``catch_up: skip`` starts it): a short restart
     of the trigger actor loses no fire."""
@@ -233,6 +236,9 @@ class EngineConfig:
         if isinstance(self.trigger_catch_up_max, bool) or not isinstance(self.trigger_catch_up_max, int) \
                 or not 1 <= self.trigger_catch_up_max <= 100_000:
             raise ValueError(f"trigger_catch_up_max must be an integer from 1 to 100000, got {self.trigger_catch_up_max!r}")
+        if isinstance(self.trigger_max_waiting, bool) or not isinstance(self.trigger_max_waiting, int) \
+                or not 1 <= self.trigger_max_waiting <= 1_000_000:
+            raise ValueError(f"trigger_max_waiting must be an integer from 1 to 1000000, got {self.trigger_max_waiting!r}")
         if isinstance(self.trigger_grace_s, bool) or not isinstance(self.trigger_grace_s, int | float) \
                 or not 0 <= self.trigger_grace_s < float("inf"):
             raise ValueError(f"trigger_grace_s must be a number of seconds >= 0, got {self.trigger_grace_s!r}")

@@ -159,7 +159,10 @@ class TriggerCore:
                 if reason is not None:
                     out["not_fired"].append({"trigger": trig.id, "reason": reason})
                     continue
-                out["fired"].append(await self._enqueue(trig, fire))
+                try:
+                    out["fired"].append(await self._enqueue(trig, fire))
+                except TriggerError as e:  # this trigger is full; the others still get the event
+                    out["not_fired"].append({"trigger": trig.id, "reason": str(e)})
         return out
 
     async def fire(self, trigger: str, payload: Any = None, key: str | None = None) -> dict[str, Any]:
@@ -177,6 +180,10 @@ class TriggerCore:
         if fire.key in trig.running:
             return {"trigger": trig.id, "key": fire.key, "execution": trig.running[fire.key]}
         if all(f.key != fire.key for f in trig.pending):
+            if len(trig.pending) >= self.config.trigger_max_waiting:
+                raise TriggerError(f"trigger {trig.id} already has {len(trig.pending):,} fires waiting for a run slot "
+                                   f"(max_concurrent: {trig.spec.max_concurrent}); not fired — retry later, or raise "
+                                   "max_concurrent or EngineConfig.trigger_max_waiting")
             trig.pending.append(fire)
             await self._save(trig)
         started = await self._drain(trig, fire.key)

@@ -299,3 +299,23 @@ def test_trigger_records_hold_only_json_data(clocked: Clocked) -> None:
 def test_the_coordinator_keeps_other_settings_out_of_reach_of_trigger_writes(clocked: Clocked) -> None:
     with pytest.raises(ValueError, match="starts with 'trigger:'"):
         clocked.run(clocked.conn.coordinator.put_trigger_setting("hook:evil", b"x"))
+
+
+def test_a_flood_of_events_beyond_the_waiting_cap_is_refused_per_trigger(tmp_path: Path) -> None:
+    from runtime.config import EngineConfig
+
+    gate = tmp_path / "gate"
+    engine = Engine.in_process(config=EngineConfig(trigger_max_waiting=1))
+    try:
+        engine.deploy(sop(**{
+            "    filter: \"trigger.payload.size >= 1024\"\n": "    max_concurrent: 1\n",
+            "  - id: look\n": "  - id: hold\n    uses: python:tests.handlers_for_tests:wait_for_file\n"
+                              f"    with: {{path: {gate}, timeout_s: 60}}\n  - id: look\n    depends_on: [hold]\n"}))
+        first, second, third = (engine.emit("file.uploaded", {"path": f"/in/{i}"}) for i in range(3))
+        assert first["fired"][0]["execution"] and second["fired"][0]["execution"] is None
+        assert third["fired"] == []
+        assert "intake/upload already has 1 fires waiting for a run slot (max_concurrent: 1)" in \
+            third["not_fired"][0]["reason"]
+        gate.write_text("go")
+    finally:
+        engine.shutdown()
