@@ -319,3 +319,94 @@ def test_a_flood_of_events_beyond_the_waiting_cap_is_refused_per_trigger(tmp_pat
         gate.write_text("go")
     finally:
         engine.shutdown()
+
+
+# -- property: at least once, never twice, through restarts and crashes ------------------------
+
+
+class MemoryHost:
+    """The in-memory :class:`TriggerHost` (like the in-memory event log): a coordinator reduced to its
+    idempotency keys and settings, so hundreds of histories run in a second."""
+
+    def __init__(self) -> None:
+        self.settings: dict[str, bytes] = {}
+        self.by_key: dict[str, str] = {}
+        self.crash: str | None = None
+        """``after-submit``: the next record written after a submission fails; ``next-write``: the next one."""
+        self._submitted = False
+
+    async def submit(self, request: Any) -> str:
+        self._submitted = True
+        return self.by_key.setdefault(request.idempotency_key, f"exe-{len(self.by_key)}")
+
+    async def ended(self, execution_ids: list[str]) -> list[str]:
+        return list(execution_ids)
+
+    async def trigger_settings(self) -> dict[str, bytes]:
+        return dict(self.settings)
+
+    async def put_trigger_setting(self, key: str, value: bytes) -> None:
+        if self.crash == "next-write" or (self.crash == "after-submit" and self._submitted):
+            self.crash = None
+            raise ConnectionError("the trigger actor died before recording what it did")
+        self.settings[key] = value
+
+    async def drop_trigger_setting(self, key: str) -> None:
+        self.settings.pop(key, None)
+
+
+@pytest.fixture(scope="module")
+def every_ten_minutes() -> dict[str, Any]:
+    engine = Engine.in_process()
+    try:
+        return engine._deployment(sop("all").replace('"0 2 * * *"', '"*/10 * * * *"'))
+    finally:
+        engine.shutdown()
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402 - the property's own imports
+from hypothesis import strategies as st  # noqa: E402
+
+STEPS = st.lists(st.tuples(st.floats(min_value=1, max_value=3 * 3600), st.sampled_from(["tick", "restart", "after-submit",
+                                                                                "next-write"])),
+                 min_size=1, max_size=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(STEPS)
+def test_every_cron_fire_starts_exactly_one_execution_through_restarts_and_crashes(
+        every_ten_minutes: dict[str, Any], steps: list[tuple[float, str]]) -> None:
+    """For any history of ticks, actor restarts and crashes between submit and record: with
+    ``catch_up: all`` every fire time up to the last tick started exactly one execution."""
+    import asyncio
+
+    from runtime import cron
+    from runtime.config import EngineConfig
+
+    config = EngineConfig(state="memory://", trigger_catch_up_max=100_000)
+    host, now = MemoryHost(), T0
+
+    def core() -> TriggerCore:
+        return TriggerCore(host, config, clock=lambda: now, run=False)
+
+    async def history() -> None:
+        nonlocal now
+        current = core()
+        await current.deploy(every_ten_minutes)
+        for advance, what in steps:
+            now += advance
+            if what == "restart":
+                current = core()
+            elif what != "tick":
+                host.crash, host._submitted = what, False
+            try:
+                await current.tick()
+            except ConnectionError:
+                current = core()  # it died: Ray starts a new one, which knows only the store
+        await core().tick()  # a last, healthy look delivers what a crash left waiting
+
+    asyncio.run(history())
+    expected, t = [], T0
+    while (t := cron.next_fire("*/10 * * * *", "UTC", t)) <= now:
+        expected.append(cron.fire_key("intake/nightly", t))
+    assert sorted(host.by_key) == sorted(expected)
