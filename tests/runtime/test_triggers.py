@@ -410,3 +410,12 @@ def test_every_cron_fire_starts_exactly_one_execution_through_restarts_and_crash
     while (t := cron.next_fire("*/10 * * * *", "UTC", t)) <= now:
         expected.append(cron.fire_key("intake/nightly", t))
     assert sorted(host.by_key) == sorted(expected)
+
+
+def test_the_example_runs_from_an_event(inproc: Engine) -> None:
+    root = Path(__file__).resolve().parents[2]
+    assert inproc.deploy(str(root / "examples" / "file-intake.yaml")) == ["file-intake/nightly-sweep",
+                                                                          "file-intake/on-upload"]
+    out = inproc.emit("file.uploaded", {"path": "/in/a.csv", "size": 2048}, key="k7")
+    eid = out["fired"][0]["execution"]
+    assert inproc.result(eid, 30)["outputs"] == {"report": "UPLOAD K7: /IN/A.CSV!"}
