@@ -34,6 +34,9 @@ from sop.model import Trigger
 
 logger = logging.getLogger("sopflow.triggers")
 
+_MAX_ERROR = 1000
+"""Characters of a fire's error kept in the trigger's record and logged."""
+
 TICK_S = 1.0
 """The longest the actor sleeps between looks at its cron triggers and waiting fires."""
 
@@ -187,7 +190,10 @@ class TriggerCore:
             trig.pending.append(fire)
             await self._save(trig)
         started = await self._drain(trig, fire.key)
-        return {"trigger": trig.id, "key": fire.key, "execution": started.get(fire.key) if started else None}
+        eid = started.get(fire.key)
+        if eid is None and all(f.key != fire.key for f in trig.pending):  # dropped: it can never start
+            raise TriggerError(trig.last_error or f"fire {fire.key} of trigger {trig.id} was not started")
+        return {"trigger": trig.id, "key": fire.key, "execution": eid}
 
     def _checked_payload(self, event: str, payload: Any) -> Any:
         try:
@@ -227,7 +233,7 @@ class TriggerCore:
                 eid = e.execution_id
             except SubmissionError as e:  # the fire can never start (its inputs do not fit): say so, drop it
                 trig.pending.pop(0)
-                trig.last_error = f"fire {fire.key} not started: {e}"
+                trig.last_error = f"fire {fire.key} not started: {e}"[:_MAX_ERROR]  # a big payload stays out of logs
                 logger.warning("trigger %s: %s", trig.id, trig.last_error)
                 await self._save(trig)
                 continue

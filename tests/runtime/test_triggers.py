@@ -178,6 +178,11 @@ def test_event_filter_and_inputs_from_the_payload(inproc: Engine) -> None:
     assert inproc.wait(eid, 30).status.value == "completed"
     assert inproc.history(eid)[0].data["inputs"]["path"] == "/in/b.csv"
     assert inproc.emit("other.event", {"size": 4096})["fired"] == []
+    unusable = inproc.emit("file.uploaded", {"size": 4096, "name": "no path"})
+    assert unusable["fired"] == []
+    [why] = unusable["not_fired"]
+    assert why["trigger"] == "intake/upload" and "not started" in why["reason"] and "path" in why["reason"]
+    assert next(r for r in inproc.triggers() if r["name"] == "upload")["last_error"] == why["reason"]
 
 
 def test_pause_and_resume(clocked: Clocked) -> None:
