@@ -53,7 +53,7 @@ class Deployed:
         pending: Fires not started yet, oldest first (waiting for ``max_concurrent``, or in delivery).
         running: Idempotency key -> execution id of its runs not known to have ended
             (kept only with ``max_concurrent``).
-        fired: Executions started so far.
+        fired: Fires delivered so far (an emit repeated with its key counts again; it starts nothing new).
         last_execution: The last one started.
         last_error: Why the last fire could not start, if it could not.
     """

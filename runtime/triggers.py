@@ -37,6 +37,9 @@ logger = logging.getLogger("sopflow.triggers")
 _MAX_ERROR = 1000
 """Characters of a fire's error kept in the trigger's record and logged."""
 
+_MAX_NAME = 200
+"""Longest event name or emit key taken."""
+
 TICK_S = 1.0
 """The longest the actor sleeps between looks at its cron triggers and waiting fires."""
 
@@ -147,6 +150,9 @@ class TriggerCore:
             TriggerError: the payload is not JSON data or is larger than ``trigger_payload_max_bytes``.
         """
         await self._load()
+        _check_name("event name", event)
+        if key is not None:
+            _check_name("key", key)
         payload = self._checked_payload(event, payload)
         now = self.clock()
         out: dict[str, Any] = {"event": event, "key": key, "fired": [], "not_fired": []}
@@ -172,6 +178,8 @@ class TriggerCore:
         """Fire one trigger now, by hand (paused or not; an event trigger's filter is not applied)."""
         await self._load()
         trig = self._find(trigger)
+        if key is not None:
+            _check_name("key", key)
         payload = self._checked_payload(trig.spec.event or trig.id, payload)
         fire = Fire(f"trigger:{trig.id}:manual:{key or uuid.uuid4().hex}", self.clock(), payload,
                     trig.spec.event, key)
@@ -346,6 +354,13 @@ class TriggerCore:
     async def _drop(self, tid: str) -> None:
         await self.host.drop_trigger_setting(SETTING_PREFIX + tid)
         self.triggers.pop(tid, None)
+
+
+def _check_name(what: str, value: Any) -> None:
+    """An event name or key is short text: it becomes part of an idempotency key."""
+    if not isinstance(value, str) or not value or len(value) > _MAX_NAME or not value.isprintable():
+        shown = repr(value)[:60] + ("..." if len(repr(value)) > 60 else "")
+        raise TriggerError(f"the {what} must be printable text of 1 to {_MAX_NAME} characters, got {shown}")
 
 
 def _context(trig: Deployed, fire: Fire) -> dict[str, Any]:
