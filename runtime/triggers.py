@@ -197,7 +197,7 @@ class TriggerCore:
                                    "max_concurrent or EngineConfig.trigger_max_waiting")
             trig.pending.append(fire)
             await self._save(trig)
-        started = await self._drain(trig, fire.key)
+        started = await self._drain(trig)
         eid = started.get(fire.key)
         if eid is None and all(f.key != fire.key for f in trig.pending):  # dropped: it can never start
             raise TriggerError(trig.last_error or f"fire {fire.key} of trigger {trig.id} was not started")
@@ -226,13 +226,13 @@ class TriggerCore:
         except ExpressionError as e:
             return f"filter failed: {e}"
 
-    async def _drain(self, trig: Deployed, want: str | None = None) -> dict[str, str]:
+    async def _drain(self, trig: Deployed) -> dict[str, str]:
         """Start waiting fires, oldest first, while the trigger has slots; returns key -> execution id."""
         started: dict[str, str] = {}
         limit = trig.spec.max_concurrent
         if limit is not None and trig.running:
-            for eid in await self.host.ended(list(trig.running.values())):
-                trig.running = {k: v for k, v in trig.running.items() if v != eid}
+            ended = set(await self.host.ended(list(trig.running.values())))
+            trig.running = {k: v for k, v in trig.running.items() if v not in ended}
         while trig.pending and (limit is None or len(trig.running) < limit):
             fire = trig.pending[0]
             try:
