@@ -30,6 +30,7 @@ from runtime.inputs import resolve_inputs
 from runtime.request import _from_described
 from sop import Sop
 from sop.expressions import TRIGGER_ROOTS, ExpressionError, compile_expression, render, strip_braces
+from sop._trigger_checks import cron_problem
 from sop.model import Trigger
 
 logger = logging.getLogger("sopflow.triggers")
@@ -284,6 +285,10 @@ class TriggerCore:
             for raw in deployment["triggers"]:
                 spec = Trigger.model_validate(raw)
                 tid = f"{sop}/{spec.name}"
+                # Checked here too: a deployment may come from any client, not only Engine.deploy.
+                why = cron_problem(spec.cron, spec.timezone) if spec.cron is not None else None
+                if why is not None:
+                    raise TriggerError(f"trigger {tid}: {why}")
                 old = self.triggers.get(tid)
                 trig = Deployed(tid, spec, deployment["request"], deployment.get("version", "1"), now)
                 if old is not None:

@@ -428,3 +428,23 @@ def test_the_example_runs_from_an_event(inproc: Engine) -> None:
     out = inproc.emit("file.uploaded", {"path": "/in/a.csv", "size": 2048}, key="k7")
     eid = out["fired"][0]["execution"]
     assert inproc.result(eid, 30)["outputs"] == {"report": "UPLOAD K7: /IN/A.CSV!"}
+
+
+def test_the_trigger_actor_enforces_the_sandbox_and_the_cron_check_itself(clocked: Clocked) -> None:
+    """A deployment sent straight to the actor (not through Engine.deploy's validation) gets no further."""
+    deployment = clocked.engine._deployment(sop())
+    hostile = dict(deployment, triggers=[
+        {"name": "upload", "event": "file.uploaded", "filter": "trigger.payload.__class__.__mro__",
+         "inputs": {"path": "${{ trigger.payload.path }}"}}])
+    clocked.run(clocked.core.deploy(hostile))
+    out = clocked.run(clocked.core.emit("file.uploaded", {"path": "x"}))
+    assert out["fired"] == [] and "reads private attribute" in out["not_fired"][0]["reason"]
+    sneaky = dict(deployment, triggers=[{"name": "upload", "event": "file.uploaded",
+                                         "inputs": {"path": "${{ cycler.__init__.__globals__ }}"}}])
+    clocked.run(clocked.core.deploy(sneaky))
+    out = clocked.run(clocked.core.emit("file.uploaded", {"path": "x"}))
+    assert out["fired"] == [] and "not started" in out["not_fired"][0]["reason"]
+    assert clocked.executions() == []
+    bad_cron = dict(deployment, triggers=[{"name": "nightly", "cron": "0 2 * *", "inputs": {"path": "x"}}])
+    with pytest.raises(TriggerError, match="trigger intake/nightly: cron '0 2 \\* \\*' has 4 fields"):
+        clocked.run(clocked.core.deploy(bad_cron))
