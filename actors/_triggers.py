@@ -8,6 +8,7 @@ coordinator's state store; fires it was delivering are sent again and deduplicat
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import ray
@@ -16,6 +17,8 @@ from runtime.config import EngineConfig
 from runtime.errors import EngineUnavailable
 from runtime.triggers import TriggerCore
 from sop.errors import SopflowError
+
+logger = logging.getLogger("sopflow.triggers")
 
 
 class RayCoordinatorHost:
@@ -67,6 +70,9 @@ class TriggerActor(TriggerCore):
                 return
             except EngineUnavailable:  # the coordinator is (re)starting: its store comes back with it
                 await asyncio.sleep(0.5)
+            except Exception:  # noqa: BLE001 - a store that fails for now: without a start no cron fires
+                logger.warning("the trigger actor could not load its triggers; trying again", exc_info=True)
+                await asyncio.sleep(5.0)
 
     def __repr__(self) -> str:
         return f"TriggerActor({len(getattr(self, 'triggers', ()))} triggers)"
