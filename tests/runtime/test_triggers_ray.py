@@ -137,3 +137,21 @@ def test_deploy_of_a_bad_cron_names_the_trigger(cli: Any, sop_file: Any) -> None
     out = cli("deploy", path)
     assert out.exit_code == 1
     assert "triggers[1].cron" in out.output and "trigger 'hourly'" in out.output and "needs five" in out.output
+
+
+def test_the_trigger_actor_fires_a_cron_trigger_on_the_real_clock(engine: Any, sop_file: Any) -> None:
+    """Every minute: within about a minute of deploying, one execution, keyed by its fire time."""
+    text = SOP.replace("ray-intake", "ray-minutely").replace('"0 * * * *"', '"* * * * *"')
+    engine.deploy(sop_file(text, "minutely.yaml"))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not engine.list(sop="ray-minutely"):
+            time.sleep(0.5)  # polling a condition: the next minute's fire
+        [first] = engine.list(sop="ray-minutely")[-1:]
+        submitted = engine.history(first.id)[0]
+        assert submitted.data["idempotency_key"].startswith("trigger:ray-minutely/hourly:")
+        assert submitted.data["idempotency_key"].endswith(":00Z")
+        assert submitted.data["submitted_by"] == "trigger ray-minutely/hourly"
+        assert engine.wait(first.id, 60).status.value == "completed"
+    finally:
+        engine.undeploy("ray-minutely")
