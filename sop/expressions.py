@@ -3,8 +3,8 @@
 Expressions are Jinja2 *expressions* (not templates): ``steps.check.output.mismatches > 0``,
 ``inputs.region in ['eu', 'us'] and not steps.scan.output.clean``. They are parsed
 once at validation, checked against an allow-list of syntax (no calls, no ``**``,
-no dunder attributes, only the names ``inputs``, ``steps`` and ``execution``, a
-fixed set of filters), and evaluated in Jinja2's immutable sandbox. The language
+no dunder attributes, only the names ``inputs``, ``steps`` and ``execution`` — in a
+trigger's ``filter`` and ``inputs`` only ``trigger`` — a fixed set of filters), and evaluated in Jinja2's immutable sandbox. The language
 has no loops, no assignment and no way to reach Python objects, so SOP text is
 never ``eval``-ed.
 """
