@@ -448,3 +448,29 @@ def test_the_trigger_actor_enforces_the_sandbox_and_the_cron_check_itself(clocke
     bad_cron = dict(deployment, triggers=[{"name": "nightly", "cron": "0 2 * *", "inputs": {"path": "x"}}])
     with pytest.raises(TriggerError, match="trigger intake/nightly: cron '0 2 \\* \\*' has 4 fields"):
         clocked.run(clocked.core.deploy(bad_cron))
+
+
+def test_an_older_state_file_keeps_triggers_without_a_schema_change(tmp_path: Path) -> None:
+    """Trigger records live in the ``meta`` table every sopflow state file has (no new table)."""
+    import sqlite3
+
+    from runtime.eventlog import SqliteEventLog
+
+    path = tmp_path / "old.db"
+    SqliteEventLog(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:  # as sopflow <= schema 2 left it
+        conn.execute("DROP TABLE logs")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    finally:
+        conn.close()
+    engine = Engine.in_process(state=str(path))
+    try:
+        engine.deploy(sop())
+    finally:
+        engine.shutdown()
+    engine = Engine.in_process(state=str(path))
+    try:
+        assert [t["id"] for t in engine.triggers()] == ["intake/nightly", "intake/upload"]
+    finally:
+        engine.shutdown()
