@@ -38,17 +38,18 @@ class TriggerMethods:
         from runtime.engine import _priority, _secrets
         from runtime.request import SubmitRequest, sop_definition, submitter
 
-        model, _, source = self.load(sop)  # type: ignore[attr-defined]
+        engine: Any = self  # the Engine this is mixed into: its loading and submission helpers
+        model, _, source = engine.load(sop)
         if not model.triggers:
             raise SubmissionError(f"{source} has no triggers to deploy; add a 'triggers:' list (cron or event) "
                                   "or run it with `sopflow run`")
-        mode = self._mode(model, None, source)  # type: ignore[attr-defined]
+        mode = engine._mode(model, None, source)
         priority_class, rank = _priority(model.priority)
         base = Path(source).parent if source not in ("<string>", "<object>") else Path.cwd()
-        request = SubmitRequest(model, {}, mode, rank, None, self._handlers(model),  # type: ignore[attr-defined]
-                                self._subsops(model, base, ()), _secrets(model), source,  # type: ignore[attr-defined]
-                                definition=sop_definition(model), priority_class=priority_class,
-                                submitted_by=submitter(None), runtime_env=self._runtime_env())  # type: ignore[attr-defined]
+        request = SubmitRequest(model, {}, mode, rank, None, engine._handlers(model), engine._subsops(model, base, ()),
+                                _secrets(model), source, definition=sop_definition(model),
+                                priority_class=priority_class, submitted_by=submitter(None),
+                                runtime_env=engine._runtime_env())
         if request.has_callables:
             raise SubmissionError(f"{source}: a handler is registered as a function of this process, which "
                                   "triggered executions cannot reach after it exits; register it by reference "

@@ -230,15 +230,11 @@ class EngineConfig:
             raise ValueError("model_rate_limits must map a provider to (requests/min, tokens/min), "
                              f"got {self.model_rate_limits!r}") from None
         object.__setattr__(self, "model_rate_limits", tuple(sorted(check_model_rate_limits(limits).items())))
-        if isinstance(self.trigger_payload_max_bytes, bool) or not isinstance(self.trigger_payload_max_bytes, int) \
-                or self.trigger_payload_max_bytes < 1024:
-            raise ValueError(f"trigger_payload_max_bytes must be an integer >= 1024, got {self.trigger_payload_max_bytes!r}")
-        if isinstance(self.trigger_catch_up_max, bool) or not isinstance(self.trigger_catch_up_max, int) \
-                or not 1 <= self.trigger_catch_up_max <= 100_000:
-            raise ValueError(f"trigger_catch_up_max must be an integer from 1 to 100000, got {self.trigger_catch_up_max!r}")
-        if isinstance(self.trigger_max_waiting, bool) or not isinstance(self.trigger_max_waiting, int) \
-                or not 1 <= self.trigger_max_waiting <= 1_000_000:
-            raise ValueError(f"trigger_max_waiting must be an integer from 1 to 1000000, got {self.trigger_max_waiting!r}")
+        for name, low, high in (("trigger_payload_max_bytes", 1024, 2**30), ("trigger_catch_up_max", 1, 100_000),
+                                ("trigger_max_waiting", 1, 1_000_000)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
         if isinstance(self.trigger_grace_s, bool) or not isinstance(self.trigger_grace_s, int | float) \
                 or not 0 <= self.trigger_grace_s < float("inf"):
             raise ValueError(f"trigger_grace_s must be a number of seconds >= 0, got {self.trigger_grace_s!r}")

@@ -292,8 +292,8 @@ class TriggerCore:
                 old = self.triggers.get(tid)
                 trig = Deployed(tid, spec, deployment["request"], deployment.get("version", "1"), now)
                 if old is not None:
-                    trig.paused, trig.pending, trig.running, trig.fired = old.paused, old.pending, old.running, old.fired
-                    trig.last_execution = old.last_execution
+                    trig.paused, trig.pending, trig.running = old.paused, old.pending, old.running
+                    trig.fired, trig.last_execution = old.fired, old.last_execution
                     if (old.spec.cron, old.spec.timezone) == (spec.cron, spec.timezone):
                         trig.next_fire = old.next_fire
                 if spec.cron is not None and trig.next_fire is None:

@@ -474,3 +474,16 @@ def test_an_older_state_file_keeps_triggers_without_a_schema_change(tmp_path: Pa
         assert [t["id"] for t in engine.triggers()] == ["intake/nightly", "intake/upload"]
     finally:
         engine.shutdown()
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("trigger_payload_max_bytes", 10, "trigger_payload_max_bytes must be an integer from 1024 to"),
+    ("trigger_catch_up_max", 0, "trigger_catch_up_max must be an integer from 1 to 100000, got 0"),
+    ("trigger_max_waiting", True, "trigger_max_waiting must be an integer from 1 to 1000000, got True"),
+    ("trigger_grace_s", -1, "trigger_grace_s must be a number of seconds >= 0, got -1"),
+])
+def test_trigger_settings_of_the_engine_config_are_checked(field: str, value: Any, says: str) -> None:
+    from runtime.config import EngineConfig
+
+    with pytest.raises(ValueError, match=says):
+        EngineConfig(**{field: value})
