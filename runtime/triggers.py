@@ -137,7 +137,7 @@ class TriggerCore:
                                          if (k := cron.fire_key(trig.id, t)) not in known]
                         trig.next_fire = following
                         await self._save(trig)  # the fires are durable before any is sent
-                if trig.pending:
+                if trig.pending and not trig.paused:  # paused: its waiting fires wait too
                     started += (await self._drain(trig)).values()
         return started
 

@@ -216,7 +216,12 @@ def test_max_concurrent_keeps_further_fires_waiting_durably_until_one_ends(inpro
     stored = inproc._conn._run(inproc._conn.coordinator.trigger_settings())["trigger:intake/upload"]
     assert [f.payload["path"] for f in Deployed.from_blob(stored).pending] == ["/in/1", "/in/2"]  # durable
     assert len(inproc.list(sop="intake")) == 1
+    inproc.pause_trigger("upload")
     gate.write_text("go")
+    inproc.wait(fires[0]["execution"], 60)
+    assert inproc._conn._run(inproc._conn.triggers.tick()) == []  # paused: its waiting fires wait too
+    assert len(inproc.list(sop="intake")) == 1
+    inproc.resume_trigger("upload")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         views = inproc.list(sop="intake")
