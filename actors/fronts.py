@@ -17,6 +17,7 @@ import ray
 
 from actors._api import _Api
 from actors._coordinator import _Coordinator
+from actors._triggers import TriggerActor
 from actors._metrics import RayMetrics, ray_resources
 from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import EngineStartError, EngineUnavailable
@@ -194,12 +195,18 @@ class Actors:
                                   self.failure_handler, config, None, owner, namespace, max_concurrency=100_000,
                                   **placement)
         self.api = _actor(HttpApi, "sopflow-api", namespace, namespace, config, resources=HEAD_NODE)
+        # Keeps its records in the coordinator's store, so it needs no placement of its own.
+        self.triggers = _actor(TriggerActor, "sopflow-triggers", namespace, self.coordinator, config)
 
     def kill(self) -> None:
         """Remove the actors; executions resume from the event log when they are created again.
 
         The coordinator first closes its state file, so another engine may take it at once.
         """
+        try:  # first: no fire goes to a coordinator that is closing its store
+            ray.kill(self.triggers, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
         try:
             ray.get(self.coordinator.close_store.remote(), timeout=30)
         except Exception:  # noqa: BLE001 - dead or unreachable: its lease expires, or its pid is gone

@@ -156,6 +156,17 @@ class EngineConfig:
     agent_restarts: int = 3
     agent_trace_content: bool = False
     model_rate_limits: tuple[tuple[str, tuple[int, int]], ...] = ()
+    # -- triggers (runtime.triggers) --
+    trigger_payload_max_bytes: int = 65_536
+    """The largest event payload ``emit`` takes (its JSON text, in bytes); a bigger one is refused."""
+    trigger_catch_up_max: int = 100
+    """The most missed fires one cron trigger with ``catch_up: all`` starts after downtime (the latest)."""
+    trigger_max_waiting: int = 1000
+    """The most fires one trigger keeps waiting for a run slot (``max_concurrent``); an emit beyond it is
+    refused, so a flood of events cannot grow the trigger's record without bound."""
+    trigger_grace_s: float = 60.0
+    """A cron fire this late still counts as on time (``catch_up: skip`` starts it): a short restart
+    of the trigger actor loses no fire."""
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -219,6 +230,14 @@ class EngineConfig:
             raise ValueError("model_rate_limits must map a provider to (requests/min, tokens/min), "
                              f"got {self.model_rate_limits!r}") from None
         object.__setattr__(self, "model_rate_limits", tuple(sorted(check_model_rate_limits(limits).items())))
+        for name, low, high in (("trigger_payload_max_bytes", 1024, 2**30), ("trigger_catch_up_max", 1, 100_000),
+                                ("trigger_max_waiting", 1, 1_000_000)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        if isinstance(self.trigger_grace_s, bool) or not isinstance(self.trigger_grace_s, int | float) \
+                or not 0 <= self.trigger_grace_s < float("inf"):
+            raise ValueError(f"trigger_grace_s must be a number of seconds >= 0, got {self.trigger_grace_s!r}")
 
     def on_this_node(self) -> EngineConfig:
         """This config with an empty ``state`` resolved in the calling process (an actor on the head)."""

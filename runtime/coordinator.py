@@ -538,6 +538,37 @@ class CoordinatorCore:
             logger.info("purged %d executions that ended before %s", removed, time.ctime(cutoff))
         return removed
 
+    # -- triggers: the trigger actor keeps its records in this store (one writer per state file) --
+
+    async def trigger_settings(self) -> dict[str, bytes]:
+        """Every trigger record in the state store (see :mod:`runtime._trigger_state`)."""
+        return await asyncio.to_thread(self.event_log.settings, _TRIGGER_PREFIX)
+
+    async def put_trigger_setting(self, key: str, value: bytes) -> None:
+        """Keep one trigger record; only ``trigger:`` keys, so no other setting can be overwritten."""
+        if not key.startswith(_TRIGGER_PREFIX):
+            raise ValueError(f"a trigger record's key starts with {_TRIGGER_PREFIX!r}, got {key!r}")
+        await asyncio.to_thread(self.event_log.put_setting, key, value)
+
+    async def drop_trigger_setting(self, key: str) -> None:
+        if not key.startswith(_TRIGGER_PREFIX):
+            raise ValueError(f"a trigger record's key starts with {_TRIGGER_PREFIX!r}, got {key!r}")
+        await asyncio.to_thread(self.event_log.drop_setting, key)
+
+    async def ended(self, execution_ids: list[str]) -> list[str]:
+        """Those of ``execution_ids`` that have ended or are unknown (a trigger's ``max_concurrent``)."""
+        out = []
+        for eid in execution_ids:
+            exe = self.executions.get(eid)
+            if exe is not None:
+                if exe.state.status.terminal:
+                    out.append(eid)
+                continue
+            record = self.event_log.get(eid)
+            if record is None or record.terminal:
+                out.append(eid)
+        return out
+
     async def store_problems(self) -> list[str]:
         """Inconsistencies the check at start found in the state store (empty: none)."""
         await self.ready()
@@ -569,6 +600,9 @@ class CoordinatorCore:
         first Agent Centric Run or ``mcp:`` step)."""
         hosts = getattr(self.machine.agents, "info", None)
         return await hosts() if hosts is not None else []
+
+
+_TRIGGER_PREFIX = "trigger:"
 
 
 def _default_capacity() -> int:

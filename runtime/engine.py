@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from runtime._engine_triggers import TriggerMethods
 from runtime.config import PRIORITY_CLASSES, EngineConfig
 from runtime.display import ExecutionList
 from runtime.errors import (EngineStartError, ExecutionFailed, ExecutionNotFound, ExecutionTimeout,
@@ -105,7 +106,7 @@ class Connection(Protocol):
         ...
 
 
-class Engine:
+class Engine(TriggerMethods):
     """A connection to sopflow.
 
     Use :meth:`local` to start (or join) a Ray cluster on this machine,

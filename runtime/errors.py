@@ -29,6 +29,10 @@ class IdempotencyConflict(SubmissionError):
         return (type(self), (self.key, self.execution_id, self.differences))
 
 
+class TriggerError(SubmissionError):
+    """Raised when a trigger operation is refused: an unknown trigger, a bad or oversized event payload."""
+
+
 class ExecutionNotFound(ExecutionError):
     """Raised when no execution has the given id."""
 

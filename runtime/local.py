@@ -24,7 +24,7 @@ from runtime.monitor import ExecutionMonitor
 from runtime.plugins import agent_driver, step_runners
 from runtime.runners import InProcessRunner
 
-_TARGETS = ("coordinator", "monitor", "failure_handler")
+_TARGETS = ("coordinator", "monitor", "failure_handler", "triggers")
 
 
 class InProcessConnection:
@@ -48,6 +48,11 @@ class InProcessConnection:
         except BaseException:  # the state file is in use, say: the loop and its thread go too
             self._stop_loop()
             raise
+        from runtime._trigger_state import CoreHost
+        from runtime.triggers import TriggerCore
+
+        self.triggers = TriggerCore(CoreHost(self.coordinator), self.config)
+        self._run(self.triggers.start())
         self._closed = False
 
     async def _build(self) -> CoordinatorCore:
@@ -83,6 +88,7 @@ class InProcessConnection:
         if self._closed:
             return
         try:
+            self._run(self.triggers.stop(), timeout=10)  # no fire is sent to a closing store
             self.close_store()
         finally:
             self._closed = True

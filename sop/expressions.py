@@ -3,8 +3,8 @@
 Expressions are Jinja2 *expressions* (not templates): ``steps.check.output.mismatches > 0``,
 ``inputs.region in ['eu', 'us'] and not steps.scan.output.clean``. They are parsed
 once at validation, checked against an allow-list of syntax (no calls, no ``**``,
-no dunder attributes, only the names ``inputs``, ``steps`` and ``execution``, a
-fixed set of filters), and evaluated in Jinja2's immutable sandbox. The language
+no dunder attributes, only the names ``inputs``, ``steps`` and ``execution`` — in a
+trigger's ``filter`` and ``inputs`` only ``trigger`` — a fixed set of filters), and evaluated in Jinja2's immutable sandbox. The language
 has no loops, no assignment and no way to reach Python objects, so SOP text is
 never ``eval``-ed.
 """
@@ -25,6 +25,10 @@ from sop.errors import SopflowError
 
 ROOT_NAMES = ("inputs", "steps", "execution")
 """Names an expression may start from."""
+
+TRIGGER_ROOTS = ("trigger",)
+"""The names a trigger's ``filter`` and ``inputs`` may start from (``trigger.payload``, ``trigger.fire_time``):
+a trigger fires before any step or input exists, so it reads only what the trigger gives."""
 
 STEP_FIELDS = ("output", "status", "attempts", "error")
 """What ``steps.<id>`` exposes."""
@@ -170,8 +174,10 @@ class Expression:
 
 
 @lru_cache(maxsize=4096)
-def compile_expression(source: str) -> Expression:
+def compile_expression(source: str, roots: tuple[str, ...] = ROOT_NAMES) -> Expression:
     """Parse and check one expression (the text between ``${{`` and ``}}``, or a ``when``).
+
+    ``roots`` are the names it may start from (:data:`TRIGGER_ROOTS` in a trigger).
 
     Raises:
         ExpressionError: the expression does not parse or uses forbidden syntax.
@@ -185,7 +191,7 @@ def compile_expression(source: str) -> Expression:
         for attr in attrs:
             node = nodes.Getattr(node, attr, "load", lineno=1)
         refs: list[Reference] = []
-        _check(node, text, refs)
+        _check(node, text, refs, roots)
         return Expression(text, tuple(refs), node)
     try:
         parser = Parser(_ENV, text, state="variable")
@@ -196,7 +202,7 @@ def compile_expression(source: str) -> Expression:
     except TemplateSyntaxError as e:
         raise ExpressionError(f"expression {text!r} does not parse: {e.message}", source) from e
     refs: list[Reference] = []
-    _check(ast, text, refs)
+    _check(ast, text, refs, roots)
     return Expression(text, tuple(refs), ast)
 
 
@@ -214,7 +220,8 @@ def _compile(ast: nodes.Expr) -> Any:
     return run
 
 
-def _check(node: nodes.Node, text: str, refs: list[Reference]) -> None:
+def _check(node: nodes.Node, text: str, refs: list[Reference],
+           roots: tuple[str, ...] = ROOT_NAMES) -> None:
     if isinstance(node, nodes.Call):
         raise ExpressionError(
             f"expression {text!r} calls a function; expressions can only read values, "
@@ -235,27 +242,27 @@ def _check(node: nodes.Node, text: str, refs: list[Reference]) -> None:
     if isinstance(node, nodes.Test) and node.name not in TESTS:
         raise ExpressionError(f"expression {text!r} uses unknown test {node.name!r}", text)
     if isinstance(node, nodes.Name):
-        if node.name not in ROOT_NAMES:
+        if node.name not in roots:
             from sop._suggest import did_you_mean
 
             raise ExpressionError(
                 f"expression {text!r} reads unknown name {node.name!r}; expressions start from "
-                f"{', '.join(ROOT_NAMES)}", text, did_you_mean(node.name, ROOT_NAMES))
+                f"{', '.join(roots)}", text, did_you_mean(node.name, roots))
         refs.append(Reference(node.name, None))
         return
-    chain = _attribute_chain(node)
+    chain = _attribute_chain(node, roots)
     if chain is not None:
         root, *rest = chain
         refs.append(Reference(root, rest[0] if rest else None, rest[1] if len(rest) > 1 else None))
         # Only the non-name parts (e.g. a computed subscript) need further checks.
         for child in _computed_parts(node):
-            _check(child, text, refs)
+            _check(child, text, refs, roots)
         return
     for child in node.iter_child_nodes():
-        _check(child, text, refs)
+        _check(child, text, refs, roots)
 
 
-def _attribute_chain(node: nodes.Node) -> list[str] | None:
+def _attribute_chain(node: nodes.Node, roots: tuple[str, ...] = ROOT_NAMES) -> list[str] | None:
     """``steps.fetch.output`` / ``steps['fetch'].output`` -> ``['steps', 'fetch', 'output']``."""
     parts: list[str] = []
     while True:
@@ -272,7 +279,7 @@ def _attribute_chain(node: nodes.Node) -> list[str] | None:
             node = node.node
         else:
             break
-    if not isinstance(node, nodes.Name) or node.name not in ROOT_NAMES:
+    if not isinstance(node, nodes.Name) or node.name not in roots:
         return None
     return [node.name, *reversed(parts)]
 
@@ -297,7 +304,7 @@ def is_template(value: Any) -> bool:
     return isinstance(value, str) and "${{" in value
 
 
-def render(value: Any, context: dict[str, Any]) -> Any:
+def render(value: Any, context: dict[str, Any], roots: tuple[str, ...] = ROOT_NAMES) -> Any:
     """Substitute ``${{ }}`` references in a value (recursively through dicts and lists).
 
     A string that is exactly one reference yields the referenced value itself
@@ -308,12 +315,12 @@ def render(value: Any, context: dict[str, Any]) -> Any:
             return value
         whole = _whole_reference(value)
         if whole is not None:
-            return compile_expression(whole).evaluate(context)
-        return _REFERENCE.sub(lambda m: _as_text(compile_expression(m.group(1)).evaluate(context)), value)
+            return compile_expression(whole, roots).evaluate(context)
+        return _REFERENCE.sub(lambda m: _as_text(compile_expression(m.group(1), roots).evaluate(context)), value)
     if isinstance(value, dict):
-        return {k: render(v, context) for k, v in value.items()}
+        return {k: render(v, context, roots) for k, v in value.items()}
     if isinstance(value, list):
-        return [render(v, context) for v in value]
+        return [render(v, context, roots) for v in value]
     return value
 
 

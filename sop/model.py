@@ -228,6 +228,51 @@ class Step(_Model):
         return self.name or self.id
 
 
+class CatchUp(StrEnum):
+    """What a cron trigger does with the fire times it missed while sopflow was down."""
+
+    SKIP = "skip"
+    """Drop them; only a fire that is due now starts an execution."""
+    ONCE = "once"
+    """Start one execution for all of them (with the latest missed fire time)."""
+    ALL = "all"
+    """Start one execution per missed fire time (up to ``EngineConfig.trigger_catch_up_max``)."""
+
+
+class Trigger(_Model):
+    """Starts executions of the SOP on a schedule (``cron``) or when an event is emitted (``event``).
+
+    Takes effect when the SOP is deployed (``sopflow deploy``); see :mod:`runtime.triggers`.
+    """
+
+    name: Name
+    """Unique within the SOP; ``sopflow triggers pause <sop>/<name>`` refers to it."""
+    cron: str | None = Field(None, max_length=200)
+    """Five-field cron (minute hour day-of-month month day-of-week), read in ``timezone``."""
+    timezone: str = Field("UTC", max_length=64)
+    """IANA time zone the cron fields are read in (``Europe/Paris``); daylight saving follows it."""
+    event: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:\-]+$", max_length=128)
+    """Name of the event that fires it (``sopflow emit <event>``)."""
+    filter: str | None = Field(None, max_length=4000)
+    """Condition over ``trigger.payload`` (same language as ``when``); the event fires only when true."""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    """SOP input -> value, usually ``${{ trigger.payload.<field> }}`` or ``${{ trigger.fire_time }}``."""
+    catch_up: CatchUp = CatchUp.SKIP
+    """Cron only: what to do with fire times missed while sopflow was down."""
+    max_concurrent: int | None = Field(None, ge=1, le=10_000)
+    """At most this many executions of this trigger run at once; further fires wait (durably)."""
+
+    @model_validator(mode="after")
+    def _cron_or_event(self) -> Trigger:
+        if (self.cron is None) == (self.event is None):
+            raise ValueError(f"trigger {self.name!r} needs exactly one of 'cron' (a schedule) or 'event' "
+                             "(an event name)")
+        if self.filter is not None and self.event is None:
+            raise ValueError(f"trigger {self.name!r}: 'filter' is for event triggers; a cron trigger has no "
+                             "payload to filter")
+        return self
+
+
 PRIORITY_CLASSES = ("critical", "high", "normal", "low")
 """Priority classes, most urgent first (``runtime.config`` gives their weights)."""
 
@@ -254,6 +299,8 @@ class Sop(_Model):
     """Result values, usually ${{ steps.<id>.output... }} references."""
     expected_duration_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     """How long one execution is expected to take (seconds); running over twice that raises an alert."""
+    triggers: tuple[Trigger, ...] = ()
+    """Cron and event triggers that start executions once the SOP is deployed (``sopflow deploy``)."""
     priority: str | int | None = None
     """Default priority of its executions: a class (critical, high, normal, low) or a number within
     ``normal`` (higher first); a submission may say otherwise."""

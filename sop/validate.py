@@ -207,6 +207,10 @@ class _Checker:
                 self._templates(("outputs", key), value, None, None, known, inputs)
         check_data_sources(self.problem, sources, inputs)
         check_agent(self.problem, self.data.get("agent"), sources, inputs, models_of(self.handlers))
+        if "triggers" in self.data:
+            from sop._trigger_checks import check_triggers
+
+            check_triggers(self.problem, self.data["triggers"], inputs)
         self._mode(depends, steps)
 
     # -- ids and dependencies -------------------------------------------------------------

@@ -52,9 +52,9 @@ def test_every_example_is_valid(path: Path) -> None:
     assert report.mode is Mode.SYSTEM_DESIGN
 
 
-def test_there_are_three_examples() -> None:
+def test_there_are_four_examples() -> None:
     assert [p.name for p in EXAMPLES] == [
-        "fanout-condition.yaml", "hello-linear.yaml", "invoice-reconciliation.yaml"]
+        "fanout-condition.yaml", "file-intake.yaml", "hello-linear.yaml", "invoice-reconciliation.yaml"]
 
 
 def test_load_returns_the_model_of_a_valid_file() -> None:
