@@ -122,3 +122,15 @@ class ScheduleError(SubmissionError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.field, self.detail))
+
+
+class BatchNotFound(ExecutionError):
+    """Raised when no execution was submitted in the named batch."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no batch {name!r}: no execution was submitted with schedule batch {name!r} "
+                         "(or its executions were purged)")
+        self.name = name
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.name,))

@@ -40,6 +40,8 @@ class InFlight:
     """Its runner needs a run slot (a sub-SOP's does not)."""
     progress_at: float = float("-inf")
     """When (``time.monotonic``) its last progress report was logged."""
+    claim: Any = None
+    """The :class:`runtime.seams.Claim` its slot was asked for (given back with the slot)."""
 
 
 @dataclass(slots=True)

@@ -30,6 +30,7 @@ from runtime.errors import ExecutionError
 from runtime.execution import Execution
 from runtime.hooks import Hooks
 from runtime.outputs import OutputNotData, as_data
+from runtime.preemption import PreemptionMixin
 from runtime.scheduling import Verdict, verdict
 from runtime.seams import Admission, AgentDriver, ExecutionHost, FailurePolicy, StepRunner
 from runtime.state import AGENT_CALL, final_status
@@ -46,7 +47,7 @@ DECISIONS = ("rerun", "succeed", "fail", "skip")
 """What an operator may decide for a step that waits for a decision."""
 
 
-class StateMachine(AttemptsMixin, AgentRunsMixin):
+class StateMachine(AttemptsMixin, AgentRunsMixin, PreemptionMixin):
     """Advances executions; see the module docstring.
 
     Args:
