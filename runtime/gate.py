@@ -153,7 +153,7 @@ class StartGate:
     def _blocker(self, exe: Execution, now: float) -> tuple[str | None, float | None]:
         """Why ``exe`` may not start now and until when (None: it may start)."""
         if exe.state.status == ExecutionStatus.PREEMPTED:
-            if self._realtime_waiting():
+            if self._realtime_waiting() or not self._room():
                 return "preempted: resumes once real-time work no longer needs the capacity", None
         elif exe.request.schedule is not None:
             sched = Schedule.from_data(exe.request.schedule)
@@ -207,6 +207,11 @@ class StartGate:
         self.starts = plan(jobs, running)
 
     # -- preemption ------------------------------------------------------------------------------
+
+    def _room(self) -> bool:
+        """Whether a slot is free now (a preempted execution resumes into free capacity, not into a queue)."""
+        admission = self.core.machine.admission
+        return admission.used < admission.capacity
 
     def _realtime_waiting(self) -> bool:
         waiting = getattr(self.core.machine.admission, "waiting_realtime", None)
