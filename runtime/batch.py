@@ -30,7 +30,7 @@ MAX_PLANNED = 256
 """At most this many waiting executions are packed (those with the earliest latest start); the rest
 start when their window opens: packing is quadratic, and the batch lane bounds them anyway."""
 CLASS_RANK = {"low": 0, "normal": 1, "high": 2, "critical": 3}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*(?:\s(\S+))?\s*$")
 
 
@@ -144,9 +144,8 @@ def parse_schedule(raw: Mapping[str, Any] | None, now: float) -> Schedule | None
     if not any(raw.get(k) is not None for k in FIELDS):
         raise ScheduleError("", f"is empty; give at least one of {', '.join(FIELDS)} (or no schedule: real-time)")
     batch = raw.get("batch")
-    if batch is not None and (not isinstance(batch, str) or len(batch) > MAX_BATCH_NAME or not _NAME.match(batch)):
-        raise ScheduleError("batch", f"must be a name of letters, digits, '_', '.', ':' or '-' (at most "
-                                     f"{MAX_BATCH_NAME} characters), got {str(batch)[:MAX_BATCH_NAME]!r}")
+    if batch is not None:
+        check_batch_name(batch)
     not_before, deadline = _when("not_before", raw.get("not_before")), _when("deadline", raw.get("deadline"))
     if deadline is not None and deadline <= now:
         raise ScheduleError("deadline", f"{_iso(deadline)} is already past (now {_iso(now)}); give a later one")
@@ -154,6 +153,18 @@ def parse_schedule(raw: Mapping[str, Any] | None, now: float) -> Schedule | None
         raise ScheduleError("deadline", f"{_iso(deadline)} is not after not_before {_iso(not_before)}")
     window = _window(raw.get("window"))
     return Schedule(batch, not_before, deadline, window)
+
+
+def check_batch_name(name: Any) -> str:
+    """Raise unless ``name`` could be a batch's name (it goes into a store key and in front of users).
+
+    Raises:
+        ScheduleError: naming the rule.
+    """
+    if not isinstance(name, str) or len(name) > MAX_BATCH_NAME or not NAME_PATTERN.match(name):
+        raise ScheduleError("batch", f"must be a name of letters, digits, '_', '.', ':' or '-' (at most "
+                                     f"{MAX_BATCH_NAME} characters), got {str(name)[:MAX_BATCH_NAME]!r}")
+    return name
 
 
 def _when(field: str, value: Any) -> float | None:

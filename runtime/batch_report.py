@@ -16,19 +16,18 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from runtime.batch import MAX_BATCH_NAME, _NAME
-from runtime.errors import BatchNotFound, ScheduleError
+from runtime.batch import check_batch_name
+from runtime.errors import BatchNotFound
 from runtime.status import StepStatus
 
 if TYPE_CHECKING:
-    from runtime.coordinator import CoordinatorCore
     from runtime.request import SubmitRequest
     from runtime.state import ExecutionState
 
 PREFIX = "batch:"
 
 
-async def remember(core: CoordinatorCore, requests: Iterable[SubmitRequest], ids: Iterable[str]) -> None:
+async def remember(core: Any, requests: Iterable[SubmitRequest], ids: Iterable[str]) -> None:
     """Record the members of named batches among ``requests`` (one write per batch per call)."""
     by_batch: dict[str, list[str]] = {}
     for request, execution_id in zip(requests, ids):
@@ -40,7 +39,7 @@ async def remember(core: CoordinatorCore, requests: Iterable[SubmitRequest], ids
                                 json.dumps(members).encode())
 
 
-def members(core: CoordinatorCore, name: str) -> list[str]:
+def members(core: Any, name: str) -> list[str]:
     """The executions of batch ``name``, in the order they were submitted (each once)."""
     found: dict[str, None] = {}
     for _, blob in sorted(core.event_log.settings(f"{PREFIX}{name}:").items()):
@@ -49,15 +48,8 @@ def members(core: CoordinatorCore, name: str) -> list[str]:
 
 
 def check_name(name: Any) -> str:
-    """Raise unless ``name`` could be a batch's name (it is used in a store key and shown to users).
-
-    Raises:
-        ScheduleError: naming the rule.
-    """
-    if not isinstance(name, str) or len(name) > MAX_BATCH_NAME or not _NAME.match(name):
-        raise ScheduleError("batch", f"must be a name of letters, digits, '_', '.', ':' or '-' (at most "
-                                     f"{MAX_BATCH_NAME} characters), got {str(name)[:MAX_BATCH_NAME]!r}")
-    return name
+    """Raise unless ``name`` could be a batch's name (see :func:`runtime.batch.check_batch_name`)."""
+    return check_batch_name(name)
 
 
 def report(name: str, states: list[ExecutionState]) -> dict[str, Any]:
@@ -96,7 +88,7 @@ def _summary(values: list[float]) -> dict[str, float] | None:
             "max": round(values[-1], 6), "mean": round(sum(values) / len(values), 6)}
 
 
-async def build(core: CoordinatorCore, name: str) -> dict[str, Any]:
+async def build(core: Any, name: str) -> dict[str, Any]:
     """The report of batch ``name`` as the coordinator holds it now.
 
     Raises:

@@ -19,15 +19,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runtime import events as ev
 from runtime.batch import Job, Schedule, choose_victim, plan
 from runtime.execution import Execution
 from runtime.status import ExecutionStatus
-
-if TYPE_CHECKING:
-    from runtime.coordinator import CoordinatorCore
 
 logger = logging.getLogger("sopflow.gate")
 
@@ -53,13 +50,13 @@ class StartGate:
     """See the module docstring.
 
     Args:
-        core: The coordinator whose executions pass the gate.
+        core: The coordinator (:class:`runtime.coordinator.CoordinatorCore`) whose executions pass the gate.
         expected_s: An execution's expected duration in seconds, or None when unknown (then its
             SOP's timeouts bound it: :func:`expected_from_timeouts`).
         clock: Wall-clock time (tests pass a controllable one).
     """
 
-    def __init__(self, core: CoordinatorCore, expected_s: Callable[[Execution], float | None] | None = None,
+    def __init__(self, core: Any, expected_s: Callable[[Execution], float | None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.core = core
         self.expected_s = expected_s
