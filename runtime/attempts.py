@@ -206,6 +206,8 @@ class AttemptsMixin:
                 error: ErrorInfo | None) -> None:
         """The runner reported the attempt's end (a result, a failure, or its own error)."""
         if flight.settled:
+            if flight.stopped is not None:  # a preempted attempt is over: its execution may resume
+                flight.stopped()
             return  # the timeout came first
         if outcome is not None and outcome.key != f"{exe.id}/{flight.step.id}/{flight.number}":
             logger.warning("ignoring the outcome of attempt %s delivered to attempt %s/%s/%s", outcome.key,
@@ -257,6 +259,8 @@ class AttemptsMixin:
 
     def interrupted(self, exe: Execution, flight: InFlight, reason: str) -> None:
         """The runner lost the attempt (its outcome cannot be known): the step's recovery rule says what next."""
+        if flight.settled and flight.stopped is not None:
+            flight.stopped()
         if flight.settled or exe.inflight.get(flight.step.id) is not flight:
             return
         flight.settled = True

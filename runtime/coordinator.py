@@ -111,6 +111,7 @@ class CoordinatorCore:
         self._recovering: asyncio.Task | None = None
         self.clock = clock
         self.gate = StartGate(self, clock=clock)
+        self.machine.on_stopped = lambda exe: self.gate.poke_soon()
         """Where executions wait before starting: batch windows and packing, ``max_concurrent``, preemption."""
 
     @property

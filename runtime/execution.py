@@ -42,6 +42,8 @@ class InFlight:
     """When (``time.monotonic``) its last progress report was logged."""
     claim: Any = None
     """The :class:`runtime.seams.Claim` its slot was asked for (given back with the slot)."""
+    stopped: Any = None
+    """Called once when its runner reports the end of an attempt a preemption stopped."""
 
 
 @dataclass(slots=True)

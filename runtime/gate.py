@@ -32,6 +32,10 @@ UNKNOWN_DURATION_S = 60.0
 """The duration assumed for packing an execution that neither an estimate nor its timeouts bound."""
 RECHECK_PREEMPTED_S = 0.5
 """How often a preempted execution looks whether real-time work still needs the capacity."""
+STOP_GRACE_S = 30.0
+"""How long a preempted execution waits for its stopped attempts to end (their workers to be killed)
+before it resumes anyway: a runner that cannot kill (threads of the in-process engine) must not hold
+it forever."""
 
 
 def expected_from_timeouts(exe: Execution) -> float:
@@ -69,6 +73,8 @@ class StartGate:
         """SOP name -> its executions started and neither ended nor preempted (``max_concurrent``)."""
         self.starts: dict[str, float] = {}
         """Batch execution -> its planned start (the last plan)."""
+        self.preempted_at: dict[str, float] = {}
+        """Preempted execution -> when (by ``clock``) the gate first saw it waiting."""
         self.began: dict[str, float] = {}
         """Execution -> when (by ``clock``) it passed the gate last."""
         self._timer: Any = None
@@ -97,6 +103,7 @@ class StartGate:
         self.waiting.pop(exe.id, None)
         self.starts.pop(exe.id, None)
         self.began.pop(exe.id, None)
+        self.preempted_at.pop(exe.id, None)
         running = self.active.get(exe.sop.sop)
         if running is not None and exe.id in running:
             running.discard(exe.id)
@@ -150,6 +157,10 @@ class StartGate:
     def _blocker(self, exe: Execution, now: float) -> tuple[str | None, float | None]:
         """Why ``exe`` may not start now and until when (None: it may start)."""
         if exe.state.status == ExecutionStatus.PREEMPTED:
+            since = self.preempted_at.setdefault(exe.id, now)
+            if self.core.machine.stopping.get(exe.id) and now - since < STOP_GRACE_S:
+                # resuming before the stopped attempt is really over could run a step twice at once
+                return "preempted: waiting for its stopped attempts to end", since + STOP_GRACE_S
             if self._realtime_waiting() or not self._room():
                 return "preempted: resumes once real-time work no longer needs the capacity", None
         elif exe.request.schedule is not None:
@@ -168,6 +179,7 @@ class StartGate:
         return None, None
 
     def _begin(self, exe: Execution) -> None:
+        self.preempted_at.pop(exe.id, None)
         self.active.setdefault(exe.sop.sop, set()).add(exe.id)
         if exe.request.schedule is not None:
             self.began[exe.id] = self.clock()

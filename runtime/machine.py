@@ -74,6 +74,10 @@ class StateMachine(AttemptsMixin, AgentRunsMixin, PreemptionMixin):
         self.backoff_scale = 1.0
         """Multiplies retry backoffs (a replay sets 0: it waits none out)."""
         self._tasks: set[asyncio.Task] = set()
+        self.stopping: dict[str, set[Any]] = {}
+        """Execution -> its preempted attempts still ending (see :mod:`runtime.preemption`)."""
+        self.on_stopped: Any = None
+        """Called with an execution whose preempted attempts have all ended."""
 
     # -- the execution --------------------------------------------------------------------
 

@@ -11,11 +11,13 @@ queue again; retries waiting out a backoff are due when they were.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime import events as ev
-from runtime.execution import Execution
+from runtime.execution import Execution, InFlight
 from runtime.status import StepStatus
 
 if TYPE_CHECKING:
@@ -29,6 +31,10 @@ class PreemptionMixin:
 
     host: ExecutionHost
     admission: Any
+    stopping: dict[str, set[InFlight]]
+    """Execution -> its preempted attempts whose runners have not reported their end yet."""
+    on_stopped: Callable[[Execution], None] | None
+    """Called when the last preempted attempt of an execution has ended (the start gate listens)."""
 
     def preemptible(self, exe: Execution) -> bool:
         """Whether ``exe`` may be preempted: a running DAG execution whose attempts are plain tasks.
@@ -58,7 +64,9 @@ class PreemptionMixin:
             if flight.launch is not None and not flight.holds_slot:
                 self.admission.withdraw(flight.launch)  # still queued for a slot
             self._give_back(flight)  # type: ignore[attr-defined]
-            if flight.handle is not None:
+            if flight.handle is not None:  # it ran: it is over only once its runner says so (a killed worker)
+                self.stopping.setdefault(exe.id, set()).add(flight)
+                flight.stopped = functools.partial(self._attempt_stopped, exe, flight)
                 flight.handle.cancel(True)
             if exe.state.steps[sid].status == StepStatus.RUNNING:
                 interrupted[sid] = flight.number
@@ -74,9 +82,21 @@ class PreemptionMixin:
                                          interrupted=interrupted))
         return interrupted
 
+    def _attempt_stopped(self, exe: Execution, flight: InFlight) -> None:
+        flight.stopped = None
+        flights = self.stopping.get(exe.id)
+        if flights is not None:
+            flights.discard(flight)
+            if not flights:
+                del self.stopping[exe.id]
+                if self.on_stopped is not None:
+                    self.on_stopped(exe)
+
     def resume_preempted(self, exe: Execution) -> None:
         """Start a preempted execution again from its log, as recovery would after a crash."""
         state = exe.state
+        for flight in self.stopping.pop(exe.id, ()):  # given up waiting for them: late reports change nothing
+            flight.stopped = None
         self.host.emit(exe, ev.Started())
         for sid, attempt in list(state.interrupted.items()):
             step = exe.steps_by_id[sid]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ def mark(path: str, name: str, gate: str | None = None, fail: bool = False, time
     """
     with open(path, "a") as f:
         f.write(f"{name} start\n")
+    with open(f"{path}.pids", "a") as f:
+        f.write(f"{name} {os.getpid()}\n")
     if gate is not None:
         deadline = time.monotonic() + timeout_s
         while not Path(gate).exists():
@@ -31,6 +34,21 @@ def marks(path: str) -> list[str]:
     """The marks written so far."""
     p = Path(path)
     return p.read_text().splitlines() if p.exists() else []
+
+
+def pids(path: str, name: str) -> list[int]:
+    """The processes that ran ``name`` (one per attempt that started), in order."""
+    p = Path(f"{path}.pids")
+    lines = p.read_text().splitlines() if p.exists() else []
+    return [int(pid) for n, pid in (line.split() for line in lines) if n == name]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def count(path: str, line: str) -> int:
