@@ -102,7 +102,7 @@ class CoordinatorCore:
                        **(runners or {})}
         admission = LocalAdmission(lambda: self.config.max_running_steps or (capacity or _default_capacity)(),
                                    self.config.priority_weights,
-                                   on_blocked=lambda claim: self.gate.on_blocked(claim))
+                                   on_blocked=lambda claim: self.start_gate.on_blocked(claim))
         self.kept_env_vars: dict[bytes, str] = {}
         """runtime_env ``env_vars`` (as JSON) stored this life -> their blob's reference (see :meth:`_described`)."""
         self.machine = StateMachine(self, all_runners, admission, policy or LocalFailurePolicy(), self.hooks)
@@ -110,8 +110,8 @@ class CoordinatorCore:
         self.started = time.monotonic()
         self._recovering: asyncio.Task | None = None
         self.clock = clock
-        self.gate = StartGate(self, clock=clock)
-        self.machine.on_stopped = lambda exe: self.gate.poke_soon()
+        self.start_gate = StartGate(self, clock=clock)
+        self.machine.on_stopped = lambda exe: self.start_gate.poke_soon()
         """Where executions wait before starting: batch windows and packing, ``max_concurrent``, preemption."""
 
     @property
@@ -153,7 +153,7 @@ class CoordinatorCore:
     def finished(self, exe: Execution) -> None:
         """The end is durable: tell waiters (once the monitor knows too), drop secrets, trim memory."""
         self.journal.after_monitor(exe.done.set)
-        self.gate.ended(exe)
+        self.start_gate.ended(exe)
         if exe.secret_values:
             self.event_log.drop_blob(exe.id, "secrets")
         self.finished_ids.append(exe.id)
@@ -253,7 +253,7 @@ class CoordinatorCore:
                                         f"execution {request.parent}" if request.parent else ""),
                                     agent=request.agent or (f"{sop.sop}/{exe.id}" if exe.agentic else None),
                                     schedule=request.schedule, **fingerprinted))
-        self.gate.submitted(exe)  # real-time: begins now; batch or over max_concurrent: may wait
+        self.start_gate.submitted(exe)  # real-time: begins now; batch or over max_concurrent: may wait
         return exe.id
 
     def adopt(self, exe: Execution) -> None:

@@ -153,9 +153,9 @@ def resume(c: CoordinatorCore, exe: Execution) -> dict[str, int]:
     if state.status in (ExecutionStatus.QUEUED, ExecutionStatus.PREEMPTED) and not state.cancel_requested:
         # not started (a batch window, max_concurrent) or preempted: the start gate decides again
         c.emit(exe, ev.Recovered(queued=sorted(state.interrupted)))
-        c.gate.submitted(exe)
+        c.start_gate.submitted(exe)
         return counts
-    c.gate.running(exe)
+    c.start_gate.running(exe)
     # attempts a preemption stopped whose recovery rule has not been applied yet count as running
     running = [sid for sid, st in state.steps.items() if st.status == StepStatus.RUNNING or sid in state.interrupted]
     queued = [sid for sid, st in state.steps.items() if st.status == StepStatus.QUEUED and sid not in running]

@@ -123,14 +123,14 @@ def test_batch_daily_window_with_a_controllable_clock(inproc, tmp_path):
     paris = ZoneInfo("Europe/Paris")
     now = [datetime(2026, 12, 1, 21, 59, 59, tzinfo=paris).timestamp()]
     core, loop = inproc._conn.coordinator, inproc._conn._loop
-    core.gate.clock = lambda: now[0]
+    core.start_gate.clock = lambda: now[0]
     eid = inproc.submit(one_step(tmp_path, "nightly"), schedule={"window": "22:00-06:00 Europe/Paris"})
     wait_for(lambda: inproc.status(eid).waiting, 10)
     view = inproc.status(eid)
     assert view.status.value == "queued" and "daily window" in view.waiting["reason"]
     assert view.waiting["until"] == datetime(2026, 12, 1, 22, 0, tzinfo=paris).timestamp()
     now[0] += 1.0
-    loop.call_soon_threadsafe(core.gate.poke)
+    loop.call_soon_threadsafe(core.start_gate.poke)
     assert inproc.wait(eid, timeout=30).status.value == "completed"
 
 
