@@ -273,7 +273,8 @@ def _view_dict(view: ExecutionView) -> dict[str, Any]:
                           "classification": s.classification,
                           **({"progress": s.progress, "message": s.message} if s.progress is not None or s.message
                              else {})} for k, s in view.steps.items()},
-            "outputs": view.outputs, "trace_id": view.trace_id, "alerts": view.alerts, "agent": view.agent}
+            "outputs": view.outputs, "trace_id": view.trace_id, "alerts": view.alerts, "agent": view.agent,
+            **({"schedule": view.schedule, "waiting": view.waiting} if view.schedule or view.waiting else {})}
 
 
 def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:
