@@ -139,6 +139,11 @@ class CoordinatorCore:
         return asyncio.get_running_loop().call_later(delay_s, callback, *args)
 
     async def submit_child(self, request: SubmitRequest) -> str:
+        parent = self.executions.get(request.parent or "")
+        if parent is not None and parent.request.schedule is not None and request.schedule is None:
+            # a batch execution's sub-SOP is batch work too (it must not preempt other batch work),
+            # free to start now: its parent started inside its window
+            request.schedule = {"not_before": time.time()}
         return await self.submit(request)
 
     async def cancel_child(self, child_id: str, force: bool) -> None:

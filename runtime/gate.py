@@ -32,6 +32,12 @@ UNKNOWN_DURATION_S = 60.0
 """The duration assumed for packing an execution that neither an estimate nor its timeouts bound."""
 RECHECK_PREEMPTED_S = 0.5
 """How often a preempted execution looks whether real-time work still needs the capacity."""
+REPLAN_EVERY_S = 5.0
+"""How often the packing plan is made again while the batch executions waiting stay the same (an
+execution that ended early frees room sooner); a new or started one makes it again at once."""
+UNTIL_SHOWN_WITHIN_S = 30.0
+"""A new planned start is logged (``execution_waiting``) only when it moves more than this: a plan
+made again and again must not flood the log."""
 STOP_GRACE_S = 30.0
 """How long a preempted execution waits for its stopped attempts to end (their workers to be killed)
 before it resumes anyway: a runner that cannot kill (threads of the in-process engine) must not hold
@@ -75,6 +81,8 @@ class StartGate:
         """Batch execution -> its planned start (the last plan)."""
         self.preempted_at: dict[str, float] = {}
         """Preempted execution -> when (by ``clock``) the gate first saw it waiting."""
+        self._planned_for: frozenset[str] = frozenset()
+        self._planned_at = float("-inf")
         self.began: dict[str, float] = {}
         """Execution -> when (by ``clock``) it passed the gate last."""
         self._timer: Any = None
@@ -195,10 +203,14 @@ class StartGate:
 
     def _replan(self, now: float) -> None:
         """Plan the starts of the batch executions waiting for their windows (see :func:`runtime.batch.plan`)."""
+        planned = [exe for exe in self.waiting.values()
+                   if exe.request.schedule is not None and exe.state.status != ExecutionStatus.PREEMPTED]
+        key = frozenset(exe.id for exe in planned)
+        if key == self._planned_for and now < self._planned_at + REPLAN_EVERY_S:
+            return  # the same executions wait: the plan stands
+        self._planned_for, self._planned_at = key, now
         jobs = []
-        for exe in self.waiting.values():
-            if exe.request.schedule is None or exe.state.status == ExecutionStatus.PREEMPTED:
-                continue
+        for exe in planned:
             sched = Schedule.from_data(exe.request.schedule)
             duration = self._duration(exe)
             earliest = sched.earliest(now, duration)
@@ -264,7 +276,7 @@ def _moved(shown: float | None, until: float | None) -> bool:
     """Whether a new ``until`` is worth a new event (a plan that shifts by less than a second is not)."""
     if shown is None or until is None:
         return shown is not until
-    return abs(shown - until) >= 1.0
+    return abs(shown - until) > UNTIL_SHOWN_WITHIN_S
 
 
 def _iso(t: float) -> str:

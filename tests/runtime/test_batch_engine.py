@@ -309,3 +309,16 @@ def test_a_request_with_a_raw_schedule_is_checked_by_the_coordinator_too(inproc,
     with pytest.raises(ScheduleError, match="no timezone"):
         inproc._conn.call("coordinator", "submit", request)
     assert marks(str(tmp_path / "raw.marks")) == []
+
+
+def test_a_batch_executions_sub_sop_is_batch_work_too(inproc, tmp_path):
+    """Its child's steps queue in the batch lane: a batch execution's sub-SOP cannot preempt batch work."""
+    (tmp_path / "child.yaml").write_text(one_step(tmp_path, "child"))
+    parent = tmp_path / "parent.yaml"
+    parent.write_text("sop: parent\nmode: system_design\nsteps:\n  - id: sub\n    uses: sop:child.yaml\n")
+    eid = inproc.submit(str(parent), schedule={"batch": "with-child"})
+    assert inproc.wait(eid, timeout=30).status.value == "completed"
+    child = first(inproc, eid, "child_submitted").data["child"]
+    view = inproc.status(child)
+    assert view.schedule is not None and set(view.schedule) == {"not_before"}
+    assert "execution_waiting" not in kinds(inproc, child)  # it started at once

@@ -154,3 +154,13 @@ def test_realtime_preempts_batch_victim(held):
     key = lambda h: (rank[h.priority_class], h.priority, -h.since)  # noqa: E731
     assert all(key(batch[victim]) <= key(h) for h in batch.values())
     assert choose_victim(held, exclude=[victim]) != victim
+
+
+def test_batch_packing_beyond_max_planned_still_ends_inside_every_window():
+    """More executions than are packed at once: the rest are held to their latest start, never later."""
+    from runtime.batch import MAX_PLANNED
+
+    jobs = {f"e{i}": Job(f"e{i}", 0.0, 100.0 + i, 10.0) for i in range(MAX_PLANNED + 40)}
+    starts = plan(jobs.values())
+    assert all(jobs[i].earliest <= s <= jobs[i].latest for i, s in starts.items())
+    assert sum(1 for i in starts if starts[i] == jobs[i].latest) >= 40
