@@ -232,7 +232,7 @@ class StartGate:
     def _room(self) -> bool:
         """Whether a slot is free now (a preempted execution resumes into free capacity, not into a queue)."""
         admission = self.core.machine.admission
-        return admission.used < admission.capacity
+        return getattr(admission, "used", 0) < admission.capacity
 
     def _realtime_waiting(self) -> bool:
         waiting = getattr(self.core.machine.admission, "waiting_realtime", None)
@@ -250,7 +250,7 @@ class StartGate:
         self._relieving = False
         admission = self.core.machine.admission
         spared: set[str] = set()
-        while self._realtime_waiting() and admission.used >= admission.capacity:
+        while self._realtime_waiting() and not self._room():
             holding = admission.holding()
             victim_id = choose_victim(holding, exclude=spared)
             if victim_id is None:
