@@ -322,3 +322,15 @@ def test_a_batch_executions_sub_sop_is_batch_work_too(inproc, tmp_path):
     view = inproc.status(child)
     assert view.schedule is not None and set(view.schedule) == {"not_before"}
     assert "execution_waiting" not in kinds(inproc, child)  # it started at once
+
+
+def test_schedule_and_waiting_travel_over_the_wire(inproc, tmp_path):
+    """The HTTP API's views (runtime._wire) carry a batch execution's schedule and why it waits."""
+    from runtime._wire import view_from_dict, view_to_dict
+
+    eid = inproc.submit(one_step(tmp_path, "wire"), schedule={"batch": "w", "not_before": time.time() + 3600})
+    view = inproc.status(eid)
+    again = view_from_dict(view_to_dict(view))
+    assert again.schedule == view.schedule and again.waiting == view.waiting and "not_before" in again.waiting["reason"]
+    inproc.cancel(eid)
+    assert inproc.wait(eid, timeout=30).status.value == "cancelled"  # cancelled while it waited: it ends
