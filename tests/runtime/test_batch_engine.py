@@ -334,3 +334,18 @@ def test_schedule_and_waiting_travel_over_the_wire(inproc, tmp_path):
     assert again.schedule == view.schedule and again.waiting == view.waiting and "not_before" in again.waiting["reason"]
     inproc.cancel(eid)
     assert inproc.wait(eid, timeout=30).status.value == "cancelled"  # cancelled while it waited: it ends
+
+
+def test_waiting_for_a_window_is_not_overdue():
+    """The long-running alert times batch work from its first step: a night's wait raises nothing."""
+    from runtime.alerts import due_alerts
+    from runtime.state import ExecutionState
+
+    config = EngineConfig()
+    waiting = ExecutionState("e", submitted_at=0.0, schedule={"batch": "n"})
+    assert due_alerts(waiting, 10.0, config, now=3600.0) == []
+    waiting.first_started_at = 3000.0
+    alert, = due_alerts(waiting, 10.0, config, now=3600.0)
+    assert alert.rule.value == "overdue" and alert.elapsed_s == 600.0
+    realtime = ExecutionState("r", submitted_at=0.0)
+    assert [a.elapsed_s for a in due_alerts(realtime, 10.0, config, now=3600.0)] == [3600.0]
