@@ -103,7 +103,8 @@ class StateMachine(AttemptsMixin, AgentRunsMixin, PreemptionMixin):
             return
         graph = exe.active_graph
         stopping = state.cancel_requested or (exe.rollback_requested and not state.rolling_back)
-        if not (stopping or state.paused):
+        preempted = state.status == ExecutionStatus.PREEMPTED  # its steps start when the gate resumes it
+        if not (stopping or state.paused or preempted):
             statuses = exe.statuses()
             todo = list(dict.fromkeys(candidates))
             while todo:
