@@ -349,3 +349,25 @@ def test_waiting_for_a_window_is_not_overdue():
     assert alert.rule.value == "overdue" and alert.elapsed_s == 600.0
     realtime = ExecutionState("r", submitted_at=0.0)
     assert [a.elapsed_s for a in due_alerts(realtime, 10.0, config, now=3600.0)] == [3600.0]
+
+
+def test_the_victim_is_the_lowest_priority_batch_execution(tmp_path):
+    """Property 39 on the engine: of two batch executions filling the slots, the low one is preempted."""
+    engine = Engine.in_process(registry=Registry(), config=EngineConfig(max_running_steps=2))
+    try:
+        for name in ("hi", "lo"):
+            (tmp_path / name).mkdir()
+        high = engine.submit(chain(tmp_path / "hi", "hi"), schedule={"batch": "mix"}, priority="high")
+        low = engine.submit(chain(tmp_path / "lo", "lo"), schedule={"batch": "mix"}, priority="low")
+        for eid in (high, low):
+            wait_for(lambda eid=eid: engine.status(eid).steps["b"].status.value == "running", 10)
+        rt = engine.submit(one_step(tmp_path, "urgent"))
+        assert engine.wait(rt, timeout=30).status.value == "completed"
+        assert "execution_preempted" in kinds(engine, low) and "execution_preempted" not in kinds(engine, high)
+        for name in ("hi", "lo"):
+            (tmp_path / name / "gate").touch()
+        assert engine.wait(high, timeout=30).status.value == "completed"
+        assert engine.wait(low, timeout=30).status.value == "completed"
+        assert engine.batch_report("mix")["preemptions"] == 1
+    finally:
+        engine.shutdown()
