@@ -72,9 +72,9 @@ def report(name: str, states: list[ExecutionState]) -> dict[str, Any]:
 
 def _result(st: ExecutionState) -> dict[str, Any]:
     errors = {sid: s.error for sid, s in st.steps.items() if s.status == StepStatus.FAILED and s.error}
+    ran = None if st.ended_at is None else round(st.ended_at - (st.first_started_at or st.submitted_at), 6)
     return {"id": st.id, "sop": st.sop, "status": st.status.value, "submitted_at": st.submitted_at,
-            "started_at": st.first_started_at, "ended_at": st.ended_at,
-            "duration_s": None if st.ended_at is None else round(st.ended_at - (st.first_started_at or st.submitted_at), 6),
+            "started_at": st.first_started_at, "ended_at": st.ended_at, "duration_s": ran,
             "preemptions": st.preemptions, "outputs": (st.outputs or {}).get("outputs") if st.outputs else None,
             "errors": errors}
 

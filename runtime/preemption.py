@@ -35,6 +35,13 @@ class PreemptionMixin:
     """Execution -> its preempted attempts whose runners have not reported their end yet."""
     on_stopped: Callable[[Execution], None] | None
     """Called when the last preempted attempt of an execution has ended (the start gate listens)."""
+    # the rest of the machine (runtime.attempts, runtime.machine)
+    _give_back: Callable[[InFlight], None]
+    after_interruption: Callable[[Execution, Any, int, str], str]
+    step_ended: Callable[[Execution, str], None]
+    start: Callable[[Execution, Any, int], None]
+    retry: Callable[[Execution, Any, int], None]
+    advance: Callable[[Execution, list[str]], None]
 
     def preemptible(self, exe: Execution) -> bool:
         """Whether ``exe`` may be preempted: a running DAG execution whose attempts are plain tasks.
@@ -63,7 +70,7 @@ class PreemptionMixin:
                 flight.timer.cancel()
             if flight.launch is not None and not flight.holds_slot:
                 self.admission.withdraw(flight.launch)  # still queued for a slot
-            self._give_back(flight)  # type: ignore[attr-defined]
+            self._give_back(flight)
             if flight.handle is not None:  # it ran: it is over only once its runner says so (a killed worker)
                 self.stopping.setdefault(exe.id, set()).add(flight)
                 flight.stopped = functools.partial(self._attempt_stopped, exe, flight)
@@ -100,15 +107,14 @@ class PreemptionMixin:
         self.host.emit(exe, ev.Started())
         for sid, attempt in list(state.interrupted.items()):
             step = exe.steps_by_id[sid]
-            done = self.after_interruption(  # type: ignore[attr-defined]
-                exe, step, attempt, "the execution was preempted while this attempt ran")
+            done = self.after_interruption(exe, step, attempt, "the execution was preempted while this attempt ran")
             if done in ("failed", "cancelled"):
-                self.step_ended(exe, sid)  # type: ignore[attr-defined]
+                self.step_ended(exe, sid)
         for sid, st in state.steps.items():
             if st.status == StepStatus.QUEUED and sid not in exe.inflight and sid in exe.steps_by_id:
-                self.start(exe, exe.steps_by_id[sid], st.attempts or 1)  # type: ignore[attr-defined]
+                self.start(exe, exe.steps_by_id[sid], st.attempts or 1)
         for sid, (attempt, due) in list(state.retry_due.items()):
             if state.steps[sid].status == StepStatus.RETRYING and sid not in exe.waiting_retry:
                 exe.waiting_retry[sid] = self.host.call_later(
-                    max(0.0, due - time.time()), self.retry, exe, exe.steps_by_id[sid], int(attempt))  # type: ignore[attr-defined]
-        self.advance(exe, list(exe.active_graph.nodes))  # type: ignore[attr-defined]
+                    max(0.0, due - time.time()), self.retry, exe, exe.steps_by_id[sid], int(attempt))
+        self.advance(exe, list(exe.active_graph.nodes))

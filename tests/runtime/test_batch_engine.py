@@ -207,7 +207,8 @@ def test_preempted_status_and_the_victim_is_the_lowest_priority(one_slot, tmp_pa
     assert engine.wait(low, timeout=30).status.value == "completed"
 
 
-@pytest.mark.parametrize("recovery, ends", [("ask", "needs_decision"), ("fail", "partially_completed"), ("rerun", "completed")])
+@pytest.mark.parametrize("recovery, ends", [("ask", "needs_decision"), ("fail", "partially_completed"),
+                                            ("rerun", "completed")])
 def test_preempted_non_idempotent_step_follows_its_recovery_rule(one_slot, tmp_path, recovery, ends):
     """A stopped attempt of a step that is not idempotent is treated as after a crash: its recovery rule."""
     engine = one_slot
