@@ -152,7 +152,7 @@ def resume(c: CoordinatorCore, exe: Execution) -> dict[str, int]:
     counts = {"redispatched": 0, "requeued": 0, "reattached": 0, "awaiting_decision": 0, "retries": 0}
     if state.status in (ExecutionStatus.QUEUED, ExecutionStatus.PREEMPTED) and not state.cancel_requested:
         # not started (a batch window, max_concurrent) or preempted: the start gate decides again
-        c.emit(exe, ev.Recovered(queued=sorted(state.interrupted)))
+        c.emit(exe, ev.Recovered(in_flight=sorted(state.interrupted)))
         c.start_gate.submitted(exe)
         return counts
     c.start_gate.running(exe)
