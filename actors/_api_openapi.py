@@ -63,6 +63,10 @@ _SCHEMAS = {
         "ended_at": {"type": ["number", "null"]}, "outputs": {"type": ["object", "null"]},
         "priority": {"type": "integer"}, "trace_id": {"type": ["string", "null"]},
         "alerts": {"type": "array", "items": {"type": "object"}, "description": "Alerts raised for it."},
+        "schedule": {"type": ["object", "null"], "description": "A batch execution's schedule (batch, not_before "
+                     "and deadline as epoch seconds, window {start, end, tz}); null: real-time."},
+        "waiting": {"type": ["object", "null"], "description": "Why it waits to start and until when (epoch "
+                    "seconds, or null when it waits for something else): {reason, until}."},
         "agent": {"oneOf": [_ref("Agent"), {"type": "null"}],
                   "description": "Its agent (an Agent Centric Run); null for a System Design Run."}}},
     "Agent": {"type": "object", "description": "The agent following the SOP: what it last said, what it spent, "

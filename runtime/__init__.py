@@ -31,6 +31,8 @@ _LAZY = {
     "StateStoreError": "runtime.errors",
     "StateStoreInUseError": "runtime.errors",
     "StateStoreLostError": "runtime.errors",
+    "ScheduleError": "runtime.errors",
+    "BatchNotFound": "runtime.errors",
 }
 
 __all__ = [
@@ -60,6 +62,8 @@ __all__ = [
     "StateStoreError",
     "StateStoreInUseError",
     "StateStoreLostError",
+    "ScheduleError",
+    "BatchNotFound",
 ]
 
 

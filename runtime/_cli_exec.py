@@ -200,6 +200,26 @@ def step_summary(view: ExecutionView) -> str:
     return ", ".join(f"{counts[status]} {status.value}" for status in StepStatus if counts.get(status))
 
 
+def _schedule(batch: str | None, not_before: str | None, deadline: str | None,
+              window: str | None) -> dict[str, Any] | None:
+    """The schedule the batch options make (None: real-time); a bad value is a usage error naming its option."""
+    import time
+
+    from runtime.batch import parse_schedule
+    from runtime.errors import ScheduleError
+
+    given = {k: v for k, v in (("batch", batch), ("not_before", not_before), ("deadline", deadline),
+                               ("window", window)) if v is not None}
+    if not given:
+        return None
+    try:
+        parse_schedule(given, time.time())
+    except ScheduleError as e:
+        option = "--" + (e.field.split(".")[0] or "batch").replace("_", "-")
+        raise click.UsageError(f"{option}: {e.detail}") from None
+    return given
+
+
 def _print_view(view: ExecutionView, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(_view_dict(view), indent=2, default=str))
@@ -209,6 +229,10 @@ def _print_view(view: ExecutionView, fmt: str) -> None:
               f"{view.progress:.0%}  {view.elapsed_s:.2f} s  ({escape(step_summary(view))})")
     if view.trace_id:
         out.print(f"trace {view.trace_id}")
+    if view.schedule:  # a batch execution: its schedule, and why it waits (runtime/gate.py)
+        out.print("batch " + escape(", ".join(f"{k}={v}" for k, v in view.schedule.items())))
+    if view.waiting and not view.status.terminal:
+        out.print(f"[bold yellow]waiting[/bold yellow] {escape(str(view.waiting.get('reason')))}")
     for alert in view.alerts:  # raised by the alert rules (runtime/alerts.py)
         out.print(f"[bold red]alert[/bold red] {escape(str(alert.get('rule')))}: {escape(str(alert.get('reason')))}")
     out.print(_steps_table(view))
@@ -249,7 +273,8 @@ def _view_dict(view: ExecutionView) -> dict[str, Any]:
                           "classification": s.classification,
                           **({"progress": s.progress, "message": s.message} if s.progress is not None or s.message
                              else {})} for k, s in view.steps.items()},
-            "outputs": view.outputs, "trace_id": view.trace_id, "alerts": view.alerts, "agent": view.agent}
+            "outputs": view.outputs, "trace_id": view.trace_id, "alerts": view.alerts, "agent": view.agent,
+            **({"schedule": view.schedule, "waiting": view.waiting} if view.schedule or view.waiting else {})}
 
 
 def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -303,12 +328,21 @@ def register_commands(main: click.Group) -> None:
     @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
     @click.option("--working-dir", default=None, metavar="DIR",
                   help="Ship DIR to the cluster: the steps import `python:` handlers from it.")
+    @click.option("--batch", "batch_name", default=None, metavar="NAME",
+                  help="Run it as batch work in the named batch (`sopflow batch report NAME`).")
+    @click.option("--not-before", default=None, metavar="ISO", help="Batch: start no earlier than this "
+                  "(ISO 8601 with a timezone, e.g. 2026-12-01T22:00:00+01:00).")
+    @click.option("--deadline", default=None, metavar="ISO", help="Batch: end by this (ISO 8601 with a timezone).")
+    @click.option("--window", default=None, metavar="HH:MM-HH:MM[ TZ]",
+                  help="Batch: run inside this daily window, e.g. '22:00-06:00 Europe/Paris'.")
     def run(file: str, inputs: tuple[str, ...], address: str | None, mode: str | None, priority: int | str | None,
             idempotency_key: str | None, detach: bool, timeout: float | None, fmt: str,
-            working_dir: str | None) -> None:
+            working_dir: str | None, batch_name: str | None, not_before: str | None, deadline: str | None,
+            window: str | None) -> None:
         """Validate an SOP, run it on Ray with live progress, print the result.
 
-        Exits 0 only when the execution completed.
+        Exits 0 only when the execution completed. With --batch, --not-before, --deadline or
+        --window it is batch work: it starts inside its window and may be preempted by real-time work.
         """
         from runtime._cli_sop import print_problems
         from runtime.registry import Registry
@@ -323,6 +357,7 @@ def register_commands(main: click.Group) -> None:
             except SubmissionError as e:
                 raise click.UsageError(str(e)) from None
             sys.path.insert(0, os.path.abspath(working_dir))  # this client sees what the workers will see
+        schedule = _schedule(batch_name, not_before, deadline, window)  # refused before a cluster starts
         report = check_file(file, handlers=Registry())
         if not report.ok:
             print_problems(report, console(stderr=True))
@@ -339,7 +374,7 @@ def register_commands(main: click.Group) -> None:
                 "`ray start --head --dashboard-host 127.0.0.1` (or pass --address)")
         try:
             execution_id = engine.submit(file, _parse_inputs(inputs), mode=mode, priority=priority,
-                                         idempotency_key=idempotency_key, inputs_from_text=True)
+                                         idempotency_key=idempotency_key, inputs_from_text=True, schedule=schedule)
         except SopValidationError as e:
             _fail(e)
         except SopflowError as e:

@@ -62,9 +62,11 @@ def due_alerts(state: ExecutionState, expected_s: float | None, config: EngineCo
         return []
     raised = {(a.get("rule"), a.get("step"), a.get("attempt")) for a in state.alerts}
     out: list[Alert] = []
-    if expected_s:
+    # Batch work is timed from its first step, not from its submission: waiting for its window is not overdue.
+    since = state.first_started_at if state.schedule else state.submitted_at
+    if expected_s and since is not None:
         limit = config.alert_overdue_factor * expected_s
-        elapsed = now - state.submitted_at
+        elapsed = now - since
         if elapsed > limit and (AlertRule.OVERDUE.value, None, None) not in raised:
             out.append(Alert(AlertRule.OVERDUE, None, None, limit, elapsed,
                              f"running for {elapsed:.0f} s, over {config.alert_overdue_factor:g} x its expected "

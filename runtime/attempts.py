@@ -116,9 +116,10 @@ class AttemptsMixin:
         spec = AttemptSpec(exe, step, attempt, task, args)
         flight.launch = functools.partial(self._granted, exe, flight, runner, spec, digest)
         flight.needs_slot = runner.needs_slot
+        flight.claim = _claim(exe, flight.step) if runner.needs_slot else None
         if not runner.needs_slot:  # same rules as a slotted attempt: paused, cancelled, durable first
             flight.launch()
-        elif self.admission.acquire(_claim(exe, flight.step), flight.launch):
+        elif self.admission.acquire(flight.claim, flight.launch):
             flight.launch()
         else:
             why = f"waiting for a run slot (max_running_steps={self.admission.capacity})"
@@ -175,7 +176,7 @@ class AttemptsMixin:
     def _give_back(self, flight: InFlight) -> None:
         if flight.holds_slot:
             flight.holds_slot = False
-            self.admission.release()
+            self.admission.release(flight.claim)
 
     def release_held(self, exe: Execution) -> None:
         """The execution was resumed or cancelled: its held attempts queue again (or end, if cancelled)."""
@@ -185,7 +186,7 @@ class AttemptsMixin:
                 if not flight.settled:
                     self._never_started(exe, flight)
             elif flight.launch is not None and (not flight.needs_slot
-                                                or self.admission.acquire(_claim(exe, flight.step), flight.launch)):
+                                                or self.admission.acquire(flight.claim, flight.launch)):
                 flight.launch()
 
     def reattach(self, exe: Execution, step: Step, attempt: int, child_id: str) -> None:
@@ -205,6 +206,8 @@ class AttemptsMixin:
                 error: ErrorInfo | None) -> None:
         """The runner reported the attempt's end (a result, a failure, or its own error)."""
         if flight.settled:
+            if flight.stopped is not None:  # a preempted attempt is over: its execution may resume
+                flight.stopped()
             return  # the timeout came first
         if outcome is not None and outcome.key != f"{exe.id}/{flight.step.id}/{flight.number}":
             logger.warning("ignoring the outcome of attempt %s delivered to attempt %s/%s/%s", outcome.key,
@@ -256,6 +259,8 @@ class AttemptsMixin:
 
     def interrupted(self, exe: Execution, flight: InFlight, reason: str) -> None:
         """The runner lost the attempt (its outcome cannot be known): the step's recovery rule says what next."""
+        if flight.settled and flight.stopped is not None:
+            flight.stopped()
         if flight.settled or exe.inflight.get(flight.step.id) is not flight:
             return
         flight.settled = True

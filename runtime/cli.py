@@ -24,6 +24,7 @@ _COMMANDS = {
     "compare": "runtime._cli_compare",
     "logs": "runtime._cli_logs",
     **dict.fromkeys(("deploy", "undeploy", "emit", "triggers"), "runtime._cli_triggers"),
+    "batch": "runtime._cli_batch",
 }
 """Which module defines each command: a command imports only its own module, so ``sopflow status``
 does not pay for the SOP model (pydantic, YAML, jinja2) it never uses."""

@@ -28,7 +28,10 @@ from runtime.errors import ExecutionError, ExecutionNotFound, IdempotencyConflic
 from runtime import events as ev
 from runtime.events import Event, EventKind
 from runtime.execution import Execution
+from runtime import batch_report
+from runtime.batch import parse_schedule
 from runtime.failure import Decision, ErrorInfo, decide
+from runtime.gate import StartGate
 from runtime.history import export_history, import_history
 from runtime.hooks import EscalationHook, Hook, Hooks
 from runtime.idempotency import differences, fingerprint
@@ -98,7 +101,8 @@ class CoordinatorCore:
         all_runners = {"task": task_runner, "sop": SubSopRunner(self), "agent": AgentStepRunner(self),
                        **(runners or {})}
         admission = LocalAdmission(lambda: self.config.max_running_steps or (capacity or _default_capacity)(),
-                                   self.config.priority_weights)
+                                   self.config.priority_weights,
+                                   on_blocked=lambda claim: self.start_gate.on_blocked(claim))
         self.kept_env_vars: dict[bytes, str] = {}
         """runtime_env ``env_vars`` (as JSON) stored this life -> their blob's reference (see :meth:`_described`)."""
         self.machine = StateMachine(self, all_runners, admission, policy or LocalFailurePolicy(), self.hooks)
@@ -106,6 +110,9 @@ class CoordinatorCore:
         self.started = time.monotonic()
         self._recovering: asyncio.Task | None = None
         self.clock = clock
+        self.start_gate = StartGate(self, clock=clock)
+        self.machine.on_stopped = lambda exe: self.start_gate.poke_soon()
+        """Where executions wait before starting: batch windows and packing, ``max_concurrent``, preemption."""
 
     @property
     def event_log(self) -> Any:
@@ -132,6 +139,11 @@ class CoordinatorCore:
         return asyncio.get_running_loop().call_later(delay_s, callback, *args)
 
     async def submit_child(self, request: SubmitRequest) -> str:
+        parent = self.executions.get(request.parent or "")
+        if parent is not None and parent.request.schedule is not None and request.schedule is None:
+            # a batch execution's sub-SOP is batch work too (it must not preempt other batch work),
+            # free to start now: its parent started inside its window
+            request.schedule = {"not_before": time.time()}
         return await self.submit(request)
 
     async def cancel_child(self, child_id: str, force: bool) -> None:
@@ -146,6 +158,7 @@ class CoordinatorCore:
     def finished(self, exe: Execution) -> None:
         """The end is durable: tell waiters (once the monitor knows too), drop secrets, trim memory."""
         self.journal.after_monitor(exe.done.set)
+        self.start_gate.ended(exe)
         if exe.secret_values:
             self.event_log.drop_blob(exe.id, "secrets")
         self.finished_ids.append(exe.id)
@@ -159,8 +172,11 @@ class CoordinatorCore:
     async def submit(self, request: SubmitRequest) -> str:
         await self.ready()
         self._refuse_if_stalled()
+        _check_schedule(request)
         await self._preflight([request])
         execution_id = self._create(request)
+        if request.schedule:
+            await batch_report.remember(self, [request], [execution_id])
         await self.journal.durable()  # answered once the submission is in the log
         return execution_id
 
@@ -168,9 +184,12 @@ class CoordinatorCore:
         """Submit a batch in one call and one commit (the fast path for thousands of executions)."""
         await self.ready()
         self._refuse_if_stalled()
+        for request in requests:
+            _check_schedule(request)
         await self._preflight(requests)
         self._check_keys(requests)  # a conflict refuses the whole batch before any of it is created
         ids = [self._create(request) for request in requests]
+        await batch_report.remember(self, requests, ids)
         await self.journal.durable()
         return ids
 
@@ -238,8 +257,8 @@ class CoordinatorCore:
                                     submitted_by=request.submitted_by or (
                                         f"execution {request.parent}" if request.parent else ""),
                                     agent=request.agent or (f"{sop.sop}/{exe.id}" if exe.agentic else None),
-                                    **fingerprinted))
-        self.machine.begin(exe)
+                                    schedule=request.schedule, **fingerprinted))
+        self.start_gate.submitted(exe)  # real-time: begins now; batch or over max_concurrent: may wait
         return exe.id
 
     def adopt(self, exe: Execution) -> None:
@@ -403,6 +422,11 @@ class CoordinatorCore:
         if op not in _AGENT_FIRE_AND_FORGET or any(kind == "tool_started" for kind, _ in args.get("records", ())):
             await self.journal.durable()
         return result
+
+    async def batch_report(self, name: str) -> dict[str, Any]:
+        """The report of a named batch (see :func:`runtime.batch_report.build`)."""
+        await self.ready()
+        return await batch_report.build(self, name)
 
     async def list_ids(self) -> list[str]:
         return list(self.executions)
@@ -603,6 +627,16 @@ class CoordinatorCore:
 
 
 _TRIGGER_PREFIX = "trigger:"
+
+def _check_schedule(request: SubmitRequest) -> None:
+    """Validate a request's schedule and keep it as the log records it (epoch seconds; see
+    :func:`runtime.batch.parse_schedule`).
+
+    Raises:
+        ScheduleError: a field of it is not valid (named in the message).
+    """
+    if request.schedule is not None:
+        request.schedule = parse_schedule(request.schedule, time.time()).to_data()  # type: ignore[union-attr]
 
 
 def _default_capacity() -> int:

@@ -39,6 +39,7 @@ EXECUTION_COLOURS: dict[ExecutionStatus, str] = {
     ExecutionStatus.QUEUED: "#6366f1",
     ExecutionStatus.RUNNING: "#2563eb",
     ExecutionStatus.PAUSED: "#d97706",
+    ExecutionStatus.PREEMPTED: "#a16207",
     ExecutionStatus.CANCELLING: "#374151",
     ExecutionStatus.NEEDS_DECISION: "#c026d3",
     ExecutionStatus.STALLED: "#b45309",

@@ -14,6 +14,7 @@ import atexit
 import dataclasses
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -236,7 +237,8 @@ class Engine(TriggerMethods):
     def submit(self, sop: str | os.PathLike[str] | Sop, inputs: Mapping[str, Any] | None = None, *,
                mode: str | None = None, priority: int | str | None = None, idempotency_key: str | None = None,
                inputs_from_text: bool = False, submitted_by: str | None = None,
-               agent: Mapping[str, Any] | None = None) -> ExecutionId:
+               agent: Mapping[str, Any] | None = None,
+               schedule: Mapping[str, Any] | None = None) -> ExecutionId:
         """Validate and submit an SOP; returns at once with the execution's id.
 
         ``priority`` is a class — ``critical``, ``high``, ``normal``, ``low``: classes share
@@ -247,25 +249,36 @@ class Engine(TriggerMethods):
         fields of the SOP's ``agent:`` block for this run (``model``, ``temperature``,
         ``max_tokens``, ``max_model_calls``, ``token_budget`` ...).
 
+        ``schedule`` makes it a batch execution (None: real-time, it starts at once):
+        ``{"batch": NAME, "not_before": T, "deadline": T, "window": "22:00-06:00 Europe/Paris"}``,
+        any of them, times as timezone-aware datetimes, ISO 8601 strings with an offset, or
+        epoch seconds. It starts inside its window, packed with other batch work to keep peak
+        use low, and may be preempted by real-time work (see :mod:`runtime.batch`); a named
+        batch gets one report (:meth:`batch_report`).
+
         Raises:
             SopValidationError: the SOP is invalid (every problem listed).
             SubmissionError: inputs, mode or handlers do not fit.
+            ScheduleError: a field of ``schedule`` is not valid (the message names it).
         """
         # A key makes the submission safe to send again if the coordinator restarts meanwhile.
         request = self._request(sop, dict(inputs or {}), mode=mode, priority=priority,
                                 idempotency_key=idempotency_key or f"auto:{uuid.uuid4().hex}",
-                                inputs_from_text=inputs_from_text, submitted_by=submitted_by, agent=agent)
+                                inputs_from_text=inputs_from_text, submitted_by=submitted_by, agent=agent,
+                                schedule=schedule)
         return ExecutionId(self._conn.call("coordinator", "submit", request))
 
     def submit_many(self, sop: str | os.PathLike[str] | Sop, inputs: list[Mapping[str, Any]], *,
                     mode: str | None = None, priority: int | str | None = None,
                     idempotency_keys: list[str] | None = None,
-                    submitted_by: str | None = None, agent: Mapping[str, Any] | None = None) -> list[ExecutionId]:
+                    submitted_by: str | None = None, agent: Mapping[str, Any] | None = None,
+                    schedule: Mapping[str, Any] | None = None) -> list[ExecutionId]:
         """Submit one SOP many times (one execution per inputs mapping) in a single round trip.
 
         The SOP is validated once; the batch is committed to the log in one go.
         Use it to start thousands of executions: it is far cheaper than a loop of
-        :meth:`submit`.
+        :meth:`submit`. ``schedule`` (as in :meth:`submit`) applies to every one of them:
+        ``schedule={"batch": "nightly"}`` submits a named batch.
 
         Raises:
             SopValidationError: the SOP is invalid.
@@ -278,7 +291,7 @@ class Engine(TriggerMethods):
         model, _, source = self.load(sop)
         keys = idempotency_keys or [f"auto:{uuid.uuid4().hex}" for _ in inputs]
         base = self._request(model, dict(inputs[0]), mode=mode, priority=priority, idempotency_key=keys[0],
-                             source=source, submitted_by=submitted_by, agent=agent)
+                             source=source, submitted_by=submitted_by, agent=agent, schedule=schedule)
         # One SOP object and definition shared by every request: pickled once for the whole batch.
         requests = [base, *(dataclasses.replace(base, inputs=resolve_inputs(model, dict(i), source=source),
                                                 idempotency_key=k) for i, k in zip(inputs[1:], keys[1:]))]
@@ -288,8 +301,11 @@ class Engine(TriggerMethods):
     def _request(self, sop: Any, inputs: dict[str, Any], *, mode: str | None, priority: int | str | None,
                  idempotency_key: str | None, inputs_from_text: bool = False,
                  source: str | None = None, submitted_by: str | None = None,
-                 agent: Mapping[str, Any] | None = None) -> Any:
+                 agent: Mapping[str, Any] | None = None, schedule: Mapping[str, Any] | None = None) -> Any:
+        from runtime.batch import parse_schedule
         from runtime.request import SubmitRequest, sop_definition, submitter
+
+        checked = parse_schedule(schedule, time.time())  # refused here, before anything is sent
 
         model, _, loaded_from = self.load(sop)
         source = source or loaded_from
@@ -302,7 +318,8 @@ class Engine(TriggerMethods):
         return SubmitRequest(model, resolved, chosen, rank, idempotency_key, self._handlers(model),
                              self._subsops(model, base, ()), _secrets(model), source,
                              definition=sop_definition(model), priority_class=priority_class,
-                             submitted_by=submitter(submitted_by), runtime_env=self._runtime_env())
+                             submitted_by=submitter(submitted_by), runtime_env=self._runtime_env(),
+                             schedule=None if checked is None else checked.to_data())
 
     def compare(self, sop: str | os.PathLike[str] | Sop, inputs: Mapping[str, Any] | None = None, *,
                 timeout: float | None = None, inputs_from_text: bool = False) -> Comparison:
@@ -434,6 +451,21 @@ class Engine(TriggerMethods):
         if next(descriptors(outputs), None) is not None:  # big values live as artifacts in the store
             outputs = self._conn.call("coordinator", "resolve", str(execution_id), outputs)
         return outputs
+
+    def batch_report(self, name: str) -> dict[str, Any]:
+        """The report of the named batch (executions submitted with ``schedule={"batch": name}``).
+
+        Returns:
+            ``batch``, ``executions``, ``finished`` (every one ended), ``counts`` by status,
+            ``succeeded``, ``failed``, ``preemptions``, ``duration_s`` and ``waited_s`` (min, p50,
+            p95, max, mean), ``failures`` and ``results``: every execution's id, status, times,
+            outputs and step errors.
+
+        Raises:
+            BatchNotFound: no execution was submitted in that batch.
+            ScheduleError: ``name`` is not a valid batch name.
+        """
+        return self._conn.call("coordinator", "batch_report", name)
 
     def list(self, status: str | None = None, sop: str | None = None, since: float | None = None,
              limit: int = 1000, *, until: float | None = None) -> list[ExecutionView]:

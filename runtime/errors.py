@@ -114,3 +114,27 @@ class OptionalDependencyMissing(SopflowError, ImportError):
 
 class MetricsQueryError(SopflowError, ValueError):
     """Raised when a metrics query's window, SOP or mode is not one sopflow understands."""
+
+
+class ScheduleError(SubmissionError):
+    """Raised when a submission's ``schedule`` (batch, not_before, deadline, window) is not valid."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"schedule.{field}: {message}")
+        self.field = field
+        self.detail = message
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.field, self.detail))
+
+
+class BatchNotFound(ExecutionError):
+    """Raised when no execution was submitted in the named batch."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no batch {name!r}: no execution was submitted with schedule batch {name!r} "
+                         "(or its executions were purged)")
+        self.name = name
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.name,))

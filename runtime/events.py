@@ -75,6 +75,12 @@ class EventKind(StrEnum):
     """The agent session stopped answering or its host died; it is started again from its recording."""
     AGENT_REPORTED = "agent_reported"
     """The agent finished and reported its result to the engine."""
+    WAITING = "execution_waiting"
+    """The execution waits at the start gate: its batch window, its packing slot, or its SOP's
+    ``max_concurrent`` (``data["reason"]``, ``data["until"]``)."""
+    PREEMPTED = "execution_preempted"
+    """A batch execution's running attempts were stopped to make room for real-time work; it is
+    queued again and resumes from the log as after a crash (not a failure)."""
 
 
 EVENT_SCHEMA = 2
@@ -188,6 +194,9 @@ class Submitted(Payload):
     """Who or what submitted it, as the client said: ``user@host`` by default, or the caller's value."""
     agent: str | None = None
     """The agent running it (Agent Centric Run), when there is one."""
+    schedule: dict[str, Any] | None = None
+    """A batch execution's schedule (``batch``, ``not_before``, ``deadline`` as epoch seconds, daily
+    ``window``); None: real-time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -609,6 +618,28 @@ class AgentReported(Payload):
 
     def summary(self) -> str:
         return self.summary_text
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting(Payload):
+    """The execution waits at the start gate before its first step (or before resuming after preemption)."""
+
+    kind: ClassVar[EventKind] = EventKind.WAITING
+    reason: str = ""
+    until: float | None = None
+    """When it is expected to start (epoch seconds), if that is known."""
+
+
+@dataclass(frozen=True, slots=True)
+class Preempted(Payload):
+    """A batch execution was stopped to make room for real-time work; it waits to resume."""
+
+    kind: ClassVar[EventKind] = EventKind.PREEMPTED
+    reason: str = ""
+    by: str | None = None
+    """The execution whose step needed the capacity."""
+    interrupted: dict[str, int] = field(default_factory=dict)
+    """Step -> the attempt that was stopped (it follows the step's ``recovery`` rule on resuming)."""
 
 
 PAYLOADS: dict[EventKind, type[Payload]] = {cls.kind: cls for cls in Payload.__subclasses__()}

@@ -40,6 +40,10 @@ class InFlight:
     """Its runner needs a run slot (a sub-SOP's does not)."""
     progress_at: float = float("-inf")
     """When (``time.monotonic``) its last progress report was logged."""
+    claim: Any = None
+    """The :class:`runtime.seams.Claim` its slot was asked for (given back with the slot)."""
+    stopped: Any = None
+    """Called once when its runner reports the end of an attempt a preemption stopped."""
 
 
 @dataclass(slots=True)

@@ -30,6 +30,7 @@ from runtime.errors import ExecutionError
 from runtime.execution import Execution
 from runtime.hooks import Hooks
 from runtime.outputs import OutputNotData, as_data
+from runtime.preemption import PreemptionMixin
 from runtime.scheduling import Verdict, verdict
 from runtime.seams import Admission, AgentDriver, ExecutionHost, FailurePolicy, StepRunner
 from runtime.state import AGENT_CALL, final_status
@@ -46,7 +47,7 @@ DECISIONS = ("rerun", "succeed", "fail", "skip")
 """What an operator may decide for a step that waits for a decision."""
 
 
-class StateMachine(AttemptsMixin, AgentRunsMixin):
+class StateMachine(AttemptsMixin, AgentRunsMixin, PreemptionMixin):
     """Advances executions; see the module docstring.
 
     Args:
@@ -73,6 +74,10 @@ class StateMachine(AttemptsMixin, AgentRunsMixin):
         self.backoff_scale = 1.0
         """Multiplies retry backoffs (a replay sets 0: it waits none out)."""
         self._tasks: set[asyncio.Task] = set()
+        self.stopping: dict[str, set[Any]] = {}
+        """Execution -> its preempted attempts still ending (see :mod:`runtime.preemption`)."""
+        self.on_stopped: Any = None
+        """Called with an execution whose preempted attempts have all ended."""
 
     # -- the execution --------------------------------------------------------------------
 
@@ -98,7 +103,8 @@ class StateMachine(AttemptsMixin, AgentRunsMixin):
             return
         graph = exe.active_graph
         stopping = state.cancel_requested or (exe.rollback_requested and not state.rolling_back)
-        if not (stopping or state.paused):
+        preempted = state.status == ExecutionStatus.PREEMPTED  # its steps start when the gate resumes it
+        if not (stopping or state.paused or preempted):
             statuses = exe.statuses()
             todo = list(dict.fromkeys(candidates))
             while todo:

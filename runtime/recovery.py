@@ -33,7 +33,7 @@ from runtime.request import ENV_VARS, request_from_log
 from runtime.outputs import blob_kind
 from runtime.shipped import unpack_callables
 from runtime.snapshots import read_snapshot
-from runtime.status import StepStatus
+from runtime.status import ExecutionStatus, StepStatus
 from runtime.telemetry import attached, tracer
 from sop import check_new_steps
 from sop.model import OnFailure
@@ -150,8 +150,15 @@ def resume(c: CoordinatorCore, exe: Execution) -> dict[str, int]:
     """Pick up an execution where the log left it; returns counts of what was done."""
     state = exe.state
     counts = {"redispatched": 0, "requeued": 0, "reattached": 0, "awaiting_decision": 0, "retries": 0}
-    running = [sid for sid, st in state.steps.items() if st.status == StepStatus.RUNNING]
-    queued = [sid for sid, st in state.steps.items() if st.status == StepStatus.QUEUED]
+    if state.status in (ExecutionStatus.QUEUED, ExecutionStatus.PREEMPTED) and not state.cancel_requested:
+        # not started (a batch window, max_concurrent) or preempted: the start gate decides again
+        c.emit(exe, ev.Recovered(in_flight=sorted(state.interrupted)))
+        c.start_gate.submitted(exe)
+        return counts
+    c.start_gate.running(exe)
+    # attempts a preemption stopped whose recovery rule has not been applied yet count as running
+    running = [sid for sid, st in state.steps.items() if st.status == StepStatus.RUNNING or sid in state.interrupted]
+    queued = [sid for sid, st in state.steps.items() if st.status == StepStatus.QUEUED and sid not in running]
     waiting = [sid for sid, st in state.steps.items() if st.status == StepStatus.NEEDS_DECISION]
     retrying = [sid for sid in state.retry_due if state.steps[sid].status == StepStatus.RETRYING]
     c.emit(exe, ev.Recovered(in_flight=running, queued=queued, awaiting_decision=waiting, retrying=retrying))

@@ -226,6 +226,7 @@ async def _replay(events: list[Event], from_step: str | None, handlers: dict[str
     for kind, fresh in step_runners(coordinator).items():  # mcp: ...: recorded, or live from the checkpoint on
         coordinator.machine.runners[kind] = RecordedRunner(recording, fresh, decide)
     coordinator.recovery = {}  # a private, empty log: nothing to recover
+    coordinator.start_gate.enabled = False  # runs at once: its batch window was honoured when it first ran
     coordinator.machine.backoff_scale = 0.0  # retry backoffs are not waited out
     if recorded.agent is not None or any(s.handler == "agent" for s in probe.steps_by_id.values()):
         # an Agent Centric Run's agent runs again from its recording; an agent step run again, live

@@ -67,6 +67,14 @@ class ExecutionState:
     """Alerts raised (``alert_raised`` events): ``{"rule", "step", "attempt", "reason", "at"}`` each."""
     agent: dict[str, Any] | None = None
     """The agent of an Agent Centric Run (see :func:`new_agent_state`); None for a DAG run."""
+    schedule: dict[str, Any] | None = None
+    """A batch execution's schedule (see :mod:`runtime.batch`); None: real-time."""
+    waiting: dict[str, Any] | None = None
+    """``{"reason", "until"}`` while it waits at the start gate; None otherwise."""
+    interrupted: dict[str, int] = field(default_factory=dict)
+    """Step -> attempt stopped by a preemption and not yet resumed (it follows its ``recovery`` rule)."""
+    preemptions: int = 0
+    """How many times it was preempted."""
 
     def view(self, *, with_outputs: bool = False) -> ExecutionView:
         main = [s for k, s in self.steps.items() if k not in self.rollback_steps or self.rolling_back]
@@ -80,6 +88,8 @@ class ExecutionState:
             submitted_at=self.submitted_at, ended_at=self.ended_at,
             outputs=self.outputs if with_outputs else None, priority=self.priority,
             trace_id=self.trace_id, priority_class=self.priority_class, alerts=[dict(a) for a in self.alerts],
+            schedule=dict(self.schedule) if self.schedule else None,
+            waiting=dict(self.waiting) if self.waiting else None,
             agent=agent_view(self.agent) if self.agent is not None else None)
 
 
@@ -129,6 +139,7 @@ def apply(state: ExecutionState, event: Event) -> None:
 def _submitted(state: ExecutionState, event: Event, _: StepState | None, p: ev.Submitted) -> None:
     state.sop, state.version, state.mode, state.priority = p.sop, p.version, p.mode, p.priority
     state.priority_class = p.priority_class
+    state.schedule = p.schedule
     state.submitted_at = event.ts
     state.trace_id = trace_id_of(p.trace)
     state.idempotency_key = p.idempotency_key
@@ -138,6 +149,22 @@ def _submitted(state: ExecutionState, event: Event, _: StepState | None, p: ev.S
 
 def _started(state: ExecutionState, *_: Any) -> None:
     state.status = ExecutionStatus.PAUSED if state.paused else ExecutionStatus.RUNNING
+    state.waiting = None
+
+
+def _waiting(state: ExecutionState, _: Event, __: StepState | None, p: ev.Waiting) -> None:
+    state.waiting = {"reason": p.reason, "until": p.until}
+
+
+def _preempted(state: ExecutionState, event: Event, _: StepState | None, p: ev.Preempted) -> None:
+    state.status, state.preemptions = ExecutionStatus.PREEMPTED, state.preemptions + 1
+    state.interrupted.update(p.interrupted)
+    state.waiting = {"reason": p.reason, "until": None}
+    for sid in p.interrupted:  # stopped, to be resumed: not running
+        step = state.steps.get(sid)
+        if step is not None:
+            step.status, step.waiting_since = StepStatus.QUEUED, event.ts
+            state.progress.pop(sid, None)
 
 
 def _steps_added(state: ExecutionState, _: Event, __: StepState | None, p: ev.StepsAdded) -> None:
@@ -199,11 +226,12 @@ def _ended_as(status: StepStatus) -> Any:
 
 def _attempt_interrupted(state: ExecutionState, event: Event, *_: Any) -> None:
     state.progress.pop(event.step, None)  # type: ignore[arg-type]  # its progress died with it
+    state.interrupted.pop(event.step, None)  # type: ignore[arg-type]  # its recovery rule now applies
 
 
 def _paused(state: ExecutionState, *_: Any) -> None:
     state.paused = True
-    if not state.status.terminal:
+    if not state.status.terminal and state.status != ExecutionStatus.PREEMPTED:  # it stays off until readmitted
         state.status = ExecutionStatus.PAUSED
 
 
@@ -368,6 +396,8 @@ _APPLY: dict[EventKind, Callable[[ExecutionState, Event, StepState | None, Any],
     EventKind.AGENT_STATUS: _agent_status,
     EventKind.AGENT_LOST: _agent_lost,
     EventKind.AGENT_REPORTED: _agent_reported,
+    EventKind.WAITING: _waiting,
+    EventKind.PREEMPTED: _preempted,
 }
 """Event kind -> how it changes the state (kinds that change nothing are absent)."""
 

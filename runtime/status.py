@@ -16,6 +16,8 @@ class ExecutionStatus(StrEnum):
     CANCELLING = "cancelling"
     NEEDS_DECISION = "needs_decision"
     """A step's attempt was interrupted and the step is not safe to re-run: an operator decides."""
+    PREEMPTED = "preempted"
+    """A batch execution stopped to make room for real-time work; it resumes from the log later."""
     STALLED = "stalled"
     """Running, but the state store takes no writes now (a full disk): nothing moves until it does.
     Shown by status queries only; never logged."""
@@ -99,6 +101,10 @@ class ExecutionView:
     """critical, high, normal or low."""
     alerts: list[dict[str, Any]] = field(default_factory=list)
     """Alerts raised for it (see :mod:`runtime.alerts`): ``{"rule", "step", "attempt", "reason", "at"}`` each."""
+    schedule: dict[str, Any] | None = None
+    """A batch execution's schedule (``batch``, ``not_before``, ``deadline``, ``window``); None: real-time."""
+    waiting: dict[str, Any] | None = None
+    """Why it waits at the start gate and until when: ``{"reason", "until"}``; None when it does not."""
     agent: dict[str, Any] | None = None
     """Its agent (Agent Centric Run): ``session``, ``model``, ``message``, ``progress``, ``seen`` (its last
     status), ``decisions`` (``{"step", "decision", "rationale", "at"}``), ``model_calls``, ``tool_calls``,

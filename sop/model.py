@@ -304,6 +304,8 @@ class Sop(_Model):
     priority: str | int | None = None
     """Default priority of its executions: a class (critical, high, normal, low) or a number within
     ``normal`` (higher first); a submission may say otherwise."""
+    max_concurrent: int | None = Field(None, ge=1, le=1_000_000)
+    """At most this many executions of this SOP run at once; further ones wait to start (None: no limit)."""
 
     @field_validator("priority", mode="before")
     @classmethod

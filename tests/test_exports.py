@@ -53,6 +53,7 @@ SOP_NAMES = [
 ]
 
 RUNTIME_NAMES = [
+    "BatchNotFound",
     "Engine",
     "EngineStartError",
     "EngineUnavailable",
@@ -70,6 +71,7 @@ RUNTIME_NAMES = [
     "Registry",
     "RegistryError",
     "RetryableError",
+    "ScheduleError",
     "StateStoreError",
     "StateStoreInUseError",
     "StateStoreLostError",
