@@ -628,6 +628,7 @@ class CoordinatorCore:
 
 _TRIGGER_PREFIX = "trigger:"
 
+
 def _check_schedule(request: SubmitRequest) -> None:
     """Validate a request's schedule and keep it as the log records it (epoch seconds; see
     :func:`runtime.batch.parse_schedule`).
