@@ -7,6 +7,7 @@ through :data:`runtime._wire.HTTP_STATUS`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -152,6 +153,8 @@ class Routes:
             view = await self.call("monitor", "status", eid)
         except ExecutionNotFound:  # submitted a moment ago: the monitor may not have its events yet
             view = await self.call("coordinator", "status", eid)
+        if not view.status.terminal:  # ETA and queue position: the coordinator knows them (runtime/forecast.py)
+            view = dataclasses.replace(view, **(await self.call("coordinator", "forecast", eid)))
         return ok(view_to_dict(view))
 
     async def events(self, request: web.Request) -> web.Response:

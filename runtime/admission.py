@@ -53,6 +53,8 @@ class LocalAdmission:
         self._draining = False
         self.granted: dict[str, int] = {c: 0 for c in self.weights}
         """Slots granted from the queue so far, by class."""
+        self._who: dict[int, str] = {}
+        """Queue entry (its order number) -> the execution that asked: for :meth:`position`."""
 
     @property
     def capacity(self) -> int:
@@ -77,7 +79,10 @@ class LocalAdmission:
         queue = self._queues[cls]
         if not queue:  # it was idle: it joins at the current pass, with no credit saved up
             self._pass[cls] = max(self._pass[cls], self._now)
-        heapq.heappush(queue, (claim.key(), next(self._order), grant))
+        order = next(self._order)
+        heapq.heappush(queue, (claim.key(), order, grant))
+        if claim.execution:
+            self._who[order] = claim.execution
         self._waiting += 1
         return False
 
@@ -90,12 +95,29 @@ class LocalAdmission:
         for queue in self._queues.values():
             for i, entry in enumerate(queue):
                 if entry[2] is grant:
+                    self._who.pop(entry[1], None)
                     queue[i] = queue[-1]
                     queue.pop()
                     heapq.heapify(queue)  # O(n): withdrawing is rare (a cancel), acquiring is not
                     self._waiting -= 1
                     return True
         return False
+
+    def position(self, execution_id: str) -> int | None:
+        """The 1-based place of the execution's first queued attempt in the order grants would go
+        (the stride order between classes, replayed on copies); None when it has none queued."""
+        if execution_id not in self._who.values():
+            return None
+        queues = {c: sorted(q) for c, q in self._queues.items()}  # a sorted list is a valid heap
+        passes, place = dict(self._pass), 0
+        while any(queues.values()):
+            cls = min((c for c, q in queues.items() if q), key=lambda c: (passes[c], -self.weights[c]))
+            _, order, _ = heapq.heappop(queues[cls])
+            passes[cls] += 1.0 / self.weights[cls]
+            place += 1
+            if self._who.get(order) == execution_id:
+                return place
+        return None
 
     def _next_class(self) -> str:
         """The waiting class with the smallest pass (the heavier one on a tie)."""
@@ -108,7 +130,8 @@ class LocalAdmission:
         try:
             while self._waiting and self.used < self.capacity:
                 cls = self._next_class()
-                grant = heapq.heappop(self._queues[cls])[2]
+                _, order, grant = heapq.heappop(self._queues[cls])
+                self._who.pop(order, None)
                 self._waiting -= 1
                 self._now = self._pass[cls]
                 self._pass[cls] += 1.0 / self.weights[cls]

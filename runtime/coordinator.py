@@ -29,6 +29,7 @@ from runtime import events as ev
 from runtime.events import Event, EventKind
 from runtime.execution import Execution
 from runtime.failure import Decision, ErrorInfo, decide
+from runtime.forecast import Learning
 from runtime.history import export_history, import_history
 from runtime.hooks import EscalationHook, Hook, Hooks
 from runtime.idempotency import differences, fingerprint
@@ -106,6 +107,8 @@ class CoordinatorCore:
         self.started = time.monotonic()
         self._recovering: asyncio.Task | None = None
         self.clock = clock
+        self.learning = Learning(lambda: self.event_log)
+        """Learned estimates of SOP steps (runtime/estimates.py): expected durations, ETAs, allocations."""
 
     @property
     def event_log(self) -> Any:
@@ -123,6 +126,7 @@ class CoordinatorCore:
         before = exe.state.status
         exe.fold(event)
         self.journal.write(exe, event, exe.state.status is not before or payload.kind == EventKind.SUBMITTED)
+        self.learning.feed(exe, event)
         return event
 
     def on_durable(self, callback: Callable[[], None]) -> None:
@@ -245,6 +249,7 @@ class CoordinatorCore:
     def adopt(self, exe: Execution) -> None:
         """Hold ``exe`` in memory as a running execution (a new one, or one rebuilt from the log)."""
         exe.load_artifact = self.artifacts.loader(exe.id)
+        self.learning.adopt(exe)
         self.executions[exe.id] = exe
         key = exe.request.idempotency_key or exe.state.idempotency_key
         if key:
@@ -335,6 +340,20 @@ class CoordinatorCore:
 
     async def status(self, execution_id: str) -> ExecutionView:
         return self.state_of(execution_id).view(with_outputs=True)
+
+    async def forecast(self, execution_id: str) -> dict[str, Any]:
+        """A running execution's ``expected_duration_s``, ``eta`` and ``queue_position`` (empty once
+        it finished, or when this coordinator does not hold it): see :mod:`runtime.forecast`."""
+        exe = self.executions.get(execution_id)
+        if exe is None or exe.state.status.terminal:
+            return {}
+        position = getattr(self.machine.admission, "position", None)
+        return self.learning.forecast(exe, position(execution_id) if position is not None else None)
+
+    async def estimates(self, sop: str) -> dict[str, Any]:
+        """What the history of the SOP named ``sop`` says, per step (for ``sopflow suggest``)."""
+        await self.ready()
+        return self.learning.known(sop)
 
     async def cancel(self, execution_id: str, force: bool = False, by: str | None = None) -> ExecutionView:
         await self.ready()  # a request that arrives while recovering acts on the recovered execution
@@ -499,6 +518,7 @@ class CoordinatorCore:
             from runtime.recovery import recover
 
             self._load_hooks()
+            self.learning.start()
             self._recovering = asyncio.get_running_loop().create_task(recover(self))
         recovered = await asyncio.shield(self._recovering)
         if self.recovery is None:  # the first caller back schedules the timers (once per start)
@@ -547,6 +567,7 @@ class CoordinatorCore:
         """Commit what is pending and close the state store, releasing its lease (the engine stops)."""
         try:
             await self.journal.durable()
+            await self.learning.save()
         finally:
             await asyncio.to_thread(self.journal.close)
 

@@ -24,6 +24,7 @@ from runtime.display import ExecutionList
 from runtime.errors import (EngineStartError, ExecutionFailed, ExecutionNotFound, ExecutionTimeout,
                             SubmissionError)
 from runtime.events import Event
+from runtime.forecast import with_forecast
 from runtime.ids import ExecutionId
 from runtime.inputs import resolve_inputs
 from runtime.outputs import descriptors
@@ -404,10 +405,11 @@ class Engine:
             ExecutionNotFound: neither the monitor nor the coordinator knows the id.
         """
         try:
-            return self._conn.call("monitor", "status", str(execution_id))
+            view = self._conn.call("monitor", "status", str(execution_id))
         except ExecutionNotFound:
             # Submitted a moment ago: its first events may still be on their way to the monitor.
-            return self._conn.call("coordinator", "status", str(execution_id))
+            view = self._conn.call("coordinator", "status", str(execution_id))
+        return with_forecast(view, lambda: self._conn.call("coordinator", "forecast", str(execution_id)))
 
     def wait(self, execution_id: str, timeout: float | None = None) -> ExecutionView:
         """Block until the execution ends; returns its final view (with outputs).
