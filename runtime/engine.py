@@ -529,6 +529,16 @@ class Engine:
     def remove_hook(self, name: str) -> list[str]:
         return self._conn.call("coordinator", "remove_hook", name)
 
+    def estimates(self, sop: str) -> dict[str, Any]:
+        """What earlier runs of the SOP named ``sop`` took, per step, as JSON data.
+
+        ``{"sop", "completed": executions that completed, "steps": {step: {"samples", "failures",
+        "p50_s", "p95_s", "max_s", "trend", "cores_p95", "memory_p95_mb", "cpu", "memory_mb",
+        "timeout_s"}}}``: the last three are the suggested resources (see :mod:`runtime.estimates`);
+        a step with no successful attempt has ``samples: 0`` only.
+        """
+        return self._conn.call("coordinator", "estimates", str(sop))
+
     def metrics(self, window: str | float | None = "1h", *, sop: str | None = None,
                 mode: str | None = None) -> dict[str, Any]:
         """Execution metrics over a time window, as JSON data (see :func:`runtime.metrics.compute`).
