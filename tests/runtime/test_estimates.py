@@ -1,0 +1,201 @@
+"""Learned estimates (runtime.estimates, runtime.forecast), pure: property 32 (learned_allocation),
+convergence on a stationary workload, edge cases (no history, one sample, outliers), persistence,
+old events without measurements, and the queue position of the local admission."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime import estimates as est
+from runtime import events as ev
+from runtime.admission import LocalAdmission
+from runtime._log_types import ExecutionRecord
+from runtime.eventlog import MemoryEventLog
+from runtime.events import Event, EventKind, new_event
+from runtime.seams import Claim
+from sop import Sop
+
+EXE = "exe-000000000001-00000001"
+
+
+def _succeeded(step: str, duration: float, cpu: float | None = None, mb: float | None = None,
+               seq: int = 2) -> Event:
+    return new_event(EXE, seq, ev.StepSucceeded(output=None, duration_s=duration, cpu_s=cpu, peak_mb=mb), step, 1)
+
+
+def _resources(cpu: float = 1.0, memory_mb: int | None = None):
+    from sop.model import Resources
+
+    return Resources(cpu=cpu, memory_mb=memory_mb, learned=True)
+
+
+samples = st.lists(st.tuples(st.floats(0.0, 1e4), st.one_of(st.none(), st.floats(0.0, 1e5)),
+                             st.one_of(st.none(), st.floats(0.0, 1e5))), max_size=60)
+
+
+@settings(max_examples=400, deadline=None)
+@given(history=samples, cpu=st.sampled_from([0.0, 0.25, 1.0, 4.0]),
+       memory=st.one_of(st.none(), st.integers(1, 1 << 16)))
+def test_learned_allocation(history: list[tuple[float, float | None, float | None]], cpu: float,
+                            memory: int | None) -> None:
+    """Property 32: for any history, what attempts used shapes later allocations, within bounds: nothing
+    is learned before MIN_SAMPLES successes; after, CPU lies in [MIN_CPU, declared] and covers the p95
+    of cores used up to the declaration, memory never exceeds a declared reservation and covers the
+    p95 peak up to it, GPUs and capabilities are never changed."""
+    estimates = est.Estimates()
+    for duration, cpu_s, mb in history:
+        estimates.feed("s", _succeeded("a", duration, cpu_s, mb))
+    declared = _resources(cpu, memory)
+    shape = estimates.learned("s", "a", declared)
+    if len(history) < est.MIN_SAMPLES:
+        assert shape is None
+        return
+    assert shape is not None
+    assert shape.gpu == declared.gpu and shape.capabilities == declared.capabilities
+    cores = [c / max(d, 0.01) for d, c, _ in history if c is not None]
+    peaks = [m for _, _, m in history if m is not None]
+    if cpu == 0 or not cores:
+        assert shape.cpu == cpu  # nothing measured, or a step declaring none: the declaration stands
+    else:
+        assert est.MIN_CPU - 1e-9 <= shape.cpu <= cpu
+        assert shape.cpu >= min(cpu, est.percentile(cores, 95)) - 1e-9
+    if not peaks:
+        assert shape.memory_mb == (memory or 0)
+    else:
+        p95 = est.percentile(peaks, 95)
+        assert shape.memory_mb >= est.MIN_MEMORY_MB or (memory is not None and shape.memory_mb == memory)
+        assert shape.memory_mb >= min(memory or math.inf, p95)
+        if memory is not None:
+            assert shape.memory_mb <= memory
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), median=st.floats(0.05, 600.0), sigma=st.floats(0.05, 0.5),
+       noise=st.lists(st.floats(0.0, 1e4), max_size=40))
+def test_learned_allocation_converges_on_a_stationary_workload(seed: int, median: float, sigma: float,
+                                                              noise: list[float]) -> None:
+    """Property 32: whatever came before (``noise``), a window's worth of runs from one stationary
+    distribution (log-normal, known median) gives a p50 within 20 % of the true median and a p95
+    close to its true 95th percentile; the trend of a stationary workload is small."""
+    rng = random.Random(seed)
+    estimates = est.Estimates()
+    for d in noise:
+        estimates.feed("s", _succeeded("a", d))
+    for _ in range(est.WINDOW):
+        estimates.feed("s", _succeeded("a", rng.lognormvariate(math.log(median), sigma)))
+    found = estimates.step("s", "a")
+    assert found is not None and found.samples == est.WINDOW
+    assert abs(found.p50_s / median - 1) < 0.2
+    true_p95 = median * math.exp(1.645 * sigma)
+    assert abs(found.p95_s / true_p95 - 1) < 0.35
+    assert found.trend is not None and abs(found.trend) < 0.6
+
+
+def test_no_history_one_sample_and_outliers() -> None:
+    estimates = est.Estimates()
+    sop = Sop.model_validate({"sop": "s", "steps": [{"id": "a", "uses": "x"}, {"id": "b", "uses": "x",
+                                                                               "depends_on": ["a"]}]})
+    assert estimates.step("s", "a") is None and estimates.expected_duration(sop) is None
+    assert estimates.described("s", "a") == {"samples": 0, "failures": 0}
+    estimates.feed("s", _succeeded("a", 2.0, cpu=1.0, mb=100.0))
+    one = estimates.step("s", "a")
+    assert (one.samples, one.p50_s, one.p95_s, one.trend) == (1, 2.0, 2.0, None)
+    assert one.suggestion() == {"cpu": 0.65, "memory_mb": 128, "timeout_s": 4.0}
+    assert estimates.learned("s", "a", _resources()) is None  # one sample: not enough to reserve by
+    assert estimates.expected_duration(sop) is None  # b has no history and no declaration
+    # One outlier among many: the p50 ignores it, the timeout still covers the longest success.
+    for d in [1.0] * 30 + [100.0]:
+        estimates.feed("s", _succeeded("b", d))
+    b = estimates.step("s", "b")
+    assert b.p50_s == 1.0 and b.p95_s == 1.0 and b.suggestion()["timeout_s"] == 120.0
+    assert estimates.expected_duration(sop) == pytest.approx(3.0)  # critical path a -> b of p50s
+    # Nonsense measurements (negative, NaN, booleans) are ignored, not learned.
+    for bad in (-1.0, math.nan, math.inf):
+        estimates.feed("s", _succeeded("c", bad))
+    estimates.feed("s", _succeeded("c", 1.0, cpu=True, mb=-5.0))
+    c = estimates.step("s", "c")
+    assert c.samples == 1 and c.cores_p95 is None and c.memory_p95_mb is None
+
+
+def test_a_step_never_run_in_completed_executions_counts_zero_and_failures_are_counted() -> None:
+    estimates = est.Estimates()
+    sop = Sop.model_validate({"sop": "s", "steps": [{"id": "a", "uses": "x"},
+                                                    {"id": "maybe", "uses": "x", "when": "false"}]})
+    estimates.feed("s", _succeeded("a", 4.0))
+    assert estimates.expected_duration(sop) is None  # 'maybe' unknown until an execution completed
+    estimates.feed("s", new_event(EXE, 3, ev.Finished(status="completed")))
+    assert estimates.expected_duration(sop) == 4.0
+    estimates.feed("s", new_event(EXE, 4, ev.StepFailed(error="x"), "a", 1))
+    estimates.feed("s", new_event(EXE, 5, ev.StepFailed(error="never ran"), "a", 0))  # attempt 0: no run
+    assert estimates.step("s", "a").failures == 1
+
+
+def test_trend_says_when_recent_runs_are_slower() -> None:
+    assert est.trend([1.0] * 5) is None
+    assert est.trend([1.0] * 12 + [2.0] * 4) == pytest.approx(1.0)
+    assert est.trend([2.0] * 12 + [1.0] * 4) == pytest.approx(-0.5)
+
+
+def test_histories_are_bounded_and_survive_the_state_store() -> None:
+    estimates = est.Estimates(window=10)
+    for i in range(25):
+        estimates.feed("s", _succeeded("a", float(i), cpu=0.5, mb=10.0 + i))
+    assert estimates.step("s", "a").samples == 10 and estimates.step("s", "a").p50_s == 19.0
+    log = MemoryEventLog()
+    assert est.save(estimates, log, estimates.dirty) == 1
+    again = est.load(log, window=10)
+    assert again is not None and again.step("s", "a") == estimates.step("s", "a")
+    log.put_setting(est.SETTING_PREFIX + "broken", b"{not json")
+    assert est.load(log, window=10).step("s", "a") is not None  # a damaged entry does not lose the rest
+    assert est.load(MemoryEventLog()) is None
+
+
+def test_events_written_before_measurements_existed_still_load_and_feed() -> None:
+    """Old events have no cpu_s / peak_mb (and failed ones no duration_s): they load, and only count
+    towards durations."""
+    old = Event.from_dict({"execution_id": EXE, "seq": 2, "kind": "step_succeeded", "ts": 1.0, "step": "a",
+                           "attempt": 1, "data": {"output": 1, "duration_s": 0.5}, "schema": 1})
+    payload = old.payload
+    assert payload.cpu_s is None and payload.peak_mb is None and payload.duration_s == 0.5
+    failed = Event.from_dict({"execution_id": EXE, "seq": 3, "kind": "step_failed", "ts": 1.0, "step": "a",
+                              "attempt": 1, "data": {"error": "x"}})
+    assert failed.payload.duration_s is None and failed.payload.cpu_s is None
+    estimates = est.Estimates()
+    estimates.feed("s", old)
+    found = estimates.step("s", "a")
+    assert found.samples == 1 and found.cores_p95 is None and found.suggestion()["cpu"] is None
+    # and a new writer's fields are simply omitted when unmeasured
+    assert "cpu_s" not in ev.StepSucceeded(duration_s=1.0).to_data()
+
+
+def test_rebuilt_from_the_log_when_the_store_keeps_none() -> None:
+    log = MemoryEventLog()
+    events = [new_event(EXE, 1, ev.Submitted(sop="s", steps=["a"])), _succeeded("a", 3.0, 1.5, 50.0),
+              new_event(EXE, 3, ev.Finished(status="completed"))]
+    log.append(events, [ExecutionRecord(EXE, "s", "completed", 1.0, 3, 2.0, True)])
+    rebuilt = est.rebuild(log)
+    assert rebuilt.step("s", "a").p50_s == 3.0 and rebuilt.completed("s") == 1
+
+
+def test_queue_position_follows_the_order_grants_go_in() -> None:
+    """LocalAdmission.position: 1-based place of an execution's first queued claim; None when none."""
+    granted: list[str] = []
+    admission = LocalAdmission(lambda: 1)
+    assert admission.acquire(Claim(execution="run"), lambda: granted.append("run"))
+    for i, (cls, prio) in enumerate([("normal", 0), ("high", 0), ("normal", 5), ("low", 0)]):
+        eid = f"e{i}"
+        assert not admission.acquire(Claim(priority=prio, priority_class=cls, execution=eid),
+                                     lambda e=eid: granted.append(e))
+    order = [f"e{i}" for i in range(4)]
+    places = {e: admission.position(e) for e in order}
+    assert sorted(places.values()) == [1, 2, 3, 4] and admission.position("run") is None
+    expected = sorted(order, key=places.__getitem__)
+    for _ in order:
+        admission.release()
+    assert granted == expected  # the positions said exactly the order the grants went in
+    assert all(admission.position(e) is None for e in order)
