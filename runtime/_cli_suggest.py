@@ -64,37 +64,28 @@ def _declared(value: Any) -> str:
 
 
 def print_text(report: dict[str, Any], source: str) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from runtime._console import console
-
-    out = console()
+    """Two lines per step (fits a narrow terminal): what its history says, then the suggestion."""
     steps = report["steps"]
-    measured = sum(1 for s in steps.values() if s["samples"])
-    if not measured:
-        out.print(f"No history for SOP {escape(report['sop'])!r} in {escape(source)}: no step of it has "
-                  "succeeded yet, so there is nothing to suggest. Run it a few times (sopflow run FILE) "
-                  "and ask again.")
+    if not any(s["samples"] for s in steps.values()):
+        click.echo(f"No history for SOP {report['sop']!r} in {source}: no step of it has succeeded yet, so "
+                   "there is nothing to suggest. Run it a few times (sopflow run FILE) and ask again.")
         return
-    out.print(f"Suggested resources for SOP {escape(report['sop'])!r} from what its runs used "
-              f"({report['completed']} completed executions; {escape(source)}):")
-    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for column in ("step", "samples", "p50", "p95", "trend", "cpu", "memory_mb", "timeout_s"):
-        table.add_column(column, justify="left" if column == "step" else "right")
+    click.echo(f"Suggested resources for SOP {report['sop']!r} from what its runs used "
+               f"({report['completed']} completed executions; {source}):")
     for sid, s in steps.items():
         if not s["samples"]:
-            table.add_row(escape(sid), "0", "-", "-", "-", "no history", "", "")
+            failed = f" ({s['failures']} failed attempts)" if s.get("failures") else ""
+            click.echo(f"{sid}: no history (no successful attempt yet){failed}; keep its declared resources")
             continue
         got, was = s["suggested"], s["declared"]
-        trend = "-" if s.get("trend") is None else f"{s['trend']:+.0%}"
-        table.add_row(escape(sid), str(s["samples"]), _num(s.get("p50_s"), " s"), _num(s.get("p95_s"), " s"), trend,
-                      f"{_num(got['cpu'])} (now {_declared(was['cpu'])})",
-                      f"{_num(got['memory_mb'])} (now {_declared(was['memory_mb'])})",
-                      f"{_num(got['timeout_s'])} (now {_declared(was['timeout_s'])})")
-    out.print(table)
-    out.print("cpu and memory_mb: p95 of what successful attempts used, plus 25 %; timeout_s: twice the p95 "
-              "duration. A '-' was not measured. Opt in with resources: {learned: true} to reserve them.")
+        trend = "" if s.get("trend") is None else f", trend {s['trend']:+.0%}"
+        click.echo(f"{sid}: {s['samples']} samples, p50 {_num(s.get('p50_s'), ' s')}, p95 {_num(s.get('p95_s'), ' s')}"
+                   f"{trend}")
+        click.echo(f"  cpu {_num(got['cpu'])} (now {_declared(was['cpu'])})   memory_mb {_num(got['memory_mb'])} "
+                   f"(now {_declared(was['memory_mb'])})   timeout_s {_num(got['timeout_s'])} "
+                   f"(now {_declared(was['timeout_s'])})")
+    click.echo("cpu and memory_mb: p95 of what successful attempts used, plus 25 %; timeout_s: twice the p95 "
+               "duration ('-': not measured). Opt in with resources: {learned: true} to reserve them.")
 
 
 def register_commands(main: click.Group) -> None:
