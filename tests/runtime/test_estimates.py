@@ -199,3 +199,29 @@ def test_queue_position_follows_the_order_grants_go_in() -> None:
         admission.release()
     assert granted == expected  # the positions said exactly the order the grants went in
     assert all(admission.position(e) is None for e in order)
+
+
+def test_the_forecast_travels_in_the_wire_the_cli_line_and_the_notebook_view() -> None:
+    """A view's eta / expected_duration_s / queue_position survive the API's JSON, and show in
+    ``sopflow status`` and the notebook header; an older server's JSON without them still loads."""
+    from runtime._cli_exec import forecast_line
+    from runtime._wire import view_from_dict, view_to_dict
+    from runtime.display import execution_html
+    from runtime.status import ExecutionStatus, ExecutionView
+
+    view = ExecutionView(id="exe-000000000001-00000001", sop="s", version="1", mode="system_design",
+                         status=ExecutionStatus.RUNNING, progress=0.5, submitted_at=1_000.0,
+                         expected_duration_s=60.0, eta=1_045.0, queue_position=3)
+    again = view_from_dict(view_to_dict(view))
+    assert (again.expected_duration_s, again.eta, again.queue_position) == (60.0, 1_045.0, 3)
+    old = view_to_dict(view)
+    for key in ("expected_duration_s", "eta", "queue_position"):
+        del old[key]
+    assert view_from_dict(old).eta is None
+    line = forecast_line(view, now=1_010.0)
+    assert line == "eta 00:17:25 UTC (in 35 s) · expected 60 s · queue position 3"
+    assert forecast_line(view, now=2_000.0).startswith("eta 00:17:25 UTC (overdue)")
+    assert forecast_line(again.__class__(id=view.id, sop="s", version="1", mode="", status=view.status,
+                                         progress=0.0)) == ""
+    html = execution_html(view, now=1_010.0)
+    assert "eta 1970-01-01 00:17:25Z" in html and "queue position 3" in html

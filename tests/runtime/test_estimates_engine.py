@@ -74,12 +74,22 @@ def test_an_attempt_records_its_cpu_and_peak_memory_in_process(inproc_file, sop_
 
 
 @pytest.mark.ray
-def test_a_ray_worker_measures_its_attempts(engine, sop_file) -> None:
-    eid = engine.submit(sop_file(_sop("learns-on-ray")))
+def test_a_ray_worker_measures_its_attempts_and_status_forecasts_from_them(engine, sop_file, tmp_path) -> None:
+    path = sop_file(_sop("learns-on-ray"))
+    eid = engine.submit(path)
     assert engine.wait(eid, 120).status == ExecutionStatus.COMPLETED
     work = _measured(engine, eid, "work")
     assert 0.25 <= work["cpu_s"] < 5 and work["peak_mb"] >= 56
     assert engine.estimates("learns-on-ray")["steps"]["work"]["samples"] >= 1
+    gate = tmp_path / "gate"
+    held = engine.submit(path, {"gate": str(gate)})
+    try:
+        wait_for(lambda: engine.status(held).steps["hold"].status == StepStatus.RUNNING, 120)
+        view = engine.status(held)  # through the Coordinator actor's forecast
+        assert view.expected_duration_s is not None and view.eta is not None and view.queue_position is None
+    finally:
+        gate.write_text("go")
+    assert engine.wait(held, 120).status == ExecutionStatus.COMPLETED
 
 
 def test_the_history_is_kept_in_the_state_store_across_a_restart(tmp_path: Path, sop_file) -> None:
