@@ -31,7 +31,7 @@ from runtime.isolation import Attempt
 from runtime.masking import MaskingLoggerAdapter
 from runtime.outputs import DEFAULT_INLINE_OUTPUT_BYTES, Spilled, settle_output
 from runtime.registry import import_object
-from runtime.usage import as_mb
+from runtime.usage import as_mb, process_cpu_s
 
 log = logging.getLogger("sopflow.step")
 
@@ -293,9 +293,16 @@ def resolve(task: StepTask) -> Callable[..., Any]:
     return fn
 
 
-def run_task(task: StepTask) -> StepOutcome:
-    """Run one attempt and describe how it went; never raises for handler failures."""
-    start, cpu_start = time.perf_counter(), time.thread_time()
+def run_task(task: StepTask, *, own_process: bool = False) -> StepOutcome:
+    """Run one attempt and describe how it went; never raises for handler failures.
+
+    Args:
+        task: The attempt.
+        own_process: The attempt has the process to itself (a Ray worker): its CPU use is the
+            process's, threads and waited-for children included (see :mod:`runtime.usage`).
+    """
+    cpu_clock = process_cpu_s if own_process else time.thread_time
+    start, cpu_start = time.perf_counter(), cpu_clock()
     place = Attempt(task.execution_id, task.step, task.attempt, task.memory_mb)
     lines = LineBuffer()
     ctx = StepContext(task.execution_id, task.step, task.attempt,
@@ -316,8 +323,8 @@ def run_task(task: StepTask) -> StepOutcome:
         output, error = None, error_from_exception(exc, traceback=traceback.format_exc())
     output, error, spilled = settle_output(task.step, output, error, task.output_cap)
     error = place.close(error)  # after the output check: a refused output keeps the directory too
-    # A shell step's CPU is its child's (this thread only waited); a handler's is this thread's.
-    cpu_s = place.cpu_s if task.uses == "shell" else time.thread_time() - cpu_start
+    # A shell step's CPU is its child's (this thread only waited); a handler's is its process's or thread's.
+    cpu_s = place.cpu_s if task.uses == "shell" else cpu_clock() - cpu_start
     return StepOutcome(task.key, error is None, output, error, time.perf_counter() - start,
                        ctx._progress, tuple(ctx._recorded), ctx._divergence(), spilled, tuple(lines.lines()),
                        None if cpu_s is None else round(cpu_s, 4), as_mb(place.peak_bytes))

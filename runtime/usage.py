@@ -4,8 +4,12 @@ The numbers feed :mod:`runtime.estimates` (``sopflow suggest``, learned
 allocations). They are measured the way :mod:`runtime.isolation` enforces
 ``memory_mb``, so a suggestion made from them does not trip the limit:
 
-- a Python handler: CPU time of the thread that ran it (``time.thread_time``)
-  and the growth of its process's resident memory over the attempt's start;
+- a Python handler: in a Ray worker, which runs one task at a time, the
+  worker process's CPU time over the attempt (every thread, so a library's
+  thread pool counts, and the children it waited for; :func:`process_cpu_s`);
+  in the in-process engine, whose handlers share one process, the CPU time of
+  the handler's thread only (``time.thread_time``). Memory: the growth of the
+  process's resident memory over the attempt's start;
 - a shell step: the child's own rusage (user + system time of it and every
   descendant it waited for, from ``wait4``) and the peak resident memory of its
   process tree (sampled: the rusage's ``ru_maxrss`` would count the forked child
@@ -21,6 +25,7 @@ growth and includes what concurrent handlers allocated: an upper bound.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import threading
 from collections.abc import Callable
@@ -131,6 +136,12 @@ def cpu_seconds(rusage: Any) -> float | None:
     if rusage is None:
         return None
     return float(rusage.ru_utime + rusage.ru_stime)
+
+
+def process_cpu_s() -> float:
+    """CPU seconds of this process and of the children it has waited for, so far."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def as_mb(n_bytes: float | None) -> float | None:

@@ -81,6 +81,14 @@ def test_a_ray_worker_measures_its_attempts_and_status_forecasts_from_them(engin
     work = _measured(engine, eid, "work")
     assert 0.25 <= work["cpu_s"] < 5 and work["peak_mb"] >= 56
     assert engine.estimates("learns-on-ray")["steps"]["work"]["samples"] >= 1
+    # A worker runs one task at a time: the CPU of every thread of the handler counts.
+    threaded = engine.submit(sop_file(_sop("threads-on-ray") + """\
+  - id: threads
+    uses: python:tests.runtime.estimates_handlers:burn_in_threads
+    with: {cpu_s: 0.2, threads: 2}
+""", "threads.yaml"))
+    assert engine.wait(threaded, 120).status == ExecutionStatus.COMPLETED
+    assert _measured(engine, threaded, "threads")["cpu_s"] >= 0.35
     gate = tmp_path / "gate"
     held = engine.submit(path, {"gate": str(gate)})
     try:
@@ -129,7 +137,7 @@ def test_a_learned_duration_raises_the_overdue_alert_and_status_shows_eta_and_qu
         queued = engine.submit(path)
         wait_for(lambda: engine.status(queued).steps["work"].status == StepStatus.QUEUED, 60)
         view = engine.status(held)
-        assert view.expected_duration_s == pytest.approx(expected, rel=1e-3)
+        assert view.expected_duration_s == pytest.approx(expected, abs=1e-3)  # rounded to the ms
         assert view.eta is not None and view.queue_position is None
         waiting = engine.status(queued)
         assert waiting.queue_position == 1 and waiting.eta is not None
