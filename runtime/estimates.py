@@ -186,11 +186,18 @@ class Estimates:
             h = self._steps[sop, step] = StepHistory(self.window)
         return h
 
-    def feed(self, sop: str, event: Event) -> None:
-        """Take what an event says about an attempt or an execution (other kinds are ignored)."""
+    def feed(self, sop: str, event: Event, started_at: float | None = None) -> None:
+        """Take what an event says about an attempt or an execution (other kinds are ignored).
+
+        ``started_at`` (when the step started) gives the duration of a success that reports none:
+        a ``sop:`` or ``agent`` step, whose work is a child execution, not a timed handler.
+        """
         if event.kind == EventKind.STEP_SUCCEEDED and event.step:
             data = event.data
-            self.history(sop, event.step).add(data.get("duration_s", 0.0), data.get("cpu_s"), data.get("peak_mb"))
+            duration = data.get("duration_s") or 0.0
+            if not duration and started_at is not None:
+                duration = max(event.ts - started_at, 0.0)
+            self.history(sop, event.step).add(duration, data.get("cpu_s"), data.get("peak_mb"))
         elif event.kind == EventKind.STEP_FAILED and event.step and event.attempt:  # attempt 0: never ran
             self.history(sop, event.step).fail()
         elif event.kind == EventKind.FINISHED and event.data.get("status") == "completed":
@@ -304,8 +311,11 @@ def feed_all(estimates: Estimates, events: Sequence[Event]) -> None:
     if not events or events[0].kind != EventKind.SUBMITTED:
         return
     sop = str(events[0].data.get("sop") or "")
+    started: dict[str, float] = {}  # as the state keeps it: a step's first start
     for event in events:
-        estimates.feed(sop, event)
+        if event.kind == EventKind.STEP_STARTED and event.step:
+            started.setdefault(event.step, event.ts)
+        estimates.feed(sop, event, started.get(event.step or ""))
 
 
 def bounded(found: StepEstimate, declared: Any) -> Demand:

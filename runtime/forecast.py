@@ -56,7 +56,8 @@ class Learning:
         """Take an event the coordinator just appended (cheap for kinds that say nothing here)."""
         if event.kind not in _FEEDS:
             return
-        self.estimates.feed(exe.sop.sop, event)
+        step = exe.state.steps.get(event.step) if event.step else None
+        self.estimates.feed(exe.sop.sop, event, step.started_at if step is not None else None)
         if not self._save_scheduled:
             try:
                 loop = asyncio.get_running_loop()

@@ -225,3 +225,12 @@ def test_the_forecast_travels_in_the_wire_the_cli_line_and_the_notebook_view() -
                                          progress=0.0)) == ""
     html = execution_html(view, now=1_010.0)
     assert "eta 1970-01-01 00:17:25Z" in html and "queue position 3" in html
+
+
+def test_a_step_reporting_no_duration_is_timed_from_its_start() -> None:
+    """A ``sop:`` step's success carries no handler duration: its wall time from the step's start counts."""
+    estimates = est.Estimates()
+    child = new_event(EXE, 5, ev.StepSucceeded(output=None), "child", 1, ts=1_030.0)
+    estimates.feed("s", child, started_at=1_000.0)
+    estimates.feed("s", _succeeded("handler", 2.0), started_at=0.0)  # a reported duration wins
+    assert estimates.step("s", "child").p50_s == 30.0 and estimates.step("s", "handler").p50_s == 2.0
