@@ -179,6 +179,8 @@ class Estimates:
         """SOP -> executions of it that completed (a step with no history in them was skipped)."""
         self.dirty: set[str] = set()
         """SOPs changed since they were last saved."""
+        self.changes: dict[str, int] = {}
+        """SOP -> how many times its history changed (a cache of what is derived from it checks it)."""
 
     def history(self, sop: str, step: str) -> StepHistory:
         h = self._steps.get((sop, step))
@@ -205,6 +207,7 @@ class Estimates:
         else:
             return
         self.dirty.add(sop)
+        self.changes[sop] = self.changes.get(sop, 0) + 1
 
     def step(self, sop: str, step: str) -> StepEstimate | None:
         h = self._steps.get((sop, step))
@@ -270,6 +273,7 @@ class Estimates:
                 "steps": {step: h.to_data() for (s, step), h in self._steps.items() if s == sop}}
 
     def add_data(self, sop: str, data: dict[str, Any]) -> None:
+        self.changes[sop] = self.changes.get(sop, 0) + 1
         self._completed[sop] = int(data.get("completed", 0) or 0)
         for step, h in (data.get("steps") or {}).items():
             self._steps[sop, str(step)] = StepHistory.from_data(h, self.window)

@@ -40,6 +40,9 @@ class Learning:
         self._log = event_log
         self.estimates = est.Estimates()
         self._save_scheduled = False
+        self._derived: dict[int, tuple[Any, int, float | None, dict[str, Any]]] = {}
+        """id(SOP model) -> (the model, its history's change count, expected duration, learned shapes):
+        executions of one submitted SOP share the model, and a submit must stay cheap."""
 
     def start(self) -> None:
         """Load the kept histories (or rebuild them once from the log); a failure leaves them empty."""
@@ -85,13 +88,29 @@ class Learning:
     def adopt(self, exe: Any) -> None:
         """Give ``exe`` its expected duration and learned allocations, fixed for its whole run."""
         sop = exe.sop
-        exe.learned_expected_s = self.estimates.expected_duration(sop, exe.graph)
+        changes = self.estimates.changes.get(sop.sop, 0)
+        cached = self._derived.get(id(sop))
+        if cached is None or cached[0] is not sop or cached[1] != changes:  # `is`: an id can be reused
+            cached = (sop, changes, self.estimates.expected_duration(sop, exe.graph), self._shapes(sop))
+            if len(self._derived) >= 256:
+                self._derived.pop(next(iter(self._derived)))  # the oldest: a small, bounded cache
+            self._derived[id(sop)] = cached
+        exe.learned_expected_s = cached[2]
+        exe.learned.update(cached[3])
+
+    def _shapes(self, sop: Any) -> dict[str, Any]:
+        """Step -> its learned reservation, for the steps of ``sop`` opted in with enough history."""
+        shapes: dict[str, Any] = {}
+        if not sop.defaults.resources.learned and not any(
+                s.resources is not None and s.resources.learned for s in (*sop.steps, *sop.rollback)):
+            return shapes  # the common case, without building every step's effective resources
         for step in (*sop.steps, *sop.rollback):
             declared = sop.effective_resources(step)
-            if getattr(declared, "learned", False):
+            if declared.learned:
                 shape = self.estimates.learned(sop.sop, step.id, declared)
                 if shape is not None:
-                    exe.learned[step.id] = shape
+                    shapes[step.id] = shape
+        return shapes
 
     def forecast(self, exe: Any, position: int | None, now: float | None = None) -> dict[str, Any]:
         """``expected_duration_s``, ``eta`` (a timestamp) and ``queue_position`` of a running execution.
