@@ -4,11 +4,12 @@ old events without measurements, and the queue position of the local admission."
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime import estimates as est
@@ -16,7 +17,8 @@ from runtime import events as ev
 from runtime.admission import LocalAdmission
 from runtime._log_types import ExecutionRecord
 from runtime.eventlog import MemoryEventLog
-from runtime.events import Event, EventKind, new_event
+from runtime.events import Event, new_event
+from runtime.handlers import StepOutcome
 from runtime.seams import Claim
 from sop import Sop
 
@@ -234,3 +236,59 @@ def test_a_step_reporting_no_duration_is_timed_from_its_start() -> None:
     estimates.feed("s", child, started_at=1_000.0)
     estimates.feed("s", _succeeded("handler", 2.0), started_at=0.0)  # a reported duration wins
     assert estimates.step("s", "child").p50_s == 30.0 and estimates.step("s", "handler").p50_s == 2.0
+
+
+class _Measured:
+    """A task runner whose attempts end at once with the given measurements (a step's recorded use)."""
+
+    needs_slot = True
+
+    def __init__(self, runs: list[tuple[float, float, float]]) -> None:
+        self.runs = list(runs)
+
+    def start(self, spec, report):
+        duration, cpu_s, peak_mb = self.runs.pop(0) if self.runs else (1.0, None, None)
+        report.settle(StepOutcome(f"{spec.execution.id}/{spec.step.id}/{spec.attempt}", True, None, None,
+                                  duration, cpu_s=cpu_s, peak_mb=peak_mb))
+        return self
+
+    def cancel(self, force: bool) -> None:
+        pass
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runs=st.lists(st.tuples(st.floats(0.01, 100.0), st.floats(0.0, 400.0), st.floats(1.0, 8000.0)),
+                     max_size=6))
+def test_learned_allocation_through_the_coordinator(runs: list[tuple[float, float, float]]) -> None:
+    """Property 32 end to end (no Ray): what the attempts of earlier executions recorded is what the
+    next execution's claim reserves, within the declared 2 CPUs / 4096 MiB; nothing before 3 runs."""
+    from runtime.attempts import _claim
+    from runtime.config import EngineConfig
+    from runtime.coordinator import CoordinatorCore
+    from runtime.request import SubmitRequest
+    from runtime.seams import Demand
+
+    sop = Sop.model_validate({"sop": "s", "defaults": {"resources": {"cpu": 2, "memory_mb": 4096, "learned": True}},
+                              "steps": [{"id": "a", "uses": "x"}]})
+
+    async def scenario() -> Demand:
+        core = CoordinatorCore(EngineConfig(state="memory://"), task_runner=_Measured(runs))
+        core.recovery = {}  # nothing to recover, no timers
+        try:
+            for _ in runs:
+                await core.wait(await core.submit(SubmitRequest(sop)), 30)
+            exe = core.executions[await core.submit(SubmitRequest(sop))]
+            return _claim(exe, exe.steps_by_id["a"]).demand
+        finally:
+            await core.close_store()
+
+    demand = asyncio.run(scenario())
+    if len(runs) < est.MIN_SAMPLES:
+        assert demand == Demand(2.0, 4096)
+        return
+    cores = est.percentile([c / max(d, 0.01) for d, c, _ in runs], 95)
+    peak = est.percentile([m for _, _, m in runs], 95)
+    assert min(2.0, cores) - 1e-9 <= demand.cpu <= 2.0 and demand.cpu >= est.MIN_CPU - 1e-9
+    assert min(4096, peak) <= demand.memory_mb <= 4096
+    assert demand.cpu <= max(est.MIN_CPU, cores * est.HEADROOM + est.MIN_CPU) + 1e-9  # it follows the use
+    assert demand.memory_mb <= max(est.MIN_MEMORY_MB, peak * est.HEADROOM + est.MIN_MEMORY_MB)
