@@ -115,12 +115,12 @@ class Attempt:
                 proc.wait()
                 raise
             finally:
+                # Sampled only: the rusage's ru_maxrss counts the forked child before its exec, i.e.
+                # this (large) worker's own memory. No last reading: the pid is reaped, maybe reused.
+                self.peak_bytes = peak(final=False)
                 stop()
                 _kill_group(proc.pid)  # nothing the step started outlives it
                 self.cpu_s = cpu_seconds(proc.rusage)
-                # Sampled only: the rusage's ru_maxrss counts the forked child before its exec, i.e.
-                # this (large) worker's own memory.
-                self.peak_bytes = peak()
 
     def watch_this_thread(self) -> Callable[[], None]:
         """Hold a Python handler running in this thread to ``memory_mb`` and note its peak; returns ``stop``."""

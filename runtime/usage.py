@@ -57,8 +57,9 @@ class PeakSampler:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def track(self, measure: Callable[[], float]) -> Callable[[], float]:
-        """Start following ``measure`` (bytes now); returns ``stop``, which gives the peak in bytes."""
+    def track(self, measure: Callable[[], float]) -> Callable[..., float]:
+        """Start following ``measure`` (bytes now); returns ``stop(final=True)``, which gives the peak
+        in bytes (with ``final``, after one last reading)."""
         entry = _Tracked(measure)
         _sample(entry)
         with self._cond:
@@ -68,10 +69,11 @@ class PeakSampler:
                 self._thread.start()
             self._cond.notify()
 
-        def stop() -> float:
+        def stop(final: bool = True) -> float:
             with self._cond:
                 self._tracked.discard(entry)
-            _sample(entry)  # the last reading: an attempt shorter than the interval gets one at least
+            if final:  # the last reading: an attempt shorter than the interval gets one at least
+                _sample(entry)
             return entry.peak
 
         return stop

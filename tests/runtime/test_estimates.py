@@ -292,3 +292,24 @@ def test_learned_allocation_through_the_coordinator(runs: list[tuple[float, floa
     assert min(4096, peak) <= demand.memory_mb <= 4096
     assert demand.cpu <= max(est.MIN_CPU, cores * est.HEADROOM + est.MIN_CPU) + 1e-9  # it follows the use
     assert demand.memory_mb <= max(est.MIN_MEMORY_MB, peak * est.HEADROOM + est.MIN_MEMORY_MB)
+
+
+def test_the_shared_sampler_keeps_the_peak_and_reads_once_more_only_when_asked() -> None:
+    import threading
+
+    from runtime.usage import PeakSampler
+
+    readings, sampled = iter([5.0, 9.0, 3.0] + [1.0] * 10_000), threading.Event()
+    calls = []
+
+    def measure() -> float:
+        calls.append(1)
+        if len(calls) >= 3:
+            sampled.set()
+        return next(readings)
+
+    stop = PeakSampler(every_s=0.001).track(measure)
+    assert sampled.wait(30)  # the sampler's thread read it (the first reading is taken at once)
+    assert stop(final=False) == 9.0
+    spike = PeakSampler(every_s=3600).track(iter([1.0, 42.0]).__next__)  # ends before any sampling
+    assert spike() == 42.0  # the final reading catches it
