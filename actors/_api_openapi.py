@@ -37,8 +37,8 @@ def _operation(summary: str, ok: dict[str, Any], *, params: tuple[dict[str, Any]
     return op
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
 
 
 def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -67,6 +67,12 @@ _SCHEMAS = {
                      "and deadline as epoch seconds, window {start, end, tz}); null: real-time."},
         "waiting": {"type": ["object", "null"], "description": "Why it waits to start and until when (epoch "
                     "seconds, or null when it waits for something else): {reason, until}."},
+        "expected_duration_s": {"type": ["number", "null"], "description": "How long it is expected to run "
+                                "(declared, else learned from earlier runs); null once finished."},
+        "eta": {"type": ["number", "null"], "description": "When it is expected to end (epoch seconds), from its "
+                "steps' history, not counting time still to wait for capacity; null once finished."},
+        "queue_position": {"type": ["integer", "null"], "minimum": 1,
+                           "description": "Place of its first attempt waiting for capacity (1: next)."},
         "agent": {"oneOf": [_ref("Agent"), {"type": "null"}],
                   "description": "Its agent (an Agent Centric Run); null for a System Design Run."}}},
     "Agent": {"type": "object", "description": "The agent following the SOP: what it last said, what it spent, "
@@ -164,6 +170,12 @@ def openapi_document() -> dict[str, Any]:
                     _query("sop", {"type": "string", "maxLength": 1000}, "Only of this SOP."),
                     _query("mode", {"type": "string", "enum": ["system_design", "agent_centric"]},
                            "Only run in this mode.")), errors=(400,))},
+        "/v1/estimates": {"get": _operation(
+            "What earlier runs of an SOP's steps took: duration p50/p95 and trend, CPU and memory used, "
+            "and the suggested cpu, memory_mb and timeout_s per step (see `sopflow suggest`).",
+            _json({"type": "object"}, "`{sop, completed, steps: {step: {samples, p50_s, p95_s, ...}}}`."),
+            params=(_query("sop", {"type": "string", "minLength": 1, "maxLength": 1000}, "The SOP's name.",
+                           required=True),), errors=(400,))},
     }
     responses = {f"E{code}": _json(_ref("Error"), text) for code, text in {
         400: "A bad argument; the message names what was expected.", 401: "No token, or a wrong one.",

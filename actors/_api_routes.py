@@ -7,6 +7,7 @@ through :data:`runtime._wire.HTTP_STATUS`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -129,6 +130,7 @@ class Routes:
         app.router.add_post(execution + "/resume", self.resume)
         app.router.add_post(execution + "/decide", self.decide)
         app.router.add_get("/v1/metrics", self.metrics)
+        app.router.add_get("/v1/estimates", self.estimates)
 
     async def health(self, request: web.Request) -> web.Response:
         return ok({"ok": True, "service": "sopflow", "api": "v1"})
@@ -152,6 +154,8 @@ class Routes:
             view = await self.call("monitor", "status", eid)
         except ExecutionNotFound:  # submitted a moment ago: the monitor may not have its events yet
             view = await self.call("coordinator", "status", eid)
+        if not view.status.terminal:  # ETA and queue position: the coordinator knows them (runtime/forecast.py)
+            view = dataclasses.replace(view, **(await self.call("coordinator", "forecast", eid)))
         return ok(view_to_dict(view))
 
     async def events(self, request: web.Request) -> web.Response:
@@ -217,6 +221,15 @@ class Routes:
         view = await self.call("coordinator", "decide", eid, step, decision, reason, data.get("output"),
                                text(data.get("by"), "by"))
         return ok(view_to_dict(view))
+
+    async def estimates(self, request: web.Request) -> web.Response:
+        """What earlier runs of one SOP's steps took (``sopflow suggest``); data only, nothing is run."""
+        unknown = sorted(set(request.query) - {"sop"})
+        if unknown:
+            raise BadRequest(f"unknown query parameter(s) {', '.join(repr(u[:40]) for u in unknown)}; "
+                             "this endpoint takes: sop")
+        sop = text(request.query.get("sop"), "sop", required=True)
+        return ok(await self.call("coordinator", "estimates", sop))
 
     async def metrics(self, request: web.Request) -> web.Response:
         unknown = sorted(set(request.query) - {"window", "sop", "mode"})

@@ -22,6 +22,7 @@ from runtime.events import Event
 from runtime.execution import Execution
 from runtime.failure import Decision, ErrorInfo, decide
 from runtime.failure_handler import failure_report
+from runtime.forecast import reserved
 from runtime.seams import AttemptReport, AttemptSpec
 from sop import Step
 
@@ -91,7 +92,7 @@ class RayTaskRunner:
 
     def _launch(self, exe: Execution, step: Step) -> _Launch:
         """Ray's options for this step of this execution, built once per distinct resources and runtime_env."""
-        res = exe.sop.effective_resources(step)
+        res = reserved(exe, step)  # learned CPU and memory when the step opted in (runtime/forecast.py)
         memory = exe.memory_mb.get(step.id, res.memory_mb)
         env = exe.request.runtime_env
         key = (exe.sop.sop, step.id, res.cpu, res.gpu, memory, res.capabilities,

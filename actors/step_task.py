@@ -66,7 +66,7 @@ def execute_step(task: StepTask) -> StepOutcome:
         "step.handler", attributes={"sopflow.execution_id": task.execution_id,
                                     "sopflow.step": task.step, "sopflow.attempt": task.attempt,
                                     "sopflow.uses": task.uses}) as span:
-        outcome = run_task(task)
+        outcome = run_task(task, own_process=True)  # a Ray worker runs one task at a time
         if outcome.error is None:
             return outcome
         # The attempt failed: so does its span, with the reason (masked).

@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "agents": "bench.agents",
     "mcp": "bench.mcp_pool",
     "batch": "bench.batch",
+    "estimates": "bench.estimates",
 }
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -190,6 +190,10 @@ class ApiClient:
         return view_from_dict(self._request("POST", self._execution(execution_id, "decide"), body=body))
 
 
+    def estimates(self, sop: str) -> dict[str, Any]:
+        """What earlier runs of the SOP named ``sop`` took, per step (see ``Engine.estimates``)."""
+        return self._request("GET", "/v1/estimates", {"sop": sop})
+
     def metrics(self, window: str | float | None = "1h", *, sop: str | None = None,
                 mode: str | None = None) -> dict[str, Any]:
         """Execution metrics over a time window (see ``Engine.metrics``)."""

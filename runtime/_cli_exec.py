@@ -233,11 +233,30 @@ def _print_view(view: ExecutionView, fmt: str) -> None:
         out.print("batch " + escape(", ".join(f"{k}={v}" for k, v in view.schedule.items())))
     if view.waiting and not view.status.terminal:
         out.print(f"[bold yellow]waiting[/bold yellow] {escape(str(view.waiting.get('reason')))}")
+    forecast = forecast_line(view)
+    if forecast:
+        out.print(forecast)
     for alert in view.alerts:  # raised by the alert rules (runtime/alerts.py)
         out.print(f"[bold red]alert[/bold red] {escape(str(alert.get('rule')))}: {escape(str(alert.get('reason')))}")
     out.print(_steps_table(view))
     if view.agent is not None:
         _print_agent(out, view.agent)
+
+
+def forecast_line(view: ExecutionView, now: float | None = None) -> str:
+    """``eta 14:03:20 UTC (in 35 s) · expected 60 s · queue position 3``: what is known, or ''."""
+    import time
+
+    parts = []
+    if view.eta is not None:
+        left = view.eta - (time.time() if now is None else now)
+        when = time.strftime("%H:%M:%S UTC", time.gmtime(view.eta))
+        parts.append(f"eta {when} (in {left:.0f} s)" if left >= 0.5 else f"eta {when} (overdue)")
+    if view.expected_duration_s is not None:
+        parts.append(f"expected {view.expected_duration_s:.3g} s")
+    if view.queue_position is not None:
+        parts.append(f"queue position {view.queue_position}")
+    return " · ".join(parts)
 
 
 def _print_agent(out: Any, agent: dict[str, Any]) -> None:
@@ -274,6 +293,7 @@ def _view_dict(view: ExecutionView) -> dict[str, Any]:
                           **({"progress": s.progress, "message": s.message} if s.progress is not None or s.message
                              else {})} for k, s in view.steps.items()},
             "outputs": view.outputs, "trace_id": view.trace_id, "alerts": view.alerts, "agent": view.agent,
+            "expected_duration_s": view.expected_duration_s, "eta": view.eta, "queue_position": view.queue_position,
             **({"schedule": view.schedule, "waiting": view.waiting} if view.schedule or view.waiting else {})}
 
 

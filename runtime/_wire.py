@@ -50,7 +50,8 @@ def view_to_dict(view: ExecutionView) -> dict[str, Any]:
             "steps": [step_to_dict(s) for s in view.steps.values()],
             "submitted_at": view.submitted_at, "ended_at": view.ended_at, "outputs": view.outputs,
             "priority": view.priority, "trace_id": view.trace_id, "priority_class": view.priority_class,
-            "alerts": view.alerts, "agent": view.agent, "schedule": view.schedule, "waiting": view.waiting}
+            "alerts": view.alerts, "agent": view.agent, "schedule": view.schedule, "waiting": view.waiting,
+            "expected_duration_s": view.expected_duration_s, "eta": view.eta, "queue_position": view.queue_position}
 
 
 def view_from_dict(d: dict[str, Any]) -> ExecutionView:
@@ -61,7 +62,9 @@ def view_from_dict(d: dict[str, Any]) -> ExecutionView:
                          ended_at=d.get("ended_at"), outputs=d.get("outputs"), priority=d.get("priority", 0),
                          trace_id=d.get("trace_id"), priority_class=d.get("priority_class") or "normal",
                          alerts=list(d.get("alerts") or ()), agent=d.get("agent"),
-                         schedule=d.get("schedule"), waiting=d.get("waiting"))
+                         schedule=d.get("schedule"), waiting=d.get("waiting"),
+                         expected_duration_s=d.get("expected_duration_s"), eta=d.get("eta"),
+                         queue_position=d.get("queue_position"))
 
 
 # -- events ------------------------------------------------------------------------------------------

@@ -163,6 +163,25 @@ class LocalAdmission:
                     return True
         return False
 
+    def position(self, execution_id: str) -> int | None:
+        """The 1-based place of the execution's first queued attempt in the order grants would go
+        (the stride order between classes, replayed on copies, then the batch lane); None when it
+        has none queued."""
+        queues = {c: sorted(q) for c, q in self._queues.items()}  # a sorted list is a valid heap
+        passes, place = dict(self._pass), 0
+        while any(queues.values()):
+            cls = min((c for c, q in queues.items() if q), key=lambda c: (passes[c], -self.weights[c]))
+            claim = heapq.heappop(queues[cls])[3]
+            passes[cls] += 1.0 / self.weights[cls]
+            place += 1
+            if claim.execution == execution_id:
+                return place
+        for entry in sorted(self._batch):
+            place += 1
+            if entry[3].execution == execution_id:
+                return place
+        return None
+
     def _next_class(self) -> str:
         """The waiting class with the smallest pass (the heavier one on a tie)."""
         waiting = [c for c, q in self._queues.items() if q]

@@ -10,7 +10,8 @@ waiting rules); a restarted coordinator sees the ones already raised in the log.
 Rules (all in :class:`runtime.config.EngineConfig`):
 
 - ``overdue``: running longer than ``alert_overdue_factor`` (default 2) times the
-  expected duration: the SOP's ``expected_duration_s``, else
+  expected duration: the SOP's ``expected_duration_s``, else what earlier runs of
+  the SOP took (:mod:`runtime.estimates`: the critical path of step p50s), else
   ``EngineConfig.expected_duration_s`` (0, the default: no expectation, no alert).
 - ``queued_too_long``: a step waiting for a run slot longer than ``alert_queued_s``.
 - ``needs_decision_too_long``: a step waiting for an operator's decision longer than
@@ -93,7 +94,8 @@ def raise_due(executions: Iterable[Any], machine: Any, config: EngineConfig, now
     for exe in list(executions):
         if exe.state.status.terminal:
             continue
-        for alert in due_alerts(exe.state, expected_duration(exe.sop.expected_duration_s, config), config, now):
+        declared = exe.sop.expected_duration_s or getattr(exe, "learned_expected_s", None)  # see runtime/forecast.py
+        for alert in due_alerts(exe.state, expected_duration(declared, config), config, now):
             machine.alert(exe, alert)
             raised += 1
     return raised

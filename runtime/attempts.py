@@ -30,6 +30,7 @@ from runtime.execution import Execution, InFlight
 from runtime.failure import Action, Decision, ErrorInfo, as_dict, clean_message
 from runtime.handlers import StepOutcome, StepTask
 from runtime.outputs import mentions, respill
+from runtime.forecast import reserved
 from runtime.seams import AttemptSpec, Claim, Demand, StepRunner
 from runtime.status import StepStatus
 from runtime.telemetry import carrier_for, tracer
@@ -347,6 +348,7 @@ class AttemptsMixin:
                                           classification=decision.classification.value,
                                           final=decision.action != Action.RETRY, action=decision.action.value,
                                           reason=decision.reason, output=outcome.output if outcome is not None else None,
+                                          duration_s=round(outcome.duration_s, 6) if outcome is not None else None,
                                           **(_replay_data(outcome) if outcome is not None else {})), step.id, attempt)
         self.hooks.after_attempt(exe, step.id, attempt, "failed", error=as_dict(error),
                                  classification=decision.classification.value)
@@ -459,7 +461,7 @@ def _digest_run(exe: Execution, step: Step, ctx: dict[str, Any], run: str | None
 
 def _claim(exe: Execution, step: Step) -> Claim:
     state = exe.state
-    res = exe.sop.effective_resources(step)
+    res = reserved(exe, step)  # the declared resources, or the learned ones when the step opted in
     demand = Demand(res.cpu, exe.memory_mb.get(step.id, res.memory_mb) or 0, res.gpu, res.capabilities)
     return Claim(state.priority, state.first_started_at is not None, state.submitted_at, state.priority_class,
                  exe.id, exe.request.schedule is not None, demand)
@@ -480,6 +482,10 @@ def _replay_data(outcome: StepOutcome) -> dict[str, Any]:
         data["replay_diverged"] = outcome.replay_diverged
     if outcome.logs:  # for the audit log: stored with the outcome, in its event
         data["logs"] = [list(line) for line in outcome.logs]
+    if outcome.cpu_s is not None:  # what the attempt used: learned estimates (runtime/estimates.py)
+        data["cpu_s"] = outcome.cpu_s
+    if outcome.peak_mb is not None:
+        data["peak_mb"] = outcome.peak_mb
     return data
 
 

@@ -32,6 +32,7 @@ from runtime import batch_report
 from runtime.batch import parse_schedule
 from runtime.failure import Decision, ErrorInfo, decide
 from runtime.gate import StartGate
+from runtime.forecast import Learning, expected_s
 from runtime.history import export_history, import_history
 from runtime.hooks import EscalationHook, Hook, Hooks
 from runtime.idempotency import differences, fingerprint
@@ -110,9 +111,11 @@ class CoordinatorCore:
         self.started = time.monotonic()
         self._recovering: asyncio.Task | None = None
         self.clock = clock
-        self.start_gate = StartGate(self, clock=clock)
+        self.start_gate = StartGate(self, expected_s=expected_s, clock=clock)
         self.machine.on_stopped = lambda exe: self.start_gate.poke_soon()
         """Where executions wait before starting: batch windows and packing, ``max_concurrent``, preemption."""
+        self.learning = Learning(lambda: self.event_log)
+        """Learned estimates of SOP steps (runtime/estimates.py): expected durations, ETAs, allocations."""
 
     @property
     def event_log(self) -> Any:
@@ -130,6 +133,7 @@ class CoordinatorCore:
         before = exe.state.status
         exe.fold(event)
         self.journal.write(exe, event, exe.state.status is not before or payload.kind == EventKind.SUBMITTED)
+        self.learning.feed(exe, event)
         return event
 
     def on_durable(self, callback: Callable[[], None]) -> None:
@@ -264,6 +268,7 @@ class CoordinatorCore:
     def adopt(self, exe: Execution) -> None:
         """Hold ``exe`` in memory as a running execution (a new one, or one rebuilt from the log)."""
         exe.load_artifact = self.artifacts.loader(exe.id)
+        self.learning.adopt(exe)
         self.executions[exe.id] = exe
         key = exe.request.idempotency_key or exe.state.idempotency_key
         if key:
@@ -354,6 +359,19 @@ class CoordinatorCore:
 
     async def status(self, execution_id: str) -> ExecutionView:
         return self.state_of(execution_id).view(with_outputs=True)
+
+    async def forecast(self, execution_id: str) -> dict[str, Any]:
+        """A running execution's ``expected_duration_s``, ``eta`` and ``queue_position`` (empty once
+        it finished, or when this coordinator does not hold it): see :mod:`runtime.forecast`."""
+        exe = self.executions.get(execution_id)
+        if exe is None or exe.state.status.terminal:
+            return {}
+        return self.learning.forecast(exe, self.machine.admission.position(execution_id))
+
+    async def estimates(self, sop: str) -> dict[str, Any]:
+        """What the history of the SOP named ``sop`` says, per step (for ``sopflow suggest``)."""
+        await self.ready()
+        return self.learning.known(sop)
 
     async def cancel(self, execution_id: str, force: bool = False, by: str | None = None) -> ExecutionView:
         await self.ready()  # a request that arrives while recovering acts on the recovered execution
@@ -523,6 +541,7 @@ class CoordinatorCore:
             from runtime.recovery import recover
 
             self._load_hooks()
+            self.learning.start()
             self._recovering = asyncio.get_running_loop().create_task(recover(self))
         recovered = await asyncio.shield(self._recovering)
         if self.recovery is None:  # the first caller back schedules the timers (once per start)
@@ -602,6 +621,7 @@ class CoordinatorCore:
         """Commit what is pending and close the state store, releasing its lease (the engine stops)."""
         try:
             await self.journal.durable()
+            await self.learning.save()
         finally:
             await asyncio.to_thread(self.journal.close)
 

@@ -160,6 +160,10 @@ def _header(view: ExecutionView, now: float | None) -> str:
              f"{'took' if view.ended_at is not None else 'running for'} {escape(_seconds(took))}"]
     if view.trace_id:
         facts.append(f"trace {escape(view.trace_id)}")
+    if view.eta is not None:  # learned estimates (runtime/forecast.py)
+        facts.append(f"eta {escape(_when(view.eta))}")
+    if view.queue_position is not None:
+        facts.append(f"queue position {view.queue_position}")
     return (f'<div style="{_FONT};margin-bottom:4px"><code>{escape(view.id)}</code> '
             + " · ".join(facts) + "</div>")
 

@@ -26,6 +26,7 @@ from runtime.display import ExecutionList
 from runtime.errors import (EngineStartError, ExecutionFailed, ExecutionNotFound, ExecutionTimeout,
                             SubmissionError)
 from runtime.events import Event
+from runtime.forecast import with_forecast
 from runtime.ids import ExecutionId
 from runtime.inputs import resolve_inputs
 from runtime.outputs import descriptors
@@ -422,10 +423,11 @@ class Engine(TriggerMethods):
             ExecutionNotFound: neither the monitor nor the coordinator knows the id.
         """
         try:
-            return self._conn.call("monitor", "status", str(execution_id))
+            view = self._conn.call("monitor", "status", str(execution_id))
         except ExecutionNotFound:
             # Submitted a moment ago: its first events may still be on their way to the monitor.
-            return self._conn.call("coordinator", "status", str(execution_id))
+            view = self._conn.call("coordinator", "status", str(execution_id))
+        return with_forecast(view, lambda: self._conn.call("coordinator", "forecast", str(execution_id)))
 
     def wait(self, execution_id: str, timeout: float | None = None) -> ExecutionView:
         """Block until the execution ends; returns its final view (with outputs).
@@ -559,6 +561,16 @@ class Engine(TriggerMethods):
 
     def remove_hook(self, name: str) -> list[str]:
         return self._conn.call("coordinator", "remove_hook", name)
+
+    def estimates(self, sop: str) -> dict[str, Any]:
+        """What earlier runs of the SOP named ``sop`` took, per step, as JSON data.
+
+        ``{"sop", "completed": executions that completed, "steps": {step: {"samples", "failures",
+        "p50_s", "p95_s", "max_s", "trend", "cores_p95", "memory_p95_mb", "cpu", "memory_mb",
+        "timeout_s"}}}``: the last three are the suggested resources (see :mod:`runtime.estimates`);
+        a step with no successful attempt has ``samples: 0`` only.
+        """
+        return self._conn.call("coordinator", "estimates", str(sop))
 
     def metrics(self, window: str | float | None = "1h", *, sop: str | None = None,
                 mode: str | None = None) -> dict[str, Any]:

@@ -251,6 +251,11 @@ class StepSucceeded(Payload):
     logs: list[list[Any]] | None = None
     """Lines the handler wrote through ``context.logger`` and a shell step's output tail, bounded:
     ``[ts, level, source, text]`` each (see :class:`runtime.audit.LineBuffer`)."""
+    cpu_s: float | None = None
+    """CPU seconds the attempt used, measured where it ran (see :mod:`runtime.usage`); absent in
+    events of older sopflow versions and for attempts that were not measured."""
+    peak_mb: float | None = None
+    """The attempt's peak resident memory in MiB (see :mod:`runtime.usage`); absent when not measured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +277,12 @@ class StepFailed(Payload):
     replay_diverged: str | None = None
     logs: list[list[Any]] | None = None
     """As :attr:`StepSucceeded.logs`."""
+    duration_s: float | None = None
+    """How long the attempt ran, when it ran at all (absent in events of older sopflow versions)."""
+    cpu_s: float | None = None
+    """As :attr:`StepSucceeded.cpu_s`."""
+    peak_mb: float | None = None
+    """As :attr:`StepSucceeded.peak_mb`."""
 
     def summary(self) -> str:
         return f"[{self.classification}] {self.error}"

@@ -103,6 +103,11 @@ class Execution:
         self.agentic = request.mode == "agent_centric"
         """An agent, not the DAG, decides which step runs next (see :mod:`runtime.agentic`)."""
         self.agent: AgentRun | None = AgentRun() if self.agentic else None
+        self.learned: dict[str, Any] = {}
+        """Step -> the :class:`runtime.seams.Demand` it reserves instead of its declared CPU and memory
+        (steps with ``resources.learned``; set when the coordinator adopts it, see :mod:`runtime.forecast`)."""
+        self.learned_expected_s: float | None = None
+        """How long its history says an execution of its SOP takes (None: no history)."""
 
     @property
     def memory_mb(self) -> dict[str, int]:

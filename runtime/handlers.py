@@ -31,6 +31,7 @@ from runtime.isolation import Attempt
 from runtime.masking import MaskingLoggerAdapter
 from runtime.outputs import DEFAULT_INLINE_OUTPUT_BYTES, Spilled, settle_output
 from runtime.registry import import_object
+from runtime.usage import as_mb, process_cpu_s
 
 log = logging.getLogger("sopflow.step")
 
@@ -99,6 +100,10 @@ class StepOutcome:
     logs: tuple[list[Any], ...] = ()
     """Lines for the audit log, bounded (:class:`runtime._log_lines.LineBuffer`): what the handler
     wrote through ``context.logger`` (masked) and a shell step's output tail, ``[ts, level, source, text]``."""
+    cpu_s: float | None = None
+    """CPU seconds the attempt used (see :mod:`runtime.usage` for how); None when not measured."""
+    peak_mb: float | None = None
+    """The attempt's peak resident memory in MiB, measured as ``memory_mb`` is enforced."""
 
 
 # os.urandom-backed: no state to share after a fork, and a handler that seeds the
@@ -288,9 +293,16 @@ def resolve(task: StepTask) -> Callable[..., Any]:
     return fn
 
 
-def run_task(task: StepTask) -> StepOutcome:
-    """Run one attempt and describe how it went; never raises for handler failures."""
-    start = time.perf_counter()
+def run_task(task: StepTask, *, own_process: bool = False) -> StepOutcome:
+    """Run one attempt and describe how it went; never raises for handler failures.
+
+    Args:
+        task: The attempt.
+        own_process: The attempt has the process to itself (a Ray worker): its CPU use is the
+            process's, threads and waited-for children included (see :mod:`runtime.usage`).
+    """
+    cpu_clock = process_cpu_s if own_process else time.thread_time
+    start, cpu_start = time.perf_counter(), cpu_clock()
     place = Attempt(task.execution_id, task.step, task.attempt, task.memory_mb)
     lines = LineBuffer()
     ctx = StepContext(task.execution_id, task.step, task.attempt,
@@ -311,8 +323,11 @@ def run_task(task: StepTask) -> StepOutcome:
         output, error = None, error_from_exception(exc, traceback=traceback.format_exc())
     output, error, spilled = settle_output(task.step, output, error, task.output_cap)
     error = place.close(error)  # after the output check: a refused output keeps the directory too
+    # A shell step's CPU is its child's (this thread only waited); a handler's is its process's or thread's.
+    cpu_s = place.cpu_s if task.uses == "shell" else cpu_clock() - cpu_start
     return StepOutcome(task.key, error is None, output, error, time.perf_counter() - start,
-                       ctx._progress, tuple(ctx._recorded), ctx._divergence(), spilled, tuple(lines.lines()))
+                       ctx._progress, tuple(ctx._recorded), ctx._divergence(), spilled, tuple(lines.lines()),
+                       None if cpu_s is None else round(cpu_s, 4), as_mb(place.peak_bytes))
 
 
 def _as_recording(recorded: Any) -> tuple[tuple[str, Any], ...]:

@@ -49,6 +49,8 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING
 
+from runtime.usage import MeasuredPopen, cpu_seconds, sampler
+
 if TYPE_CHECKING:
     from runtime.failure import ErrorInfo
 
@@ -77,6 +79,10 @@ class Attempt:
         self.memory_mb = memory_mb or None
         self.over_mb: float | None = None
         """Set by the watchdog when the attempt went over ``memory_mb`` (the MiB it had)."""
+        self.cpu_s: float | None = None
+        """A shell step's CPU seconds (its child's rusage), once it ended (see :mod:`runtime.usage`)."""
+        self.peak_bytes: float | None = None
+        """The attempt's peak resident memory, measured as ``memory_mb`` is enforced, once it ended."""
         root = attempts_root()
         root.mkdir(parents=True, exist_ok=True)
         prefix = _UNSAFE.sub("_", f"{execution_id}-{step}-{attempt}-")[:120]
@@ -98,9 +104,10 @@ class Attempt:
         Raises:
             subprocess.TimeoutExpired: like ``subprocess.run`` (the process group is killed).
         """
-        with subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env,
-                              cwd=self.workdir, start_new_session=True) as proc:
+        with MeasuredPopen(argv, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env,
+                           cwd=self.workdir, start_new_session=True) as proc:
             stop = self._watch(lambda: _tree_rss(proc.pid), lambda: _kill_group(proc.pid))
+            peak = sampler().track(lambda: _tree_rss(proc.pid))
             try:
                 return proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -108,14 +115,25 @@ class Attempt:
                 proc.wait()
                 raise
             finally:
+                # Sampled only: the rusage's ru_maxrss counts the forked child before its exec, i.e.
+                # this (large) worker's own memory. No last reading: the pid is reaped, maybe reused.
+                self.peak_bytes = peak(final=False)
                 stop()
                 _kill_group(proc.pid)  # nothing the step started outlives it
+                self.cpu_s = cpu_seconds(proc.rusage)
 
     def watch_this_thread(self) -> Callable[[], None]:
-        """Hold a Python handler running in this thread to ``memory_mb``; returns ``stop``."""
+        """Hold a Python handler running in this thread to ``memory_mb`` and note its peak; returns ``stop``."""
         baseline = _rss(os.getpid()) or 0
         thread = threading.get_ident()
-        return self._watch(lambda: (_rss(os.getpid()) or 0) - baseline, lambda: _raise_in(thread))
+        stop_limit = self._watch(lambda: (_rss(os.getpid()) or 0) - baseline, lambda: _raise_in(thread))
+        peak = sampler().track(lambda: (_rss(os.getpid()) or 0) - baseline)
+
+        def stop() -> None:
+            stop_limit()
+            self.peak_bytes = peak()
+
+        return stop
 
     def _watch(self, measure: Callable[[], float], stop_it: Callable[[], None]) -> Callable[[], None]:
         if not self.memory_mb:

@@ -109,6 +109,14 @@ class ExecutionView:
     """Its agent (Agent Centric Run): ``session``, ``model``, ``message``, ``progress``, ``seen`` (its last
     status), ``decisions`` (``{"step", "decision", "rationale", "at"}``), ``model_calls``, ``tool_calls``,
     ``tokens``, ``lost`` (sessions lost), ``summary`` and ``outputs`` (its report); None for a DAG run."""
+    expected_duration_s: float | None = None
+    """How long it is expected to run: its SOP's ``expected_duration_s``, else what earlier runs of the
+    SOP took (see :mod:`runtime.estimates`); None without either, and once it finished."""
+    eta: float | None = None
+    """When it is expected to end (a timestamp) from its steps' history: not counting time still to be
+    spent waiting for capacity; None without history, and once it finished."""
+    queue_position: int | None = None
+    """The place of its first attempt waiting for capacity (1: next); None when none waits."""
 
     @property
     def decisions(self) -> list[dict[str, Any]]:

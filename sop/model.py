@@ -91,6 +91,9 @@ class Resources(_Model):
     """GPUs (fractions allowed)."""
     capabilities: tuple[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]+$")], ...] = ()
     """Node capabilities the step needs; nodes advertise them as Ray resources ``capability:<name>``."""
+    learned: bool = False
+    """Reserve what runs of this step actually used (``sopflow suggest``) instead of ``cpu`` and
+    ``memory_mb``, once it has a history; never more than declared (see :mod:`runtime.estimates`)."""
 
 
 class StepDefaults(_Model):

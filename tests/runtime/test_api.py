@@ -104,7 +104,8 @@ ROUTES = [("GET", "/v1/executions"), ("GET", f"/v1/executions/{UNKNOWN}"),
           ("GET", f"/v1/executions/{UNKNOWN}/result"), ("POST", f"/v1/executions/{UNKNOWN}/wait"),
           ("POST", f"/v1/executions/{UNKNOWN}/cancel"), ("POST", f"/v1/executions/{UNKNOWN}/pause"),
           ("POST", f"/v1/executions/{UNKNOWN}/resume"), ("POST", f"/v1/executions/{UNKNOWN}/decide"),
-          ("GET", "/v1/metrics"), ("GET", "/openapi.json"), ("GET", "/v1/nowhere")]
+          ("GET", "/v1/metrics"), ("GET", "/openapi.json"), ("GET", "/v1/nowhere"),
+          ("GET", "/v1/estimates")]
 
 
 # -- hostile requests -------------------------------------------------------------------------------
@@ -560,3 +561,25 @@ def _ready_again(api: Any, old_pid: int) -> dict | None:
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
         return None
     return info if pid != old_pid else None
+
+
+# -- learned estimates (runtime/estimates.py) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query,says", [
+    ("", "'sop' must be a non-empty string"), ("sop=", "'sop' must be a non-empty string"),
+    ("sop=" + "x" * 1001, "at most 1000 characters"), ("sop=a&limit=1", "unknown query parameter(s) 'limit'"),
+    ("sop=a&sop=b&x=%00", "unknown query parameter(s) 'x'")])
+def test_the_estimates_endpoint_refuses_a_missing_oversized_or_unknown_parameter(server, query, says) -> None:
+    status, _, answer = request(server.url, "GET", "/v1/estimates" + (f"?{query}" if query else ""))
+    assert status == 400 and says in answer["error"]["message"] and "Traceback" not in json.dumps(answer)
+
+
+def test_the_estimates_endpoint_treats_a_name_as_data_and_answers_what_runs_used(server, client, finished) -> None:
+    for name in ("' OR 1=1 --", "../../etc/passwd", "hello-linear\n", "<script>"):
+        status, _, answer = request(server.url, "GET", f"/v1/estimates?sop={quote(name)}")
+        assert status == 200 and answer == {"sop": name, "completed": 0, "steps": {}}
+    known = client.estimates("hello-linear")
+    assert known["completed"] >= 1 and all(s["samples"] >= 1 for s in known["steps"].values())
+    assert set(known["steps"]) == {"greet", "shout", "count"}
+    assert all(s["cpu"] is not None and s["timeout_s"] >= 1 for s in known["steps"].values())

@@ -172,3 +172,15 @@ def test_metrics_through_the_api_match_the_engine_and_import_neither_ray_nor_the
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "[]", done.stdout + done.stderr
     bad = sopflow(api_env, "metrics", "--window", "later")
     assert bad.returncode == 1 and "window must be" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_suggest_prints_the_same_over_the_api_as_over_ray(engine, api_env, finished, examples_dir,
+                                                         monkeypatch) -> None:
+    """``sopflow suggest FILE``: the running engine's history of the SOP, per step (learned estimates)."""
+    path = str(examples_dir / "hello-linear.yaml")
+    for command in (["suggest", path], ["suggest", path, "--json"]):
+        expected = over_ray(engine, monkeypatch, *command)
+        got = sopflow(api_env, *command)
+        assert (got.returncode, got.stdout + got.stderr) == (expected.exit_code, expected.output), command
+    lines = got.stdout
+    assert '"sop": "hello-linear"' in lines and '"suggested": {' in lines and '"timeout_s"' in lines
