@@ -61,7 +61,15 @@ def main(address: str, workdir: Path) -> dict[str, Any]:
     from runtime import Engine
     from runtime.config import EngineConfig
 
-    ray.init(address=address, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=False)
+    connect_by = time.monotonic() + 90
+    while True:  # on a loaded machine the new head may answer late: try again for a while
+        try:
+            ray.init(address=address, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=False)
+            break
+        except ConnectionError:
+            if time.monotonic() > connect_by:
+                raise
+            time.sleep(1.0)  # back-off between connection attempts
     engine = Engine(namespace=NAMESPACE, config=EngineConfig(
         state=str(workdir / "state.db"), autoscale=True, scale_up_after_s=1.0, scale_down_after_s=3.0,
         scale_check_every_s=0.5))
@@ -83,6 +91,7 @@ def main(address: str, workdir: Path) -> dict[str, Any]:
     wait_until(lambda: (workdir / "a.runs").exists(), 60, "step a running")
     report["a_node"] = node_of("a")
     report["scale_up_s"] = wait_until(lambda: len(alive()) == 2, 120, "a worker node joining")
+    report["request_when_up"] = standing_request()
     worker = next(n for n in alive() if n != head)
     report["worker"] = worker
     b = engine.submit(sop("b", 0.5, workdir, workdir / "gate-b"))
@@ -106,8 +115,18 @@ def main(address: str, workdir: Path) -> dict[str, Any]:
     report["actions"] = actions()
     report["events"] = {x: [e.kind.value for e in engine.history(x)] for x in (a, b)}
     report["runs"] = {n: (workdir / f"{n}.runs").read_text().splitlines() for n in ("a", "b")}
-    engine._conn.actors.kill()
+    engine._conn.actors.kill()  # withdraws the standing request first
+    report["request_after_kill"] = standing_request()
     return report
+
+
+def standing_request() -> list | None:
+    """The request the (v1) autoscaler reads, as ``request_resources`` wrote it in the GCS."""
+    from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return None if raw is None else json.loads(raw)
 
 
 if __name__ == "__main__":

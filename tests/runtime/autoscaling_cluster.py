@@ -82,7 +82,11 @@ class AutoscalingCluster:
              "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"],
             cwd=self.temp_dir, env=self.env, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
             start_new_session=True)
-        wait_until(lambda: _accepts(self.port) or self.proc.poll() is not None, 120, "the autoscaling Ray cluster")
+        # The GCS port opens before the head's raylet has registered; a client connecting in between
+        # fails ("failed to get node info"): wait for the raylet's socket too.
+        raylet = self.temp_dir / "session_latest" / "sockets" / "raylet"
+        wait_until(lambda: (_accepts(self.port) and raylet.exists()) or self.proc.poll() is not None, 120,
+                   "the autoscaling Ray cluster")
         if self.proc.poll() is not None:
             raise RuntimeError(f"ray start failed: {self.log.read_text()[-2000:]}")
 

@@ -122,6 +122,7 @@ def test_non_disruptive_scaling(tmp_path) -> None:
     ups = [x for x in actions if not x["withdraw"]]
     assert len(ups) == 1 and "utilisation 100% above 80%" in ups[0]["reason"] and ups[0]["cpu"] == 2, actions
     down = actions[-1]
+    assert report["request_when_up"] == [{"CPU": 1.0}, {"CPU": 1.0}]  # what runs (1 CPU) with headroom
     assert report["b_node"] == report["worker"] != report["head"]
     # Scale-down: withdrawn while b still ran on the worker; the worker stayed until b ended, then went.
     assert down["withdraw"] and "below 30%" in down["reason"]
@@ -132,4 +133,5 @@ def test_non_disruptive_scaling(tmp_path) -> None:
     for eid, kinds in report["events"].items():
         assert not DISRUPTIONS & set(kinds), (eid, kinds)
         assert kinds.count("step_started") == 1
+    assert report["request_after_kill"] == []  # the engine's actors gone: no request keeps nodes up
     assert not cluster.own_pids(), "the simulated cluster left processes behind"
