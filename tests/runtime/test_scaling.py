@@ -149,6 +149,8 @@ def test_usage_from_ray_reads_the_busiest_resource() -> None:
     assert usage.cpu_used == 2.0 and usage.memory_mb_used == 0.0 and usage.gpu_used == 2.0
     assert usage.fraction() == 1.0  # both GPUs are taken: the cluster is full for GPU work
     assert Usage().fraction() == 0.0
+    # Ray leaves a resource out of available_resources() when none of it is left.
+    assert Usage.from_ray({"CPU": 4.0}, {}).fraction() == 1.0
 
 
 @pytest.mark.parametrize("fields, message", [
