@@ -101,6 +101,31 @@ def test_the_coordinator_reports_what_its_queued_attempts_need(tmp_path, fixed: 
         engine.shutdown()
 
 
+@pytest.mark.ray
+def test_the_scaler_actor_runs_beside_an_engine_with_autoscale_on_and_goes_with_it(ray_cluster, tmp_path) -> None:
+    """On a cluster without an autoscaler too: requests are only hints (a key in the GCS)."""
+    import ray
+
+    from tests.sop_builders import own_engine
+
+    namespace = "sopflow-scaler-tests"
+    with own_engine(namespace, tmp_path, autoscale=True, scale_check_every_s=0.2, scale_down_after_s=0.5):
+        scaler = ray.get_actor("sopflow-scaler", namespace=namespace)
+        wait_for(lambda: any(a["withdraw"] for a in ray.get(scaler.status.remote())["actions"]), 60)
+        status = ray.get(scaler.status.remote())
+        assert status["last"]["waiting"] == 0 and 0 <= status["last"]["utilisation"] <= 1
+        assert status["requested"] == []  # the quiet start withdrew whatever a previous life asked for
+
+    def gone() -> bool:  # removed with the engine's other actors (ray.kill takes effect shortly after)
+        try:
+            ray.get_actor("sopflow-scaler", namespace=namespace)
+        except ValueError:
+            return True
+        return False
+
+    wait_for(gone, 60)
+
+
 @pytest.mark.slow
 def test_non_disruptive_scaling(tmp_path) -> None:
     """Property 19: a node comes when the cluster stays full and goes when it stays idle, and no running
