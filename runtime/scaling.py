@@ -120,9 +120,17 @@ class ScalingPolicy:
     up_after_s: float = 30.0
     down_after_s: float = 300.0
     requested: tuple[Bundle, ...] | None = None
-    _busy_since: float | None = field(default=None, repr=False)
-    _quiet_since: float | None = field(default=None, repr=False)
-    _last: float | None = field(default=None, repr=False)
+    _busy_since: float | None = field(default=None, init=False, repr=False)
+    _quiet_since: float | None = field(default=None, init=False, repr=False)
+    _last: float | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.down_utilisation < self.up_utilisation <= 1:
+            raise ValueError(f"utilisation thresholds must satisfy 0 < down ({self.down_utilisation}) < up "
+                             f"({self.up_utilisation}) <= 1, or scaling would flap")
+        if not (0 <= self.up_after_s < float("inf") and 0 <= self.down_after_s < float("inf")):
+            raise ValueError(f"durations must be seconds >= 0, got up_after_s={self.up_after_s}, "
+                             f"down_after_s={self.down_after_s}")
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> ScalingPolicy:

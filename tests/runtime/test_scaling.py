@@ -167,6 +167,13 @@ def test_scaling_settings_are_checked(fields, message) -> None:
         EngineConfig(**fields)
 
 
+def test_a_policy_made_directly_checks_its_thresholds_too() -> None:
+    with pytest.raises(ValueError, match="or scaling would flap"):
+        ScalingPolicy(up_utilisation=0.3, down_utilisation=0.3)
+    with pytest.raises(ValueError, match="durations must be seconds >= 0"):
+        ScalingPolicy(down_after_s=-1.0)
+
+
 def test_the_policy_takes_its_settings_from_the_engine_config() -> None:
     config = EngineConfig(scale_up_utilisation=0.9, scale_down_utilisation=0.2, scale_up_after_s=1.0,
                           scale_down_after_s=2.0)
