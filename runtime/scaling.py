@@ -35,6 +35,9 @@ MAX_BUNDLES = 1000
 """The most bundles one request carries: past this many the autoscaler is at its ``max_workers``
 anyway, and a huge queue must not make every request (a GCS write) huge."""
 
+MEMORY_UNIT_MB = 1024
+"""Memory in use is asked for in units of this many MiB (one GiB fits on any node)."""
+
 Bundle = dict[str, float]
 """One resource shape, as Ray's ``request_resources(bundles=...)`` takes it: it must fit on one node."""
 
@@ -194,15 +197,13 @@ def request_for(usage: Usage, unmet: Sequence[Demand], target_share: float = 1.0
     """The request that holds what runs now (grown so it would fill ``target_share``) plus what waits.
 
     The autoscaler fits a request against the cluster's *total* capacity (running work is not
-    subtracted), so it must include what runs: as 1-CPU and 1-GPU units, because the running
-    work's own shapes are not known here and a unit fits on any node. Memory is counted only
-    in the waiting demands (running work rarely reserves it; CPU is what fills nodes).
+    subtracted), so it must include what runs: as units of 1 CPU, 1 GPU and 1 GiB of memory,
+    because the running work's own shapes are not known here and a unit fits on any node.
     """
     units: list[Bundle] = []
-    cpu = math.ceil(round(usage.cpu_used / target_share, 6))
-    gpu = math.ceil(round(usage.gpu_used / target_share, 6))
-    units += [{"CPU": 1.0} for _ in range(cpu)]
-    units += [{"GPU": 1.0} for _ in range(gpu)]
+    for name, used, unit in (("CPU", usage.cpu_used, 1.0), ("GPU", usage.gpu_used, 1.0),
+                             ("memory", usage.memory_mb_used / MEMORY_UNIT_MB, float(MEMORY_UNIT_MB * 2**20))):
+        units += [{name: unit} for _ in range(math.ceil(round(used / target_share, 6)))]
     return tuple((units + bundles_for(unmet))[:MAX_BUNDLES])
 
 

@@ -30,7 +30,10 @@ demands = st.builds(
     capabilities=st.sampled_from([(), (), ("ssd",)]))
 # Shares on both sides of both thresholds, and on them (the rules are strict: > 80%, < 30%).
 shares = st.sampled_from([0.0, 0.1, 0.29, 0.3, 0.5, 0.8, 0.81, 0.95, 1.0])
-segments = st.lists(st.tuples(st.integers(1, 40), shares, st.lists(demands, max_size=4)), min_size=1, max_size=12)
+# Memory is mostly idle (CPU fills nodes), sometimes the busiest resource: the dominant share counts.
+memory_shares = st.sampled_from([0.0, 0.0, 0.0, 0.5, 0.9])
+segments = st.lists(st.tuples(st.integers(1, 40), shares, memory_shares, st.lists(demands, max_size=4)),
+                    min_size=1, max_size=12)
 gaps = st.sampled_from([1.0, 5.0, 10.0, 29.0, 30.0, 60.0])
 
 
@@ -41,9 +44,10 @@ def policy() -> ScalingPolicy:
 def observations(trace, gap: float):
     """``(now, usage, unmet)`` for every observation of ``trace``, ``gap`` seconds apart."""
     now = 1000.0
-    for count, share, unmet in trace:
+    for count, share, memory, unmet in trace:
         for _ in range(count):
-            yield now, Usage(cpu_total=CPUS, cpu_used=share * CPUS, memory_mb_total=65536.0), unmet
+            yield now, Usage(cpu_total=CPUS, cpu_used=share * CPUS, memory_mb_total=65536.0,
+                             memory_mb_used=memory * 65536.0), unmet
             now += gap
 
 
@@ -54,6 +58,7 @@ def covers(bundles, usage: Usage, unmet) -> bool:
         return True  # cut at the cap on purpose
     have, want = totals(bundles), totals(bundles_for(unmet))
     want["CPU"] = want.get("CPU", 0.0) + usage.cpu_used
+    want["memory"] = want.get("memory", 0.0) + usage.memory_mb_used * 2**20
     shapes = [b for b in bundles_for(unmet) if b.get("CPU", 0) >= 1 or "GPU" in b]
     return all(have.get(k, 0.0) >= v - 1e-6 for k, v in want.items()) and all(s in bundles for s in shapes)
 
@@ -94,7 +99,9 @@ def test_utilisation_scaling(trace, gap) -> None:
             assert standing is None or asks_more(action.bundles, standing), "asked again for no more"
             assert covers(action.bundles, usage, unmet), (action.bundles, usage, unmet)
             if share > UP and len(action.bundles) < MAX_BUNDLES:  # headroom: the share would drop into the band
-                assert totals(action.bundles)["CPU"] * UP >= usage.cpu_used
+                asked = totals(action.bundles)
+                assert asked.get("CPU", 0.0) * UP >= usage.cpu_used
+                assert asked.get("memory", 0.0) / 2**20 * UP >= usage.memory_mb_used
             if last_down is not None:
                 assert now - last_down >= UP_AFTER, "flapped: asked soon after withdrawing"
             last_up = now
