@@ -141,6 +141,8 @@ def test_non_disruptive_scaling(tmp_path) -> None:
         cluster.stop()
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"node joined {report['scale_up_s']:.1f} s after the cluster filled; the idle node left "
+          f"{report['scale_down_s']:.1f} s after its last step ended")  # shown with -s / -rP
     # Scale-up: only the head at first; the scaler asked (the cluster was full), and a node came.
     assert report["nodes_at_start"] == 1 and report["a_node"] == report["head"]
     actions = report["actions"]  # a first withdrawal may come before a (the scaler's start is quiet)
