@@ -19,6 +19,7 @@ from actors._api import _Api
 from actors._coordinator import _Coordinator
 from actors._triggers import TriggerActor
 from actors._metrics import RayMetrics, ray_resources
+from actors.scaler import NAME as SCALER, Scaler
 from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import EngineStartError, EngineUnavailable
 from runtime.failure_handler import FailureHandler as _FailureHandler
@@ -197,6 +198,9 @@ class Actors:
         self.api = _actor(HttpApi, "sopflow-api", namespace, namespace, config, resources=HEAD_NODE)
         # Keeps its records in the coordinator's store, so it needs no placement of its own.
         self.triggers = _actor(TriggerActor, "sopflow-triggers", namespace, self.coordinator, config)
+        # On the head: a node that holds an actor is never idle, and the head is never scaled away.
+        self.scaler = _actor(Scaler, SCALER, namespace, namespace, config, resources=HEAD_NODE) \
+            if config.autoscale else None
 
     def kill(self) -> None:
         """Remove the actors; executions resume from the event log when they are created again.
@@ -215,8 +219,22 @@ class Actors:
             ray.get(self.api.stop.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - already gone: a stale file names a dead pid, which clients skip
             pass
-        for handle in (self.coordinator, self.monitor, self.failure_handler, self.api, *self._agent_hosts()):
+        scaler = self._scaler()
+        if scaler is not None:  # its request would keep nodes up for engines that are gone
+            try:
+                ray.get(scaler.withdraw.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - unreachable: the request stays until another scaler replaces it
+                pass
+        for handle in (self.coordinator, self.monitor, self.failure_handler, self.api, *self._agent_hosts(),
+                       *([scaler] if scaler is not None else [])):
             ray.kill(handle, no_restart=True)
+
+    def _scaler(self) -> Any:
+        """The scaler actor of the namespace, if any engine created one (``autoscale`` on)."""
+        try:
+            return ray.get_actor(SCALER, namespace=self.namespace)
+        except ValueError:
+            return None
 
     def _agent_hosts(self) -> list[Any]:
         """The agent host actors the coordinator started (``sopflow-agent-host-<i>``) and their shared

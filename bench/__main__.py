@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "mcp": "bench.mcp_pool",
     "batch": "bench.batch",
     "estimates": "bench.estimates",
+    "fairness": "bench.fairness",
 }
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

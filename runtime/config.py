@@ -128,6 +128,21 @@ class EngineConfig:
             on that count. Give a dict; it is kept as sorted ``(provider, (rpm, tpm))`` pairs
             (see :attr:`model_rate_limit_map`). Empty (the default): no limits, though a 429
             answer still makes every caller of that provider back off.
+        autoscale: Ask Ray's autoscaler for capacity (``ray.autoscaler.sdk.request_resources``)
+            when steps wait for it or utilisation stays high, and withdraw the request when it
+            stays low, so idle nodes can go (see :mod:`runtime.scaling`). Off by default: turn it on
+            for a cluster started with an autoscaler (``ray up``, KubeRay). While on, sopflow owns
+            the cluster's standing ``request_resources`` (each request replaces the previous one).
+        scale_up_utilisation: Above this share of the busiest resource (CPU, memory or GPU in use),
+            sustained for ``scale_up_after_s``, ask for more. From 0 to 1, above
+            ``scale_down_utilisation``; the band between them is where nothing changes.
+        scale_down_utilisation: Below this share, with no step waiting for capacity, for more than
+            ``scale_down_after_s``, withdraw the request.
+        scale_up_after_s: How long steps must wait for capacity, or utilisation stay high, before
+            more is asked for (a burst shorter than this is absorbed by the queue).
+        scale_down_after_s: How long utilisation must stay low before the request is withdrawn.
+        scale_check_every_s: How often utilisation and the waiting steps are read (off the
+            coordinator's hot path: one call per period).
     """
 
     state: str = ""
@@ -167,6 +182,13 @@ class EngineConfig:
     trigger_grace_s: float = 60.0
     """A cron fire this late still counts as on time (``catch_up: skip`` starts it): a short restart
     of the trigger actor loses no fire."""
+    # -- autoscaling (runtime.scaling, actors/scaler.py) --
+    autoscale: bool = False
+    scale_up_utilisation: float = 0.8
+    scale_down_utilisation: float = 0.3
+    scale_up_after_s: float = 30.0
+    scale_down_after_s: float = 300.0
+    scale_check_every_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
@@ -223,6 +245,7 @@ class EngineConfig:
             raise ValueError(f"priority_weights must give each of {', '.join(PRIORITY_CLASSES)} a whole-number "
                              f"weight >= 1, got {weights!r}")
         object.__setattr__(self, "priority_weights", tuple((c, weights[c]) for c in PRIORITY_CLASSES))
+        self._check_scaling()
         limits = self.model_rate_limits
         try:
             limits = dict(limits.items() if isinstance(limits, dict) else limits)
@@ -238,6 +261,25 @@ class EngineConfig:
         if isinstance(self.trigger_grace_s, bool) or not isinstance(self.trigger_grace_s, int | float) \
                 or not 0 <= self.trigger_grace_s < float("inf"):
             raise ValueError(f"trigger_grace_s must be a number of seconds >= 0, got {self.trigger_grace_s!r}")
+
+    def _check_scaling(self) -> None:
+        """The autoscaling fields (see :mod:`runtime.scaling`)."""
+        if not isinstance(self.autoscale, bool):
+            raise ValueError(f"autoscale must be true or false, got {self.autoscale!r}")
+        for name in ("scale_up_utilisation", "scale_down_utilisation"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+                raise ValueError(f"{name} must be a share above 0 and at most 1 (0.8 is 80%), got {value!r}")
+        if not self.scale_down_utilisation < self.scale_up_utilisation:
+            raise ValueError(f"scale_down_utilisation ({self.scale_down_utilisation}) must be below "
+                             f"scale_up_utilisation ({self.scale_up_utilisation}), or scaling would flap")
+        for name in ("scale_up_after_s", "scale_down_after_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        value = self.scale_check_every_s
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+            raise ValueError(f"scale_check_every_s must be a number of seconds > 0, got {value!r}")
 
     def on_this_node(self) -> EngineConfig:
         """This config with an empty ``state`` resolved in the calling process (an actor on the head)."""

@@ -42,7 +42,7 @@ from runtime.machine import StateMachine
 from runtime.outputs import Artifacts, resolve
 from runtime.request import ENV_VARS, SubmitRequest, sop_definition
 from runtime.runners import AgentStepRunner, SubSopRunner
-from runtime.seams import Cancellable, FailurePolicy, StepRunner
+from runtime.seams import Cancellable, Demand, FailurePolicy, StepRunner
 from runtime.shipped import pack_callables
 from runtime.state import ExecutionState
 from runtime.status import ExecutionView
@@ -638,6 +638,20 @@ class CoordinatorCore:
                 "in_memory": len(self.executions), "recovery": self.recovery,
                 "commits": dict(self.journal.committer.stats), **self.event_log.stats(),
                 "agent_hosts": await self._agent_hosts()}
+
+    async def waiting_demands(self) -> list[Demand]:
+        """What each attempt queued for a run slot needs: the unmet demand the autoscaler is asked for
+        (see :mod:`runtime.scaling`). Empty under a fixed ``max_running_steps``: more nodes would not
+        start those attempts any sooner. Held attempts of paused executions wait for a resume, not
+        for capacity."""
+        if self.config.max_running_steps:
+            return []
+        from runtime.attempts import _claim  # the one place an attempt's demand is worked out
+
+        return [_claim(exe, flight.step).demand for exe in self.executions.values()
+                for flight in exe.inflight.values()
+                if flight.launch is not None and flight.needs_slot and not flight.holds_slot
+                and not flight.settled and not any(flight is held for held in exe.held)]
 
     async def _agent_hosts(self) -> list[dict[str, Any]]:
         """Each agent host: its sessions and its MCP data sources' circuit breakers (none before the
