@@ -18,6 +18,7 @@ import ray
 from actors._api import _Api
 from actors._coordinator import _Coordinator
 from actors._metrics import RayMetrics, ray_resources
+from actors.resource_manager import resource_manager
 from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import EngineStartError, EngineUnavailable
 from runtime.failure_handler import FailureHandler as _FailureHandler
@@ -194,6 +195,8 @@ class Actors:
                                   self.failure_handler, config, None, owner, namespace, max_concurrency=100_000,
                                   **placement)
         self.api = _actor(HttpApi, "sopflow-api", namespace, namespace, config, resources=HEAD_NODE)
+        # Created by the coordinator when it first leases; here too, so `kill` always finds it.
+        self.resource_manager = resource_manager(namespace, config.resource_lease_ttl_s)
 
     def kill(self) -> None:
         """Remove the actors; executions resume from the event log when they are created again.
@@ -208,7 +211,8 @@ class Actors:
             ray.get(self.api.stop.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - already gone: a stale file names a dead pid, which clients skip
             pass
-        for handle in (self.coordinator, self.monitor, self.failure_handler, self.api, *self._agent_hosts()):
+        for handle in (self.coordinator, self.monitor, self.failure_handler, self.api, self.resource_manager,
+                       *self._agent_hosts()):
             ray.kill(handle, no_restart=True)
 
     def _agent_hosts(self) -> list[Any]:

@@ -23,6 +23,7 @@ _COMMANDS = {
     "metrics": "runtime._cli_metrics",
     "compare": "runtime._cli_compare",
     "logs": "runtime._cli_logs",
+    "resources": "runtime._cli_resources",
 }
 """Which module defines each command: a command imports only its own module, so ``sopflow status``
 does not pay for the SOP model (pydantic, YAML, jinja2) it never uses."""
