@@ -104,6 +104,9 @@ class LocalAdmission:
         self._slots: dict[Callable[[], None], Slot] = {}
         """Grant callback -> its slot, until released."""
         self._held: dict[str, list[Slot]] = {}
+        self._parked: list[_Entry] = []
+        """Claims no node of the cluster can take (its node left): they wait for one to join, without
+        holding up the claims behind them."""
         self._batch_held = 0
         """Slots held by batch claims."""
         self.wake: Callable[[], None] | None = None
@@ -127,6 +130,10 @@ class LocalAdmission:
         """Take a renewed lease (and the node list): queued claims that now fit are granted."""
         self.nodes = {n.node_id: n for n in grant.nodes}
         self.lease = dict(grant.lease)
+        parked, self._parked = self._parked, []
+        for entry in parked:  # a node that takes them may have joined
+            self._waiting -= 1
+            self._push(entry[3], entry[2], entry[1])
         self._drain()
 
     def free(self) -> dict[str, Capacity]:
@@ -139,8 +146,9 @@ class LocalAdmission:
         if self.nodes is None:
             return []
         free = self.free()
-        return [q[0][3].demand for lane in self._queues.values() for q in lane.values()
-                if q and best_fit(self._leased_nodes(), free, q[0][3].demand) is None]
+        heads = [q[0][3].demand for lane in self._queues.values() for q in lane.values()
+                 if q and best_fit(self._leased_nodes(), free, q[0][3].demand) is None]
+        return heads + [e[3].demand for e in self._parked[:100]]
 
     def _leased_nodes(self) -> list[Node]:
         assert self.nodes is not None
@@ -173,6 +181,10 @@ class LocalAdmission:
         lane = bool(claim.batch)
         cls = claim.priority_class if claim.priority_class in self.weights else "normal"
         queue = self._queues[lane][cls]
+        if self.nodes is not None and not self._acceptable(claim):
+            self._push(claim, grant)  # parked: no node could ever take it
+            self._wake()
+            return False
         # After the drain, no queued claim that could run is left: one whose class has nobody
         # waiting before it goes now if it fits (a class's order is kept; others' may not fit).
         if not queue:
@@ -180,12 +192,9 @@ class LocalAdmission:
             if ok:
                 self._take(claim, grant, node)
                 return True
-        if not any(self._queues[x][cls] for x in (False, True)):  # idle: it joins at the current pass
-            self._pass[cls] = max(self._pass[cls], self._now)
-        heapq.heappush(queue, (claim.key(), next(self._order), grant, claim))
-        self._waiting += 1
-        if self.wake is not None and self.used < self.capacity:
-            self.wake()
+        self._push(claim, grant)
+        if self.used < self.capacity:
+            self._wake()
         if not lane and self.on_blocked is not None and self._batch_held:
             self.on_blocked(claim)
         return False
@@ -219,6 +228,11 @@ class LocalAdmission:
 
     def withdraw(self, grant: Callable[[], None]) -> bool:
         """Leave the queue without a slot; False when ``grant`` was not queued (say, granted already)."""
+        for i, entry in enumerate(self._parked):
+            if entry[2] is grant:
+                del self._parked[i]
+                self._waiting -= 1
+                return True
         for lane in self._queues.values():
             for queue in lane.values():
                 for i, entry in enumerate(queue):
@@ -230,8 +244,31 @@ class LocalAdmission:
                         return True
         return False
 
+    def _acceptable(self, claim: Claim) -> bool:
+        """Whether some node of the cluster could take the claim (when empty)."""
+        assert self.nodes is not None
+        return any(n.accepts(claim.demand) for n in self.nodes.values())
+
+    def _push(self, claim: Claim, grant: Callable[[], None], order: int | None = None) -> None:
+        """Queue a claim in its lane and class (parked if no node could take it)."""
+        entry = (claim.key(), next(self._order) if order is None else order, grant, claim)
+        self._waiting += 1
+        if self.nodes is not None and not self._acceptable(claim):
+            self._parked.append(entry)
+            return
+        cls = claim.priority_class if claim.priority_class in self.weights else "normal"
+        if not any(self._queues[x][cls] for x in (False, True)):  # idle: it joins at the current pass
+            self._pass[cls] = max(self._pass[cls], self._now)
+        heapq.heappush(self._queues[bool(claim.batch)][cls], entry)
+
+    def _wake(self) -> None:
+        if self.wake is not None:
+            self.wake()
+
     def why_queued(self, claim: Claim) -> str:
         """What a queued claim waits for, for its ``step_queued`` event."""
+        if self.nodes is not None and not self._acceptable(claim):
+            return "waiting for a node big enough to join the cluster (none has room for it even when empty)"
         if self.used >= self.capacity or self.nodes is None:
             return f"waiting for a run slot (max_running_steps={self.capacity})"
         asks = ", ".join(f"{k}={v:g}" for k, v in Capacity.of(claim.demand).as_dict().items() if v)
@@ -259,7 +296,8 @@ class LocalAdmission:
         """1-based place of the execution's first queued claim in the order grants would go."""
         if not any(e[3].execution == execution_id for lane in self._queues.values()
                    for q in lane.values() for e in q):
-            return None
+            parked = [e[3].execution for e in self._parked]
+            return self._waiting - len(parked) + parked.index(execution_id) + 1 if execution_id in parked else None
         place = 0
         for lane in (False, True):
             queues = {c: sorted(q) for c, q in self._queues[lane].items() if q}
@@ -293,7 +331,12 @@ class LocalAdmission:
         """The lane and class whose first claim goes next, and its node; None when none can go."""
         for lane in (False, True):  # batch only once no real-time claim that could run waits
             for cls in self._classes(lane):
-                ok, node = self._place(self._queues[lane][cls][0][3])
+                head = self._queues[lane][cls][0]
+                if self.nodes is not None and not self._acceptable(head[3]):  # its node left: park it
+                    heapq.heappop(self._queues[lane][cls])
+                    self._parked.append(head)
+                    return self._next()
+                ok, node = self._place(head[3])
                 if ok:
                     return lane, cls, node
                 if self.used >= self.capacity:

@@ -109,25 +109,29 @@ def validate_demand(demand: Demand, where: str = "a step") -> None:
 def best_fit(nodes: Iterable[Node], free: Mapping[str, Capacity], demand: Demand) -> str | None:
     """The node where ``demand`` fits leaving the least room (the tightest fit), or None.
 
-    Room is measured as the largest share left of any part the node has (CPU, memory,
-    GPU), so a small step fills a nearly full node before it starts an empty one and
-    a node with a GPU is kept for steps that need one. Ties go to the node id, so
+    Room is the share of each asked-for part (CPU, memory, GPU) the node would have left,
+    summed, so a small step fills a nearly full node before it starts an empty one; a node
+    whose GPUs a CPU-only step would sit beside counts as a poor fit (GPUs are kept for the
+    steps that need them). Ties go to the node with less CPU left, then to the node id, so
     placement is deterministic.
     """
     want = Capacity.of(demand)
-    best, best_score = None, math.inf
+    best, best_key = None, (math.inf, math.inf, "")
     for node in nodes:
         room = free.get(node.node_id, ZERO)
         if not room.covers(want) or not node.capabilities.issuperset(demand.capabilities):
             continue
-        left = room - want
-        score = max(left.cpu / node.total.cpu if node.total.cpu else 0.0,
-                    left.memory_mb / node.total.memory_mb if node.total.memory_mb else 0.0,
-                    # GPUs are scarce: a node keeping GPUs idle for a CPU step is a poor fit
-                    (left.gpu / node.total.gpu + (1.0 if not want.gpu else 0.0)) if node.total.gpu else 0.0)
-        if score < best_score - EPS or (abs(score - best_score) <= EPS and best is not None
-                                          and node.node_id < best):
-            best, best_score = node.node_id, score
+        left, total = room - want, node.total
+        score = (left.cpu / total.cpu if total.cpu else 0.0)
+        if want.memory_mb:
+            score += left.memory_mb / total.memory_mb
+        if want.gpu:
+            score += left.gpu / total.gpu
+        elif total.gpu:
+            score += 1.0
+        key = (round(score, 9), round(left.cpu, 9), node.node_id)
+        if key < best_key:
+            best, best_key = node.node_id, key
     return best
 
 
@@ -166,7 +170,7 @@ def check_fits(sop: Any, nodes: Iterable[Node], scalable_shapes: Iterable[Node] 
         have = sorted({c for n in nodes for c in n.capabilities})
         raise ResourceRequestError(
             f"step {step.id!r} of {sop.sop} asks for {asks}{caps}, more than any node has and autoscaling "
-            f"can add: the largest node has cpu={top.cpu:g}, memory_mb={top.memory_mb:g}, gpu={top.gpu:g}"
+            f"can add: the largest node has cpu={top.cpu:g}, memory_mb={top.memory_mb:.0f}, gpu={top.gpu:g}"
             + (f" (capabilities {have})" if demand.capabilities else "")
             + "; lower the step's resources or add a node that big")
 
@@ -276,8 +280,11 @@ class ResourceManager:
         keep = dict(mine.used) if others_wait else {
             k: v for k, v in mine.leases.items() if k in self.nodes}
         for k, v in mine.used.items():
-            keep[k] = Capacity(max(keep[k].cpu, v.cpu), max(keep[k].memory_mb, v.memory_mb), max(keep[k].gpu, v.gpu))
-        mine.leases = keep
+            had = keep.get(k, ZERO)
+            keep[k] = Capacity(max(had.cpu, v.cpu), max(had.memory_mb, v.memory_mb), max(had.gpu, v.gpu))
+        mine.leases = {}
+        others = self.free()  # total minus the other holders' leases: ours may not reach into theirs
+        mine.leases = {k: v.clamp(others[k].clamp(self.nodes[k].total)) for k, v in keep.items()}
         free = self.free(exclude=None)
         free = {k: v.clamp(self.nodes[k].total) for k, v in free.items()}  # another's over-use is not ours
         nodes = sorted(self.nodes.values(), key=lambda n: n.node_id)
