@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "logs": "bench.logs",
     "agents": "bench.agents",
     "mcp": "bench.mcp_pool",
+    "resources": "bench.resources",
 }
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

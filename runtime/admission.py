@@ -99,6 +99,12 @@ class LocalAdmission:
         self.nodes: dict[str, Node] | None = None
         """The cluster's nodes once a lease was set (None: slots only)."""
         self.lease: dict[str, Capacity] = {}
+        self._placeable: list[Node] = []
+        self._accepts: dict[Demand, bool] = {}
+        """Demand -> whether some node could take it (asked for every claim; the nodes change rarely)."""
+        """The leased nodes, by id (placement looks at these)."""
+        self._free: dict[str, Capacity] = {}
+        """Per leased node: leased minus in use, kept as slots are taken and given back."""
         self.in_use: dict[str, Capacity] = {}
         """Per node: what granted slots take."""
         self._slots: dict[Callable[[], None], Slot] = {}
@@ -130,6 +136,9 @@ class LocalAdmission:
         """Take a renewed lease (and the node list): queued claims that now fit are granted."""
         self.nodes = {n.node_id: n for n in grant.nodes}
         self.lease = dict(grant.lease)
+        self._placeable = [self.nodes[k] for k in sorted(self.lease) if k in self.nodes]
+        self._accepts = {}
+        self._free = self.free()
         parked, self._parked = self._parked, []
         for entry in parked:  # a node that takes them may have joined
             self._waiting -= 1
@@ -151,8 +160,7 @@ class LocalAdmission:
         return heads + [e[3].demand for e in self._parked[:100]]
 
     def _leased_nodes(self) -> list[Node]:
-        assert self.nodes is not None
-        return [self.nodes[k] for k in sorted(self.lease) if k in self.nodes]
+        return self._placeable
 
     def _place(self, claim: Claim) -> tuple[bool, str | None]:
         """Whether the claim may have a slot now, and on which node."""
@@ -160,7 +168,7 @@ class LocalAdmission:
             return False, None
         if self.nodes is None:
             return True, None
-        where = best_fit(self._leased_nodes(), self.free(), claim.demand)
+        where = best_fit(self._placeable, self._free, claim.demand)
         return where is not None, where
 
     def _take(self, claim: Claim, grant: Callable[[], None], node: str | None) -> None:
@@ -168,7 +176,9 @@ class LocalAdmission:
         slot = Slot(claim, node)
         self._slots[grant] = slot
         if node is not None:
-            self.in_use[node] = self.in_use.get(node, ZERO) + Capacity.of(claim.demand)
+            want = Capacity.of(claim.demand)
+            self.in_use[node] = self.in_use.get(node, ZERO) + want
+            self._free[node] = self._free[node] - want
         self._held.setdefault(claim.execution, []).append(slot)
         self._batch_held += claim.batch
 
@@ -204,6 +214,11 @@ class LocalAdmission:
         slot = self._slots.get(grant)
         return slot.node if slot is not None else None
 
+    def route(self, grant: Callable[[], None]) -> str | None:
+        """Where the runner should send the attempt: its node, when the cluster has more than one (on
+        one node there is nothing to choose, and Ray's own placement costs nothing extra)."""
+        return self.placement(grant) if self.nodes is not None and len(self.nodes) > 1 else None
+
     def release(self, grant: Callable[[], None] | None = None) -> None:
         """Give back the slot granted to ``grant`` (a caller that kept none gives back one slot)."""
         slot = self._slots.pop(grant, None) if grant is not None else None
@@ -213,7 +228,10 @@ class LocalAdmission:
         if slot is not None:
             self._batch_held -= slot.claim.batch
             if slot.node is not None:
-                left = self.in_use.get(slot.node, ZERO) - Capacity.of(slot.claim.demand)
+                want = Capacity.of(slot.claim.demand)
+                if slot.node in self._free:
+                    self._free[slot.node] = self._free[slot.node] + want
+                left = self.in_use.get(slot.node, ZERO) - want
                 if left.cpu <= EPS and left.memory_mb <= EPS and left.gpu <= EPS:
                     self.in_use.pop(slot.node, None)
                 else:
@@ -247,7 +265,10 @@ class LocalAdmission:
     def _acceptable(self, claim: Claim) -> bool:
         """Whether some node of the cluster could take the claim (when empty)."""
         assert self.nodes is not None
-        return any(n.accepts(claim.demand) for n in self.nodes.values())
+        known = self._accepts.get(claim.demand)
+        if known is None:
+            known = self._accepts[claim.demand] = any(n.accepts(claim.demand) for n in self.nodes.values())
+        return known
 
     def _push(self, claim: Claim, grant: Callable[[], None], order: int | None = None) -> None:
         """Queue a claim in its lane and class (parked if no node could take it)."""

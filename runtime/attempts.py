@@ -141,7 +141,7 @@ class AttemptsMixin:
         flight.holds_slot = flight.needs_slot
         if flight.needs_slot:
             flight.slot = flight.launch  # the admission knows the slot by its grant
-            node = getattr(self.admission, "placement", lambda _: None)(flight.launch)
+            node = getattr(self.admission, "route", lambda _: None)(flight.launch)
             if node is not None:  # the runner sends the attempt there (Ray: soft node affinity)
                 spec = dataclasses.replace(spec, placement=node)
         if exe.inflight.get(flight.step.id) is not flight or flight.settled:

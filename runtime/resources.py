@@ -11,12 +11,13 @@ one fixed local node.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from runtime.errors import SubmissionError
 from runtime.seams import Demand
@@ -38,19 +39,23 @@ class ResourceRequestError(SubmissionError):
     """The CLI exits 2: the request was refused before it ran, not failed."""
 
 
-@dataclass(frozen=True, slots=True)
-class Capacity:
-    """An amount of CPU, memory and GPU (a node's size, a lease, what is in use)."""
+class Capacity(NamedTuple):
+    """An amount of CPU, memory and GPU (a node's size, a lease, what is in use).
+
+    A named tuple, not a dataclass: placement makes several per step, and a tuple is the
+    cheapest immutable value to build.
+    """
 
     cpu: float = 0.0
     memory_mb: float = 0.0
     gpu: float = 0.0
 
-    @classmethod
-    def of(cls, demand: Demand) -> Capacity:
-        return cls(float(demand.cpu), float(demand.memory_mb or 0), float(demand.gpu))
+    @staticmethod
+    def of(demand: Demand) -> Capacity:
+        """What a demand takes (kept per distinct demand: it is asked on every grant and release)."""
+        return _capacity_of(demand)
 
-    def __add__(self, other: Capacity) -> Capacity:
+    def __add__(self, other: Capacity) -> Capacity:  # type: ignore[override]
         return Capacity(self.cpu + other.cpu, self.memory_mb + other.memory_mb, self.gpu + other.gpu)
 
     def __sub__(self, other: Capacity) -> Capacity:
@@ -71,6 +76,11 @@ class Capacity:
 
 
 ZERO = Capacity()
+
+
+@functools.lru_cache(maxsize=4096)
+def _capacity_of(demand: Demand) -> Capacity:
+    return Capacity(float(demand.cpu), float(demand.memory_mb or 0), float(demand.gpu))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +116,7 @@ def validate_demand(demand: Demand, where: str = "a step") -> None:
                                        f"from 0 to {limit:g}; fix the step's resources")
 
 
-def best_fit(nodes: Iterable[Node], free: Mapping[str, Capacity], demand: Demand) -> str | None:
+def best_fit(nodes: Sequence[Node], free: Mapping[str, Capacity], demand: Demand) -> str | None:
     """The node where ``demand`` fits leaving the least room (the tightest fit), or None.
 
     Room is the share of each asked-for part (CPU, memory, GPU) the node would have left,
@@ -116,6 +126,11 @@ def best_fit(nodes: Iterable[Node], free: Mapping[str, Capacity], demand: Demand
     placement is deterministic.
     """
     want = Capacity.of(demand)
+    if len(nodes) == 1:  # one node (the in-process engine, a one-node cluster): nothing to compare
+        node = nodes[0]
+        room = free.get(node.node_id, ZERO)
+        fits = room.covers(want) and node.capabilities.issuperset(demand.capabilities)
+        return node.node_id if fits else None
     best, best_key = None, (math.inf, math.inf, "")
     for node in nodes:
         room = free.get(node.node_id, ZERO)

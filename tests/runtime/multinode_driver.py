@@ -47,9 +47,7 @@ def run(work: Path, managed: bool) -> dict:
         gate.write_text("open")
         view = engine.wait(eid, timeout=120)
         result = engine.result(eid) if view.status.value == "completed" else {}
-        placed = {sid: out["node"] for sid, out in (result.get("steps") or {}).items()} if result else {}
-        if not placed:
-            placed = {sid: s.output["node"] for sid, s in view.steps.items() if s.output}
+        placed = {sid: out["node"] for sid, out in (result.get("steps") or {}).items()}
         return {"status": view.status.value, "placed": placed, "resources": use}
     finally:
         engine._conn.actors.kill()
