@@ -110,3 +110,10 @@ class OptionalDependencyMissing(SopflowError, ImportError):
 
 class MetricsQueryError(SopflowError, ValueError):
     """Raised when a metrics query's window, SOP or mode is not one sopflow understands."""
+
+
+class ResourceRequestError(SubmissionError):
+    """Raised when a step asks for resources no node has and autoscaling cannot add, or for nonsense."""
+
+    exit_code = 2
+    """The CLI exits 2: the request was refused before it ran, not failed."""

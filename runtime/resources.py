@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from runtime.errors import SubmissionError
+from runtime.errors import ResourceRequestError
 from runtime.seams import Demand
 
 EPS = 1e-9
@@ -28,15 +28,11 @@ MAX_CPU = 1e6
 """No node has more cores than this: a larger demand is a mistake, refused at once."""
 MAX_MEMORY_MB = 2**40
 MAX_GPU = 1e4
+__all__ = ["Capacity", "Grant", "Node", "ResourceManager", "ResourceRequestError", "best_fit", "check_fits",
+           "largest", "local_node", "nodes_from_ray", "validate_demand"]
+
 DEFAULT_TTL_S = 30.0
 """How long a lease lasts unless renewed (holders renew every third of it)."""
-
-
-class ResourceRequestError(SubmissionError):
-    """Raised when a step asks for resources no node has and autoscaling cannot add, or for nonsense."""
-
-    exit_code = 2
-    """The CLI exits 2: the request was refused before it ran, not failed."""
 
 
 class Capacity(NamedTuple):
