@@ -57,7 +57,7 @@ class Held:
     count: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Slot:
     """One granted slot: the claim it was granted to and the node it was placed on (None: no lease)."""
 

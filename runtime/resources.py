@@ -159,7 +159,8 @@ def check_fits(sop: Any, nodes: Iterable[Node], scalable_shapes: Iterable[Node] 
     """Refuse an SOP with a step no node can ever run, now or after autoscaling adds a node.
 
     Args:
-        sop: The SOP (:class:`sop.Sop`); sub-SOP and agent steps take no capacity of their own.
+        sop: The SOP (:class:`sop.Sop`); sub-SOP, agent and MCP steps take no capacity of their own
+            (their work runs elsewhere: a child execution, an agent host, an MCP server).
         nodes: The cluster's nodes now.
         scalable_shapes: Node shapes the autoscaler could add (none by default).
 
@@ -168,7 +169,7 @@ def check_fits(sop: Any, nodes: Iterable[Node], scalable_shapes: Iterable[Node] 
     """
     nodes, shapes = list(nodes), list(scalable_shapes)
     for step in sop.steps:
-        if step.handler == "agent" or step.handler.startswith("sop:"):
+        if step.handler == "agent" or step.handler.startswith(("sop:", "mcp:")):
             continue
         res = sop.effective_resources(step)
         demand = Demand(res.cpu, res.memory_mb or 0, res.gpu, tuple(res.capabilities))
