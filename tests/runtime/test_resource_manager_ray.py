@@ -37,8 +37,10 @@ def test_the_coordinator_leases_the_cluster_and_shows_what_running_steps_use(man
     table = render(view)
     assert "1.5/4/4" in table and "1 step(s) running" in table
     actor = ray.get_actor(NAME, namespace="sopflow-resources-tests")
-    report = ray.get(actor.report.remote())
-    assert report["holders"] == 1 and report["nodes"][node]["used"]["cpu"] == 1.5
+    # The ResourceManager hears what is used at the next renewal (every third of the 30 s TTL).
+    report = wait_for(lambda: (r := ray.get(actor.report.remote()))["nodes"][node]["used"]["cpu"] == 1.5 and r,
+                      timeout_s=40)
+    assert report["holders"] == 1 and report["nodes"][node]["leased"]["cpu"] == 4
     gate.write_text("open")
     assert managed.wait(eid, timeout=60).status.value == "completed"
     wait_for(lambda: managed.resources()["nodes"][node]["used"]["cpu"] == 0)  # given back as it ended
