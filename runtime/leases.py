@@ -20,6 +20,9 @@ log = logging.getLogger("sopflow.leases")
 
 MIN_INTERVAL_S = 0.5
 """Early renewals (for unmet demand) are at least this far apart: one call covers a burst of steps."""
+UNMET_RETRY_S = 2.0
+"""While queued steps fit no leased node, the lease is renewed at least this often (a node joining,
+or another holder giving capacity back, shows up within it)."""
 FIRST_LEASE_TIMEOUT_S = 30.0
 """How long a starting coordinator waits for its first lease before it runs on run slots alone."""
 
@@ -75,7 +78,10 @@ class LeaseKeeper:
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self._ttl_s / 3)
+                every = self._ttl_s / 3
+                if self.admission.unmet():
+                    every = min(every, UNMET_RETRY_S)
+                await asyncio.wait_for(self._wake.wait(), every)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()

@@ -237,3 +237,35 @@ def test_batch_claims_wait_while_real_time_work_could_use_the_room_and_on_blocke
     assert adm.placement(late_batch) == "a"
     use = adm.utilisation()["a"]
     assert use["used"]["cpu"] == 2 and use["total"]["cpu"] == 2
+
+
+def test_a_step_waiting_for_a_node_runs_once_one_joins_through_the_lease_keeper() -> None:
+    """The keeper renews in the background; a claim no node can take waits (without holding up others)
+    until a node that fits joins, then it is granted there."""
+    import asyncio
+
+    from runtime.leases import LeaseKeeper, direct
+
+    async def scenario() -> None:
+        rm = ResourceManager([Node("small", Capacity(1, 1024))], ttl_s=3)
+        adm = LocalAdmission(lambda: 100)
+        keeper = LeaseKeeper(adm, direct(rm), "coordinator")
+        await keeper.start()
+        try:
+            big, small = (lambda: None), (lambda: None)
+            assert not adm.acquire(Claim(execution="big", demand=Demand(cpu=4)), big)
+            assert adm.acquire(Claim(execution="small", demand=Demand(cpu=1)), small)  # not held up
+            assert adm.position("big") == 1 and "node big enough" in adm.why_queued(
+                Claim(demand=Demand(cpu=4)))
+            renewals = keeper.renewals
+            rm.set_nodes([Node("small", Capacity(1, 1024)), Node("large", Capacity(8, 8192))])
+            for _ in range(100):  # the keeper renews within UNMET_RETRY_S while "big" waits
+                if adm.placement(big) is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert adm.placement(big) == "large" and keeper.renewals > renewals
+            assert {n.node_id for n in keeper.nodes} == {"small", "large"}
+        finally:
+            keeper.stop()
+
+    asyncio.run(scenario())
