@@ -31,6 +31,8 @@ MAX_GPU = 1e4
 __all__ = ["Capacity", "Grant", "Node", "ResourceManager", "ResourceRequestError", "best_fit", "check_fits",
            "largest", "local_node", "nodes_from_ray", "validate_demand"]
 
+MAX_UNMET = 100
+"""Unmet demands kept per holder (for the autoscaler's view): the first ones are enough to act on."""
 DEFAULT_TTL_S = 30.0
 """How long a lease lasts unless renewed (holders renew every third of it)."""
 
@@ -214,7 +216,7 @@ def local_node(cpu: float) -> Node:
 class _Holder:
     leases: dict[str, Capacity] = field(default_factory=dict)
     used: dict[str, Capacity] = field(default_factory=dict)
-    unmet: int = 0
+    unmet: tuple[Demand, ...] = ()
     expires: float = 0.0
 
 
@@ -286,7 +288,7 @@ class ResourceManager:
             validate_demand(d, "a leased demand")
         mine = self.holders.setdefault(holder, _Holder())
         mine.used = {k: v.clamp(self.nodes[k].total) for k, v in (used or {}).items() if k in self.nodes}
-        mine.unmet = len(unmet)
+        mine.unmet = tuple(unmet[:MAX_UNMET])
         others_wait = any(h.unmet for name, h in self.holders.items() if name != holder)
         # Start from what it uses (or, when nobody else waits, all it held): never less than in use.
         keep = dict(mine.used) if others_wait else {
@@ -312,6 +314,10 @@ class ResourceManager:
                     mine.leases[k] = mine.leases.get(k, ZERO) + v
         mine.expires = self.clock() + self.ttl_s
         return Grant(tuple(nodes), dict(mine.leases), self.ttl_s)
+
+    def unmet(self) -> list[Demand]:
+        """Demands holders have queued that no node has room for (what the autoscaler should add)."""
+        return [d for holder in self.holders.values() for d in holder.unmet]
 
     def release(self, holder: str) -> None:
         """The holder stops (its engine shuts down): its leases go back at once."""

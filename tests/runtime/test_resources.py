@@ -188,6 +188,7 @@ def test_an_expired_lease_of_a_dead_holder_is_reclaimed() -> None:
     assert first.lease["a"] == Capacity(4, 4096)  # all of it: nobody else waits
     waiting = rm.lease("alive", unmet=[Demand(cpu=1)])
     assert waiting.lease.get("a", ZERO) == ZERO  # held by the first holder until it expires
+    assert rm.unmet() == [Demand(cpu=1)]  # what an autoscaler would be asked for
     clock.now = 29.0
     assert rm.lease("alive", unmet=[Demand(cpu=1)]).lease.get("a", ZERO) == ZERO
     clock.now = 31.0  # "dead" did not renew within its TTL
