@@ -286,6 +286,8 @@ class ResourceManager:
         unmet = list(unmet)
         for d in unmet:
             validate_demand(d, "a leased demand")
+        for k, v in (used or {}).items():  # what a holder says it uses becomes its lease: numbers only
+            validate_demand(Demand(v[0], v[1], v[2]), f"the use reported on node {k!r}")
         mine = self.holders.setdefault(holder, _Holder())
         mine.used = {k: v.clamp(self.nodes[k].total) for k, v in (used or {}).items() if k in self.nodes}
         mine.unmet = tuple(unmet[:MAX_UNMET])

@@ -149,6 +149,10 @@ def test_hostile_demands_are_refused_before_they_reach_a_lease(demand: Demand) -
         validate_demand(demand)
     with pytest.raises(ResourceRequestError):
         ResourceManager([Node("a", Capacity(4, 4096))]).lease("h", unmet=[demand])
+    if not isinstance(demand.cpu, str):  # a holder reporting such a use is refused too
+        with pytest.raises(ResourceRequestError):
+            ResourceManager([Node("a", Capacity(4, 4096))]).lease(
+                "h", used={"a": Capacity(demand.cpu, demand.memory_mb, demand.gpu)})
 
 
 def test_hostile_resources_in_an_sop_never_reach_the_admission() -> None:
