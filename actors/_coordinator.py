@@ -14,6 +14,7 @@ from typing import Any
 
 from actors._packages import PackageKeeper
 from actors._ray_runner import RayFailurePolicy, RayMonitorFeed, RayTaskRunner, cluster_capacity
+from actors.resource_manager import ray_source
 from runtime.config import EngineConfig
 from runtime.coordinator import CoordinatorCore
 from runtime.plugins import agent_driver, step_runners
@@ -30,7 +31,8 @@ class _Coordinator(CoordinatorCore):
         self.namespace = namespace
         """The Ray namespace of the engine's actors (its agent hosts are created there too)."""
         runner = RayTaskRunner()
-        super().__init__(config, task_runner=runner,
+        ttl = (config or EngineConfig()).resource_lease_ttl_s
+        super().__init__(config, task_runner=runner, lease_source=ray_source(namespace or "sopflow", ttl),
                          policy=RayFailurePolicy(failure_handler) if failure_handler is not None else None,
                          monitor=RayMonitorFeed(monitor) if monitor is not None else None,
                          capacity=cluster_capacity, event_log=event_log, owner=owner)

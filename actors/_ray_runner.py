@@ -13,6 +13,7 @@ from typing import Any
 import ray
 from ray._common import ray_option_utils
 from ray._private.utils import get_runtime_env_info, parse_runtime_env_for_task_or_actor
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors._packages import PackageKeeper, gcs_packages
 from actors._preflight import ModuleCheck
@@ -37,6 +38,7 @@ class RayTaskRunner:
 
     def __init__(self) -> None:
         self._launches: dict[tuple, _Launch] = {}
+        self._affinities: dict[str, NodeAffinitySchedulingStrategy] = {}
         self._modules = ModuleCheck()
         self.packages: PackageKeeper | None = None
         """Keeps the requests' runtime_env packages (set by the coordinator, which has the store)."""
@@ -66,10 +68,19 @@ class RayTaskRunner:
             self.packages.ensure(launch.packages)
         # The execution id in the task's name: the dashboard's search finds every step of one execution.
         # `kwargs` is a fresh dict each time: Ray's tracing puts the trace context into it.
+        options = launch.options
+        if spec.placement is not None:  # the node best fit chose; soft: if it has gone, Ray places it anywhere
+            options = {**options, "scheduling_strategy": self._affinity(spec.placement)}
         ref = remote_execute_step._remote(args=(spec.task,), kwargs={}, name=f"{launch.name} {exe.id}",
-                                          serialized_runtime_env_info=launch.env_info, **launch.options)
+                                          serialized_runtime_env_info=launch.env_info, **options)
         ref.future().add_done_callback(functools.partial(self._finished_in_ray, report, spec.step.id))
         return _RayAttempt(ref)
+
+    def _affinity(self, node_id: str) -> NodeAffinitySchedulingStrategy:
+        strategy = self._affinities.get(node_id)
+        if strategy is None:
+            strategy = self._affinities[node_id] = NodeAffinitySchedulingStrategy(node_id, soft=True)
+        return strategy
 
     def _finished_in_ray(self, report: AttemptReport, step_id: str, future: Any) -> None:
         """On Ray's thread: queue the outcome; wake the loop once for every batch, not once per task."""

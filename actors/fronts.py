@@ -20,6 +20,7 @@ from actors._coordinator import _Coordinator
 from actors._triggers import TriggerActor
 from actors._metrics import RayMetrics, ray_resources
 from actors.scaler import NAME as SCALER, Scaler
+from actors.resource_manager import resource_manager
 from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import EngineStartError, EngineUnavailable
 from runtime.failure_handler import FailureHandler as _FailureHandler
@@ -201,6 +202,8 @@ class Actors:
         # On the head: a node that holds an actor is never idle, and the head is never scaled away.
         self.scaler = _actor(Scaler, SCALER, namespace, namespace, config, resources=HEAD_NODE) \
             if config.autoscale else None
+        # Created by the coordinator when it first leases; here too, so `kill` always finds it.
+        self.resource_manager = resource_manager(namespace, config.resource_lease_ttl_s)
 
     def kill(self) -> None:
         """Remove the actors; executions resume from the event log when they are created again.
@@ -225,8 +228,8 @@ class Actors:
                 ray.get(scaler.withdraw.remote(), timeout=30)
             except Exception:  # noqa: BLE001 - unreachable: the request stays until another scaler replaces it
                 pass
-        for handle in (self.coordinator, self.monitor, self.failure_handler, self.api, *self._agent_hosts(),
-                       *([scaler] if scaler is not None else [])):
+        for handle in (self.coordinator, self.monitor, self.failure_handler, self.api, self.resource_manager,
+                       *self._agent_hosts(), *([scaler] if scaler is not None else [])):
             ray.kill(handle, no_restart=True)
 
     def _scaler(self) -> Any:

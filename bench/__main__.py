@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, str] = {
     "batch": "bench.batch",
     "estimates": "bench.estimates",
     "fairness": "bench.fairness",
+    "resources": "bench.resources",
 }
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -170,7 +170,9 @@ class _StartError(click.ClickException):
 
 
 def _fail(e: Exception) -> None:
-    raise click.ClickException(str(e))
+    error = click.ClickException(str(e))
+    error.exit_code = getattr(e, "exit_code", 1)  # 2: refused before it ran (a step no node can run)
+    raise error
 
 
 def _steps_table(view: ExecutionView) -> Table:

@@ -28,9 +28,9 @@ from runtime import events as ev
 from runtime.errors import StateStoreError
 from runtime.execution import Execution, InFlight
 from runtime.failure import Action, Decision, ErrorInfo, as_dict, clean_message
+from runtime.forecast import reserved
 from runtime.handlers import StepOutcome, StepTask
 from runtime.outputs import mentions, respill
-from runtime.forecast import reserved
 from runtime.seams import AttemptSpec, Claim, Demand, StepRunner
 from runtime.status import StepStatus
 from runtime.telemetry import carrier_for, tracer
@@ -123,7 +123,9 @@ class AttemptsMixin:
         elif self.admission.acquire(flight.claim, flight.launch):
             flight.launch()
         else:
-            why = f"waiting for a run slot (max_running_steps={self.admission.capacity})"
+            why = getattr(self.admission, "why_queued", None)
+            why = why(_claim(exe, flight.step)) if why is not None else \
+                f"waiting for a run slot (max_running_steps={self.admission.capacity})"
             self.host.emit(exe, ev.StepQueued(reason=why), step.id, attempt)
 
     def _attempt_span(self, exe: Execution, step: Step, attempt: int) -> Any:
@@ -139,6 +141,11 @@ class AttemptsMixin:
         A paused execution's attempt is held instead (logged ``step_queued``) until resumed.
         """
         flight.holds_slot = flight.needs_slot
+        if flight.needs_slot:
+            flight.slot = flight.launch  # the admission knows the slot by its grant
+            node = getattr(self.admission, "route", lambda _: None)(flight.launch)
+            if node is not None:  # the runner sends the attempt there (Ray: soft node affinity)
+                spec = dataclasses.replace(spec, placement=node)
         if exe.inflight.get(flight.step.id) is not flight or flight.settled:
             self._give_back(flight)  # settled meanwhile (a forced cancel)
             return
@@ -177,7 +184,8 @@ class AttemptsMixin:
     def _give_back(self, flight: InFlight) -> None:
         if flight.holds_slot:
             flight.holds_slot = False
-            self.admission.release(flight.claim)
+            slot, flight.slot = flight.slot, None
+            self.admission.release(slot)
 
     def release_held(self, exe: Execution) -> None:
         """The execution was resumed or cancelled: its held attempts queue again (or end, if cancelled)."""

@@ -26,6 +26,7 @@ _COMMANDS = {
     **dict.fromkeys(("deploy", "undeploy", "emit", "triggers"), "runtime._cli_triggers"),
     "batch": "runtime._cli_batch",
     "suggest": "runtime._cli_suggest",
+    "resources": "runtime._cli_resources",
 }
 """Which module defines each command: a command imports only its own module, so ``sopflow status``
 does not pay for the SOP model (pydantic, YAML, jinja2) it never uses."""

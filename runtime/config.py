@@ -143,6 +143,12 @@ class EngineConfig:
         scale_down_after_s: How long utilisation must stay low before the request is withdrawn.
         scale_check_every_s: How often utilisation and the waiting steps are read (off the
             coordinator's hot path: one call per period).
+        resource_manager: Place steps by their resources (best fit over the nodes' free CPU,
+            memory, GPU and capabilities) on capacity leased from the ResourceManager, and refuse
+            at submit a step no node can run. Off: steps are admitted by run slots alone and Ray
+            places them (the overhead benchmark compares the two).
+        resource_lease_ttl_s: How long the coordinator's lease on capacity lasts unless renewed
+            (it renews every third of it); a dead coordinator's lease is reclaimed after it.
     """
 
     state: str = ""
@@ -189,11 +195,15 @@ class EngineConfig:
     scale_up_after_s: float = 30.0
     scale_down_after_s: float = 300.0
     scale_check_every_s: float = 10.0
+    resource_manager: bool = True
+    resource_lease_ttl_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.state and self.durable:  # the actors run elsewhere: a relative path would land in their directory
             path = self.state.removeprefix("sqlite://")
             object.__setattr__(self, "state", os.path.abspath(os.path.expanduser(path)))
+        if not (isinstance(self.resource_lease_ttl_s, (int, float)) and 1.0 <= self.resource_lease_ttl_s <= 3600):
+            raise ValueError(f"resource_lease_ttl_s must be from 1 to 3600 seconds, got {self.resource_lease_ttl_s!r}")
         if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {self.synchronous!r}")
         if self.retention_days <= 0:

@@ -23,25 +23,27 @@ from typing import Any
 from runtime.admission import LocalAdmission
 from runtime.agentic import AgentSessionEnded
 from runtime.alerts import raise_due
+from runtime.batch import parse_schedule
+from runtime import batch_report
 from runtime.config import RESTART_GRACE_S, EngineConfig
 from runtime.errors import ExecutionError, ExecutionNotFound, IdempotencyConflict, StateStoreError
 from runtime import events as ev
 from runtime.events import Event, EventKind
 from runtime.execution import Execution
-from runtime import batch_report
-from runtime.batch import parse_schedule
 from runtime.failure import Decision, ErrorInfo, decide
-from runtime.gate import StartGate
 from runtime.forecast import Learning, expected_s
+from runtime.gate import StartGate
 from runtime.history import export_history, import_history
 from runtime.hooks import EscalationHook, Hook, Hooks
 from runtime.idempotency import differences, fingerprint
 from runtime.ids import ExecutionId
 from runtime.journal import Journal, MonitorFeed, load_state
+from runtime.leases import LeaseKeeper, check_requests, local_source, resources_view
 from runtime.machine import StateMachine
 from runtime.outputs import Artifacts, resolve
 from runtime.request import ENV_VARS, SubmitRequest, sop_definition
 from runtime.runners import AgentStepRunner, SubSopRunner
+from runtime.scaling import scalable_shapes
 from runtime.seams import Cancellable, Demand, FailurePolicy, StepRunner
 from runtime.shipped import pack_callables
 from runtime.state import ExecutionState
@@ -83,16 +85,20 @@ class CoordinatorCore:
         owner: The state file's lease holder id (a coordinator restarted by Ray keeps it).
         service_name: The OpenTelemetry service name of this process's spans.
         clock: Wall-clock time for the alert rules (tests pass a controllable one).
+        lease_source: Where leases on the cluster's capacity come from (the ResourceManager actor);
+            default: one local node (see :func:`runtime.leases.local_source`).
     """
 
     def __init__(self, config: EngineConfig | None = None, *, task_runner: StepRunner,
                  runners: Mapping[str, StepRunner] | None = None, policy: FailurePolicy | None = None,
                  monitor: MonitorFeed | None = None, capacity: Callable[[], int] | None = None,
                  event_log: Any = None, owner: str | None = None,
-                 service_name: str = "sopflow-coordinator", clock: Callable[[], float] = time.time) -> None:
+                 service_name: str = "sopflow-coordinator", clock: Callable[[], float] = time.time,
+                 lease_source: Any = None) -> None:
         setup_tracing(service_name)
         self.config = (config or EngineConfig(state="memory://")).on_this_node()
-        self.journal = Journal(self.config, monitor, event_log, owner or f"engine-{uuid.uuid4().hex}")
+        owner = owner or f"engine-{uuid.uuid4().hex}"
+        self.journal = Journal(self.config, monitor, event_log, owner)
         self.executions: dict[str, Execution] = {}
         self.by_key: dict[str, str] = {}
         self.finished_ids: deque[str] = deque()
@@ -107,6 +113,11 @@ class CoordinatorCore:
         self.kept_env_vars: dict[bytes, str] = {}
         """runtime_env ``env_vars`` (as JSON) stored this life -> their blob's reference (see :meth:`_described`)."""
         self.machine = StateMachine(self, all_runners, admission, policy or LocalFailurePolicy(), self.hooks)
+        # The ResourceManager's lease (runtime.leases): steps placed on nodes by their resources.
+        self.leases = None if not self.config.resource_manager else LeaseKeeper(
+            admission, lease_source or local_source(admission.capacity, self.config.resource_lease_ttl_s), owner)
+        self.scalable_shapes: list[Any] = scalable_shapes() if self.config.autoscale else []
+        """Node shapes the autoscaler could add: a step fitting one of them is not refused at submit."""
         self.recovery: dict[str, Any] | None = None
         self.started = time.monotonic()
         self._recovering: asyncio.Task | None = None
@@ -199,6 +210,7 @@ class CoordinatorCore:
 
     async def _preflight(self, requests: list[SubmitRequest]) -> None:
         """Let each runner refuse requests it cannot run (say, handlers that do not import on the workers)."""
+        check_requests(self.leases, requests, self.scalable_shapes)  # a step no node can ever run
         for runner in self.machine.runners.values():
             check = getattr(runner, "preflight", None)
             if check is not None:
@@ -542,12 +554,23 @@ class CoordinatorCore:
 
             self._load_hooks()
             self.learning.start()
-            self._recovering = asyncio.get_running_loop().create_task(recover(self))
+            self._recovering = asyncio.get_running_loop().create_task(self._lease_then_recover(recover))
         recovered = await asyncio.shield(self._recovering)
         if self.recovery is None:  # the first caller back schedules the timers (once per start)
             self.recovery = recovered
             self._schedule_purge(PURGE_EVERY_S)
             self._schedule_alert_check()
+
+    async def _lease_then_recover(self, recover: Any) -> Any:
+        """The first lease comes before recovery, so recovered steps are placed on nodes."""
+        if self.leases is not None:
+            await self.leases.start()
+        return await recover(self)
+
+    async def resources(self) -> dict[str, Any]:
+        """Per node: total, leased and used CPU, memory and GPU; steps queued and running."""
+        await self.ready()
+        return resources_view(self.machine.admission, self.leases)
 
     def _schedule_purge(self, delay: float) -> None:
         asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(self.purge()))
@@ -619,6 +642,8 @@ class CoordinatorCore:
 
     async def close_store(self) -> None:
         """Commit what is pending and close the state store, releasing its lease (the engine stops)."""
+        if self.leases is not None:
+            self.leases.stop()
         try:
             await self.journal.durable()
             await self.learning.save()
@@ -637,7 +662,8 @@ class CoordinatorCore:
                 "stalled": None if stalled is None else str(stalled),
                 "in_memory": len(self.executions), "recovery": self.recovery,
                 "commits": dict(self.journal.committer.stats), **self.event_log.stats(),
-                "agent_hosts": await self._agent_hosts()}
+                "agent_hosts": await self._agent_hosts(),
+                "resources": resources_view(self.machine.admission, self.leases)}
 
     async def waiting_demands(self) -> list[Demand]:
         """What each attempt queued for a run slot needs: the unmet demand the autoscaler is asked for

@@ -610,6 +610,11 @@ class Engine(TriggerMethods):
         """Where state lives, how many executions it holds, what the last recovery did."""
         return self._conn.call("coordinator", "info")
 
+    def resources(self) -> dict[str, Any]:
+        """Per node: the CPU, memory (MiB) and GPU it has, leased to the coordinator and used by running
+        steps (``nodes``); steps ``running`` and ``queued`` (see :mod:`runtime.resources`)."""
+        return self._conn.call("coordinator", "resources")
+
     def history(self, execution_id: str, after_seq: int = 0) -> list[Event]:
         """Every event of an execution, in order, from the durable log."""
         return self._conn.call("coordinator", "history", str(execution_id), after_seq)

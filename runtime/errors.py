@@ -138,3 +138,10 @@ class BatchNotFound(ExecutionError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.name,))
+
+
+class ResourceRequestError(SubmissionError):
+    """Raised when a step asks for resources no node has and autoscaling cannot add, or for nonsense."""
+
+    exit_code = 2
+    """The CLI exits 2: the request was refused before it ran, not failed."""

@@ -32,6 +32,8 @@ class InFlight:
     """An outcome (result, error or timeout) was taken; later ones are ignored."""
     holds_slot: bool = False
     """It holds a run slot of the :class:`runtime.seams.Admission` (given back when it settles)."""
+    slot: Any = None
+    """What the admission granted its slot to (the key it is given back by)."""
     child: str | None = None
     """The child execution of a sub-SOP step."""
     launch: Any = None

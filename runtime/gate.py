@@ -232,11 +232,10 @@ class StartGate:
     def _room(self) -> bool:
         """Whether a slot is free now (a preempted execution resumes into free capacity, not into a queue)."""
         admission = self.core.machine.admission
-        return getattr(admission, "used", 0) < admission.capacity
+        return admission.used < admission.capacity
 
     def _realtime_waiting(self) -> bool:
-        waiting = getattr(self.core.machine.admission, "waiting_realtime", None)
-        return bool(waiting()) if waiting is not None else False
+        return self.core.machine.admission.waiting_realtime() > 0
 
     def on_blocked(self, claim: Any) -> None:
         """The admission queued a real-time claim while batch work holds slots: preempt, on the next turn
@@ -250,7 +249,9 @@ class StartGate:
         self._relieving = False
         admission = self.core.machine.admission
         spared: set[str] = set()
-        while self._realtime_waiting() and not self._room():
+        # The admission grants whatever fits as soon as a slot is given back, so a real-time claim
+        # still queued has no room: free slots alone (``_room``) do not say a node can take it.
+        while self._realtime_waiting():
             holding = admission.holding()
             victim_id = choose_victim(holding, exclude=spared)
             if victim_id is None:

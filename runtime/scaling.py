@@ -30,6 +30,7 @@ from runtime.seams import Demand
 
 if TYPE_CHECKING:
     from runtime.config import EngineConfig
+    from runtime.resources import Node
 
 MAX_BUNDLES = 1000
 """The most bundles one request carries: past this many the autoscaler is at its ``max_workers``
@@ -247,3 +248,41 @@ def bundles_for(unmet: Sequence[Demand]) -> list[Bundle]:
         if "memory" in bundle:
             bin_["memory"] = bin_.get("memory", 0.0) + bundle["memory"]
     return out
+
+
+AUTOSCALER_CONFIG = "~/ray_bootstrap_config.yaml"
+"""Where ``ray up`` leaves the cluster's autoscaling config on the head node (see cluster.yaml)."""
+
+
+def scalable_shapes(path: str = AUTOSCALER_CONFIG) -> list[Node]:
+    """The node shapes Ray's autoscaler may add, from its config's ``available_node_types``.
+
+    A step that fits one of them is not refused at submit as impossible: it waits, and the scaler
+    asks for it. No config (a cluster without an autoscaler) or an unreadable one means no shapes.
+    """
+    import os
+
+    import yaml
+
+    from runtime.resources import Capacity, Node
+
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return []
+    types = config.get("available_node_types") if isinstance(config, dict) else None
+    shapes = []
+    for name, spec in (types or {}).items():
+        res = spec.get("resources") if isinstance(spec, dict) else None
+        if not isinstance(res, dict) or not spec.get("max_workers", 1):
+            continue
+        try:
+            # a type that does not declare its memory gets what its machine has: unknown here, so unbounded
+            memory_mb = float(res["memory"]) / 2**20 if "memory" in res else math.inf
+            total = Capacity(float(res.get("CPU", 0)), memory_mb, float(res.get("GPU", 0)))
+        except (TypeError, ValueError):
+            continue
+        caps = frozenset(k.split(":", 1)[1] for k in res if isinstance(k, str) and k.startswith("capability:"))
+        shapes.append(Node(f"autoscaler:{name}", total, caps))
+    return shapes

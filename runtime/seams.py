@@ -54,6 +54,7 @@ class AttemptSpec:
         task: The attempt as a step task (rendered arguments, command, environment, handler,
             timeout, trace carrier) for runners that call a handler; ``None`` for a sub-SOP.
         args: The step's rendered ``with:`` arguments.
+        placement: The node the admission placed the attempt on (Ray's node id), if it placed it.
     """
 
     execution: Execution
@@ -61,6 +62,7 @@ class AttemptSpec:
     attempt: int
     task: StepTask | None
     args: dict[str, Any]
+    placement: str | None = None
 
 
 class AttemptReport(Protocol):
@@ -158,8 +160,8 @@ class Admission(Protocol):
         """Take a slot now (True), or queue for one (False): ``grant()`` is called when it is taken."""
         ...
 
-    def release(self) -> None:
-        """Give a slot back (the next queued caller gets it)."""
+    def release(self, grant: Callable[[], None] | None = None) -> None:
+        """Give back the slot granted to ``grant`` (the next queued caller gets it)."""
         ...
 
     def withdraw(self, grant: Callable[[], None]) -> bool:
@@ -169,6 +171,21 @@ class Admission(Protocol):
     @property
     def capacity(self) -> int:
         """How many slots there are now."""
+        ...
+
+    used: int
+    """Slots taken now."""
+
+    def holding(self) -> dict[str, Any]:
+        """Execution id -> what it holds now (``runtime.admission.Held``): preemption picks from these."""
+        ...
+
+    def waiting_realtime(self) -> int:
+        """Real-time claims queued that some node could take (preemption relieves them)."""
+        ...
+
+    def position(self, execution_id: str) -> int | None:
+        """1-based place of the execution's first queued claim in the order grants go; None: none queued."""
         ...
 
 

@@ -18,7 +18,8 @@ def test_batch_claims_never_go_before_a_waiting_realtime_claim(capacity, steps):
     of every real-time claim that queues while batch work holds slots; ``holding()`` matches the grants."""
     blocked: list[Claim] = []
     adm = LocalAdmission(lambda: capacity, on_blocked=blocked.append)
-    held: list[Claim] = []
+    held: list[tuple[Claim, object]] = []
+    """Claims holding a slot, with the grant they were taken by (``release`` names the grant)."""
     waiting_rt = [0]
 
     def granted(claim: Claim):
@@ -27,26 +28,27 @@ def test_batch_claims_never_go_before_a_waiting_realtime_claim(capacity, steps):
                 assert waiting_rt[0] == 0, "a batch claim went before a waiting real-time one"
             else:
                 waiting_rt[0] -= 1
-            held.append(claim)
+            held.append((claim, grant))
         return grant
 
     for n, (op, batch, who) in enumerate(steps):
         if op == "acquire":
             claim = Claim(execution=f"{'b' if batch else 'r'}{who}", batch=batch, since=float(n))
-            batch_held = any(c.batch for c in held)
+            batch_held = any(c.batch for c, _ in held)
             before = len(blocked)
             if not batch:
                 waiting_rt[0] += 1
-            if adm.acquire(claim, granted(claim)):
+            grant = granted(claim)
+            if adm.acquire(claim, grant):
                 if not batch:
                     waiting_rt[0] -= 1
-                held.append(claim)
+                held.append((claim, grant))
             elif not batch:
                 assert len(blocked) == before + (1 if batch_held else 0)
         elif held:
-            adm.release(held.pop(0))
+            adm.release(held.pop(0)[1])
         counts: dict[str, int] = {}
-        for c in held:
+        for c, _ in held:
             counts[c.execution] = counts.get(c.execution, 0) + 1
         assert {k: v.count for k, v in adm.holding().items()} == counts
         assert adm.waiting_realtime() == waiting_rt[0]
