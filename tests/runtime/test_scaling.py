@@ -186,3 +186,30 @@ def test_the_policy_takes_its_settings_from_the_engine_config() -> None:
                           scale_down_after_s=2.0)
     p = ScalingPolicy.from_config(config)
     assert (p.up_utilisation, p.down_utilisation, p.up_after_s, p.down_after_s) == (0.9, 0.2, 1.0, 2.0)
+
+
+def test_the_node_types_the_autoscaler_may_add_come_from_its_config(tmp_path) -> None:
+    from runtime.resources import Capacity, Node, ResourceRequestError, check_fits
+    from runtime.scaling import scalable_shapes
+    from sop import loads as parse_sop
+
+    config = tmp_path / "ray_bootstrap_config.yaml"
+    config.write_text(
+        "available_node_types:\n"
+        "  head: {resources: {CPU: 2}, max_workers: 0}\n"                 # never added: not a shape
+        "  big: {resources: {CPU: 32, GPU: 1, memory: 68719476736, 'capability:ssd': 1}, max_workers: 4}\n"
+        "  cpu: {resources: {CPU: 8}, max_workers: 10}\n"                 # memory not declared: unbounded
+        "  odd: {resources: {CPU: lots}, max_workers: 1}\n")              # unreadable: left out
+    shapes = scalable_shapes(str(config))
+    assert sorted(s.node_id for s in shapes) == ["autoscaler:big", "autoscaler:cpu"]
+    big = next(s for s in shapes if s.node_id == "autoscaler:big")
+    assert big.total == Capacity(32, 65536, 1) and big.capabilities == frozenset({"ssd"})
+
+    sop = parse_sop("sop: train\nversion: 1\nsteps:\n  - id: fit\n    uses: shell\n    run: 'true'\n"
+                    "    resources: {cpu: 16, gpu: 1, capabilities: [ssd]}\n")
+    nodes = [Node("head", Capacity(2, 4096))]
+    check_fits(sop, nodes, shapes)  # the autoscaler can add a node that takes it: it waits for one
+    with pytest.raises(ResourceRequestError, match="step 'fit' of train"):
+        check_fits(sop, nodes, scalable_shapes(str(tmp_path / "missing.yaml")))  # no autoscaler: refused
+    (tmp_path / "broken.yaml").write_text("available_node_types: [\n")
+    assert scalable_shapes(str(tmp_path / "broken.yaml")) == []
