@@ -33,6 +33,8 @@ _LAZY = {
     "StateStoreLostError": "runtime.errors",
     "ScheduleError": "runtime.errors",
     "BatchNotFound": "runtime.errors",
+    "ResourceRequestError": "runtime.errors",
+    "TriggerError": "runtime.errors",
 }
 
 __all__ = [
@@ -64,6 +66,8 @@ __all__ = [
     "StateStoreLostError",
     "ScheduleError",
     "BatchNotFound",
+    "ResourceRequestError",
+    "TriggerError",
 ]
 
 

@@ -70,6 +70,7 @@ RUNTIME_NAMES = [
     "Registration",
     "Registry",
     "RegistryError",
+    "ResourceRequestError",
     "RetryableError",
     "ScheduleError",
     "StateStoreError",
@@ -78,6 +79,7 @@ RUNTIME_NAMES = [
     "StepContext",
     "StepStatus",
     "SubmissionError",
+    "TriggerError",
 ]
 
 
