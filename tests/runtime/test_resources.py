@@ -55,7 +55,7 @@ def check_invariants(adm: LocalAdmission, nodes: list[Node]) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(NODES, OPS)
-def test_property_30_resource_lifecycle(nodes: list[Node], ops: list[tuple]) -> None:
+def test_resource_lifecycle(nodes: list[Node], ops: list[tuple]) -> None:
     """For any nodes and any starts and ends of steps: a step is placed by best fit when it is scheduled,
     its resources go back as soon as it ends (and waiting steps that now fit get them), and no node is
     ever used beyond its capacity."""
