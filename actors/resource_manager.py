@@ -59,9 +59,10 @@ class ResourceManagerActor(ResourceManager):
             if self._gauge is None:
                 from ray.util.metrics import Gauge
 
-                self._gauge = Gauge("sopflow_node_resources", "CPU, memory (MiB) and GPU per node: total, "
-                                    "leased to coordinators, used by running steps",
-                                    tag_keys=("node", "resource", "kind"))
+                from runtime.prometheus import BY_NAME
+
+                spec = BY_NAME["sopflow_node_resources"]
+                self._gauge = Gauge(spec.name, spec.help, tag_keys=spec.labels)
             for node, row in self.utilisation().items():
                 for kind in ("total", "leased", "used"):
                     for resource, value in row[kind].items():

@@ -45,8 +45,10 @@ class AgentHost(_AgentHost):
         self.limiter = RayLimiter(namespace, config.model_rate_limit_map)
         from ray.util.metrics import Gauge
 
-        self._breaker_gauge = Gauge("sopflow_mcp_breaker_state", "Circuit breaker of an MCP data source on an agent "
-                                    "host: 0 closed, 1 half-open, 2 open", tag_keys=("source", "host"))
+        from runtime.prometheus import BY_NAME
+
+        spec = BY_NAME["sopflow_mcp_breaker_state"]
+        self._breaker_gauge = Gauge(spec.name, spec.help, tag_keys=spec.labels)
 
     async def run_session(self, spec: AgentSessionSpec, coordinator: Any) -> dict[str, Any]:
         """Run a session to its end, calling the engine through the coordinator actor."""

@@ -67,6 +67,12 @@ PANELS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
     ("Step duration p95 by step", "s", "timeseries", (
         (_quantile(0.95, "sopflow_step_seconds", "sop, step"), "{{sop}}/{{step}}"),)),
     ("Alerts /s by rule", "ops", "timeseries", ((_rate("sopflow_alerts_total", "rule"), "{{rule}}"),)),
+    ("CPU per node: total, leased, used", "short", "timeseries", (
+        (f"max by (node, kind) ({m('sopflow_node_resources')}{{resource=\"cpu\"}})", "{{kind}} {{node}}"),)),
+    ("Memory per node: total, leased, used", "mbytes", "timeseries", (
+        (f"max by (node, kind) ({m('sopflow_node_resources')}{{resource=\"memory_mb\"}})", "{{kind}} {{node}}"),)),
+    ("MCP circuit breakers (0 closed, 1 half-open, 2 open)", "short", "timeseries", (
+        (f"max by (source) ({m('sopflow_mcp_breaker_state')})", "{{source}}"),)),
 )
 """The dashboard's panels; Ray's own dashboards (``ray metrics``) show node CPU and memory."""
 

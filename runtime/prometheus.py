@@ -1,8 +1,9 @@
 """The metrics sopflow exports to Prometheus (through Ray's metrics pipeline), and how events update them.
 
-:data:`METRICS` is the one list of names, kinds and labels: the monitor actor
-creates Ray metrics from it (:mod:`actors._metrics`), the Grafana dashboard is
-generated from it (:mod:`runtime.grafana`) and the README documents it.
+:data:`ALL_METRICS` is the one list of names, kinds and labels: the monitor actor
+creates Ray metrics from :data:`METRICS` (:mod:`actors._metrics`), the ResourceManager and
+the agent hosts theirs from :data:`ACTOR_METRICS`, the Grafana dashboard is generated
+from it (:mod:`runtime.grafana`) and the README documents it.
 :class:`MetricsFold` turns the monitor's events into metric updates, Ray-free,
 so the label rules are tested without a cluster.
 
@@ -70,7 +71,18 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("sopflow_alerts_total", "counter",
                "Alerts raised (overdue, queued_too_long, needs_decision_too_long)", ("sop", "rule")),
 )
-BY_NAME = {m.name: m for m in METRICS}
+"""What the monitor actor exports (from events, through :class:`MetricsFold`)."""
+ACTOR_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("sopflow_node_resources", "gauge",
+               "CPU, memory (MiB) and GPU per node: total, leased to coordinators, used by running steps "
+               "(the ResourceManager actor)", ("node", "resource", "kind")),
+    MetricSpec("sopflow_mcp_breaker_state", "gauge",
+               "Circuit breaker of an MCP data source on an agent host: 0 closed, 1 half-open, 2 open "
+               "(each agent host actor)", ("source", "host")),
+)
+"""What other actors export from their own state (the ResourceManager, the agent hosts)."""
+ALL_METRICS = METRICS + ACTOR_METRICS
+BY_NAME = {m.name: m for m in ALL_METRICS}
 
 
 class LabelCap:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runtime._cli_metrics import metrics_of_state_file
-from runtime.prometheus import METRICS
+from runtime.prometheus import ALL_METRICS
 from tests.conftest import STATE_FILE
 from tests.runtime.test_engine_failures import webhook_server  # noqa: F401 - a fixture used below
 from tests.sop_builders import H, sop_text, wait_for
@@ -99,7 +99,8 @@ def test_rays_prometheus_endpoint_serves_sopflow_metrics_with_bounded_labels(eng
     wanted = ("ray_sopflow_executions_submitted_total", "ray_sopflow_executions_total",
               "ray_sopflow_execution_seconds_bucket", "ray_sopflow_step_attempts_total",
               "ray_sopflow_step_failures_total", "ray_sopflow_step_retries_total", "ray_sopflow_step_seconds_bucket",
-              "ray_sopflow_executions_running")
+              "ray_sopflow_executions_running",
+              'ray_sopflow_node_resources{')  # the ResourceManager's utilisation per node
     # Ray's agent exports what the actor reported every few seconds: wait for this test's SOP to show up
     failed = re.compile(rf'ray_sopflow_executions_total\{{(?=[^}}]*sop="{name}")(?=[^}}]*status="failed")[^}}]*\}} 1')
 
@@ -108,7 +109,7 @@ def test_rays_prometheus_endpoint_serves_sopflow_metrics_with_bounded_labels(eng
         return text if failed.search(text) and all(w in text for w in wanted) else None
 
     text = wait_for(scraped, 120)
-    exported = {s.exported for s in METRICS}
+    exported = {s.exported for s in ALL_METRICS}
     for line in text.splitlines():
         if not line.startswith("ray_sopflow_"):
             continue

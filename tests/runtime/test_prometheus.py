@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from runtime import events as ev
 from runtime.events import new_event
 from runtime.grafana import DASHBOARD_PATH, dashboard, render
-from runtime.prometheus import BY_NAME, METRICS, OTHER, MetricsFold
+from runtime.prometheus import ALL_METRICS, BY_NAME, METRICS, OTHER, MetricsFold
 from runtime.state import ExecutionState, apply
 from tests.runtime.gen_histories import CLASSES, Planned, executions
 
@@ -129,14 +129,14 @@ def _queries(doc: dict[str, Any]) -> list[str]:
 
 
 def test_every_dashboard_query_refers_to_an_exported_metric_and_every_metric_is_shown() -> None:
-    exported = {name for spec in METRICS for name in spec.series_names()}
+    exported = {name for spec in ALL_METRICS for name in spec.series_names()}
     used = set()
     for expr in _queries(dashboard()):
         names = _NAME.findall(expr)
         assert names, f"a query names no sopflow metric: {expr}"
         assert set(names) <= exported, f"{expr} names {set(names) - exported}, which sopflow does not export"
         used.update(names)
-    shown = {spec.name for spec in METRICS if set(spec.series_names()) & used}
+    shown = {spec.name for spec in ALL_METRICS if set(spec.series_names()) & used}
     assert shown == set(BY_NAME), f"not on the dashboard: {set(BY_NAME) - shown}"
 
 
@@ -158,7 +158,7 @@ def test_the_scrape_config_reads_rays_service_discovery_file() -> None:
 
 def test_the_readme_documents_every_metric_with_its_labels() -> None:
     readme = (ROOT / "README.md").read_text()
-    for spec in METRICS:
+    for spec in ALL_METRICS:
         line = next((ln for ln in readme.splitlines() if ln.startswith(f"| `{spec.exported}` |")), None)
         assert line is not None, f"README does not document {spec.exported}"
         assert line.split("|")[2].strip() == spec.kind, line
