@@ -197,7 +197,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 _TRIGGER = {"name": "id", "in": "path", "required": True,
-            "description": "A trigger: <sop>/<name> (send the '/' as %2F), or <name> when unique.",
+            "description": "A trigger: <sop>/<name> (the '/' as is or as %2F), or <name> when unique.",
             "schema": {"type": "string", "maxLength": 257}}
 _KEY_DOC = "Deduplication key: the same key starts one execution per trigger, however often it is sent."
 _KEYS = ({"name": "Idempotency-Key", "in": "header", "required": False, "description": _KEY_DOC,

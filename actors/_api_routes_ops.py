@@ -48,7 +48,7 @@ def event_name(request: web.Request) -> str:
 def trigger_id(request: web.Request) -> str:
     raw = request.match_info.get("id", "")
     if len(raw) > 257 or not TRIGGER_ID.fullmatch(raw):
-        raise BadRequest(f"{_shown(raw)} is not a trigger: expected <sop>/<name> (the '/' sent as %2F) or <name>, "
+        raise BadRequest(f"{_shown(raw)} is not a trigger: expected <sop>/<name> or <name>, "
                          "of lower-case letters, digits, '-', '_' and '.'; GET /v1/triggers lists them")
     return raw
 
@@ -108,9 +108,10 @@ class OpsRoutes:
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/events/{name}", self.emit)
         app.router.add_get("/v1/triggers", self.triggers)
-        app.router.add_post("/v1/triggers/{id}/pause", self.pause)
-        app.router.add_post("/v1/triggers/{id}/resume", self.resume)
-        app.router.add_post("/v1/triggers/{id}/fire", self.fire)
+        trigger = "/v1/triggers/{id:[^{}]+}"  # <sop>/<name> with its '/' as is or as %2F; checked by trigger_id
+        app.router.add_post(trigger + "/pause", self.pause)
+        app.router.add_post(trigger + "/resume", self.resume)
+        app.router.add_post(trigger + "/fire", self.fire)
         app.router.add_get("/v1/batches/{name}/report", self.batch_report)
         app.router.add_get("/v1/resources", self.resources)
 

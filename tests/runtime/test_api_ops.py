@@ -174,6 +174,14 @@ def test_a_bad_dedup_key_is_a_400(server, engine, deployed, query, headers, says
     assert executions(engine) == before
 
 
+def test_a_trigger_id_may_carry_its_slash_as_is_or_encoded(server, deployed) -> None:
+    for path in ("/v1/triggers/api-hook/nightly/pause", "/v1/triggers/api-hook%2Fnightly/resume"):
+        status, _, answer = request(server.url, "POST", path)
+        assert status == 200 and answer["id"] == "api-hook/nightly", answer
+    status, _, answer = request(server.url, "POST", "/v1/triggers/a/b/c/pause")
+    assert status == 400 and "<sop>/<name>" in answer["error"]["message"], answer
+
+
 def test_unknown_trigger_and_batch_are_404s_saying_where_to_look(server, deployed) -> None:
     for action in ("pause", "resume", "fire"):
         status, _, answer = request(server.url, "POST", f"/v1/triggers/api-hook%2Fnope/{action}", body=b"",
