@@ -182,7 +182,8 @@ def openapi_document() -> dict[str, Any]:
         400: "A bad argument; the message names what was expected.", 401: "No token, or a wrong one.",
         404: "No such execution (or trigger, or batch).", 408: "Still running when the timeout passed.",
         409: "The execution's state forbids it, or it did not complete.",
-        413: "The request body is larger than 1 MiB (or an event's payload than trigger_payload_max_bytes).", 503: "sopflow's actors cannot be reached."}.items()}
+        413: "The request body is larger than 1 MiB (or an event's payload than trigger_payload_max_bytes).",
+        503: "sopflow's actors cannot be reached."}.items()}
     return {
         "openapi": "3.1.0",
         "info": {"title": "sopflow", "version": "1",

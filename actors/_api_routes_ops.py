@@ -79,7 +79,8 @@ async def payload(request: web.Request) -> dict[str, Any] | None:
         where = f": {e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
         raise BadRequest(f"the request body is not JSON{where}; send the event's payload as a JSON object") from None
     if data is not None and not isinstance(data, dict):
-        raise BadRequest(f"the request body must be a JSON object (the event's payload) or null, got {type(data).__name__}")
+        raise BadRequest("the request body must be a JSON object (the event's payload) or null, got "
+                         f"{type(data).__name__}")
     return data
 
 

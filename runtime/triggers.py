@@ -212,9 +212,9 @@ class TriggerCore:
                                "strings, numbers, booleans and null") from None
         limit = self.config.trigger_payload_max_bytes
         if len(text.encode()) > limit:
-            raise TriggerPayloadTooLarge(f"the payload of event {event!r} is {len(text.encode()):,} bytes of JSON, more than "
-                               f"the {limit:,} allowed (EngineConfig.trigger_payload_max_bytes); send a reference "
-                               "to the data (a path, a URL, an id) instead of the data")
+            raise TriggerPayloadTooLarge(f"the payload of event {event!r} is {len(text.encode()):,} bytes of JSON, "
+                                         f"more than the {limit:,} allowed (EngineConfig.trigger_payload_max_bytes); "
+                                         "send a reference to the data (a path, a URL, an id) instead of the data")
         return json.loads(text)  # plain JSON types only from here on: the payload stays data
 
     def _filtered_out(self, trig: Deployed, fire: Fire) -> str | None:

@@ -220,7 +220,8 @@ def test_a_replayed_emit_with_the_same_key_starts_one_execution(server, engine, 
     [fired] = first[2]["fired"]
     assert fired["trigger"] == "api-hook/upload" and fired["execution"].startswith("exe-")
     before = executions(engine)
-    for again in (emit(server, payload, headers={"Idempotency-Key": "replay-1"}), emit(server, payload, key="replay-1")):
+    for again in (emit(server, payload, headers={"Idempotency-Key": "replay-1"}),
+                  emit(server, payload, key="replay-1")):
         assert again[0] == 200 and again[2]["fired"] == [fired], again
     assert executions(engine) == before
     assert engine.wait(fired["execution"], timeout=120).status == ExecutionStatus.COMPLETED
