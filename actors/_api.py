@@ -31,7 +31,7 @@ MAX_BODY_BYTES = 1 << 20
 """Largest request body accepted (HTTP 413 above it)."""
 MAX_LINE_BYTES = 16 << 10
 """Longest request line or header accepted (a long bad id still gets a JSON 400, not a parser error)."""
-ACTOR_NAMES = {"coordinator": "sopflow-coordinator", "monitor": "sopflow-monitor"}
+ACTOR_NAMES = {"coordinator": "sopflow-coordinator", "monitor": "sopflow-monitor", "triggers": "sopflow-triggers"}
 
 
 def ray_auth_token() -> str | None:
@@ -95,6 +95,7 @@ class _Api:
 
         from actors._api_openapi import openapi_document
         from actors._api_routes import Routes
+        from actors._api_routes_ops import OpsRoutes
 
         @web.middleware
         async def guard(request: Any, handler: Any) -> Any:
@@ -102,6 +103,7 @@ class _Api:
 
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guard])
         Routes(self._call, openapi_document()).add_to(app)
+        OpsRoutes(self._call, self._call_once).add_to(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,  # no access log: nothing to leak
                                max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES)
         await runner.setup()

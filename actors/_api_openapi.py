@@ -177,11 +177,13 @@ def openapi_document() -> dict[str, Any]:
             params=(_query("sop", {"type": "string", "minLength": 1, "maxLength": 1000}, "The SOP's name.",
                            required=True),), errors=(400,))},
     }
+    paths.update(_ops_paths())
     responses = {f"E{code}": _json(_ref("Error"), text) for code, text in {
         400: "A bad argument; the message names what was expected.", 401: "No token, or a wrong one.",
-        404: "No such execution.", 408: "Still running when the timeout passed.",
+        404: "No such execution (or trigger, or batch).", 408: "Still running when the timeout passed.",
         409: "The execution's state forbids it, or it did not complete.",
-        413: "The request body is larger than 1 MiB.", 503: "sopflow's actors cannot be reached."}.items()}
+        413: "The request body is larger than 1 MiB (or an event's payload than trigger_payload_max_bytes).",
+        503: "sopflow's actors cannot be reached."}.items()}
     return {
         "openapi": "3.1.0",
         "info": {"title": "sopflow", "version": "1",
@@ -192,4 +194,62 @@ def openapi_document() -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": _SCHEMAS, "responses": responses,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+_TRIGGER = {"name": "id", "in": "path", "required": True,
+            "description": "A trigger: <sop>/<name> (the '/' as is or as %2F), or <name> when unique.",
+            "schema": {"type": "string", "maxLength": 257}}
+_KEY_DOC = "Deduplication key: the same key starts one execution per trigger, however often it is sent."
+_KEYS = ({"name": "Idempotency-Key", "in": "header", "required": False, "description": _KEY_DOC,
+          "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
+         _query("key", {"type": "string", "minLength": 1, "maxLength": 200}, _KEY_DOC + " (Or the header.)"))
+_PAYLOAD = {"type": ["object", "null"], "description": "The event's payload (what `trigger.payload` reads); "
+            "at most EngineConfig.trigger_payload_max_bytes of JSON. Empty body: no payload."}
+_FIRE = _object({"trigger": {"type": "string"}, "key": {"type": "string"},
+                 "execution": {"type": ["string", "null"], "description": "The execution started; null while "
+                               "the fire waits for the trigger's max_concurrent."}})
+_TRIGGER_VIEW = {"type": "object", "description": "A deployed trigger (see `sopflow triggers list`).", "properties": {
+    "id": {"type": "string"}, "sop": {"type": "string"}, "name": {"type": "string"},
+    "kind": {"type": "string", "enum": ["cron", "event"]}, "schedule": {"type": ["string", "null"]},
+    "timezone": {"type": ["string", "null"]}, "event": {"type": ["string", "null"]},
+    "paused": {"type": "boolean"}, "next_fire": {"type": ["number", "null"]}, "waiting": {"type": "integer"},
+    "running": {"type": "integer"}, "fired": {"type": "integer"}, "last_execution": {"type": ["string", "null"]}}}
+
+
+def _ops_paths() -> dict[str, Any]:
+    """Events (the webhook surface of event triggers), triggers, batch reports and resources."""
+    trigger = "/v1/triggers/{id}"
+    emitted = _json(_object({"event": {"type": "string"}, "key": {"type": ["string", "null"]},
+                             "fired": {"type": "array", "items": _FIRE},
+                             "not_fired": {"type": "array", "items": _object({"trigger": {"type": "string"},
+                                                                                "reason": {"type": "string"}})}}),
+                    "The fires started (or waiting), and the triggers on the event that did not fire and why.")
+    name = {"name": "name", "in": "path", "required": True, "description": "The event's name.",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,128}$"}}
+    batch = {"name": "name", "in": "path", "required": True, "description": "The batch's name.",
+             "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]+$"}}
+    view = _json(_TRIGGER_VIEW, "The trigger.")
+    return {
+        "/v1/events/{name}": {"post": _operation(
+            "Emit an event: every deployed, unpaused trigger on it whose filter passes starts an execution. "
+            "The JSON body is the payload (data only).", emitted, params=(name, *_KEYS), body=_PAYLOAD,
+            errors=(400, 413))},
+        "/v1/triggers": {"get": _operation(
+            "Every deployed trigger.", _json(_object({"triggers": {"type": "array", "items": _TRIGGER_VIEW}}),
+                                             "Deployed triggers."), errors=(400,))},
+        trigger + "/pause": {"post": _operation("Pause a trigger: it fires nothing until resumed.", view,
+                                                params=(_TRIGGER,), body=_object({}))},
+        trigger + "/resume": {"post": _operation("Resume a trigger (a cron one fires next at its next time).", view,
+                                                 params=(_TRIGGER,), body=_object({}))},
+        trigger + "/fire": {"post": _operation(
+            "Fire a trigger now, by hand (an event trigger's filter is not applied); the JSON body is the payload.",
+            _json(_FIRE, "The fire."), params=(_TRIGGER, *_KEYS), body=_PAYLOAD, errors=(400, 404, 413))},
+        "/v1/batches/{name}/report": {"get": _operation(
+            "The report of a named batch: counts, durations, failures, every execution's result "
+            "(see `sopflow batch report`).", _json({"type": "object"}, "The report."), params=(batch,))},
+        "/v1/resources": {"get": _operation(
+            "Per node: CPU, memory (MiB) and GPU there are, leased and used by running steps; steps running "
+            "and queued (see `sopflow resources`).", _json({"type": "object"}, "The resources view."),
+            errors=(400,))},
     }

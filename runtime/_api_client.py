@@ -66,7 +66,7 @@ class ApiClient:
     # -- transport -------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, query: dict[str, Any] | None = None,
-                 body: dict[str, Any] | None = None, timeout: float | None = CALL_TIMEOUT_S) -> Any:
+                 body: Any = None, timeout: float | None = CALL_TIMEOUT_S) -> Any:
         query = {k: v for k, v in (query or {}).items() if v is not None}
         target = self._prefix + path + (f"?{urlencode(query)}" if query else "")
         data = json.dumps(body).encode() if body is not None else None
@@ -200,3 +200,35 @@ class ApiClient:
         from runtime.metrics import parse_window
 
         return self._request("GET", "/v1/metrics", {"window": parse_window(window), "sop": sop, "mode": mode})
+
+    # -- triggers, batches, resources ------------------------------------------------------------
+
+    def emit(self, name: str, payload: Any = None, key: str | None = None) -> dict[str, Any]:
+        """Emit the event ``name`` (see ``Engine.emit``); over HTTP the payload must be a JSON object or None."""
+        return self._request("POST", f"/v1/events/{quote(str(name), safe='')}", {"key": key}, body=payload)
+
+    def triggers(self) -> list[dict[str, Any]]:
+        """Every deployed trigger (see ``Engine.triggers``)."""
+        return self._request("GET", "/v1/triggers")["triggers"]
+
+    def pause_trigger(self, name: str) -> dict[str, Any]:
+        return self._request("POST", self._trigger(name, "pause"))
+
+    def resume_trigger(self, name: str) -> dict[str, Any]:
+        return self._request("POST", self._trigger(name, "resume"))
+
+    def fire_trigger(self, name: str, payload: Any = None, key: str | None = None) -> dict[str, Any]:
+        """Fire a trigger now, by hand (see ``Engine.fire_trigger``)."""
+        return self._request("POST", self._trigger(name, "fire"), {"key": key}, body=payload)
+
+    @staticmethod
+    def _trigger(name: str, action: str) -> str:
+        return f"/v1/triggers/{quote(str(name), safe='')}/{action}"  # <sop>/<name>: the '/' travels as %2F
+
+    def batch_report(self, name: str) -> dict[str, Any]:
+        """The report of the named batch (see ``Engine.batch_report``)."""
+        return self._request("GET", f"/v1/batches/{quote(str(name), safe='')}/report")
+
+    def resources(self) -> dict[str, Any]:
+        """Per node: CPU, memory and GPU there are, leased and used (see ``Engine.resources``)."""
+        return self._request("GET", "/v1/resources")

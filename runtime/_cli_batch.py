@@ -29,7 +29,7 @@ def register_commands(main: click.Group) -> None:
 
         Exits 0 when every execution of it completed, 1 when one did not (or some still run).
         """
-        from runtime._cli_exec import _connect
+        from runtime._cli_exec import _client
         from runtime.batch_report import check_name
         from runtime.errors import ScheduleError
         from sop.errors import SopflowError
@@ -38,7 +38,7 @@ def register_commands(main: click.Group) -> None:
             check_name(name)
         except ScheduleError as e:
             raise click.UsageError(f"NAME: {e.detail}") from None
-        engine, _ = _connect(address, start_if_missing=False)
+        engine = _client(address)  # the HTTP API when one answers, else Ray
         try:
             found = engine.batch_report(name)
         except SopflowError as e:

@@ -34,9 +34,9 @@ def register_commands(main: click.Group) -> None:
     @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
     def resources(address: str | None, fmt: str) -> None:
         """Show per node the CPU, memory and GPU there are, leased to the coordinator and used by steps."""
-        from runtime._cli_exec import _connect, _fail
+        from runtime._cli_exec import _client, _fail
 
-        engine, _ = _connect(address, start_if_missing=False)
+        engine = _client(address)  # the HTTP API when one answers, else Ray
         try:
             view = engine.resources()
         except SopflowError as e:

@@ -1,7 +1,8 @@
 """``sopflow deploy|undeploy|emit|triggers``: put SOPs' triggers in place, emit events, operate triggers.
 
-They talk to a running cluster over a Ray driver connection (a trigger on a temporary cluster
-would vanish with it, so none is started for them).
+They talk to a running cluster (a trigger on a temporary cluster would vanish with it, so none
+is started for them): ``emit`` and ``triggers`` through sopflow's HTTP API when one answers,
+like ``status``, else over a Ray driver connection; ``deploy`` and ``undeploy`` always over Ray.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from runtime._cli_exec import _ADDRESS_HELP, _connect, _fail
+from runtime._cli_exec import _ADDRESS_HELP, _client, _connect, _fail
 from runtime._console import console
 from sop.errors import SopflowError
 
@@ -72,7 +73,7 @@ def register_commands(main: click.Group) -> None:
     def emit(name: str, data: str | None, key: str | None, address: str | None) -> None:
         """Emit the event NAME: deployed triggers on it whose filter passes start executions."""
         payload = _payload(data)
-        engine = _engine(address)
+        engine = _client(address)
         try:
             result = engine.emit(name, payload, key=key)
         except SopflowError as e:
@@ -92,7 +93,7 @@ def register_commands(main: click.Group) -> None:
     @click.option("--address", help=_ADDRESS_HELP)
     def list_(fmt: str, address: str | None) -> None:
         """Every deployed trigger with its schedule or event, next fire and runs."""
-        engine = _engine(address)
+        engine = _client(address)
         try:
             rows = engine.triggers()
         except SopflowError as e:
@@ -110,7 +111,7 @@ def register_commands(main: click.Group) -> None:
 
     for verb in ("pause", "resume"):
         def control(name: str, address: str | None, _verb: str = verb) -> None:
-            engine = _engine(address)
+            engine = _client(address)
             try:
                 view = getattr(engine, f"{_verb}_trigger")(name)
             except SopflowError as e:
@@ -130,7 +131,7 @@ def register_commands(main: click.Group) -> None:
     def fire(name: str, data: str | None, key: str | None, address: str | None) -> None:
         """Fire a trigger now, by hand."""
         payload = _payload(data)
-        engine = _engine(address)
+        engine = _client(address)
         try:
             result = engine.fire_trigger(name, payload, key=key)
         except SopflowError as e:

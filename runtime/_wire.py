@@ -85,16 +85,22 @@ _STRUCTURED: dict[str, tuple[type[Exception], tuple[str, ...]]] = {
     "ExecutionTimeout": (errors.ExecutionTimeout, ("execution_id", "timeout", "status")),
     "ExecutionFailed": (errors.ExecutionFailed, ("execution_id", "status", "errors")),
     "IdempotencyConflict": (errors.IdempotencyConflict, ("key", "execution_id", "differences")),
+    "BatchNotFound": (errors.BatchNotFound, ("name",)),
+    "ScheduleError": (errors.ScheduleError, ("field", "detail")),
 }
 """Errors rebuilt from their attributes, so their message and data are the original ones."""
 
 _BY_MESSAGE: dict[str, type[Exception]] = {
     cls.__name__: cls for cls in (
         errors.ExecutionError, errors.SubmissionError, errors.EngineUnavailable, errors.EngineStartError,
-        errors.StateStoreError, errors.StateStoreInUseError, errors.StateStoreLostError, SopflowError)}
+        errors.StateStoreError, errors.StateStoreInUseError, errors.StateStoreLostError, SopflowError,
+        errors.TriggerError, errors.TriggerNotFound, errors.TriggerPayloadTooLarge)}
 
 HTTP_STATUS: list[tuple[type[Exception], int]] = [
     (errors.ExecutionNotFound, 404),
+    (errors.TriggerNotFound, 404),
+    (errors.BatchNotFound, 404),
+    (errors.TriggerPayloadTooLarge, 413),
     (errors.ExecutionTimeout, 408),
     (errors.ExecutionFailed, 409),
     (errors.IdempotencyConflict, 409),

@@ -33,6 +33,14 @@ class TriggerError(SubmissionError):
     """Raised when a trigger operation is refused: an unknown trigger, a bad or oversized event payload."""
 
 
+class TriggerNotFound(TriggerError):
+    """Raised when no deployed trigger has the given name (HTTP 404 over the API)."""
+
+
+class TriggerPayloadTooLarge(TriggerError):
+    """Raised when an event's payload is larger than ``EngineConfig.trigger_payload_max_bytes`` (HTTP 413)."""
+
+
 class ExecutionNotFound(ExecutionError):
     """Raised when no execution has the given id."""
 

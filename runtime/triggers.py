@@ -25,7 +25,7 @@ from typing import Any
 from runtime import cron
 from runtime._trigger_state import SETTING_PREFIX, Deployed, Fire, TriggerHost
 from runtime.config import EngineConfig
-from runtime.errors import IdempotencyConflict, SubmissionError, TriggerError
+from runtime.errors import IdempotencyConflict, SubmissionError, TriggerError, TriggerNotFound, TriggerPayloadTooLarge
 from runtime.inputs import resolve_inputs
 from runtime.request import _from_described
 from sop import Sop
@@ -212,9 +212,9 @@ class TriggerCore:
                                "strings, numbers, booleans and null") from None
         limit = self.config.trigger_payload_max_bytes
         if len(text.encode()) > limit:
-            raise TriggerError(f"the payload of event {event!r} is {len(text.encode()):,} bytes of JSON, more than "
-                               f"the {limit:,} allowed (EngineConfig.trigger_payload_max_bytes); send a reference "
-                               "to the data (a path, a URL, an id) instead of the data")
+            raise TriggerPayloadTooLarge(f"the payload of event {event!r} is {len(text.encode()):,} bytes of JSON, "
+                                         f"more than the {limit:,} allowed (EngineConfig.trigger_payload_max_bytes); "
+                                         "send a reference to the data (a path, a URL, an id) instead of the data")
         return json.loads(text)  # plain JSON types only from here on: the payload stays data
 
     def _filtered_out(self, trig: Deployed, fire: Fire) -> str | None:
@@ -350,7 +350,7 @@ class TriggerCore:
         from sop._suggest import did_you_mean
 
         hint = did_you_mean(name, [*self.triggers, *(t.spec.name for t in self.triggers.values())])
-        raise TriggerError(f"no deployed trigger {name!r}; {hint + ' ' if hint else ''}"
+        raise TriggerNotFound(f"no deployed trigger {name!r}; {hint + ' ' if hint else ''}"
                            "`sopflow triggers list` shows them")
 
     async def _save(self, trig: Deployed) -> None:

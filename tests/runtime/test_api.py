@@ -432,6 +432,8 @@ def test_the_openapi_document_is_valid_and_lists_every_route(server) -> None:
     validate(doc)
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     served = {(m, p.replace(UNKNOWN, "{id}")) for m, p in ROUTES if "nowhere" not in p} | {("GET", "/v1/health")}
+    served |= {("POST", "/v1/events/{name}"), ("GET", "/v1/triggers"), ("GET", "/v1/batches/{name}/report"),
+               ("GET", "/v1/resources")} | {("POST", "/v1/triggers/{id}/" + a) for a in ("pause", "resume", "fire")}
     assert documented == served
     assert doc["paths"]["/v1/health"]["get"]["security"] == []
 

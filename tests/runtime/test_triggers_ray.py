@@ -90,10 +90,13 @@ def test_an_oversized_payload_is_refused_through_ray_with_our_error(engine: Any,
 @pytest.fixture
 def cli(engine: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The ``sopflow`` CLI in this process, connected to the test engine (its namespace and state file)."""
+    import runtime._cli_exec
     import runtime._cli_triggers as commands
     from runtime.cli import main
 
     monkeypatch.setattr(commands, "_connect", lambda address, start_if_missing: (engine, False))
+    monkeypatch.setattr(runtime._cli_exec, "_connect", lambda address, start_if_missing: (engine, False))
+    monkeypatch.setenv("SOPFLOW_API", "off")  # over Ray here; tests/runtime/test_cli_api_ops.py: over the API
     monkeypatch.setenv("COLUMNS", "200")  # a wide "terminal": table cells are not cut short
     runner = CliRunner()
     return lambda *args: runner.invoke(main, list(args), catch_exceptions=False)
