@@ -18,13 +18,12 @@ from aiohttp import web
 from actors._api_routes import body, ok
 from actors._api_routes_base import BadRequest
 from runtime.batch import check_batch_name
+from runtime.triggers import EVENT_NAME
 from sop.model import NAME_PATTERN
 
 Call = Callable[..., Awaitable[Any]]
 """``await call(actor, method, *args)``: a method of the coordinator or the trigger actor."""
 
-EVENT_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
-"""What an event name may be: the pattern a trigger's ``event:`` must match in an SOP."""
 _NAME = NAME_PATTERN.strip("^$")
 TRIGGER_ID = re.compile(rf"(?:{_NAME}/)?{_NAME}")
 """``<sop>/<name>`` or ``<name>``: SOP and trigger names are lower-case letters, digits, '-', '_', '.'."""

@@ -35,6 +35,8 @@ _LAZY = {
     "BatchNotFound": "runtime.errors",
     "ResourceRequestError": "runtime.errors",
     "TriggerError": "runtime.errors",
+    "TriggerNotFound": "runtime.errors",
+    "TriggerPayloadTooLarge": "runtime.errors",
 }
 
 __all__ = [
@@ -68,6 +70,8 @@ __all__ = [
     "BatchNotFound",
     "ResourceRequestError",
     "TriggerError",
+    "TriggerNotFound",
+    "TriggerPayloadTooLarge",
 ]
 
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -39,6 +40,9 @@ _MAX_ERROR = 1000
 """Characters of a fire's error kept in the trigger's record and logged."""
 
 _MAX_NAME = 200
+EVENT_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+"""What an event name may be: the pattern a trigger's ``event:`` must match in an SOP (an event of
+another name could never fire anything: it is refused, not silently dropped)."""
 """Longest event name or emit key taken."""
 
 TICK_S = 1.0
@@ -151,7 +155,10 @@ class TriggerCore:
             TriggerError: the payload is not JSON data or is larger than ``trigger_payload_max_bytes``.
         """
         await self._load()
-        _check_name("event name", event)
+        if not isinstance(event, str) or not EVENT_NAME.fullmatch(event):
+            shown = repr(event)[:60] + ("..." if len(repr(event)) > 60 else "")
+            raise TriggerError(f"the event name must be 1 to 128 letters, digits, '_', '.', ':' or '-' (as a "
+                               f"trigger's 'event:' in an SOP), got {shown}")
         if key is not None:
             _check_name("key", key)
         payload = self._checked_payload(event, payload)
@@ -208,8 +215,12 @@ class TriggerCore:
         try:
             text = json.dumps(payload, allow_nan=False)
         except (TypeError, ValueError) as e:
-            raise TriggerError(f"the payload of event {event!r} is not JSON data ({e}); send objects, lists, "
-                               "strings, numbers, booleans and null") from None
+            raise TriggerError(f"the payload of event {event!r} is not JSON data ({e}); send a JSON object "
+                               "(or nothing)") from None
+        if payload is not None and not isinstance(payload, dict):
+            # ``${{ trigger.payload.<field> }}`` reads fields: the same rule as the HTTP API's webhook
+            raise TriggerError(f"the payload of event {event!r} must be a JSON object (or nothing), got "
+                               f"{type(payload).__name__}")
         limit = self.config.trigger_payload_max_bytes
         if len(text.encode()) > limit:
             raise TriggerPayloadTooLarge(f"the payload of event {event!r} is {len(text.encode()):,} bytes of JSON, "

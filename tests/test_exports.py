@@ -80,6 +80,8 @@ RUNTIME_NAMES = [
     "StepStatus",
     "SubmissionError",
     "TriggerError",
+    "TriggerNotFound",
+    "TriggerPayloadTooLarge",
 ]
 
 

@@ -273,8 +273,10 @@ def test_an_oversized_payload_is_refused_with_a_clear_error_and_starts_nothing(i
         inproc.emit("file.uploaded", {"size": float("nan"), "path": "x"})
     with pytest.raises(TriggerError, match="the key must be printable text of 1 to 200 characters"):
         inproc.emit("file.uploaded", {"size": 4096, "path": "x"}, key="k" * 201)
-    with pytest.raises(TriggerError, match="the event name must be printable text"):
+    with pytest.raises(TriggerError, match="the event name must be 1 to 128 letters"):
         inproc.emit("file.uploaded\n", {"size": 4096, "path": "x"})
+    with pytest.raises(TriggerError, match="must be a JSON object \\(or nothing\\), got list"):
+        inproc.emit("file.uploaded", [1, 2])  # the same rule as the webhook's
     assert inproc.list(sop="intake") == []
 
 
