@@ -128,6 +128,9 @@ def run(quick: bool = False) -> list[Result]:
     from runtime.config import EngineConfig
 
     n, seconds = (64, 1.0) if quick else (320, 2.0)
+    if os.environ.get("SOPFLOW_FAIRNESS_LOAD"):  # e.g. "1000x5": the issue's own load (about 11 minutes)
+        count, _, secs = os.environ["SOPFLOW_FAIRNESS_LOAD"].partition("x")
+        n, seconds = int(count), float(secs)
     os.environ.setdefault("RAY_num_workers_soft_limit", str(SLOTS))  # read by the raylet ray.init starts
     start_local_ray(NAMESPACE, NUM_CPUS, STEP_CPU)
     state = Path(tempfile.mkdtemp(prefix="sopflow-bench-fairness-")) / "state.db"
