@@ -181,7 +181,11 @@ def test_a_paused_agent_run_starts_no_step_until_resumed(inproc, tmp_path) -> No
     gate.touch()
     wait_for(lambda: inproc.status(eid).steps["wait"].status == StepStatus.SUCCEEDED, 30)
     wait_for(lambda: any(e.kind == K.MODEL_CALLED and e.data["index"] == 1 for e in inproc.history(eid)), 30)
-    assert inproc.status(eid).steps["after"].status == StepStatus.QUEUED  # asked for, held while paused
+    # The model's record rides along with the agent's next engine call (the step), and is logged just
+    # before that call is handled: wait for the step to be asked for, then held while paused.
+    wait_for(lambda: inproc.status(eid).steps["after"].status == StepStatus.QUEUED, 30)
+    assert inproc.status(eid).status == ExecutionStatus.PAUSED
+    assert inproc.status(eid).steps["after"].status == StepStatus.QUEUED  # still held: nothing started it
     inproc.resume(eid)
     assert inproc.wait(eid, timeout=30).status == ExecutionStatus.COMPLETED
 
